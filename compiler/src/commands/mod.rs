@@ -1,0 +1,4 @@
+//! One module per `edgepack` subcommand.
+
+pub mod check;
+pub mod fmt;

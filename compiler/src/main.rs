@@ -1,0 +1,41 @@
+//! `edgepack`: check, format and (in later stages) build edge policies.
+//!
+//! A thin shell over the library: parse arguments, run the subcommand, print what it
+//! produced, exit with its status (0 ok, 1 policy errors, 2 usage or I/O, 101 a bug).
+
+use std::io::{IsTerminal, Write};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use edgepack_compiler::commands::{check, fmt};
+use edgepack_compiler::report::HumanStyle;
+
+/// Edge policy as code: check, format and compile KDL policies into signed Wasm bundles.
+///
+/// A policy is a directory whose entry file is `edgepack.kdl`. Start with
+/// `edgepack check examples/global-api`; see docs/language.md for the language.
+#[derive(Debug, Parser)]
+#[command(name = "edgepack", version, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    Check(check::CheckArgs),
+    Fmt(fmt::FmtArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let style = HumanStyle::for_terminal(std::io::stderr().is_terminal());
+    let output = match &cli.command {
+        Command::Check(args) => check::run(args, style),
+        Command::Fmt(args) => fmt::run(args, style),
+    };
+    // A closed pipe (`edgepack check | head`) is not an error worth reporting.
+    let _ = std::io::stdout().write_all(output.stdout.as_bytes());
+    let _ = std::io::stderr().write_all(output.stderr.as_bytes());
+    ExitCode::from(output.exit as u8)
+}
