@@ -75,9 +75,15 @@ pub(crate) fn decode(loaded: &Loaded, cx: &mut Ctx) -> Policy {
         let name = node.name().value();
         let name_span = span_of(file, node.name().span());
         match name {
-            "zone" => policy.zones.extend(decode_zone(cx, file, node)),
-            "region" => policy.regions.extend(decode_region(cx, file, node)),
-            "origin" => policy.origins.extend(decode_origin(cx, file, node)),
+            "zone" => policy
+                .zones
+                .extend(defined(cx, "zone", node, |cx| decode_zone(cx, file, node))),
+            "region" => policy.regions.extend(defined(cx, "region", node, |cx| {
+                decode_region(cx, file, node)
+            })),
+            "origin" => policy.origins.extend(defined(cx, "origin", node, |cx| {
+                decode_origin(cx, file, node)
+            })),
             "geo" => {
                 if once.first(cx, name, name_span, "a policy") {
                     policy.geo = decode_geo(cx, file, node);
@@ -88,16 +94,30 @@ pub(crate) fn decode(loaded: &Loaded, cx: &mut Ctx) -> Policy {
                     policy.waf = decode_waf(cx, file, node);
                 }
             }
-            "ratelimit" => policy.ratelimits.extend(decode_ratelimit(cx, file, node)),
-            "jwt" => policy.jwts.extend(decode_jwt(cx, file, node)),
-            "cors" => policy.cors.extend(decode_cors(cx, file, node)),
+            "ratelimit" => policy
+                .ratelimits
+                .extend(defined(cx, "rate limit", node, |cx| {
+                    decode_ratelimit(cx, file, node)
+                })),
+            "jwt" => policy.jwts.extend(defined(cx, "JWT provider", node, |cx| {
+                decode_jwt(cx, file, node)
+            })),
+            "cors" => policy.cors.extend(defined(cx, "CORS policy", node, |cx| {
+                decode_cors(cx, file, node)
+            })),
             "headers" => {
                 if once.first(cx, name, name_span, "a policy") {
                     policy.headers = decode_headers(cx, file, node);
                 }
             }
-            "residency" => policy.residency.extend(decode_residency(cx, file, node)),
-            "function" => policy.functions.extend(decode_function(cx, file, node)),
+            "residency" => policy
+                .residency
+                .extend(defined(cx, "residency", node, |cx| {
+                    decode_residency(cx, file, node)
+                })),
+            "function" => policy.functions.extend(defined(cx, "function", node, |cx| {
+                decode_function(cx, file, node)
+            })),
             "route" => policy.routes.extend(decode_route(cx, file, node)),
             "test" => policy.tests.extend(decode_test(cx, file, node)),
             other => cx
@@ -106,6 +126,27 @@ pub(crate) fn decode(loaded: &Loaded, cx: &mut Ctx) -> Policy {
         }
     }
     policy
+}
+
+/// Passes a decoded definition through; when it failed to decode, remembers its name so
+/// references to it are not reported a second time as undefined.
+fn defined<T>(
+    cx: &mut Ctx,
+    kind: &'static str,
+    node: &KdlNode,
+    decode: impl FnOnce(&mut Ctx) -> Option<T>,
+) -> Option<T> {
+    let item = decode(cx);
+    if item.is_none()
+        && let Some(name) = node
+            .entries()
+            .iter()
+            .find(|e| e.name().is_none())
+            .and_then(|e| e.value().as_string())
+    {
+        cx.partially_defined.insert((kind, name.to_string()));
+    }
+    item
 }
 
 /// Remembers nodes that may appear once in a scope and reports repeats.
@@ -226,7 +267,7 @@ fn decode_region(cx: &mut Ctx, file: FileId, node: &KdlNode) -> Option<Region> {
     let mut r = NodeReader::new(cx, file, node);
     let name = name_arg(cx, &mut r, "a region name", EXAMPLE);
     let zone = r
-        .req_prop(cx, "zone", EXAMPLE)
+        .req_prop("zone", EXAMPLE)
         .and_then(|v| cx.string(v, "zone=\"EU\""));
     let location = r
         .prop("location")
@@ -262,7 +303,9 @@ fn decode_overrides(cx: &mut Ctx, file: FileId, region: &NodeReader<'_>) -> Regi
             "route" => overrides.routes.extend(decode_route(cx, file, child)),
             "ratelimit" => overrides
                 .ratelimits
-                .extend(decode_ratelimit(cx, file, child)),
+                .extend(defined(cx, "rate limit", child, |cx| {
+                    decode_ratelimit(cx, file, child)
+                })),
             "waf" => {
                 if once.first(cx, name, span, "a region") {
                     overrides.waf = decode_waf_override(cx, file, child);
@@ -395,7 +438,7 @@ fn decode_origin(cx: &mut Ctx, file: FileId, node: &KdlNode) -> Option<Origin> {
                     )
                     .and_then(|v| cx.string(v, "\"EU\""));
                 let url = z
-                    .req_prop(cx, "url", "zone \"EU\" url=\"https://api-eu.internal\"")
+                    .req_prop("url", "zone \"EU\" url=\"https://api-eu.internal\"")
                     .and_then(|v| origin_url(cx, v));
                 z.no_children(cx);
                 z.finish(cx);
@@ -580,8 +623,23 @@ fn decode_geo(cx: &mut Ctx, file: FileId, node: &KdlNode) -> Option<Geo> {
             _ => unknown_child(cx, file, child, "`geo`", KNOWN),
         }
     }
+    if let Some(list) = geo.block.as_ref().or(geo.allow.as_ref())
+        && !children_named(&r, "country-header")
+        && !children_named(&r, "database")
+    {
+        cx.diags
+            .push(diag::geo_no_source(span_of(file, list_name_span(&r, list))));
+    }
     r.finish(cx);
     Some(geo)
+}
+
+/// The name span of the `block` or `allow` node a list came from.
+fn list_name_span(r: &NodeReader<'_>, list: &CountryList) -> miette::SourceSpan {
+    r.children()
+        .iter()
+        .find(|c| span_of(r.file, c.span()) == list.span)
+        .map_or(r.node.name().span(), |c| c.name().span())
 }
 
 /// A database the compiler can flatten into country ranges: well formed, with countries.
@@ -657,7 +715,9 @@ fn decode_waf(cx: &mut Ctx, file: FileId, node: &KdlNode) -> Option<Waf> {
     let mut rules = Vec::new();
     for child in r.children() {
         match child.name().value() {
-            "rule" => rules.extend(decode_waf_rule(cx, file, child, automaton_budget.value)),
+            "rule" => rules.extend(defined(cx, "WAF rule", child, |cx| {
+                decode_waf_rule(cx, file, child, automaton_budget.value)
+            })),
             _ => unknown_child(cx, file, child, "`waf`", &["rule"]),
         }
     }
@@ -680,7 +740,7 @@ fn decode_waf_rule(cx: &mut Ctx, file: FileId, node: &KdlNode, budget: u64) -> O
     let mut r = NodeReader::new(cx, file, node);
     let id = name_arg(cx, &mut r, "a rule id", RULE_EXAMPLE);
     let score = r
-        .req_prop(cx, "score", RULE_EXAMPLE)
+        .req_prop("score", RULE_EXAMPLE)
         .and_then(|v| cx.int_in(v, "score", 0, 10_000, "score=5"));
     let mut parts = Vec::new();
     let mut decode = Vec::new();
@@ -827,14 +887,12 @@ fn decode_ratelimit(cx: &mut Ctx, file: FileId, node: &KdlNode) -> Option<RateLi
     const EXAMPLE: &str = "ratelimit \"per-ip\" key=\"client-ip\" limit=100 per=\"1m\"";
     let mut r = NodeReader::new(cx, file, node);
     let name = name_arg(cx, &mut r, "a rate limit name", EXAMPLE);
-    let key = r
-        .req_prop(cx, "key", EXAMPLE)
-        .and_then(|v| limit_key(cx, v));
+    let key = r.req_prop("key", EXAMPLE).and_then(|v| limit_key(cx, v));
     let limit = r
-        .req_prop(cx, "limit", EXAMPLE)
+        .req_prop("limit", EXAMPLE)
         .and_then(|v| cx.int_in(v, "limit", 1, 1_000_000_000, "limit=100"));
     let per = r
-        .req_prop(cx, "per", EXAMPLE)
+        .req_prop("per", EXAMPLE)
         .and_then(|v| cx.duration(v, "per=\"1m\""));
     if let Some(per) = &per
         && (per.value < Duration::from_secs(1) || per.value > Duration::from_secs(86_400))
@@ -1237,7 +1295,7 @@ fn decode_residency(cx: &mut Ctx, file: FileId, node: &KdlNode) -> Option<Reside
                     .req_arg(cx, 0, "an origin name", TRANSFER)
                     .and_then(|v| cx.string(v, TRANSFER));
                 let to = c
-                    .req_prop(cx, "to", TRANSFER)
+                    .req_prop("to", TRANSFER)
                     .and_then(|v| cx.string(v, "to=\"US\""));
                 c.no_children(cx);
                 c.finish(cx);
@@ -1262,7 +1320,7 @@ fn decode_function(cx: &mut Ctx, file: FileId, node: &KdlNode) -> Option<Functio
     let mut r = NodeReader::new(cx, file, node);
     let name = name_arg(cx, &mut r, "a function name", EXAMPLE);
     let source = r
-        .req_prop(cx, "source", EXAMPLE)
+        .req_prop("source", EXAMPLE)
         .and_then(|v| cx.string(v, "source=\"functions/ml-infer.wasm\""))
         .and_then(|p| cx.policy_path(file, &p));
     if let Some(source) = &source
@@ -1403,7 +1461,7 @@ fn decode_route(cx: &mut Ctx, file: FileId, node: &KdlNode) -> Option<Route> {
             "auth" => {
                 let mut c = NodeReader::new(cx, file, child);
                 auth = c
-                    .req_prop(cx, "jwt", "auth jwt=\"users\"")
+                    .req_prop("jwt", "auth jwt=\"users\"")
                     .and_then(|v| cx.string(v, "jwt=\"users\""));
                 c.no_children(cx);
                 c.finish(cx);
@@ -1616,7 +1674,7 @@ fn check_redirect_target(
 fn decode_cache(cx: &mut Ctx, file: FileId, node: &KdlNode) -> Option<CachePolicy> {
     const EXAMPLE: &str = "cache ttl=\"5m\" stale-while-revalidate=\"30s\"";
     let mut r = NodeReader::new(cx, file, node);
-    let ttl = r.req_prop(cx, "ttl", EXAMPLE).and_then(|v| {
+    let ttl = r.req_prop("ttl", EXAMPLE).and_then(|v| {
         cx.duration_max(
             v,
             "cache TTL",

@@ -42,13 +42,15 @@ fn one_of(candidates: &[&str]) -> String {
     quoted.join(", ")
 }
 
+/// The "did you mean" hint if there is one, else the list of what is allowed.
 fn with_choices(hint: Option<String>, what: &str, candidates: &[&str]) -> String {
-    let list = if candidates.is_empty() {
-        format!("no {what} is defined")
-    } else {
-        format!("{what}: {}", one_of(candidates))
-    };
-    hint.unwrap_or(list)
+    hint.unwrap_or_else(|| {
+        if candidates.is_empty() {
+            format!("there are no {what}")
+        } else {
+            format!("{what}: {}", one_of(candidates))
+        }
+    })
 }
 
 pub fn syntax(span: Span, message: &str, label: Option<&str>, help: Option<&str>) -> Diagnostic {
@@ -93,6 +95,7 @@ pub fn version_misplaced(span: Span) -> Diagnostic {
         "the language version must be the first node of a file, written once",
     )
     .label(span, "move this to the top of the file, or remove it")
+    .help("a file states its language version once, as its first node")
 }
 
 pub fn unknown_node(span: Span, found: &str, context: &str, known: &[&str]) -> Diagnostic {
@@ -166,7 +169,7 @@ pub fn missing_property(span: Span, node: &str, property: &str, example: &str) -
 pub fn missing_child(span: Span, node: &str, child: &str, example: &str) -> Diagnostic {
     Diagnostic::error(
         "edgepack::node::missing",
-        format!("`{node}` needs a `{child}` node"),
+        format!("`{node}` has no `{child}`"),
     )
     .label(span, format!("no `{child}` inside"))
     .help(format!("for example: {example}"))
@@ -398,15 +401,6 @@ pub fn file_unreadable(span: Span, path: &str, error: &str) -> Diagnostic {
     .help("check that the file exists, is readable, and that the path is relative to the file naming it")
 }
 
-pub fn file_too_large(span: Span, path: &str, limit: u64) -> Diagnostic {
-    Diagnostic::error(
-        "edgepack::file::too-large",
-        format!("`{path}` is larger than the limit of {limit} bytes"),
-    )
-    .label(span, "named here")
-    .help("policy files, keys and databases are loaded whole; keep them small")
-}
-
 pub fn include_cycle(span: Span, chain: &[String]) -> Diagnostic {
     Diagnostic::error("edgepack::include::cycle", "include cycle")
         .label(span, "this include closes the cycle")
@@ -593,7 +587,7 @@ pub fn geo_no_source(span: Span) -> Diagnostic {
         "edgepack::geo::no-source",
         "geo lists need a way to know the client's country",
     )
-    .label(span, "nothing sets the country")
+    .label(span, "no country is known to compare with this list")
     .help("add `country-header \"cf-ipcountry\"` with `trusted-peers`, or `database \"geo/GeoLite2-Country.mmdb\"`")
 }
 

@@ -59,7 +59,7 @@ impl Checked {
 pub fn check(path: &Path) -> Result<Checked, LoadError> {
     let (loaded, mut ctx) = load::load(path)?;
     let policy = decode::decode(&loaded, &mut ctx);
-    validate::validate(&policy, &mut ctx.diags);
+    validate::validate(&policy, &ctx.partially_defined, &mut ctx.diags);
     let mut diagnostics = ctx.diags;
     diagnostic::sort(&mut diagnostics);
     diagnostics.dedup();

@@ -87,6 +87,7 @@ pub(crate) fn load(path: &Path) -> Result<(Loaded, Ctx), LoadError> {
             diags: Vec::new(),
             root,
             file_dirs: Vec::new(),
+            partially_defined: Default::default(),
         },
         sources: Sources::new(),
         docs: Vec::new(),

@@ -27,6 +27,9 @@ pub(crate) struct Ctx {
     pub root: PathBuf,
     /// For each loaded file, the directory it is in (canonicalized).
     pub file_dirs: Vec<PathBuf>,
+    /// (kind, name) of definitions that had errors of their own: references to them are
+    /// not reported again as undefined.
+    pub partially_defined: std::collections::HashSet<(&'static str, String)>,
 }
 
 /// A raw value and where it was written.
@@ -78,6 +81,9 @@ pub(crate) struct NodeReader<'k> {
     args: Vec<(Val<'k>, bool)>,
     props: Vec<Prop<'k>>,
     asked: Vec<&'static str>,
+    /// Required properties that are missing, with an example; reported by `finish` unless
+    /// an unknown property is a typo of one (then the typo is the one mistake).
+    missing: Vec<(&'static str, String)>,
     expected_args: usize,
 }
 
@@ -129,6 +135,7 @@ impl<'k> NodeReader<'k> {
             args,
             props,
             asked: Vec::new(),
+            missing: Vec::new(),
             expected_args: 0,
         }
     }
@@ -201,15 +208,11 @@ impl<'k> NodeReader<'k> {
         Some(prop.val)
     }
 
-    pub fn req_prop(&mut self, cx: &mut Ctx, key: &'static str, example: &str) -> Option<Val<'k>> {
+    /// A required property; its absence is reported by [`NodeReader::finish`].
+    pub fn req_prop(&mut self, key: &'static str, example: &str) -> Option<Val<'k>> {
         let val = self.prop(key);
         if val.is_none() {
-            cx.diags.push(diag::missing_property(
-                self.name_span,
-                self.name,
-                key,
-                example,
-            ));
+            self.missing.push((key, example.to_string()));
         }
         val
     }
@@ -234,13 +237,25 @@ impl<'k> NodeReader<'k> {
 
     /// Reports every property and argument nobody asked for.
     pub fn finish(&self, cx: &mut Ctx) {
+        let mut typos = Vec::new();
         for prop in self.props.iter().filter(|p| !p.used) {
+            typos.extend(diag::suggest(prop.key, self.asked.iter().copied()));
             cx.diags.push(diag::unknown_property(
                 prop.key_span,
                 prop.key,
                 self.name,
                 &self.asked,
             ));
+        }
+        for (key, example) in &self.missing {
+            if !typos.contains(key) {
+                cx.diags.push(diag::missing_property(
+                    self.name_span,
+                    self.name,
+                    key,
+                    example,
+                ));
+            }
         }
         if let Some((val, _)) = self.args.iter().find(|(_, used)| !used) {
             cx.diags.push(diag::unexpected_argument(
@@ -543,10 +558,10 @@ impl Ctx {
         match read_bounded(&path.absolute) {
             Ok(bytes) => Some(bytes),
             Err(ReadProblem::TooLarge) => {
-                self.diags.push(diag::file_too_large(
+                self.diags.push(diag::file_unreadable(
                     path.span,
                     &path.written,
-                    MAX_FILE_BYTES,
+                    &format!("it is larger than the limit of {MAX_FILE_BYTES} bytes"),
                 ));
                 None
             }

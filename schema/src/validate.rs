@@ -13,10 +13,17 @@ use crate::pattern::{HostPattern, Segment};
 use crate::policy::*;
 use crate::source::Span;
 
-pub(crate) fn validate(policy: &Policy, diags: &mut Vec<Diagnostic>) {
+/// `partially_defined` holds (kind, name) of definitions that failed to decode: references
+/// to them are not errors of their own.
+pub(crate) fn validate(
+    policy: &Policy,
+    partially_defined: &HashSet<(&'static str, String)>,
+    diags: &mut Vec<Diagnostic>,
+) {
     let mut v = Validator {
         policy,
         diags,
+        partially_defined,
         used: HashSet::new(),
     };
     v.names();
@@ -49,6 +56,7 @@ pub(crate) fn validate(policy: &Policy, diags: &mut Vec<Diagnostic>) {
 struct Validator<'p, 'd> {
     policy: &'p Policy,
     diags: &'d mut Vec<Diagnostic>,
+    partially_defined: &'d HashSet<(&'static str, String)>,
     /// (kind, name) of every definition something refers to.
     used: HashSet<(&'static str, String)>,
 }
@@ -98,6 +106,19 @@ impl<'p> Validator<'p, '_> {
         }
     }
 
+    /// Reports a reference to something not defined, unless its definition was written
+    /// but had errors of its own (already reported).
+    fn undefined(&mut self, kind: &'static str, name: &Name, defined: &[&str], help: Option<&str>) {
+        if self.partially_defined.contains(&(kind, name.value.clone())) {
+            return;
+        }
+        let mut diagnostic = diag::undefined(name.span, kind, name, defined);
+        if let Some(help) = help {
+            diagnostic = diagnostic.help(help);
+        }
+        self.diags.push(diagnostic);
+    }
+
     fn zone_names(&self) -> Vec<&'p str> {
         let mut names: Vec<&str> = self
             .policy
@@ -115,8 +136,7 @@ impl<'p> Validator<'p, '_> {
         if zones.contains(&name.value.as_str()) {
             return true;
         }
-        self.diags
-            .push(diag::undefined(name.span, "zone", &name.value, &zones));
+        self.undefined("zone", name, &zones, None);
         false
     }
 
@@ -160,9 +180,11 @@ impl<'p> Validator<'p, '_> {
                         .iter()
                         .map(|r| r.name.value.as_str())
                         .collect();
-                    self.diags.push(
-                        diag::undefined(limit.name.span, "rate limit", &limit.name, &names)
-                            .help("a region can only redefine a rate limit the policy defines"),
+                    self.undefined(
+                        "rate limit",
+                        &limit.name,
+                        &names,
+                        Some("a region can only redefine a rate limit the policy defines"),
                     );
                 }
             }
@@ -181,8 +203,7 @@ impl<'p> Validator<'p, '_> {
                             .collect();
                         for id in &waf.disable {
                             if !ids.contains(&id.value.as_str()) {
-                                self.diags
-                                    .push(diag::undefined(id.span, "WAF rule", id, &ids));
+                                self.undefined("WAF rule", id, &ids, None);
                             }
                         }
                     }
@@ -222,9 +243,11 @@ impl<'p> Validator<'p, '_> {
                 && !seen.contains_key(fallback.value.as_str())
             {
                 let zones: Vec<&str> = seen.keys().copied().collect();
-                self.diags.push(
-                    diag::undefined(fallback.span, "endpoint for zone", fallback, &zones)
-                        .help("the fallback names one of the origin's own `zone` entries"),
+                self.undefined(
+                    "endpoint for zone",
+                    fallback,
+                    &zones,
+                    Some("the fallback names one of the origin's own `zone` entries"),
                 );
             }
         }
@@ -250,8 +273,7 @@ impl<'p> Validator<'p, '_> {
                 .iter()
                 .map(|o| o.name.value.as_str())
                 .collect();
-            self.diags
-                .push(diag::undefined(name.span, "origin", name, &names));
+            self.undefined("origin", name, &names, None);
         }
         found
     }
@@ -266,12 +288,6 @@ impl<'p> Validator<'p, '_> {
 
     fn geo(&mut self) {
         let Some(geo) = &self.policy.geo else { return };
-        if (geo.block.is_some() || geo.allow.is_some())
-            && geo.country_header.is_none()
-            && geo.database.is_none()
-        {
-            self.diags.push(diag::geo_no_source(geo.span));
-        }
         if let Some(header) = &geo.country_header
             && geo.trusted_peers.is_empty()
         {
@@ -304,8 +320,7 @@ impl<'p> Validator<'p, '_> {
                         .iter()
                         .map(|f| f.name.value.as_str())
                         .collect();
-                    self.diags
-                        .push(diag::undefined(name.span, "function", name, &names));
+                    self.undefined("function", name, &names, None);
                 }
             }
             _ => {}
@@ -326,8 +341,7 @@ impl<'p> Validator<'p, '_> {
                         .iter()
                         .map(|r| r.name.value.as_str())
                         .collect();
-                    self.diags
-                        .push(diag::undefined(limit.span, "rate limit", limit, &names));
+                    self.undefined("rate limit", limit, &names, None);
                 }
                 Some(def) => {
                     if let LimitKey::Claim(claim) = &def.key.value
@@ -346,16 +360,14 @@ impl<'p> Validator<'p, '_> {
             self.used.insert(("JWT provider", auth.value.clone()));
             if policy.jwt(auth).is_none() {
                 let names: Vec<&str> = policy.jwts.iter().map(|j| j.name.value.as_str()).collect();
-                self.diags
-                    .push(diag::undefined(auth.span, "JWT provider", auth, &names));
+                self.undefined("JWT provider", auth, &names, None);
             }
         }
         if let Some(cors) = &route.cors {
             self.used.insert(("CORS policy", cors.value.clone()));
             if policy.cors_policy(cors).is_none() {
                 let names: Vec<&str> = policy.cors.iter().map(|c| c.name.value.as_str()).collect();
-                self.diags
-                    .push(diag::undefined(cors.span, "CORS policy", cors, &names));
+                self.undefined("CORS policy", cors, &names, None);
             }
         }
         if let Some(cache) = &route.cache {
@@ -376,8 +388,7 @@ impl<'p> Validator<'p, '_> {
                 .unwrap_or_default();
             for id in &route.waf.exclude {
                 if !ids.contains(&id.value.as_str()) {
-                    self.diags
-                        .push(diag::undefined(id.span, "WAF rule", id, &ids));
+                    self.undefined("WAF rule", id, &ids, None);
                 }
             }
         }
@@ -509,25 +520,18 @@ impl<'p> Validator<'p, '_> {
             if let Some(region) = &test.request.region
                 && !region_names.contains(&region.value.as_str())
             {
-                self.diags.push(diag::undefined(
-                    region.span,
-                    "region",
-                    region,
-                    &region_names,
-                ));
+                self.undefined("region", region, &region_names, None);
             }
             if let Some(rule) = &test.expect.rule
                 && !rule_ids.contains(&rule.value.as_str())
             {
-                self.diags
-                    .push(diag::undefined(rule.span, "WAF rule", rule, &rule_ids));
+                self.undefined("WAF rule", rule, &rule_ids, None);
             }
             if let Some(route) = &test.expect.route
                 && !patterns.contains(&route.value)
             {
                 let names: Vec<&str> = patterns.iter().map(String::as_str).collect();
-                self.diags
-                    .push(diag::undefined(route.span, "route", route, &names));
+                self.undefined("route", route, &names, None);
             }
         }
     }

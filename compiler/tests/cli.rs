@@ -1,0 +1,170 @@
+//! The `edgepack` binary as users run it: exit statuses, output formats, colour, `fmt`.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn edgepack(args: &[&str], cwd: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_edgepack"))
+        .args(args)
+        .current_dir(cwd)
+        .env_remove("NO_COLOR")
+        .output()
+        .expect("run edgepack")
+}
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// A copy of the main example with three mistakes appended, in a temporary directory.
+fn broken_example() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("temp dir");
+    copy_dir(&root().join("examples/global-api"), dir.path());
+    let entry = dir.path().join("edgepack.kdl");
+    let mut text = std::fs::read_to_string(&entry).expect("entry");
+    text.push_str("rout \"/typo/*\" { respond 200 }\nzone \"TEST\" { countries \"ZZ\" }\nroute \"/api/xx/*\" { proxy \"no-such-origin\" }\n");
+    std::fs::write(&entry, text).expect("write entry");
+    dir
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("mkdir");
+    for entry in std::fs::read_dir(from).expect("read dir").flatten() {
+        let target = to.join(entry.file_name());
+        if entry.path().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).expect("copy");
+        }
+    }
+}
+
+#[test]
+fn a_clean_policy_exits_zero_with_a_summary() {
+    let out = edgepack(&["check", "examples/global-api"], &root());
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let stderr = text(&out.stderr);
+    assert!(stderr.trim_end().ends_with("0 errors, 0 warnings"), "{stderr}");
+}
+
+#[test]
+fn every_mistake_is_reported_in_one_run_without_colour_off_a_terminal() {
+    let dir = broken_example();
+    let out = edgepack(&["check", "."], dir.path());
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
+    for needle in ["unknown node `rout`", "did you mean `route`?", "`ZZ`", "no origin named `no-such-origin`"] {
+        assert!(stderr.contains(needle), "missing {needle:?} in:\n{stderr}");
+    }
+    assert!(!stderr.contains('\u{1b}'), "colour escapes written to a pipe");
+    assert!(stderr.trim_end().ends_with("3 errors, 0 warnings"), "{stderr}");
+}
+
+#[test]
+fn json_format_has_codes_and_positions() {
+    let dir = broken_example();
+    let out = edgepack(&["check", "--format", "json", "."], dir.path());
+    assert_eq!(out.status.code(), Some(1));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("stdout is JSON");
+    assert_eq!(report["errors"], 3);
+    let diagnostics = report["diagnostics"].as_array().expect("diagnostics");
+    let codes: Vec<&str> = diagnostics.iter().filter_map(|d| d["code"].as_str()).collect();
+    assert_eq!(
+        codes,
+        ["edgepack::node::unknown", "edgepack::country::invalid", "edgepack::ref::undefined"]
+    );
+    let rout = &diagnostics[0];
+    assert_eq!(rout["file"], "edgepack.kdl");
+    assert!(rout["line"].as_u64().unwrap() > 100);
+    assert_eq!(rout["column"], 1);
+    assert_eq!(rout["end_column"], 5);
+}
+
+#[test]
+fn github_format_prints_workflow_commands() {
+    let dir = broken_example();
+    let out = edgepack(&["check", "--format", "github", "."], dir.path());
+    assert_eq!(out.status.code(), Some(1));
+    let stdout = text(&out.stdout);
+    let lines: Vec<&str> = stdout.lines().filter(|l| l.starts_with("::error ")).collect();
+    assert_eq!(lines.len(), 3, "{stdout}");
+    assert!(lines[0].starts_with("::error file=edgepack.kdl,line="), "{}", lines[0]);
+    assert!(lines[0].contains("title=edgepack%3A%3Anode%3A%3Aunknown::"), "{}", lines[0]);
+}
+
+#[test]
+fn unreadable_paths_and_bad_usage_exit_two() {
+    let out = edgepack(&["check", "no/such/policy"], &root());
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("no/such/policy: no such file or directory"));
+    let dir = tempfile::tempdir().expect("temp dir");
+    let out = edgepack(&["check", "."], dir.path());
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("has no edgepack.kdl"), "{}", text(&out.stderr));
+    let out = edgepack(&["check", "--format", "yaml"], &root());
+    assert_eq!(out.status.code(), Some(2));
+    let out = edgepack(&["frobnicate"], &root());
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn warnings_pass_unless_denied() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    std::fs::write(
+        dir.path().join("edgepack.kdl"),
+        "edgepack 1\norigin \"spare\" { zone \"GLOBAL\" url=\"https://x.internal\" }\nroute \"/\" { respond 200 }\n",
+    )
+    .expect("write");
+    let out = edgepack(&["check", "."], dir.path());
+    assert_eq!(out.status.code(), Some(0));
+    assert!(text(&out.stderr).contains("0 errors, 1 warning"));
+    let out = edgepack(&["check", "--deny-warnings", "."], dir.path());
+    assert_eq!(out.status.code(), Some(1));
+}
+
+#[test]
+fn fmt_check_names_files_and_fmt_fixes_them() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    copy_dir(&root().join("examples/global-api"), dir.path());
+    let entry = dir.path().join("edgepack.kdl");
+    let original = std::fs::read_to_string(&entry).expect("entry");
+    let messy = original.replace("\n    ", "\n  ").replace("zone \"US\" {", "zone   \"US\"   {");
+    std::fs::write(&entry, &messy).expect("write");
+
+    let out = edgepack(&["fmt", "--check", "."], dir.path());
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stdout).contains("would reformat: ./edgepack.kdl"), "{}", text(&out.stdout));
+    assert_eq!(std::fs::read_to_string(&entry).expect("entry"), messy, "--check changed a file");
+
+    let out = edgepack(&["fmt", "."], dir.path());
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(std::fs::read_to_string(&entry).expect("entry"), original);
+    let out = edgepack(&["fmt", "--check", "."], dir.path());
+    assert_eq!(out.status.code(), Some(0));
+}
+
+#[test]
+fn fmt_refuses_files_that_do_not_parse() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("broken.kdl");
+    std::fs::write(&file, "route \"/x\" {\n").expect("write");
+    let out = edgepack(&["fmt", "broken.kdl"], dir.path());
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("edgepack::kdl::syntax"));
+    assert_eq!(std::fs::read_to_string(&file).expect("file"), "route \"/x\" {\n");
+}
+
+#[test]
+fn help_teaches_the_commands() {
+    let out = edgepack(&["--help"], &root());
+    assert_eq!(out.status.code(), Some(0));
+    let help = text(&out.stdout);
+    assert!(help.contains("check") && help.contains("fmt"), "{help}");
+    let out = edgepack(&["check", "--help"], &root());
+    let help = text(&out.stdout);
+    assert!(help.contains("--format") && help.contains("Exit status"), "{help}");
+}
