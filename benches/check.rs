@@ -11,8 +11,11 @@ fn check_benches(c: &mut Criterion) {
     });
     for (routes, rules) in [(1_000, 100), (10_000, 100)] {
         let dir = tempfile::tempdir().expect("temp dir");
-        std::fs::write(dir.path().join("edgepack.kdl"), generated_policy(routes, rules))
-            .expect("write policy");
+        std::fs::write(
+            dir.path().join("edgepack.kdl"),
+            generated_policy(routes, rules),
+        )
+        .expect("write policy");
         let checked = edgepack_schema::check(dir.path()).expect("readable");
         assert_eq!(checked.error_count(), 0, "generated policy has errors");
         c.bench_function(&format!("check/{routes}-routes-{rules}-rules"), |b| {

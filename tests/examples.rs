@@ -6,7 +6,10 @@ use edgepack_tests::{example_policies, kdl_files};
 #[test]
 fn examples_check_clean() {
     let policies = example_policies();
-    assert!(policies.len() >= 2, "expected at least two example policies");
+    assert!(
+        policies.len() >= 2,
+        "expected at least two example policies"
+    );
     for policy in policies {
         let checked = edgepack_schema::check(&policy).expect("example is readable");
         let rendered = edgepack_compiler::report::human(

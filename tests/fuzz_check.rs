@@ -11,11 +11,37 @@ use proptest::prelude::*;
 
 /// Fragments that steer mutations towards deep parts of the decoder.
 const FRAGMENTS: &[&str] = &[
-    "{", "}", "\"", "#\"", "\"#", ";", "=", "/-", "//", "/*", "*/", "\\", "\n", " ",
-    "route \"/x/:a/*\" { respond 200 }", "include \"edgepack.kdl\"", "include \"../x\"",
-    "regex #\"(a|b)*c{1,999}\"#", "countries \"ZZ\"", "(ty)", "#true", "#null", "1e999",
-    "0x", "\u{0}", "\u{feff}", "é", "key=\"/etc/passwd\"", "zone \"GLOBAL\"",
-    "ratelimit \"r\" key=\"claim:sub\" limit=0 per=\"0s\"", "respond 99999999999999999999",
+    "{",
+    "}",
+    "\"",
+    "#\"",
+    "\"#",
+    ";",
+    "=",
+    "/-",
+    "//",
+    "/*",
+    "*/",
+    "\\",
+    "\n",
+    " ",
+    "route \"/x/:a/*\" { respond 200 }",
+    "include \"edgepack.kdl\"",
+    "include \"../x\"",
+    "regex #\"(a|b)*c{1,999}\"#",
+    "countries \"ZZ\"",
+    "(ty)",
+    "#true",
+    "#null",
+    "1e999",
+    "0x",
+    "\u{0}",
+    "\u{feff}",
+    "é",
+    "key=\"/etc/passwd\"",
+    "zone \"GLOBAL\"",
+    "ratelimit \"r\" key=\"claim:sub\" limit=0 per=\"0s\"",
+    "respond 99999999999999999999",
 ];
 
 fn check_dir(files: &[(String, Vec<u8>)]) {
@@ -38,8 +64,8 @@ fn check_dir(files: &[(String, Vec<u8>)]) {
         if let Ok(text) = std::str::from_utf8(bytes)
             && let Ok(once) = edgepack_schema::fmt::format(FileId(0), text)
         {
-            let twice = edgepack_schema::fmt::format(FileId(0), &once)
-                .expect("formatted text parses");
+            let twice =
+                edgepack_schema::fmt::format(FileId(0), &once).expect("formatted text parses");
             assert_eq!(once, twice, "fmt is not idempotent on:\n{text}");
         }
     }
@@ -136,7 +162,8 @@ fn mutation() -> impl Strategy<Value = Mutation> {
     prop_oneof![
         (any::<usize>(), any::<u8>()).prop_map(|(at, byte)| Mutation::Flip { at, byte }),
         (any::<usize>(), 1usize..200).prop_map(|(at, len)| Mutation::Cut { at, len }),
-        (any::<usize>(), any::<usize>()).prop_map(|(at, fragment)| Mutation::Splice { at, fragment }),
+        (any::<usize>(), any::<usize>())
+            .prop_map(|(at, fragment)| Mutation::Splice { at, fragment }),
         (any::<usize>(), 1usize..400).prop_map(|(at, len)| Mutation::Repeat { at, len }),
     ]
 }

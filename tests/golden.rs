@@ -145,5 +145,8 @@ fn diagnostic_codes_are_documented() {
         .collect();
     documented.sort();
     documented.dedup();
-    assert_eq!(defined, documented, "docs/language.md and diagnostics.rs disagree");
+    assert_eq!(
+        defined, documented,
+        "docs/language.md and diagnostics.rs disagree"
+    );
 }

@@ -48,7 +48,10 @@ fn a_clean_policy_exits_zero_with_a_summary() {
     let out = edgepack(&["check", "examples/global-api"], &root());
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     let stderr = text(&out.stderr);
-    assert!(stderr.trim_end().ends_with("0 errors, 0 warnings"), "{stderr}");
+    assert!(
+        stderr.trim_end().ends_with("0 errors, 0 warnings"),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -57,11 +60,22 @@ fn every_mistake_is_reported_in_one_run_without_colour_off_a_terminal() {
     let out = edgepack(&["check", "."], dir.path());
     assert_eq!(out.status.code(), Some(1));
     let stderr = text(&out.stderr);
-    for needle in ["unknown node `rout`", "did you mean `route`?", "`ZZ`", "no origin named `no-such-origin`"] {
+    for needle in [
+        "unknown node `rout`",
+        "did you mean `route`?",
+        "`ZZ`",
+        "no origin named `no-such-origin`",
+    ] {
         assert!(stderr.contains(needle), "missing {needle:?} in:\n{stderr}");
     }
-    assert!(!stderr.contains('\u{1b}'), "colour escapes written to a pipe");
-    assert!(stderr.trim_end().ends_with("3 errors, 0 warnings"), "{stderr}");
+    assert!(
+        !stderr.contains('\u{1b}'),
+        "colour escapes written to a pipe"
+    );
+    assert!(
+        stderr.trim_end().ends_with("3 errors, 0 warnings"),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -72,10 +86,17 @@ fn json_format_has_codes_and_positions() {
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("stdout is JSON");
     assert_eq!(report["errors"], 3);
     let diagnostics = report["diagnostics"].as_array().expect("diagnostics");
-    let codes: Vec<&str> = diagnostics.iter().filter_map(|d| d["code"].as_str()).collect();
+    let codes: Vec<&str> = diagnostics
+        .iter()
+        .filter_map(|d| d["code"].as_str())
+        .collect();
     assert_eq!(
         codes,
-        ["edgepack::node::unknown", "edgepack::country::invalid", "edgepack::ref::undefined"]
+        [
+            "edgepack::node::unknown",
+            "edgepack::country::invalid",
+            "edgepack::ref::undefined"
+        ]
     );
     let rout = &diagnostics[0];
     assert_eq!(rout["file"], "edgepack.kdl");
@@ -90,10 +111,21 @@ fn github_format_prints_workflow_commands() {
     let out = edgepack(&["check", "--format", "github", "."], dir.path());
     assert_eq!(out.status.code(), Some(1));
     let stdout = text(&out.stdout);
-    let lines: Vec<&str> = stdout.lines().filter(|l| l.starts_with("::error ")).collect();
+    let lines: Vec<&str> = stdout
+        .lines()
+        .filter(|l| l.starts_with("::error "))
+        .collect();
     assert_eq!(lines.len(), 3, "{stdout}");
-    assert!(lines[0].starts_with("::error file=edgepack.kdl,line="), "{}", lines[0]);
-    assert!(lines[0].contains("title=edgepack%3A%3Anode%3A%3Aunknown::"), "{}", lines[0]);
+    assert!(
+        lines[0].starts_with("::error file=edgepack.kdl,line="),
+        "{}",
+        lines[0]
+    );
+    assert!(
+        lines[0].contains("title=edgepack%3A%3Anode%3A%3Aunknown::"),
+        "{}",
+        lines[0]
+    );
 }
 
 #[test]
@@ -104,7 +136,11 @@ fn unreadable_paths_and_bad_usage_exit_two() {
     let dir = tempfile::tempdir().expect("temp dir");
     let out = edgepack(&["check", "."], dir.path());
     assert_eq!(out.status.code(), Some(2));
-    assert!(text(&out.stderr).contains("has no edgepack.kdl"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("has no edgepack.kdl"),
+        "{}",
+        text(&out.stderr)
+    );
     let out = edgepack(&["check", "--format", "yaml"], &root());
     assert_eq!(out.status.code(), Some(2));
     let out = edgepack(&["frobnicate"], &root());
@@ -132,13 +168,23 @@ fn fmt_check_names_files_and_fmt_fixes_them() {
     copy_dir(&root().join("examples/global-api"), dir.path());
     let entry = dir.path().join("edgepack.kdl");
     let original = std::fs::read_to_string(&entry).expect("entry");
-    let messy = original.replace("\n    ", "\n  ").replace("zone \"US\" {", "zone   \"US\"   {");
+    let messy = original
+        .replace("\n    ", "\n  ")
+        .replace("zone \"US\" {", "zone   \"US\"   {");
     std::fs::write(&entry, &messy).expect("write");
 
     let out = edgepack(&["fmt", "--check", "."], dir.path());
     assert_eq!(out.status.code(), Some(1));
-    assert!(text(&out.stdout).contains("would reformat: ./edgepack.kdl"), "{}", text(&out.stdout));
-    assert_eq!(std::fs::read_to_string(&entry).expect("entry"), messy, "--check changed a file");
+    assert!(
+        text(&out.stdout).contains("would reformat: ./edgepack.kdl"),
+        "{}",
+        text(&out.stdout)
+    );
+    assert_eq!(
+        std::fs::read_to_string(&entry).expect("entry"),
+        messy,
+        "--check changed a file"
+    );
 
     let out = edgepack(&["fmt", "."], dir.path());
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
@@ -155,7 +201,10 @@ fn fmt_refuses_files_that_do_not_parse() {
     let out = edgepack(&["fmt", "broken.kdl"], dir.path());
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out.stderr).contains("edgepack::kdl::syntax"));
-    assert_eq!(std::fs::read_to_string(&file).expect("file"), "route \"/x\" {\n");
+    assert_eq!(
+        std::fs::read_to_string(&file).expect("file"),
+        "route \"/x\" {\n"
+    );
 }
 
 #[test]
@@ -166,5 +215,8 @@ fn help_teaches_the_commands() {
     assert!(help.contains("check") && help.contains("fmt"), "{help}");
     let out = edgepack(&["check", "--help"], &root());
     let help = text(&out.stdout);
-    assert!(help.contains("--format") && help.contains("Exit status"), "{help}");
+    assert!(
+        help.contains("--format") && help.contains("Exit status"),
+        "{help}"
+    );
 }
