@@ -1,9 +1,11 @@
-//! The edgepack bundle format and the ABI between a compiled policy module and the node.
+//! What the compiler and the node share: the ABI between a compiled policy module and its
+//! host, and the request block both sides read.
 //!
-//! This crate is the one place that writes and reads bundles, shared by the compiler and the
-//! node, so the two can never disagree about a layout. It holds no policy language and no
-//! code generator: `runtime-min` depends on it and on nothing of the compiler.
-//!
-//! The format (signed manifest, deterministic tar, zstd frames) and the ABI constants arrive
-//! with the compiler and bundle stages; until then the crate only fixes its place in the
-//! dependency graph.
+//! This crate is the one place these layouts are defined, so the code generator, the
+//! reference evaluator and the node can never disagree about them. It holds no policy
+//! language and no code generator: `runtime-min` depends on it and on nothing of the
+//! compiler.
+
+pub mod abi;
+pub mod request;
+pub mod wire;

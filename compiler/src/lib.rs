@@ -1,13 +1,22 @@
 //! The edgepack compiler: the commands of the `edgepack` tool and what they share.
 //!
-//! The policy language itself (parsing, diagnostics, validation) lives in `edgepack-schema`;
-//! this crate runs it and, in later stages, lowers a validated policy per region and builds
-//! bundles. Each subcommand is one module under [`commands`] holding its `clap` arguments
-//! (whose doc comments are the `--help` text) and a `run` function that returns what to
-//! print and the exit status, so tests can run commands without a process.
+//! The policy language itself (parsing, diagnostics, validation) lives in `edgepack-schema`.
+//! This crate lowers a validated policy to one [`plan::RegionPlan`] per region
+//! ([`lower`]), defines what a plan means ([`eval`], the reference evaluator), and compiles
+//! plans to Wasm policy modules ([`codegen`], [`optimize`]). Each subcommand is one module
+//! under [`commands`] holding its `clap` arguments (whose doc comments are the `--help`
+//! text) and a `run` function that returns what to print and the exit status.
 
+pub mod codegen;
 pub mod commands;
+pub mod decodings;
+pub mod eval;
+pub mod lower;
+pub mod optimize;
+pub mod pipeline;
+pub mod plan;
 pub mod report;
+pub mod verify;
 
 /// Exit statuses of the `edgepack` tool.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

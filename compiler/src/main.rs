@@ -7,7 +7,7 @@ use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use edgepack_compiler::commands::{check, fmt};
+use edgepack_compiler::commands::{build, check, explain, fmt};
 use edgepack_compiler::report::HumanStyle;
 
 /// Edge policy as code: check, format and compile KDL policies into signed Wasm bundles.
@@ -25,6 +25,8 @@ struct Cli {
 enum Command {
     Check(check::CheckArgs),
     Fmt(fmt::FmtArgs),
+    Build(build::BuildArgs),
+    Explain(explain::ExplainArgs),
 }
 
 fn main() -> ExitCode {
@@ -33,6 +35,8 @@ fn main() -> ExitCode {
     let output = match &cli.command {
         Command::Check(args) => check::run(args, style),
         Command::Fmt(args) => fmt::run(args, style),
+        Command::Build(args) => build::run(args, style),
+        Command::Explain(args) => explain::run(args, style),
     };
     // A closed pipe (`edgepack check | head`) is not an error worth reporting.
     let _ = std::io::stdout().write_all(output.stdout.as_bytes());

@@ -1,6 +1,8 @@
-//! `edgepack-node`'s library: loading signed bundles and enforcing their policy on HTTP
-//! traffic.
+//! `edgepack-node`'s library: hosting compiled policy modules, and (with the node stage)
+//! loading signed bundles and enforcing them on HTTP traffic.
 //!
 //! It depends on `edgepack-bundles` only, never on the policy language or the compiler, so
-//! an edge node carries no KDL parser and no code generator. The serving runtime arrives with
-//! the node stage; until then only the binary's command line exists.
+//! an edge node carries no KDL parser and no code generator. [`host`] is the one host of
+//! policy modules: the compiler's `explain` and the differential tests use it too.
+
+pub mod host;

@@ -1,0 +1,1028 @@
+//! The request block: how a request is laid out in a policy module's memory (ABI v1).
+//!
+//! [`encode`] parses a request once — host without port, path split into percent-decoded,
+//! dot-normalized segments, query and form/JSON body arguments, cookies, `X-Forwarded-For`
+//! hops — and writes it into a caller-provided buffer without allocating: the node writes
+//! straight into the module's linear memory. [`decode`] reads a block back into owned Rust
+//! values for the reference evaluator, so the evaluator and the compiled module always see
+//! the very same parsed request. The layout is documented in docs/abi.md.
+
+use crate::abi::{flag, method, req};
+use crate::request::{RequestParts, ip_bytes};
+
+/// Bounds on what one request may contain.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    pub max_segments: u32,
+    pub max_headers: u32,
+    pub max_args: u32,
+    pub max_cookies: u32,
+    pub max_xff_hops: u32,
+    pub max_json_depth: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            max_segments: 128,
+            max_headers: 128,
+            max_args: 1024,
+            max_cookies: 128,
+            max_xff_hops: 32,
+            max_json_depth: 32,
+        }
+    }
+}
+
+/// Why a request cannot be written into the block.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum EncodeError {
+    #[error("the request is larger than the policy's request buffer ({capacity} bytes)")]
+    TooLarge { capacity: usize },
+    #[error("the request has more than {limit} {what}")]
+    TooMany { what: &'static str, limit: u32 },
+}
+
+impl EncodeError {
+    /// The HTTP status a node answers with.
+    pub fn status(&self) -> u16 {
+        match self {
+            EncodeError::TooMany {
+                what: "headers" | "cookies" | "forwarded hops",
+                ..
+            } => 431,
+            EncodeError::TooMany { .. } => 414,
+            EncodeError::TooLarge { .. } => 413,
+        }
+    }
+}
+
+struct Writer<'a> {
+    buf: &'a mut [u8],
+    /// Next free byte of the arena (after the header).
+    pos: usize,
+}
+
+impl Writer<'_> {
+    fn full(&self) -> EncodeError {
+        EncodeError::TooLarge {
+            capacity: self.buf.len(),
+        }
+    }
+
+    fn put_u32_at(&mut self, at: usize, value: u32) {
+        self.buf[at..at + 4].copy_from_slice(&value.to_le_bytes());
+    }
+
+    fn align(&mut self) -> Result<(), EncodeError> {
+        let aligned = (self.pos + 3) & !3;
+        if aligned > self.buf.len() {
+            return Err(self.full());
+        }
+        self.pos = aligned;
+        Ok(())
+    }
+
+    fn reserve(&mut self, len: usize) -> Result<usize, EncodeError> {
+        let start = self.pos;
+        let end = start.checked_add(len).ok_or_else(|| self.full())?;
+        if end > self.buf.len() {
+            return Err(self.full());
+        }
+        self.pos = end;
+        Ok(start)
+    }
+
+    fn bytes(&mut self, bytes: &[u8]) -> Result<(u32, u32), EncodeError> {
+        let start = self.reserve(bytes.len())?;
+        self.buf[start..start + bytes.len()].copy_from_slice(bytes);
+        Ok((start as u32, bytes.len() as u32))
+    }
+
+    /// Writes `src` percent-decoded (and `+` as space when asked).
+    fn decoded(&mut self, src: &[u8], plus_as_space: bool) -> Result<(u32, u32), EncodeError> {
+        let start = self.pos;
+        let mut i = 0;
+        while i < src.len() {
+            let b = src[i];
+            let escaped = if b == b'%' && i + 2 < src.len() {
+                hex(src[i + 1])
+                    .zip(hex(src[i + 2]))
+                    .map(|(h, l)| h << 4 | l)
+            } else {
+                None
+            };
+            let out = match escaped {
+                Some(v) => {
+                    i += 3;
+                    v
+                }
+                None => {
+                    i += 1;
+                    if b == b'+' && plus_as_space { b' ' } else { b }
+                }
+            };
+            if self.pos >= self.buf.len() {
+                return Err(self.full());
+            }
+            self.buf[self.pos] = out;
+            self.pos += 1;
+        }
+        Ok((start as u32, (self.pos - start) as u32))
+    }
+}
+
+fn hex(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
+    }
+}
+
+fn method_code(m: &str) -> u32 {
+    method::code(m)
+}
+
+/// The host without port or trailing dot, in lower case.
+fn normalized_host(host: &[u8]) -> &[u8] {
+    let host = if host.first() == Some(&b'[') {
+        match host.iter().position(|b| *b == b']') {
+            Some(end) => &host[..=end],
+            None => host,
+        }
+    } else {
+        match host.iter().rposition(|b| *b == b':') {
+            Some(colon) => &host[..colon],
+            None => host,
+        }
+    };
+    host.strip_suffix(b".").unwrap_or(host)
+}
+
+/// Writes `parts` as a request block into `out` and returns the block's length. At most
+/// `body_limit` bytes of the body are written (the policy inspects no more).
+pub fn encode(
+    parts: &dyn RequestParts,
+    limits: &Limits,
+    body_limit: usize,
+    out: &mut [u8],
+) -> Result<usize, EncodeError> {
+    let capacity = out.len();
+    if capacity < req::HEADER_SIZE as usize {
+        return Err(EncodeError::TooLarge { capacity });
+    }
+    out[..req::HEADER_SIZE as usize].fill(0);
+    let mut w = Writer {
+        buf: out,
+        pos: req::HEADER_SIZE as usize,
+    };
+    w.put_u32_at(req::ABI as usize, crate::abi::ABI_VERSION);
+    w.put_u32_at(req::METHOD as usize, method_code(parts.method()));
+    let peer = ip_bytes(parts.peer());
+    w.buf[req::PEER as usize..req::PEER as usize + 16].copy_from_slice(&peer);
+
+    let (off, len) = w.bytes(parts.path())?;
+    w.put_u32_at(req::PATH as usize, off);
+    w.put_u32_at(req::PATH as usize + 4, len);
+    let (off, len) = w.bytes(parts.query())?;
+    w.put_u32_at(req::QUERY as usize, off);
+    w.put_u32_at(req::QUERY as usize + 4, len);
+    let host_start = w.pos;
+    let (off, len) = w.bytes(normalized_host(parts.host()))?;
+    w.buf[host_start..w.pos].make_ascii_lowercase();
+    w.put_u32_at(req::HOST as usize, off);
+    w.put_u32_at(req::HOST as usize + 4, len);
+
+    write_segments(&mut w, parts.path(), limits)?;
+    let (flags, content_type) = write_headers(&mut w, parts, limits)?;
+    let mut flags = flags;
+    if method_code(parts.method()) == method::OPTIONS && flags & flag::HAS_ACRM != 0 {
+        flags |= flag::PREFLIGHT;
+    }
+    let body = &parts.body()[..parts.body().len().min(body_limit)];
+    write_args(&mut w, parts.query(), body, content_type, limits)?;
+    write_cookies(&mut w, parts, limits)?;
+    write_xff(&mut w, parts, limits)?;
+
+    let (off, len) = w.bytes(body)?;
+    w.put_u32_at(req::BODY as usize, off);
+    w.put_u32_at(req::BODY as usize + 4, len);
+    let total = parts.body_len().max(parts.body().len() as u64);
+    w.put_u32_at(
+        req::BODY_TOTAL as usize,
+        u32::try_from(total).unwrap_or(u32::MAX),
+    );
+    if total > body.len() as u64 {
+        flags |= flag::BODY_TRUNCATED;
+    }
+    w.put_u32_at(req::FLAGS as usize, flags);
+    Ok(w.pos)
+}
+
+/// Path segments: split on `/`, percent-decoded, empty and `.` segments dropped, `..` removing
+/// the one before it. Each record is (offset, length).
+fn write_segments(w: &mut Writer<'_>, path: &[u8], limits: &Limits) -> Result<(), EncodeError> {
+    // Decode every segment into the arena first, remembering (off, len) on the fly in the
+    // record array, which is reserved at its maximum size and trimmed by the count.
+    let pieces = path.split(|b| *b == b'/').filter(|p| !p.is_empty()).count() as u32;
+    if pieces > limits.max_segments {
+        return Err(EncodeError::TooMany {
+            what: "path segments",
+            limit: limits.max_segments,
+        });
+    }
+    w.align()?;
+    let records = w.reserve(pieces as usize * 8)?;
+    let mut count: u32 = 0;
+    for piece in path.split(|b| *b == b'/').filter(|p| !p.is_empty()) {
+        let mark = w.pos;
+        let (off, len) = w.decoded(piece, false)?;
+        let text = &w.buf[off as usize..(off + len) as usize];
+        if text == b"." {
+            w.pos = mark;
+            continue;
+        }
+        if text == b".." {
+            w.pos = mark;
+            count = count.saturating_sub(1);
+            continue;
+        }
+        let at = records + count as usize * 8;
+        w.put_u32_at(at, off);
+        w.put_u32_at(at + 4, len);
+        count += 1;
+    }
+    w.put_u32_at(req::SEGMENTS as usize, records as u32);
+    w.put_u32_at(req::SEGMENTS as usize + 4, count);
+    Ok(())
+}
+
+/// Headers as (name, value) records; returns flags and the content type's offset/length.
+fn write_headers(
+    w: &mut Writer<'_>,
+    parts: &dyn RequestParts,
+    limits: &Limits,
+) -> Result<(u32, Option<(u32, u32)>), EncodeError> {
+    let mut count = 0u32;
+    parts.for_each_header(&mut |_, _| count += 1);
+    if count > limits.max_headers {
+        return Err(EncodeError::TooMany {
+            what: "headers",
+            limit: limits.max_headers,
+        });
+    }
+    w.align()?;
+    let records = w.reserve(count as usize * 16)?;
+    let mut index = 0usize;
+    let mut flags = 0u32;
+    let mut preflight_method = method::OTHER;
+    let mut content_type = None;
+    let mut error = None;
+    parts.for_each_header(&mut |name, value| {
+        if error.is_some() || index as u32 >= count {
+            return;
+        }
+        let result = (|| {
+            let name_start = w.pos;
+            let (name_off, name_len) = w.bytes(name)?;
+            w.buf[name_start..w.pos].make_ascii_lowercase();
+            let (value_off, value_len) = w.bytes(value)?;
+            Ok::<_, EncodeError>((name_off, name_len, value_off, value_len))
+        })();
+        match result {
+            Ok((name_off, name_len, value_off, value_len)) => {
+                let at = records + index * 16;
+                w.put_u32_at(at, name_off);
+                w.put_u32_at(at + 4, name_len);
+                w.put_u32_at(at + 8, value_off);
+                w.put_u32_at(at + 12, value_len);
+                index += 1;
+                let lower = |n: &[u8], want: &[u8]| n.eq_ignore_ascii_case(want);
+                if lower(name, b"authorization") {
+                    flags |= flag::HAS_AUTHORIZATION;
+                    if value.len() > 7 && value[..7].eq_ignore_ascii_case(b"bearer ") {
+                        flags |= flag::HAS_BEARER;
+                    }
+                } else if lower(name, b"cookie") {
+                    flags |= flag::HAS_COOKIE;
+                } else if lower(name, b"access-control-request-method") {
+                    flags |= flag::HAS_ACRM;
+                    preflight_method =
+                        std::str::from_utf8(value.trim_ascii()).map_or(method::OTHER, method_code);
+                } else if lower(name, b"content-type") && content_type.is_none() {
+                    content_type = Some((value_off, value_len));
+                }
+            }
+            Err(e) => error = Some(e),
+        }
+    });
+    if let Some(e) = error {
+        return Err(e);
+    }
+    w.put_u32_at(req::HEADERS as usize, records as u32);
+    w.put_u32_at(req::HEADERS as usize + 4, index as u32);
+    w.put_u32_at(req::PREFLIGHT_METHOD as usize, preflight_method);
+    Ok((flags, content_type))
+}
+
+/// Arguments from the query, then from a form or JSON body.
+fn write_args(
+    w: &mut Writer<'_>,
+    query: &[u8],
+    body: &[u8],
+    content_type: Option<(u32, u32)>,
+    limits: &Limits,
+) -> Result<(), EncodeError> {
+    let kind = content_type.map_or(BodyKind::Other, |(off, len)| {
+        body_kind(&w.buf[off as usize..(off + len) as usize])
+    });
+    // Upper bound on the number of records: pieces of the query, plus of the body.
+    let query_pieces = count_pieces(query);
+    let body_pieces = match kind {
+        BodyKind::Form => count_pieces(body),
+        BodyKind::Json => count_json_leaves(body, limits.max_json_depth),
+        BodyKind::Other => 0,
+    };
+    let most = query_pieces + body_pieces;
+    if most > limits.max_args as usize {
+        return Err(EncodeError::TooMany {
+            what: "arguments",
+            limit: limits.max_args,
+        });
+    }
+    w.align()?;
+    let records = w.reserve(most * 16)?;
+    let mut count = 0usize;
+    for piece in query.split(|b| *b == b'&').filter(|p| !p.is_empty()) {
+        write_form_pair(w, records, &mut count, piece)?;
+    }
+    let query_count = count;
+    match kind {
+        BodyKind::Form => {
+            for piece in body.split(|b| *b == b'&').filter(|p| !p.is_empty()) {
+                write_form_pair(w, records, &mut count, piece)?;
+            }
+        }
+        BodyKind::Json => {
+            let mut flattener = JsonFlattener {
+                src: body,
+                pos: 0,
+                name: [0; 512],
+                name_len: 0,
+                records,
+                count: &mut count,
+                max_count: most,
+                max_depth: limits.max_json_depth,
+            };
+            // A malformed body keeps the arguments read before the error.
+            let _ = flattener.value(w, 0);
+        }
+        BodyKind::Other => {}
+    }
+    w.put_u32_at(req::ARGS as usize, records as u32);
+    w.put_u32_at(req::ARGS as usize + 4, count as u32);
+    w.put_u32_at(req::QUERY_ARGS as usize, query_count as u32);
+    Ok(())
+}
+
+fn count_pieces(text: &[u8]) -> usize {
+    text.split(|b| *b == b'&').filter(|p| !p.is_empty()).count()
+}
+
+fn write_form_pair(
+    w: &mut Writer<'_>,
+    records: usize,
+    count: &mut usize,
+    piece: &[u8],
+) -> Result<(), EncodeError> {
+    let (name, value) = match piece.iter().position(|b| *b == b'=') {
+        Some(eq) => (&piece[..eq], &piece[eq + 1..]),
+        None => (piece, &b""[..]),
+    };
+    let (name_off, name_len) = w.decoded(name, true)?;
+    let (value_off, value_len) = w.decoded(value, true)?;
+    let at = records + *count * 16;
+    w.put_u32_at(at, name_off);
+    w.put_u32_at(at + 4, name_len);
+    w.put_u32_at(at + 8, value_off);
+    w.put_u32_at(at + 12, value_len);
+    *count += 1;
+    Ok(())
+}
+
+enum BodyKind {
+    Form,
+    Json,
+    Other,
+}
+
+fn body_kind(content_type: &[u8]) -> BodyKind {
+    let essence = content_type
+        .split(|b| *b == b';')
+        .next()
+        .unwrap_or_default()
+        .trim_ascii();
+    if essence.eq_ignore_ascii_case(b"application/x-www-form-urlencoded") {
+        BodyKind::Form
+    } else if essence.eq_ignore_ascii_case(b"application/json")
+        || (essence.len() > 5 && essence[essence.len() - 5..].eq_ignore_ascii_case(b"+json"))
+    {
+        BodyKind::Json
+    } else {
+        BodyKind::Other
+    }
+}
+
+/// An upper bound on the leaves a JSON body yields: one per `,`, `:` or value start is more
+/// than enough, and cheap to count.
+fn count_json_leaves(body: &[u8], _max_depth: u32) -> usize {
+    body.iter()
+        .filter(|b| matches!(b, b',' | b'[' | b'{'))
+        .count()
+        + 1
+}
+
+/// Flattens a JSON document into (dotted name, value) arguments: `{"a":{"b":[1,"x"]}}`
+/// gives `a.b.0=1` and `a.b.1=x`. Strings are unescaped; other scalars kept as written.
+struct JsonFlattener<'s, 'c> {
+    src: &'s [u8],
+    pos: usize,
+    name: [u8; 512],
+    name_len: usize,
+    records: usize,
+    count: &'c mut usize,
+    max_count: usize,
+    max_depth: u32,
+}
+
+#[derive(Debug)]
+struct JsonError;
+
+impl JsonFlattener<'_, '_> {
+    fn skip_ws(&mut self) {
+        while self.pos < self.src.len()
+            && matches!(self.src[self.pos], b' ' | b'\t' | b'\n' | b'\r')
+        {
+            self.pos += 1;
+        }
+    }
+
+    fn peek(&self) -> Option<u8> {
+        self.src.get(self.pos).copied()
+    }
+
+    fn value(&mut self, w: &mut Writer<'_>, depth: u32) -> Result<(), JsonError> {
+        if depth > self.max_depth {
+            return Err(JsonError);
+        }
+        self.skip_ws();
+        match self.peek().ok_or(JsonError)? {
+            b'{' => {
+                self.pos += 1;
+                self.skip_ws();
+                if self.peek() == Some(b'}') {
+                    self.pos += 1;
+                    return Ok(());
+                }
+                loop {
+                    self.skip_ws();
+                    if self.peek() != Some(b'"') {
+                        return Err(JsonError);
+                    }
+                    let saved = self.name_len;
+                    self.push_separator();
+                    self.string_into_name()?;
+                    self.skip_ws();
+                    if self.peek() != Some(b':') {
+                        return Err(JsonError);
+                    }
+                    self.pos += 1;
+                    self.value(w, depth + 1)?;
+                    self.name_len = saved;
+                    self.skip_ws();
+                    match self.peek() {
+                        Some(b',') => self.pos += 1,
+                        Some(b'}') => {
+                            self.pos += 1;
+                            return Ok(());
+                        }
+                        _ => return Err(JsonError),
+                    }
+                }
+            }
+            b'[' => {
+                self.pos += 1;
+                self.skip_ws();
+                if self.peek() == Some(b']') {
+                    self.pos += 1;
+                    return Ok(());
+                }
+                let mut index = 0u32;
+                loop {
+                    let saved = self.name_len;
+                    self.push_separator();
+                    self.push_number(index);
+                    self.value(w, depth + 1)?;
+                    self.name_len = saved;
+                    index += 1;
+                    self.skip_ws();
+                    match self.peek() {
+                        Some(b',') => self.pos += 1,
+                        Some(b']') => {
+                            self.pos += 1;
+                            return Ok(());
+                        }
+                        _ => return Err(JsonError),
+                    }
+                }
+            }
+            b'"' => {
+                let (value_off, value_len) = self.string_into_arena(w)?;
+                self.leaf(w, value_off, value_len)
+            }
+            _ => {
+                let start = self.pos;
+                while self.pos < self.src.len()
+                    && !matches!(
+                        self.src[self.pos],
+                        b',' | b'}' | b']' | b' ' | b'\t' | b'\n' | b'\r'
+                    )
+                {
+                    self.pos += 1;
+                }
+                if self.pos == start {
+                    return Err(JsonError);
+                }
+                let (value_off, value_len) =
+                    w.bytes(&self.src[start..self.pos]).map_err(|_| JsonError)?;
+                self.leaf(w, value_off, value_len)
+            }
+        }
+    }
+
+    fn leaf(
+        &mut self,
+        w: &mut Writer<'_>,
+        value_off: u32,
+        value_len: u32,
+    ) -> Result<(), JsonError> {
+        if *self.count >= self.max_count {
+            return Err(JsonError);
+        }
+        let (name_off, name_len) = w
+            .bytes(&self.name[..self.name_len])
+            .map_err(|_| JsonError)?;
+        let at = self.records + *self.count * 16;
+        w.put_u32_at(at, name_off);
+        w.put_u32_at(at + 4, name_len);
+        w.put_u32_at(at + 8, value_off);
+        w.put_u32_at(at + 12, value_len);
+        *self.count += 1;
+        Ok(())
+    }
+
+    fn push_separator(&mut self) {
+        if self.name_len > 0 {
+            self.push_name_byte(b'.');
+        }
+    }
+
+    fn push_name_byte(&mut self, b: u8) {
+        if self.name_len < self.name.len() {
+            self.name[self.name_len] = b;
+            self.name_len += 1;
+        }
+    }
+
+    fn push_number(&mut self, n: u32) {
+        let mut digits = [0u8; 10];
+        let mut i = digits.len();
+        let mut n = n;
+        loop {
+            i -= 1;
+            digits[i] = b'0' + (n % 10) as u8;
+            n /= 10;
+            if n == 0 {
+                break;
+            }
+        }
+        for d in &digits[i..] {
+            self.push_name_byte(*d);
+        }
+    }
+
+    fn string_into_name(&mut self) -> Result<(), JsonError> {
+        let mut bytes = [0u8; 4];
+        self.pos += 1;
+        loop {
+            let b = self.peek().ok_or(JsonError)?;
+            self.pos += 1;
+            match b {
+                b'"' => return Ok(()),
+                b'\\' => {
+                    let n = self.escape(&mut bytes)?;
+                    for b in &bytes[..n] {
+                        self.push_name_byte(*b);
+                    }
+                }
+                _ => self.push_name_byte(b),
+            }
+        }
+    }
+
+    fn string_into_arena(&mut self, w: &mut Writer<'_>) -> Result<(u32, u32), JsonError> {
+        let start = w.pos;
+        let mut bytes = [0u8; 4];
+        self.pos += 1;
+        loop {
+            let b = self.peek().ok_or(JsonError)?;
+            self.pos += 1;
+            let n = match b {
+                b'"' => return Ok((start as u32, (w.pos - start) as u32)),
+                b'\\' => self.escape(&mut bytes)?,
+                _ => {
+                    bytes[0] = b;
+                    1
+                }
+            };
+            w.bytes(&bytes[..n]).map_err(|_| JsonError)?;
+        }
+    }
+
+    /// Decodes the escape after a backslash into `out`; returns its length.
+    fn escape(&mut self, out: &mut [u8; 4]) -> Result<usize, JsonError> {
+        let e = self.peek().ok_or(JsonError)?;
+        self.pos += 1;
+        let simple = match e {
+            b'"' => b'"',
+            b'\\' => b'\\',
+            b'/' => b'/',
+            b'b' => 8,
+            b'f' => 12,
+            b'n' => b'\n',
+            b'r' => b'\r',
+            b't' => b'\t',
+            b'u' => {
+                let mut code = self.hex4()?;
+                if (0xD800..0xDC00).contains(&code)
+                    && self.src.get(self.pos..self.pos + 2) == Some(b"\\u")
+                {
+                    self.pos += 2;
+                    let low = self.hex4()?;
+                    if (0xDC00..0xE000).contains(&low) {
+                        code = 0x10000 + ((code - 0xD800) << 10) + (low - 0xDC00);
+                    }
+                }
+                let c = char::from_u32(code).unwrap_or('\u{FFFD}');
+                return Ok(c.encode_utf8(out).len());
+            }
+            _ => return Err(JsonError),
+        };
+        out[0] = simple;
+        Ok(1)
+    }
+
+    fn hex4(&mut self) -> Result<u32, JsonError> {
+        let digits = self.src.get(self.pos..self.pos + 4).ok_or(JsonError)?;
+        let mut code = 0u32;
+        for d in digits {
+            code = code << 4 | u32::from(hex(*d).ok_or(JsonError)?);
+        }
+        self.pos += 4;
+        Ok(code)
+    }
+}
+
+/// Cookies from every `Cookie` header: `a=1; b=2`.
+fn write_cookies(
+    w: &mut Writer<'_>,
+    parts: &dyn RequestParts,
+    limits: &Limits,
+) -> Result<(), EncodeError> {
+    let mut most = 0usize;
+    parts.for_each_header(&mut |name, value| {
+        if name.eq_ignore_ascii_case(b"cookie") {
+            most += value.split(|b| *b == b';').count();
+        }
+    });
+    if most > limits.max_cookies as usize {
+        return Err(EncodeError::TooMany {
+            what: "cookies",
+            limit: limits.max_cookies,
+        });
+    }
+    w.align()?;
+    let records = w.reserve(most * 16)?;
+    let mut count = 0usize;
+    let mut error = None;
+    parts.for_each_header(&mut |name, value| {
+        if error.is_some() || !name.eq_ignore_ascii_case(b"cookie") {
+            return;
+        }
+        for piece in value.split(|b| *b == b';') {
+            let piece = piece.trim_ascii();
+            if piece.is_empty() {
+                continue;
+            }
+            let (name, value) = match piece.iter().position(|b| *b == b'=') {
+                Some(eq) => (piece[..eq].trim_ascii(), piece[eq + 1..].trim_ascii()),
+                None => (&b""[..], piece),
+            };
+            match w.bytes(name).and_then(|n| w.bytes(value).map(|v| (n, v))) {
+                Ok(((name_off, name_len), (value_off, value_len))) => {
+                    let at = records + count * 16;
+                    w.put_u32_at(at, name_off);
+                    w.put_u32_at(at + 4, name_len);
+                    w.put_u32_at(at + 8, value_off);
+                    w.put_u32_at(at + 12, value_len);
+                    count += 1;
+                }
+                Err(e) => {
+                    error = Some(e);
+                    return;
+                }
+            }
+        }
+    });
+    if let Some(e) = error {
+        return Err(e);
+    }
+    w.put_u32_at(req::COOKIES as usize, records as u32);
+    w.put_u32_at(req::COOKIES as usize + 4, count as u32);
+    Ok(())
+}
+
+/// `X-Forwarded-For` hops, left to right, each 16 address bytes and a validity word.
+fn write_xff(
+    w: &mut Writer<'_>,
+    parts: &dyn RequestParts,
+    limits: &Limits,
+) -> Result<(), EncodeError> {
+    let mut most = 0usize;
+    parts.for_each_header(&mut |name, value| {
+        if name.eq_ignore_ascii_case(b"x-forwarded-for") {
+            most += value.split(|b| *b == b',').count();
+        }
+    });
+    if most > limits.max_xff_hops as usize {
+        return Err(EncodeError::TooMany {
+            what: "forwarded hops",
+            limit: limits.max_xff_hops,
+        });
+    }
+    w.align()?;
+    let records = w.reserve(most * 20)?;
+    let mut count = 0usize;
+    parts.for_each_header(&mut |name, value| {
+        if !name.eq_ignore_ascii_case(b"x-forwarded-for") {
+            return;
+        }
+        for hop in value.split(|b| *b == b',') {
+            let hop = hop.trim_ascii();
+            let parsed = std::str::from_utf8(hop)
+                .ok()
+                .and_then(|s| s.parse::<std::net::IpAddr>().ok());
+            let at = records + count * 20;
+            match parsed {
+                Some(ip) => {
+                    w.buf[at..at + 16].copy_from_slice(&ip_bytes(ip));
+                    w.put_u32_at(at + 16, 1);
+                }
+                None => {
+                    w.buf[at..at + 16].fill(0);
+                    w.put_u32_at(at + 16, 0);
+                }
+            }
+            count += 1;
+        }
+    });
+    w.put_u32_at(req::XFF as usize, records as u32);
+    w.put_u32_at(req::XFF as usize + 4, count as u32);
+    Ok(())
+}
+
+/// A (name, value) record: a header, an argument or a cookie.
+pub type Pair = (Vec<u8>, Vec<u8>);
+
+/// A request block read back into owned values, as the reference evaluator consumes it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ParsedRequest {
+    pub method: u32,
+    pub flags: u32,
+    pub peer: [u8; 16],
+    pub path: Vec<u8>,
+    pub query: Vec<u8>,
+    pub host: Vec<u8>,
+    pub segments: Vec<Vec<u8>>,
+    pub headers: Vec<Pair>,
+    /// Query arguments first, then body arguments.
+    pub args: Vec<Pair>,
+    pub query_arg_count: usize,
+    pub cookies: Vec<Pair>,
+    /// `None` for a hop that is not an address.
+    pub xff: Vec<Option<[u8; 16]>>,
+    pub body: Vec<u8>,
+    pub body_total: u64,
+    pub preflight_method: u32,
+}
+
+impl ParsedRequest {
+    /// The first value of a header (name in lower case).
+    pub fn header(&self, name: &[u8]) -> Option<&[u8]> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_slice())
+    }
+}
+
+/// Why a block could not be read back (only a bug or memory corruption causes this).
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+#[error("malformed request block at byte {at}")]
+pub struct DecodeError {
+    pub at: usize,
+}
+
+/// Reads a request block written by [`encode`].
+pub fn decode(block: &[u8]) -> Result<ParsedRequest, DecodeError> {
+    let u32_at = |at: usize| -> Result<u32, DecodeError> {
+        block
+            .get(at..at + 4)
+            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .ok_or(DecodeError { at })
+    };
+    let slice = |off: u32, len: u32| -> Result<Vec<u8>, DecodeError> {
+        block
+            .get(off as usize..off as usize + len as usize)
+            .map(<[u8]>::to_vec)
+            .ok_or(DecodeError { at: off as usize })
+    };
+    let field = |at: u32| -> Result<Vec<u8>, DecodeError> {
+        slice(u32_at(at as usize)?, u32_at(at as usize + 4)?)
+    };
+    let pairs = |at: u32| -> Result<Vec<Pair>, DecodeError> {
+        let off = u32_at(at as usize)? as usize;
+        let count = u32_at(at as usize + 4)? as usize;
+        (0..count)
+            .map(|i| {
+                let r = off + i * 16;
+                Ok((
+                    slice(u32_at(r)?, u32_at(r + 4)?)?,
+                    slice(u32_at(r + 8)?, u32_at(r + 12)?)?,
+                ))
+            })
+            .collect()
+    };
+    let mut peer = [0u8; 16];
+    peer.copy_from_slice(
+        block
+            .get(req::PEER as usize..req::PEER as usize + 16)
+            .ok_or(DecodeError { at: 0 })?,
+    );
+    let seg_off = u32_at(req::SEGMENTS as usize)? as usize;
+    let seg_count = u32_at(req::SEGMENTS as usize + 4)? as usize;
+    let segments = (0..seg_count)
+        .map(|i| slice(u32_at(seg_off + i * 8)?, u32_at(seg_off + i * 8 + 4)?))
+        .collect::<Result<_, _>>()?;
+    let xff_off = u32_at(req::XFF as usize)? as usize;
+    let xff_count = u32_at(req::XFF as usize + 4)? as usize;
+    let xff = (0..xff_count)
+        .map(|i| {
+            let r = xff_off + i * 20;
+            let valid = u32_at(r + 16)? != 0;
+            let mut ip = [0u8; 16];
+            ip.copy_from_slice(block.get(r..r + 16).ok_or(DecodeError { at: r })?);
+            Ok(valid.then_some(ip))
+        })
+        .collect::<Result<_, DecodeError>>()?;
+    Ok(ParsedRequest {
+        method: u32_at(req::METHOD as usize)?,
+        flags: u32_at(req::FLAGS as usize)?,
+        peer,
+        path: field(req::PATH)?,
+        query: field(req::QUERY)?,
+        host: field(req::HOST)?,
+        segments,
+        headers: pairs(req::HEADERS)?,
+        args: pairs(req::ARGS)?,
+        query_arg_count: u32_at(req::QUERY_ARGS as usize)? as usize,
+        cookies: pairs(req::COOKIES)?,
+        xff,
+        body: field(req::BODY)?,
+        body_total: u64::from(u32_at(req::BODY_TOTAL as usize)?),
+        preflight_method: u32_at(req::PREFLIGHT_METHOD as usize)?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::request::Request;
+
+    fn roundtrip(request: &Request) -> ParsedRequest {
+        let mut buf = vec![0u8; 1 << 16];
+        let len = encode(request, &Limits::default(), usize::MAX, &mut buf).unwrap();
+        decode(&buf[..len]).unwrap()
+    }
+
+    #[test]
+    fn splits_and_normalizes_the_path() {
+        let parsed = roundtrip(&Request::new(
+            "GET",
+            "/api//data/./x/../%2e%2e/items/a%20b/..%2f..%2fetc",
+        ));
+        let segments: Vec<&[u8]> = parsed.segments.iter().map(Vec::as_slice).collect();
+        assert_eq!(segments, [&b"api"[..], b"items", b"a b", b"../../etc"]);
+        assert_eq!(
+            parsed.path,
+            b"/api//data/./x/../%2e%2e/items/a%20b/..%2f..%2fetc"
+        );
+    }
+
+    #[test]
+    fn parses_query_form_and_json_arguments() {
+        let req = Request::new("POST", "/x?id=1%20union+select&flag&=v")
+            .header("Content-Type", "application/json; charset=utf-8")
+            .body(r#"{"user":{"name":"a\"b\u00e9","tags":["x",2]},"ok":true}"#);
+        let parsed = roundtrip(&req);
+        let args: Vec<(String, String)> = parsed
+            .args
+            .iter()
+            .map(|(n, v)| {
+                (
+                    String::from_utf8_lossy(n).into(),
+                    String::from_utf8_lossy(v).into(),
+                )
+            })
+            .collect();
+        let expect = [
+            ("id", "1 union select"),
+            ("flag", ""),
+            ("", "v"),
+            ("user.name", "a\"bé"),
+            ("user.tags.0", "x"),
+            ("user.tags.1", "2"),
+            ("ok", "true"),
+        ];
+        assert_eq!(args.len(), expect.len(), "{args:?}");
+        for ((n, v), (en, ev)) in args.iter().zip(expect) {
+            assert_eq!((n.as_str(), v.as_str()), (en, ev));
+        }
+        assert_eq!(parsed.query_arg_count, 3);
+        let form = Request::new("POST", "/x")
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body("a=%3Cscript%3E&b=c+d");
+        let parsed = roundtrip(&form);
+        assert_eq!(parsed.args[1], (b"b".to_vec(), b"c d".to_vec()));
+    }
+
+    #[test]
+    fn reads_host_cookies_forwarded_hops_and_flags() {
+        let req = Request::new("OPTIONS", "/")
+            .host("API.Example.com:8443")
+            .header("cookie", "a=1; b = two ;;c")
+            .header("authorization", "Bearer abc")
+            .header("access-control-request-method", "POST")
+            .header("x-forwarded-for", "203.0.113.9, garbage ,10.0.0.1");
+        let parsed = roundtrip(&req);
+        assert_eq!(parsed.host, b"api.example.com");
+        assert_eq!(parsed.cookies.len(), 3);
+        assert_eq!(parsed.cookies[1], (b"b".to_vec(), b"two".to_vec()));
+        assert_eq!(parsed.xff.len(), 3);
+        assert!(parsed.xff[1].is_none());
+        assert_eq!(
+            parsed.xff[0],
+            Some(ip_bytes("203.0.113.9".parse().unwrap()))
+        );
+        let want = flag::HAS_AUTHORIZATION
+            | flag::HAS_BEARER
+            | flag::HAS_COOKIE
+            | flag::HAS_ACRM
+            | flag::PREFLIGHT;
+        assert_eq!(parsed.flags & want, want);
+    }
+
+    #[test]
+    fn refuses_what_does_not_fit() {
+        let mut req = Request::new("GET", "/");
+        for i in 0..200 {
+            req = req.header(&format!("x-{i}"), "v");
+        }
+        let mut buf = vec![0u8; 1 << 16];
+        assert_eq!(
+            encode(&req, &Limits::default(), usize::MAX, &mut buf),
+            Err(EncodeError::TooMany {
+                what: "headers",
+                limit: 128
+            })
+        );
+        let big = Request::new("GET", "/").body(vec![b'x'; 5000]);
+        let mut small = vec![0u8; 4096];
+        assert!(matches!(
+            encode(&big, &Limits::default(), usize::MAX, &mut small),
+            Err(EncodeError::TooLarge { .. })
+        ));
+    }
+}

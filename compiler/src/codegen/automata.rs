@@ -1,0 +1,487 @@
+//! Automata for the WAF: one small DFA per pattern, and per request part one literal
+//! prefilter, exported from `regex-automata` into flat tables the generated code walks.
+//!
+//! A pattern DFA only answers "does this value match": every match state collapses into one
+//! `MATCH` sink and every dead state into `DEAD`, both numbered after the ordinary states so
+//! the walk needs one comparison per byte. The prefilter is a multi-literal automaton
+//! (Aho-Corasick, as a DFA) whose match states carry actions: which patterns a literal
+//! belongs to, and which decodings the value needs ("dirty" markers).
+
+use std::collections::{HashMap, VecDeque};
+
+use regex_automata::dfa::{Automaton, StartKind, dense};
+use regex_automata::nfa::thompson;
+use regex_automata::util::primitives::StateID;
+use regex_automata::util::start;
+use regex_automata::{Anchored, MatchKind};
+use regex_syntax::hir::literal::{ExtractKind, Extractor};
+
+/// A pattern's DFA as flat tables.
+#[derive(Clone, Debug)]
+pub struct PatternDfa {
+    /// Byte → class, for the text as it is.
+    pub classes: [u8; 256],
+    /// Byte → class of its ASCII lower case: walking with these matches the pattern against
+    /// the lower-cased text.
+    pub folded: [u8; 256],
+    /// Number of classes (row length).
+    pub stride: u32,
+    /// Ordinary states; `MATCH = normal`, `DEAD = normal + 1`.
+    pub normal: u32,
+    pub start: u32,
+    /// `next[state * stride + class]`, for ordinary states.
+    pub next: Vec<u32>,
+    /// For each ordinary state: does the end of the text complete a match?
+    pub eoi_match: Vec<bool>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AutomatonError {
+    #[error("pattern `{pattern}`: {reason}")]
+    Build { pattern: String, reason: String },
+}
+
+fn byte_tables(dfa: &dense::DFA<Vec<u32>>) -> ([u8; 256], [u8; 256], u32) {
+    let mut classes = [0u8; 256];
+    for b in 0..=255u8 {
+        classes[b as usize] = dfa.byte_classes().get(b);
+    }
+    let mut folded = [0u8; 256];
+    for b in 0..=255u8 {
+        folded[b as usize] = classes[b.to_ascii_lowercase() as usize];
+    }
+    let stride = u32::from(*classes.iter().max().unwrap_or(&0)) + 1;
+    (classes, folded, stride)
+}
+
+fn representatives(classes: &[u8; 256], stride: u32) -> Vec<u8> {
+    (0..stride)
+        .map(|c| {
+            (0..=255u8)
+                .find(|b| u32::from(classes[*b as usize]) == c)
+                .unwrap_or(0)
+        })
+        .collect()
+}
+
+/// Compiles one WAF pattern within `budget` bytes of automaton.
+pub fn pattern_dfa(pattern: &str, budget: usize) -> Result<PatternDfa, AutomatonError> {
+    let fail = |reason: String| AutomatonError::Build {
+        pattern: pattern.to_string(),
+        reason,
+    };
+    let dfa = dense::Builder::new()
+        .syntax(edgepack_schema::waf_regex::syntax_config())
+        .thompson(thompson::Config::new().nfa_size_limit(Some(budget)))
+        .configure(
+            dense::Config::new()
+                .match_kind(MatchKind::LeftmostFirst)
+                .start_kind(StartKind::Unanchored)
+                .minimize(true)
+                .dfa_size_limit(Some(budget))
+                .determinize_size_limit(Some(budget)),
+        )
+        .build(pattern)
+        .map_err(|e| fail(e.to_string()))?;
+    let (classes, folded, stride) = byte_tables(&dfa);
+    let reps = representatives(&classes, stride);
+    let start = dfa
+        .start_state(&start::Config::new().anchored(Anchored::No))
+        .map_err(|e| fail(e.to_string()))?;
+    // Breadth-first over ordinary states; match and dead states become the two sinks.
+    let mut ids: HashMap<StateID, u32> = HashMap::new();
+    let mut order: Vec<StateID> = Vec::new();
+    let mut queue = VecDeque::new();
+    ids.insert(start, 0);
+    order.push(start);
+    queue.push_back(start);
+    const MATCH: u32 = u32::MAX;
+    const DEAD: u32 = u32::MAX - 1;
+    let mut raw_next: Vec<u32> = Vec::new();
+    while let Some(state) = queue.pop_front() {
+        for &b in &reps {
+            let next = dfa.next_state(state, b);
+            let id = if dfa.is_match_state(next) {
+                MATCH
+            } else if dfa.is_dead_state(next) {
+                DEAD
+            } else if dfa.is_quit_state(next) {
+                return Err(fail("the automaton gives up on some input".into()));
+            } else {
+                *ids.entry(next).or_insert_with(|| {
+                    order.push(next);
+                    queue.push_back(next);
+                    (order.len() - 1) as u32
+                })
+            };
+            raw_next.push(id);
+        }
+    }
+    let normal = order.len() as u32;
+    let next = raw_next
+        .into_iter()
+        .map(|id| match id {
+            MATCH => normal,
+            DEAD => normal + 1,
+            other => other,
+        })
+        .collect();
+    let eoi_match = order
+        .iter()
+        .map(|s| dfa.is_match_state(dfa.next_eoi_state(*s)))
+        .collect();
+    Ok(PatternDfa {
+        classes,
+        folded,
+        stride,
+        normal,
+        start: 0,
+        next,
+        eoi_match,
+    })
+}
+
+impl PatternDfa {
+    /// Runs the tables over `text` the way the generated code does (for tests).
+    pub fn is_match(&self, text: &[u8], fold: bool) -> bool {
+        let classes = if fold { &self.folded } else { &self.classes };
+        let mut s = self.start;
+        for &b in text {
+            s = self.next[(s * self.stride + u32::from(classes[b as usize])) as usize];
+            if s >= self.normal {
+                return s == self.normal;
+            }
+        }
+        self.eoi_match[s as usize]
+    }
+}
+
+/// What a prefilter literal means when it occurs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum LiteralAction {
+    /// The pattern with this index may match: run its DFA.
+    Pattern(u32),
+    /// The value needs these decodings (bit set of `Dirty`).
+    Dirty(u32),
+}
+
+/// A literal for the prefilter. The prefilter ignores ASCII case (a hit is only a reason to
+/// run a pattern's automaton, which decides exactly), so literals are matched lower-cased.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct PrefilterLiteral {
+    pub bytes: Vec<u8>,
+    pub action: LiteralAction,
+}
+
+/// The prefilter as flat tables: an Aho-Corasick automaton over the literals (ASCII case
+/// folded), as a complete transition table. A state's action is applied when the state is
+/// entered, i.e. right after the last byte of a literal. States with actions are numbered
+/// after every state without (`state >= first_action`).
+#[derive(Clone, Debug)]
+pub struct Prefilter {
+    pub classes: [u8; 256],
+    pub stride: u32,
+    pub states: u32,
+    pub first_action: u32,
+    pub start: u32,
+    pub next: Vec<u32>,
+    /// For states `first_action..states`: the dirty bits and patterns their literals give.
+    pub actions: Vec<(u32, Vec<u32>)>,
+}
+
+/// Builds the prefilter automaton for a set of literals.
+pub fn prefilter(
+    literals: &[PrefilterLiteral],
+    max_states: usize,
+) -> Result<Prefilter, AutomatonError> {
+    let folded: Vec<Vec<u8>> = literals
+        .iter()
+        .map(|l| l.bytes.to_ascii_lowercase())
+        .collect();
+    // Byte classes: every byte that occurs in a literal (lower-cased) is its own class, as is
+    // its upper-case form's folding; all other bytes share class 0.
+    let mut class_of = [0u8; 256];
+    let mut classes = 1u32;
+    for literal in &folded {
+        for &b in literal {
+            if class_of[b as usize] == 0 {
+                if classes > 255 {
+                    return Err(AutomatonError::Build {
+                        pattern: "<prefilter>".into(),
+                        reason: "too many distinct bytes".into(),
+                    });
+                }
+                class_of[b as usize] = classes as u8;
+                classes += 1;
+            }
+        }
+    }
+    let mut fold = [0u8; 256];
+    for b in 0..=255u8 {
+        fold[b as usize] = class_of[b.to_ascii_lowercase() as usize];
+    }
+    let stride = classes;
+    // The trie.
+    let mut goto: Vec<Vec<Option<u32>>> = vec![vec![None; stride as usize]];
+    let mut output: Vec<(u32, Vec<u32>)> = vec![(0, Vec::new())];
+    for (literal, original) in folded.iter().zip(literals) {
+        let mut state = 0usize;
+        for &b in literal {
+            let c = class_of[b as usize] as usize;
+            state = match goto[state][c] {
+                Some(next) => next as usize,
+                None => {
+                    goto.push(vec![None; stride as usize]);
+                    output.push((0, Vec::new()));
+                    let next = goto.len() - 1;
+                    goto[state][c] = Some(next as u32);
+                    next
+                }
+            };
+            if goto.len() > max_states {
+                return Err(AutomatonError::Build {
+                    pattern: "<prefilter>".into(),
+                    reason: format!("more than {max_states} states"),
+                });
+            }
+        }
+        match original.action {
+            LiteralAction::Dirty(bits) => output[state].0 |= bits,
+            LiteralAction::Pattern(p) => output[state].1.push(p),
+        }
+    }
+    // Failure links, breadth first; complete the transition table and merge outputs.
+    let n = goto.len();
+    let mut next = vec![0u32; n * stride as usize];
+    let mut fail = vec![0usize; n];
+    let mut queue = VecDeque::new();
+    for c in 0..stride as usize {
+        match goto[0][c] {
+            Some(s) => {
+                next[c] = s;
+                fail[s as usize] = 0;
+                queue.push_back(s as usize);
+            }
+            None => next[c] = 0,
+        }
+    }
+    while let Some(state) = queue.pop_front() {
+        let f = fail[state];
+        let inherited = output[f].clone();
+        output[state].0 |= inherited.0;
+        output[state].1.extend(inherited.1);
+        for c in 0..stride as usize {
+            match goto[state][c] {
+                Some(s) => {
+                    fail[s as usize] = next[f * stride as usize + c] as usize;
+                    next[state * stride as usize + c] = s;
+                    queue.push_back(s as usize);
+                }
+                None => next[state * stride as usize + c] = next[f * stride as usize + c],
+            }
+        }
+    }
+    for (_, patterns) in output.iter_mut() {
+        patterns.sort_unstable();
+        patterns.dedup();
+    }
+    // Renumber: states without actions first.
+    let acting = |s: usize| output[s].0 != 0 || !output[s].1.is_empty();
+    let order: Vec<usize> = (0..n)
+        .filter(|s| !acting(*s))
+        .chain((0..n).filter(|s| acting(*s)))
+        .collect();
+    let mut renumber = vec![0u32; n];
+    for (new, old) in order.iter().enumerate() {
+        renumber[*old] = new as u32;
+    }
+    let first_action = (0..n).filter(|s| !acting(*s)).count() as u32;
+    let mut table = vec![0u32; next.len()];
+    for old in 0..n {
+        for c in 0..stride as usize {
+            table[renumber[old] as usize * stride as usize + c] =
+                renumber[next[old * stride as usize + c] as usize];
+        }
+    }
+    let actions = order[first_action as usize..]
+        .iter()
+        .map(|s| output[*s].clone())
+        .collect();
+    Ok(Prefilter {
+        classes: fold,
+        stride,
+        states: n as u32,
+        first_action,
+        start: renumber[0],
+        next: table,
+        actions,
+    })
+}
+
+impl Prefilter {
+    /// Runs the tables over `text` as the generated code does: (dirty bits, patterns).
+    pub fn scan(&self, text: &[u8]) -> (u32, Vec<u32>) {
+        let mut dirty = 0;
+        let mut patterns = Vec::new();
+        let mut s = self.start;
+        for &b in text {
+            s = self.next[(s * self.stride + u32::from(self.classes[b as usize])) as usize];
+            if s >= self.first_action {
+                let (d, p) = &self.actions[(s - self.first_action) as usize];
+                dirty |= d;
+                patterns.extend_from_slice(p);
+            }
+        }
+        patterns.sort_unstable();
+        patterns.dedup();
+        (dirty, patterns)
+    }
+}
+
+/// Drops every literal that contains a shorter one of the set: wherever it occurs, so does
+/// the shorter one, which is all a prefilter needs.
+pub fn minimal_literals(mut set: Vec<Vec<u8>>) -> Vec<Vec<u8>> {
+    set.sort_by(|a, b| a.len().cmp(&b.len()).then_with(|| a.cmp(b)));
+    set.dedup();
+    let mut kept: Vec<Vec<u8>> = Vec::new();
+    for literal in set {
+        if !kept
+            .iter()
+            .any(|k| literal.windows(k.len()).any(|w| w == k.as_slice()))
+        {
+            kept.push(literal);
+        }
+    }
+    kept.sort();
+    kept
+}
+
+/// Literals every match of `pattern` contains, lower-cased and cut to at most `max_len`
+/// bytes, or `None` when there is no small such set (the pattern then always runs). Of the
+/// prefix and suffix sets, the one with fewer (then longer) literals wins.
+pub fn required_literals(pattern: &str, max_len: usize) -> Option<Vec<Vec<u8>>> {
+    let hir = regex_syntax::ParserBuilder::new()
+        .unicode(false)
+        .utf8(false)
+        .build()
+        .parse(pattern)
+        .ok()?;
+    let mut best: Option<Vec<Vec<u8>>> = None;
+    for prefix in [true, false] {
+        let kind = if prefix {
+            ExtractKind::Prefix
+        } else {
+            ExtractKind::Suffix
+        };
+        let mut seq = Extractor::new()
+            .kind(kind)
+            .limit_class(10)
+            .limit_total(64)
+            .extract(&hir);
+        if prefix {
+            seq.keep_first_bytes(max_len);
+        } else {
+            seq.keep_last_bytes(max_len);
+        }
+        let Some(literals) = seq.literals() else {
+            continue;
+        };
+        if literals.is_empty() || literals.iter().any(|l| l.is_empty()) {
+            continue;
+        }
+        let set = minimal_literals(
+            literals
+                .iter()
+                .map(|l| l.as_bytes().to_ascii_lowercase())
+                .collect(),
+        );
+        let score = |s: &[Vec<u8>]| {
+            (
+                s.len(),
+                std::cmp::Reverse(s.iter().map(Vec::len).min().unwrap_or(0)),
+            )
+        };
+        if best.as_ref().is_none_or(|b| score(&set) < score(b)) {
+            best = Some(set);
+        }
+    }
+    best
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pattern_tables_agree_with_the_regex_engine() {
+        type Case<'a> = (&'a str, &'a [&'a [u8]], &'a [&'a [u8]]);
+        let cases: &[Case] = &[
+            (
+                r"union\s+select\b",
+                &[b"1 union select 2", b"union  select"],
+                &[b"unions select", b"union selection"],
+            ),
+            (r"\.\./", &[b"../etc", b"a/../b"], &[b"./", b".."]),
+            (
+                r"(?i)<\s*script",
+                &[b"<SCRIPT>", b"x< script"],
+                &[b"script"],
+            ),
+            (r"^admin$", &[b"admin"], &[b"admins", b" admin"]),
+        ];
+        for (pattern, yes, no) in cases {
+            let dfa = pattern_dfa(pattern, 1 << 20).unwrap();
+            for text in *yes {
+                assert!(
+                    dfa.is_match(text, false),
+                    "{pattern} should match {:?}",
+                    String::from_utf8_lossy(text)
+                );
+            }
+            for text in *no {
+                assert!(
+                    !dfa.is_match(text, false),
+                    "{pattern} should not match {:?}",
+                    String::from_utf8_lossy(text)
+                );
+            }
+        }
+        let dfa = pattern_dfa("union", 1 << 20).unwrap();
+        assert!(dfa.is_match(b"UNION", true));
+        assert!(!dfa.is_match(b"UNION", false));
+    }
+
+    #[test]
+    fn prefilter_reports_patterns_and_dirt() {
+        let literals = vec![
+            PrefilterLiteral {
+                bytes: b"union".to_vec(),
+                action: LiteralAction::Pattern(3),
+            },
+            PrefilterLiteral {
+                bytes: b"%".to_vec(),
+                action: LiteralAction::Dirty(1),
+            },
+            PrefilterLiteral {
+                bytes: b"SELECT".to_vec(),
+                action: LiteralAction::Pattern(5),
+            },
+        ];
+        let p = prefilter(&literals, 1 << 20).unwrap();
+        assert_eq!(p.scan(b"1 UNION x"), (0, vec![3]));
+        assert_eq!(p.scan(b"a%20select"), (1, vec![5]));
+        assert_eq!(p.scan(b"nothing"), (0, vec![]));
+        assert_eq!(p.scan(b"select"), (0, vec![5]));
+    }
+
+    #[test]
+    fn finds_required_literals() {
+        assert_eq!(
+            required_literals(r"union\s+select", 8),
+            Some(vec![b"union".to_vec()])
+        );
+        let lits = required_literals(r"\b(sleep|benchmark)\s*\(", 8).unwrap();
+        assert!(lits.contains(&b"sleep".to_vec()), "{lits:?}");
+        assert_eq!(required_literals(r"\w+", 8), None);
+    }
+}

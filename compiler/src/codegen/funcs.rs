@@ -1,0 +1,111 @@
+//! The module being assembled: function declarations (so functions can call each other
+//! before their bodies exist) and the final encoding with `wasm-encoder`.
+
+use wasm_encoder::{
+    CodeSection, ConstExpr, DataSection, ExportKind, ExportSection, Function, FunctionSection,
+    GlobalSection, GlobalType, MemorySection, MemoryType, Module, TypeSection, ValType,
+};
+
+pub struct Funcs {
+    types: Vec<(Vec<ValType>, Vec<ValType>)>,
+    decls: Vec<u32>,
+    bodies: Vec<Option<Function>>,
+}
+
+impl Funcs {
+    pub fn new() -> Funcs {
+        Funcs {
+            types: Vec::new(),
+            decls: Vec::new(),
+            bodies: Vec::new(),
+        }
+    }
+
+    /// Declares a function; returns its index.
+    pub fn declare(&mut self, params: &[ValType], results: &[ValType]) -> u32 {
+        let signature = (params.to_vec(), results.to_vec());
+        let ty = match self.types.iter().position(|t| *t == signature) {
+            Some(i) => i as u32,
+            None => {
+                self.types.push(signature);
+                self.types.len() as u32 - 1
+            }
+        };
+        self.decls.push(ty);
+        self.bodies.push(None);
+        self.decls.len() as u32 - 1
+    }
+
+    pub fn define(&mut self, index: u32, body: Function) {
+        self.bodies[index as usize] = Some(body);
+    }
+}
+
+/// Everything besides functions that the module needs.
+pub struct ModuleParts {
+    pub pages: u64,
+    pub data_base: u32,
+    pub data: Vec<u8>,
+    pub decide: u32,
+    pub globals: Vec<(&'static str, u32)>,
+}
+
+/// Encodes the module. Every declared function must have been defined.
+pub fn encode(funcs: Funcs, parts: ModuleParts) -> Vec<u8> {
+    let mut module = Module::new();
+    let mut types = TypeSection::new();
+    for (params, results) in &funcs.types {
+        types
+            .ty()
+            .function(params.iter().copied(), results.iter().copied());
+    }
+    module.section(&types);
+    let mut functions = FunctionSection::new();
+    for ty in &funcs.decls {
+        functions.function(*ty);
+    }
+    module.section(&functions);
+    let mut memories = MemorySection::new();
+    memories.memory(MemoryType {
+        minimum: parts.pages,
+        maximum: Some(parts.pages),
+        memory64: false,
+        shared: false,
+        page_size_log2: None,
+    });
+    module.section(&memories);
+    let mut globals = GlobalSection::new();
+    for (_, value) in &parts.globals {
+        globals.global(
+            GlobalType {
+                val_type: ValType::I32,
+                mutable: false,
+                shared: false,
+            },
+            &ConstExpr::i32_const(*value as i32),
+        );
+    }
+    module.section(&globals);
+    let mut exports = ExportSection::new();
+    exports.export(edgepack_bundles::abi::export::MEMORY, ExportKind::Memory, 0);
+    exports.export(
+        edgepack_bundles::abi::export::DECIDE,
+        ExportKind::Func,
+        parts.decide,
+    );
+    for (i, (name, _)) in parts.globals.iter().enumerate() {
+        exports.export(name, ExportKind::Global, i as u32);
+    }
+    module.section(&exports);
+    let mut code = CodeSection::new();
+    for body in funcs.bodies {
+        code.function(&body.expect("every declared function is defined"));
+    }
+    module.section(&code);
+    let mut data = DataSection::new();
+    if !parts.data.is_empty() {
+        data.active(0, &ConstExpr::i32_const(parts.data_base as i32), parts.data);
+    }
+    module.section(&data);
+    module.finish()
+}

@@ -1,0 +1,1322 @@
+//! The WAF in the module: per request part, one prefilter pass decides which pattern
+//! automata run at all, and whether the value needs decoding first.
+//!
+//! Rules that read a part are grouped by their decoding chain. For each value of the part,
+//! the prefilter (a multi-literal automaton) runs once over the value as received and
+//! reports (a) the patterns whose required literals occur and (b) "dirt": bytes that a
+//! decoding would change (`%`, `&`, runs of whitespace, NUL, `//`, `/.`). A group whose
+//! decodings would change nothing reads the value as is (ASCII lower-casing is folded into
+//! the automata's byte classes); otherwise the value is decoded into scratch memory and
+//! prefiltered again. Only patterns with a literal hit (or without literals) walk their DFA,
+//! so the cost of a request grows with its size, not with the number of rules.
+
+use std::collections::HashMap;
+
+use edgepack_bundles::abi::{dec, req};
+
+use super::asm::{Asm, Data, I32, mem};
+use super::automata::{self, LiteralAction, PatternDfa, Prefilter, PrefilterLiteral};
+use super::funcs::Funcs;
+use super::{CodegenError, Layout, Util};
+use crate::plan::*;
+
+const DIRTY_URL: u32 = 1;
+const DIRTY_HTML: u32 = 2;
+const DIRTY_SPACE: u32 = 4;
+const DIRTY_NULL: u32 = 8;
+const DIRTY_PATH: u32 = 16;
+
+/// The largest automaton one pattern or prefilter may become.
+const PATTERN_BUDGET: usize = 8 << 20;
+/// The most states one part's prefilter may have.
+const PREFILTER_STATES: usize = 1 << 20;
+/// Prefilter literals are cut to this many bytes.
+const LITERAL_LEN: usize = 8;
+
+fn dirty_mask(d: DecodingPlan) -> u32 {
+    match d {
+        DecodingPlan::UrlDecode => DIRTY_URL,
+        DecodingPlan::HtmlEntityDecode => DIRTY_HTML,
+        DecodingPlan::CompressWhitespace => DIRTY_SPACE,
+        DecodingPlan::RemoveNulls => DIRTY_NULL,
+        DecodingPlan::NormalizePath => DIRTY_PATH,
+        DecodingPlan::Lowercase => 0,
+    }
+}
+
+/// Literals that mark a value as needing a decoding.
+fn markers(mask: u32) -> Vec<(Vec<u8>, u32)> {
+    let mut out = Vec::new();
+    if mask & DIRTY_URL != 0 {
+        out.push((b"%".to_vec(), DIRTY_URL));
+        out.push((b"+".to_vec(), DIRTY_URL));
+    }
+    if mask & DIRTY_HTML != 0 {
+        out.push((b"&".to_vec(), DIRTY_HTML));
+    }
+    if mask & DIRTY_SPACE != 0 {
+        for b in 9u8..=13 {
+            out.push((vec![b], DIRTY_SPACE));
+        }
+        out.push((b"  ".to_vec(), DIRTY_SPACE));
+    }
+    if mask & DIRTY_NULL != 0 {
+        out.push((vec![0], DIRTY_NULL));
+    }
+    if mask & DIRTY_PATH != 0 {
+        out.push((b"//".to_vec(), DIRTY_PATH));
+        out.push((b"/.".to_vec(), DIRTY_PATH));
+    }
+    out
+}
+
+/// A pattern in a group: (index in the part's prefilter, rule, pattern, has no literals).
+type GroupPattern = (u32, u32, String, bool);
+
+struct GroupTables {
+    chain: Vec<DecodingPlan>,
+    dirty: u32,
+    /// [count, then (pattern index, rule, dfa descriptor, always) per entry]
+    list: u32,
+}
+
+struct PartTables {
+    part: PartPlan,
+    /// Header or cookie name to filter on.
+    name: Option<(u32, u32)>,
+    prefilter: Option<u32>,
+    hit_bytes: u32,
+    path_marker: bool,
+    groups: Vec<GroupTables>,
+}
+
+pub struct Tables {
+    pub max_hit_bytes: u32,
+    scores: u32,
+    rule_count: u32,
+    parts: Vec<PartTables>,
+    /// 256 bytes: the value of a hex digit, or 255.
+    hex_values: u32,
+    entity_names: Vec<(u32, u32, u8)>,
+    decoders_used: Vec<DecodingPlan>,
+}
+
+fn write_dfa(data: &mut Data, dfa: &PatternDfa) -> u32 {
+    let classes = data.bytes(&dfa.classes);
+    let folded = data.bytes(&dfa.folded);
+    let states = dfa.normal + 2;
+    let (width, table) = if states <= 256 {
+        let bytes: Vec<u8> = dfa.next.iter().map(|s| *s as u8).collect();
+        (1, data.bytes(&bytes))
+    } else if states * dfa.stride <= 65536 {
+        data.align(2);
+        let mut bytes = Vec::with_capacity(dfa.next.len() * 2);
+        for s in &dfa.next {
+            bytes.extend_from_slice(&((s * dfa.stride) as u16).to_le_bytes());
+        }
+        (2, data.bytes(&bytes))
+    } else {
+        let words: Vec<u32> = dfa.next.iter().map(|s| s * dfa.stride).collect();
+        (4, data.words(&words))
+    };
+    let eoi: Vec<u8> = dfa.eoi_match.iter().map(|m| u8::from(*m)).collect();
+    let eoi = data.bytes(&eoi);
+    data.words(&[
+        classes, folded, table, dfa.stride, dfa.normal, dfa.start, eoi, width,
+    ])
+}
+
+fn write_prefilter(data: &mut Data, p: &Prefilter) -> u32 {
+    let classes = data.bytes(&p.classes);
+    let (width, table) = if p.states <= 256 {
+        let bytes: Vec<u8> = p.next.iter().map(|s| *s as u8).collect();
+        (1, data.bytes(&bytes))
+    } else if p.states * p.stride <= 65536 {
+        data.align(2);
+        let mut bytes = Vec::with_capacity(p.next.len() * 2);
+        for s in &p.next {
+            bytes.extend_from_slice(&((s * p.stride) as u16).to_le_bytes());
+        }
+        (2, data.bytes(&bytes))
+    } else {
+        let words: Vec<u32> = p.next.iter().map(|s| s * p.stride).collect();
+        (4, data.words(&words))
+    };
+    let action_ptrs: Vec<u32> = p
+        .actions
+        .iter()
+        .map(|(dirty, patterns)| {
+            let mut words = vec![*dirty, patterns.len() as u32];
+            words.extend(patterns);
+            data.words(&words)
+        })
+        .collect();
+    // Per acting state: its action record.
+    let actions = data.words(&action_ptrs);
+    data.words(&[
+        classes,
+        table,
+        p.stride,
+        p.first_action,
+        p.start,
+        actions,
+        0,
+        width,
+    ])
+}
+
+impl Tables {
+    pub fn new(waf: &WafPlan, data: &mut Data) -> Result<Tables, CodegenError> {
+        let scores: Vec<u32> = waf.rules.iter().map(|r| r.score).collect();
+        let scores = data.words(&scores);
+        let mut dfas: HashMap<String, u32> = HashMap::new();
+        let mut part_keys: Vec<PartPlan> = Vec::new();
+        for rule in &waf.rules {
+            for part in &rule.parts {
+                if !part_keys.contains(part) {
+                    part_keys.push(part.clone());
+                }
+            }
+        }
+        let mut decoders_used: Vec<DecodingPlan> = Vec::new();
+        let mut parts = Vec::new();
+        let mut max_hit_bytes = 0;
+        for part in part_keys {
+            // Patterns of this part, grouped by decoding chain.
+            let mut groups: Vec<(Vec<DecodingPlan>, Vec<GroupPattern>)> = Vec::new();
+            let mut literals: Vec<PrefilterLiteral> = Vec::new();
+            let mut pattern_index = 0u32;
+            for rule in waf.rules.iter().filter(|r| r.parts.contains(&part)) {
+                let group = match groups.iter().position(|(c, _)| *c == rule.decode) {
+                    Some(g) => g,
+                    None => {
+                        groups.push((rule.decode.clone(), Vec::new()));
+                        groups.len() - 1
+                    }
+                };
+                for matcher in &rule.matchers {
+                    let (pattern, required) = match matcher {
+                        MatcherPlan::Regex(r) => {
+                            (r.clone(), automata::required_literals(r, LITERAL_LEN))
+                        }
+                        MatcherPlan::Literal(l) => {
+                            let bytes = l.as_bytes();
+                            (
+                                regex_syntax::escape(l),
+                                Some(vec![bytes[..bytes.len().min(LITERAL_LEN)].to_vec()]),
+                            )
+                        }
+                    };
+                    let always = required.is_none();
+                    for literal in required.unwrap_or_default() {
+                        literals.push(PrefilterLiteral {
+                            bytes: literal,
+                            action: LiteralAction::Pattern(pattern_index),
+                        });
+                    }
+                    groups[group]
+                        .1
+                        .push((pattern_index, rule.id, pattern, always));
+                    pattern_index += 1;
+                }
+                for d in &rule.decode {
+                    if !decoders_used.contains(d) {
+                        decoders_used.push(*d);
+                    }
+                }
+            }
+            let dirty_all = groups
+                .iter()
+                .flat_map(|(chain, _)| chain.iter().map(|d| dirty_mask(*d)))
+                .fold(0, |m, d| m | d);
+            for (bytes, bit) in markers(dirty_all) {
+                literals.push(PrefilterLiteral {
+                    bytes,
+                    action: LiteralAction::Dirty(bit),
+                });
+            }
+            let prefilter = if literals.is_empty() {
+                None
+            } else {
+                let p = automata::prefilter(&literals, PREFILTER_STATES)?;
+                Some(write_prefilter(data, &p))
+            };
+            let hit_bytes = pattern_index.div_ceil(8).max(1);
+            max_hit_bytes = max_hit_bytes.max(hit_bytes);
+            let mut group_tables = Vec::new();
+            for (chain, patterns) in groups {
+                let mut words = vec![patterns.len() as u32];
+                for (index, rule, pattern, always) in patterns {
+                    let desc = match dfas.get(&pattern) {
+                        Some(d) => *d,
+                        None => {
+                            let dfa = automata::pattern_dfa(&pattern, PATTERN_BUDGET)?;
+                            let d = write_dfa(data, &dfa);
+                            dfas.insert(pattern, d);
+                            d
+                        }
+                    };
+                    words.extend([index, rule, desc, u32::from(always)]);
+                }
+                let dirty = chain.iter().fold(0, |m, d| m | dirty_mask(*d));
+                group_tables.push(GroupTables {
+                    chain,
+                    dirty,
+                    list: data.words(&words),
+                });
+            }
+            let name = match &part {
+                PartPlan::Header(n) | PartPlan::Cookie(n) => {
+                    Some((data.bytes(n.as_bytes()), n.len() as u32))
+                }
+                _ => None,
+            };
+            parts.push(PartTables {
+                path_marker: dirty_all & DIRTY_PATH != 0,
+                part,
+                name,
+                prefilter,
+                hit_bytes,
+                groups: group_tables,
+            });
+        }
+        let hex: Vec<u8> = (0..=255u8)
+            .map(|b| match b {
+                b'0'..=b'9' => b - b'0',
+                b'a'..=b'f' => b - b'a' + 10,
+                b'A'..=b'F' => b - b'A' + 10,
+                _ => 255,
+            })
+            .collect();
+        let hex_values = data.bytes(&hex);
+        let entity_names = [
+            (&b"lt;"[..], b'<'),
+            (b"gt;", b'>'),
+            (b"amp;", b'&'),
+            (b"quot;", b'"'),
+            (b"apos;", b'\''),
+            (b"nbsp;", 0xA0),
+        ]
+        .iter()
+        .map(|(name, byte)| (data.bytes(name), name.len() as u32, *byte))
+        .collect();
+        Ok(Tables {
+            max_hit_bytes,
+            scores,
+            rule_count: waf.rules.len() as u32,
+            parts,
+            hex_values,
+            entity_names,
+            decoders_used,
+        })
+    }
+}
+
+pub struct Fns {
+    pub waf: u32,
+    scans: Vec<u32>,
+    group: u32,
+    dfa: u32,
+    prefilter: u32,
+    decoders: Vec<(DecodingPlan, u32)>,
+}
+
+impl Fns {
+    pub fn declare(funcs: &mut Funcs, t: &Tables) -> Fns {
+        Fns {
+            waf: funcs.declare(&[I32], &[I32]),
+            scans: t
+                .parts
+                .iter()
+                .map(|_| funcs.declare(&[I32, I32, I32], &[]))
+                .collect(),
+            group: funcs.declare(&[I32, I32, I32, I32, I32, I32], &[]),
+            dfa: funcs.declare(&[I32, I32, I32, I32], &[I32]),
+            prefilter: funcs.declare(&[I32, I32, I32, I32], &[I32]),
+            decoders: t
+                .decoders_used
+                .iter()
+                .map(|d| (*d, funcs.declare(&[I32, I32, I32], &[I32])))
+                .collect(),
+        }
+    }
+
+    pub fn define(&self, funcs: &mut Funcs, layout: &Layout, t: &Tables, util: &Util) {
+        funcs.define(self.waf, self.waf_body(layout, t, util));
+        for (i, part) in t.parts.iter().enumerate() {
+            funcs.define(self.scans[i], self.scan_body(layout, part));
+        }
+        funcs.define(self.group, self.group_body(layout));
+        funcs.define(self.dfa, dfa_body());
+        funcs.define(self.prefilter, prefilter_body());
+        for (d, index) in &self.decoders {
+            let body = match d {
+                DecodingPlan::UrlDecode => url_decode_body(t.hex_values),
+                DecodingPlan::Lowercase => lowercase_body(),
+                DecodingPlan::HtmlEntityDecode => html_decode_body(t, util),
+                DecodingPlan::NormalizePath => normalize_path_body(),
+                DecodingPlan::CompressWhitespace => compress_body(),
+                DecodingPlan::RemoveNulls => remove_nulls_body(),
+            };
+            funcs.define(*index, body);
+        }
+    }
+
+    /// `waf(route_record) -> score`: scans every part, then lists fired rules and scores.
+    fn waf_body(&self, layout: &Layout, t: &Tables, util: &Util) -> wasm_encoder::Function {
+        let rec = 0;
+        let r = layout.request;
+        let mut a = Asm::new(1);
+        let enabled = a.local(I32);
+        let base = a.local(I32);
+        let n = a.local(I32);
+        let item = a.local(I32);
+        let rule = a.local(I32);
+        let count = a.local(I32);
+        let score = a.local(I32);
+        a.load(rec, super::routes::R_WAF_RULES).set(enabled);
+        a.c(layout.fired).c(0).c(t.rule_count);
+        a.i().memory_fill(0);
+        for (i, part) in t.parts.iter().enumerate() {
+            let scan = self.scans[i];
+            let single = |a: &mut Asm, field: u32| {
+                a.c(r).load_abs(r + field);
+                a.i().i32_add();
+                a.load_abs(r + field + 4).get(enabled);
+                a.i().call(scan);
+            };
+            match &part.part {
+                PartPlan::Path => single(&mut a, req::PATH),
+                PartPlan::Query => single(&mut a, req::QUERY),
+                PartPlan::Body => single(&mut a, req::BODY),
+                other => {
+                    let (list, value_field) = match other {
+                        PartPlan::Args => (req::ARGS, 8),
+                        PartPlan::ArgNames => (req::ARGS, 0),
+                        PartPlan::Headers | PartPlan::Header(_) => (req::HEADERS, 8),
+                        _ => (req::COOKIES, 8),
+                    };
+                    a.c(r).load_abs(r + list);
+                    a.i().i32_add();
+                    a.set(base);
+                    a.load_abs(r + list + 4).set(n);
+                    a.block().loop_();
+                    a.get(n);
+                    a.i().i32_eqz().br_if(1);
+                    let filter = part.name;
+                    if let Some((name, len)) = filter {
+                        a.load(base, 4).c(len);
+                        a.i().i32_eq();
+                        a.if_();
+                        a.c(r).load(base, 0);
+                        a.i().i32_add();
+                        a.c(name).c(len);
+                        a.i().call(util.memeq);
+                        a.set(item);
+                        a.else_();
+                        a.set_c(item, 0);
+                        a.end();
+                    } else {
+                        a.set_c(item, 1);
+                    }
+                    a.get(item);
+                    a.if_();
+                    a.c(r).load(base, value_field);
+                    a.i().i32_add();
+                    a.load(base, value_field + 4).get(enabled);
+                    a.i().call(scan);
+                    a.end();
+                    a.inc(base, 16);
+                    a.get(n).c(1);
+                    a.i().i32_sub();
+                    a.set(n);
+                    a.i().br(0);
+                    a.end().end();
+                }
+            }
+        }
+        // Fired rules, ascending, and the score.
+        a.set_c(rule, 0).set_c(count, 0).set_c(score, 0);
+        a.block().loop_();
+        a.get(rule).c(t.rule_count);
+        a.i().i32_ge_u().br_if(1);
+        a.get(rule);
+        a.i().i32_load8_u(mem(layout.fired, 0));
+        a.if_();
+        a.get(count).c(dec::MAX_RULES);
+        a.i().i32_lt_u();
+        a.if_();
+        a.get(count).c(4);
+        a.i().i32_mul();
+        a.get(rule);
+        a.i().i32_store(mem(layout.decision + dec::RULES, 2));
+        a.inc(count, 1);
+        a.end();
+        a.get(score);
+        a.get(rule).c(4);
+        a.i().i32_mul().i32_load(mem(t.scores, 2)).i32_add();
+        a.set(score);
+        a.end();
+        a.inc(rule, 1);
+        a.i().br(0);
+        a.end().end();
+        a.store_abs(layout.decision + dec::RULES_COUNT, |a| {
+            a.get(count);
+        });
+        a.store_abs(layout.decision + dec::WAF_SCORE, |a| {
+            a.get(score);
+        });
+        a.get(score);
+        a.finish()
+    }
+
+    /// `scan(ptr, len, enabled)`: one value of a part through its groups.
+    fn scan_body(&self, layout: &Layout, part: &PartTables) -> wasm_encoder::Function {
+        let (ptr, len, enabled) = (0, 1, 2);
+        let mut a = Asm::new(3);
+        let dirty = a.local(I32);
+        let src = a.local(I32);
+        let n = a.local(I32);
+        if let Some(desc) = part.prefilter {
+            a.c(layout.hits).c(0).c(part.hit_bytes);
+            a.i().memory_fill(0);
+            a.c(desc).get(ptr).get(len).c(layout.hits);
+            a.i().call(self.prefilter);
+            a.set(dirty);
+        }
+        if part.path_marker {
+            // A leading `.` may be a relative `./` or `../` that path normalization removes.
+            a.get(len);
+            a.if_();
+            a.load8(ptr, 0).c(b'.' as u32);
+            a.i().i32_eq();
+            a.if_();
+            a.get(dirty).c(DIRTY_PATH);
+            a.i().i32_or();
+            a.set(dirty);
+            a.end();
+            a.end();
+        }
+        for group in &part.groups {
+            a.get(dirty).c(group.dirty);
+            a.i().i32_and().i32_eqz();
+            a.if_();
+            // Clean: the decodings leave the value as it is, up to lower-casing, which the
+            // folded byte classes apply.
+            let fold = u32::from(group.chain.contains(&DecodingPlan::Lowercase));
+            a.c(group.list)
+                .get(ptr)
+                .get(len)
+                .c(layout.hits)
+                .c(fold)
+                .get(enabled);
+            a.i().call(self.group);
+            a.else_();
+            a.get(ptr).set(src);
+            a.get(len).set(n);
+            for (step, d) in group.chain.iter().enumerate() {
+                let f = self
+                    .decoders
+                    .iter()
+                    .find(|(x, _)| x == d)
+                    .map(|(_, f)| *f)
+                    .expect("every decoding used has a function");
+                let dst = if step % 2 == 0 {
+                    layout.scratch_a
+                } else {
+                    layout.scratch_b
+                };
+                a.get(src).get(n).c(dst);
+                a.i().call(f);
+                a.set(n);
+                a.set_c(src, dst);
+            }
+            if let Some(desc) = part.prefilter {
+                a.c(layout.hits_decoded).c(0).c(part.hit_bytes);
+                a.i().memory_fill(0);
+                a.c(desc).get(src).get(n).c(layout.hits_decoded);
+                a.i().call(self.prefilter);
+                a.i().drop();
+            }
+            a.c(group.list)
+                .get(src)
+                .get(n)
+                .c(layout.hits_decoded)
+                .c(0)
+                .get(enabled);
+            a.i().call(self.group);
+            a.end();
+        }
+        a.finish()
+    }
+
+    /// `group(list, ptr, len, hits, fold, enabled)`: runs the group's patterns that may
+    /// match and marks their rules fired.
+    fn group_body(&self, layout: &Layout) -> wasm_encoder::Function {
+        let (list, ptr, len, hits, fold, enabled) = (0, 1, 2, 3, 4, 5);
+        let mut a = Asm::new(6);
+        let n = a.local(I32);
+        let entry = a.local(I32);
+        let rule = a.local(I32);
+        let index = a.local(I32);
+        a.load(list, 0).set(n);
+        a.get(list).c(4);
+        a.i().i32_add();
+        a.set(entry);
+        a.block().loop_();
+        a.get(n);
+        a.i().i32_eqz().br_if(1);
+        a.block();
+        a.load(entry, 4).set(rule);
+        // already fired, or not enabled on this route: skip
+        a.get(rule);
+        a.i().i32_load8_u(mem(layout.fired, 0)).br_if(0);
+        a.get(enabled).get(rule).c(3);
+        a.i().i32_shr_u().i32_add().i32_load8_u(mem(0, 0));
+        a.get(rule).c(7);
+        a.i()
+            .i32_and()
+            .i32_shr_u()
+            .i32_const(1)
+            .i32_and()
+            .i32_eqz()
+            .br_if(0);
+        // no literal hit (for patterns that have literals): skip
+        a.load(entry, 12);
+        a.i().i32_eqz();
+        a.if_();
+        a.load(entry, 0).set(index);
+        a.get(hits).get(index).c(3);
+        a.i().i32_shr_u().i32_add().i32_load8_u(mem(0, 0));
+        a.get(index).c(7);
+        a.i()
+            .i32_and()
+            .i32_shr_u()
+            .i32_const(1)
+            .i32_and()
+            .i32_eqz()
+            .br_if(1);
+        a.end();
+        a.load(entry, 8).get(ptr).get(len).get(fold);
+        a.i().call(self.dfa);
+        a.if_();
+        a.get(rule).c(1);
+        a.i().i32_store8(mem(layout.fired, 0));
+        a.end();
+        a.end();
+        a.inc(entry, 16);
+        a.get(n).c(1);
+        a.i().i32_sub();
+        a.set(n);
+        a.i().br(0);
+        a.end().end();
+        a.finish()
+    }
+}
+
+/// `dfa(descriptor, ptr, len, fold) -> matched`: walks a pattern DFA over the bytes.
+fn dfa_body() -> wasm_encoder::Function {
+    let (desc, ptr, len, fold) = (0, 1, 2, 3);
+    let mut a = Asm::new(4);
+    let classes = a.local(I32);
+    let table = a.local(I32);
+    let stride = a.local(I32);
+    let special = a.local(I32);
+    let s = a.local(I32);
+    let end = a.local(I32);
+    let width = a.local(I32);
+    let addr = a.local(I32);
+    // classes = fold ? folded : classes
+    a.load(desc, 4).load(desc, 0).get(fold);
+    a.i().select();
+    a.set(classes);
+    a.load(desc, 8).set(table);
+    a.load(desc, 12).set(stride);
+    a.load(desc, 16).set(special);
+    a.load(desc, 20).set(s);
+    a.load(desc, 28).set(width);
+    a.get(ptr).get(len);
+    a.i().i32_add();
+    a.set(end);
+    a.get(width).c(1);
+    a.i().i32_eq();
+    a.if_();
+    a.block().loop_();
+    a.get(ptr).get(end);
+    a.i().i32_ge_u().br_if(1);
+    // s = table[s * stride + classes[byte]]
+    a.get(table).get(s).get(stride);
+    a.i().i32_mul().i32_add();
+    a.get(classes).load8(ptr, 0);
+    a.i()
+        .i32_add()
+        .i32_load8_u(mem(0, 0))
+        .i32_add()
+        .i32_load8_u(mem(0, 0));
+    a.tee(s);
+    a.get(special);
+    a.i().i32_ge_u();
+    a.if_();
+    a.get(s).get(special);
+    a.i().i32_eq().return_();
+    a.end();
+    a.inc(ptr, 1);
+    a.i().br(0);
+    a.end().end();
+    a.get(s).load(desc, 24);
+    a.i().i32_add().i32_load8_u(mem(0, 0)).return_();
+    a.end();
+    // Wider tables hold premultiplied states (state * stride).
+    a.get(special).get(stride);
+    a.i().i32_mul();
+    a.set(special);
+    a.get(s).get(stride);
+    a.i().i32_mul();
+    a.set(s);
+    a.block().loop_();
+    a.get(ptr).get(end);
+    a.i().i32_ge_u().br_if(1);
+    // address = table + (s + classes[byte]) * width
+    a.get(table).get(s).get(classes).load8(ptr, 0);
+    a.i().i32_add().i32_load8_u(mem(0, 0)).i32_add();
+    a.get(width);
+    a.i().i32_mul().i32_add();
+    a.set(addr);
+    a.get(width).c(2);
+    a.i().i32_eq();
+    a.if_();
+    a.get(addr);
+    a.i().i32_load16_u(mem(0, 1));
+    a.set(s);
+    a.else_();
+    a.get(addr);
+    a.i().i32_load(mem(0, 2));
+    a.set(s);
+    a.end();
+    a.get(s).get(special);
+    a.i().i32_ge_u();
+    a.if_();
+    a.get(s).get(special);
+    a.i().i32_eq().return_();
+    a.end();
+    a.inc(ptr, 1);
+    a.i().br(0);
+    a.end().end();
+    a.get(s).get(stride);
+    a.i().i32_div_u();
+    a.load(desc, 24);
+    a.i().i32_add().i32_load8_u(mem(0, 0));
+    a.finish()
+}
+
+/// `prefilter(descriptor, ptr, len, hits) -> dirty bits`: runs the literal automaton over
+/// the bytes, setting a hit bit for every pattern whose literal occurs.
+fn prefilter_body() -> wasm_encoder::Function {
+    let (desc, ptr, len, hits) = (0, 1, 2, 3);
+    let mut a = Asm::new(4);
+    let classes = a.local(I32);
+    let table = a.local(I32);
+    let stride = a.local(I32);
+    let first_action = a.local(I32);
+    let s = a.local(I32);
+    let end = a.local(I32);
+    let width = a.local(I32);
+    let dirty = a.local(I32);
+    let action = a.local(I32);
+    let n = a.local(I32);
+    let id = a.local(I32);
+    let index = a.local(I32);
+    a.load(desc, 0).set(classes);
+    a.load(desc, 4).set(table);
+    a.load(desc, 8).set(stride);
+    a.load(desc, 12).set(first_action);
+    a.load(desc, 16).set(s);
+    a.load(desc, 28).set(width);
+    a.get(width).c(1);
+    a.i().i32_ne();
+    a.if_();
+    a.get(s).get(stride);
+    a.i().i32_mul();
+    a.set(s);
+    a.get(first_action).get(stride);
+    a.i().i32_mul();
+    a.set(first_action);
+    a.end();
+    a.get(ptr).get(len);
+    a.i().i32_add();
+    a.set(end);
+    a.block().loop_();
+    a.get(ptr).get(end);
+    a.i().i32_ge_u().br_if(1);
+    a.get(width).c(1);
+    a.i().i32_eq();
+    a.if_();
+    a.get(table).get(s).get(stride);
+    a.i().i32_mul().i32_add();
+    a.get(classes).load8(ptr, 0);
+    a.i()
+        .i32_add()
+        .i32_load8_u(mem(0, 0))
+        .i32_add()
+        .i32_load8_u(mem(0, 0));
+    a.set(s);
+    a.else_();
+    a.get(table).get(s).get(classes).load8(ptr, 0);
+    a.i().i32_add().i32_load8_u(mem(0, 0)).i32_add();
+    a.get(width);
+    a.i().i32_mul().i32_add();
+    a.set(index);
+    a.get(width).c(2);
+    a.i().i32_eq();
+    a.if_();
+    a.get(index);
+    a.i().i32_load16_u(mem(0, 1));
+    a.set(s);
+    a.else_();
+    a.get(index);
+    a.i().i32_load(mem(0, 2));
+    a.set(s);
+    a.end();
+    a.end();
+    a.get(s).get(first_action);
+    a.i().i32_ge_u();
+    a.if_();
+    // action = actions[(s - first_action) / (width == 1 ? 1 : stride)]
+    a.get(s).get(first_action);
+    a.i().i32_sub();
+    a.set(index);
+    a.get(width).c(1);
+    a.i().i32_ne();
+    a.if_();
+    a.get(index).get(stride);
+    a.i().i32_div_u();
+    a.set(index);
+    a.end();
+    a.get(index).c(4);
+    a.i().i32_mul();
+    a.load(desc, 20);
+    a.i().i32_add().i32_load(mem(0, 2));
+    a.set(action);
+    a.get(dirty).load(action, 0);
+    a.i().i32_or();
+    a.set(dirty);
+    a.load(action, 4).set(n);
+    a.block().loop_();
+    a.get(n);
+    a.i().i32_eqz().br_if(1);
+    a.inc(action, 4);
+    a.load(action, 4).set(id);
+    a.get(hits).get(id).c(3);
+    a.i().i32_shr_u().i32_add();
+    a.get(hits).get(id).c(3);
+    a.i().i32_shr_u().i32_add().i32_load8_u(mem(0, 0));
+    a.c(1).get(id).c(7);
+    a.i().i32_and().i32_shl().i32_or().i32_store8(mem(0, 0));
+    a.get(n).c(1);
+    a.i().i32_sub();
+    a.set(n);
+    a.i().br(0);
+    a.end().end();
+    a.end();
+    a.inc(ptr, 1);
+    a.i().br(0);
+    a.end().end();
+    a.get(dirty);
+    a.finish()
+}
+
+/// Emits a byte-at-a-time transform loop: `body` sees the byte in `b` and writes through
+/// `out`; the function returns the output length.
+fn byte_loop(body: impl FnOnce(&mut Asm, u32, u32)) -> wasm_encoder::Function {
+    let (src, len, dst) = (0, 1, 2);
+    let mut a = Asm::new(3);
+    let end = a.local(I32);
+    let out = a.local(I32);
+    let b = a.local(I32);
+    a.get(src).get(len);
+    a.i().i32_add();
+    a.set(end);
+    a.get(dst).set(out);
+    a.block().loop_();
+    a.get(src).get(end);
+    a.i().i32_ge_u().br_if(1);
+    a.load8(src, 0).set(b);
+    body(&mut a, b, out);
+    a.inc(src, 1);
+    a.i().br(0);
+    a.end().end();
+    a.get(out).get(dst);
+    a.i().i32_sub();
+    a.finish()
+}
+
+fn emit_byte(a: &mut Asm, out: u32, value: impl FnOnce(&mut Asm)) {
+    a.get(out);
+    value(a);
+    a.i().i32_store8(mem(0, 0));
+    a.inc(out, 1);
+}
+
+fn lowercase_body() -> wasm_encoder::Function {
+    byte_loop(|a, b, out| {
+        emit_byte(a, out, |a| {
+            // b | 0x20 when b is A..=Z
+            a.get(b).c(0x20);
+            a.i().i32_or();
+            a.get(b);
+            a.get(b).c(b'A' as u32);
+            a.i().i32_sub();
+            a.c(26);
+            a.i().i32_lt_u().select();
+        });
+    })
+}
+
+fn remove_nulls_body() -> wasm_encoder::Function {
+    byte_loop(|a, b, out| {
+        a.get(b);
+        a.if_();
+        emit_byte(a, out, |a| {
+            a.get(b);
+        });
+        a.end();
+    })
+}
+
+/// Pushes whether the byte in `b` is whitespace (space, or 9..=13).
+fn is_space(a: &mut Asm, b: u32) {
+    a.get(b).c(32);
+    a.i().i32_eq();
+    a.get(b).c(9);
+    a.i().i32_sub();
+    a.c(5);
+    a.i().i32_lt_u().i32_or();
+}
+
+fn compress_body() -> wasm_encoder::Function {
+    let (src, len, dst) = (0, 1, 2);
+    let mut a = Asm::new(3);
+    let end = a.local(I32);
+    let out = a.local(I32);
+    let b = a.local(I32);
+    let in_space = a.local(I32);
+    a.get(src).get(len);
+    a.i().i32_add();
+    a.set(end);
+    a.get(dst).set(out);
+    a.block().loop_();
+    a.get(src).get(end);
+    a.i().i32_ge_u().br_if(1);
+    a.load8(src, 0).set(b);
+    is_space(&mut a, b);
+    a.if_();
+    a.get(in_space);
+    a.i().i32_eqz();
+    a.if_();
+    emit_byte(&mut a, out, |a| {
+        a.c(b' ' as u32);
+    });
+    a.end();
+    a.set_c(in_space, 1);
+    a.else_();
+    emit_byte(&mut a, out, |a| {
+        a.get(b);
+    });
+    a.set_c(in_space, 0);
+    a.end();
+    a.inc(src, 1);
+    a.i().br(0);
+    a.end().end();
+    a.get(out).get(dst);
+    a.i().i32_sub();
+    a.finish()
+}
+
+fn url_decode_body(hex_values: u32) -> wasm_encoder::Function {
+    let (src, len, dst) = (0, 1, 2);
+    let mut a = Asm::new(3);
+    let end = a.local(I32);
+    let out = a.local(I32);
+    let b = a.local(I32);
+    let h = a.local(I32);
+    let l = a.local(I32);
+    a.get(src).get(len);
+    a.i().i32_add();
+    a.set(end);
+    a.get(dst).set(out);
+    a.block().loop_();
+    a.get(src).get(end);
+    a.i().i32_ge_u().br_if(1);
+    a.load8(src, 0).set(b);
+    a.block();
+    // `%XX` with two hex digits
+    a.get(b).c(b'%' as u32);
+    a.i().i32_eq();
+    a.get(src).c(2);
+    a.i().i32_add();
+    a.get(end);
+    a.i().i32_lt_u().i32_and();
+    a.if_();
+    a.load8(src, 1);
+    a.i().i32_load8_u(mem(hex_values, 0));
+    a.set(h);
+    a.load8(src, 2);
+    a.i().i32_load8_u(mem(hex_values, 0));
+    a.set(l);
+    a.get(h).get(l);
+    a.i().i32_or();
+    a.c(16);
+    a.i().i32_lt_u();
+    a.if_();
+    emit_byte(&mut a, out, |a| {
+        a.get(h).c(4);
+        a.i().i32_shl();
+        a.get(l);
+        a.i().i32_or();
+    });
+    a.inc(src, 3);
+    a.i().br(3);
+    a.end();
+    a.end();
+    a.end();
+    // `+` is a space; anything else is itself
+    emit_byte(&mut a, out, |a| {
+        a.c(b' ' as u32).get(b).get(b).c(b'+' as u32);
+        a.i().i32_eq().select();
+    });
+    a.inc(src, 1);
+    a.i().br(0);
+    a.end().end();
+    a.get(out).get(dst);
+    a.i().i32_sub();
+    a.finish()
+}
+
+fn normalize_path_body() -> wasm_encoder::Function {
+    let (src, len, dst) = (0, 1, 2);
+    let mut a = Asm::new(3);
+    let end = a.local(I32);
+    let out = a.local(I32);
+    let base = a.local(I32);
+    let segments = a.local(I32);
+    let start = a.local(I32);
+    let stop = a.local(I32);
+    let piece = a.local(I32);
+    let scan = a.local(I32);
+    a.get(src).get(len);
+    a.i().i32_add();
+    a.set(end);
+    a.get(dst).set(out);
+    // A leading `/` stays.
+    a.get(len);
+    a.if_();
+    a.load8(src, 0).c(b'/' as u32);
+    a.i().i32_eq();
+    a.if_();
+    emit_byte(&mut a, out, |a| {
+        a.c(b'/' as u32);
+    });
+    a.end();
+    a.end();
+    a.get(out).set(base);
+    a.get(src).set(start);
+    a.block().loop_();
+    // stop = next '/' at or after start, or end
+    a.get(start).set(stop);
+    a.block().loop_();
+    a.get(stop).get(end);
+    a.i().i32_ge_u().br_if(1);
+    a.load8(stop, 0).c(b'/' as u32);
+    a.i().i32_eq().br_if(1);
+    a.inc(stop, 1);
+    a.i().br(0);
+    a.end().end();
+    a.get(stop).get(start);
+    a.i().i32_sub();
+    a.set(piece);
+    // "" and "." are skipped; ".." pops; anything else is appended
+    a.block();
+    a.get(piece);
+    a.i().i32_eqz().br_if(0);
+    a.get(piece).c(1);
+    a.i().i32_eq();
+    a.load8(start, 0).c(b'.' as u32);
+    a.i().i32_eq().i32_and().br_if(0);
+    a.get(piece).c(2);
+    a.i().i32_eq();
+    a.load8(start, 0).c(b'.' as u32);
+    a.i().i32_eq().i32_and();
+    a.load8(start, 1).c(b'.' as u32);
+    a.i().i32_eq().i32_and();
+    a.if_();
+    a.get(segments);
+    a.if_();
+    a.get(segments).c(1);
+    a.i().i32_sub();
+    a.set(segments);
+    // back to the last '/' after base, or to base
+    a.get(out).set(scan);
+    a.block().loop_();
+    a.get(scan).get(base);
+    a.i().i32_le_u().br_if(1);
+    a.get(scan).c(1);
+    a.i().i32_sub();
+    a.set(scan);
+    a.load8(scan, 0).c(b'/' as u32);
+    a.i().i32_eq().br_if(1);
+    a.i().br(0);
+    a.end().end();
+    a.get(scan).set(out);
+    a.end();
+    a.i().br(1);
+    a.end();
+    a.get(segments);
+    a.if_();
+    emit_byte(&mut a, out, |a| {
+        a.c(b'/' as u32);
+    });
+    a.end();
+    a.get(out).get(start).get(piece);
+    a.i().memory_copy(0, 0);
+    a.get(out).get(piece);
+    a.i().i32_add();
+    a.set(out);
+    a.inc(segments, 1);
+    a.end();
+    a.get(stop).get(end);
+    a.i().i32_ge_u().br_if(1);
+    a.get(stop).c(1);
+    a.i().i32_add();
+    a.set(start);
+    a.i().br(0);
+    a.end().end();
+    // The last piece (from `start`) was "", "." or "..": keep a trailing '/'.
+    a.get(len);
+    a.i().i32_const(0).i32_ne();
+    a.get(segments);
+    a.i().i32_const(0).i32_ne().i32_and();
+    a.if_();
+    a.get(piece);
+    a.i().i32_eqz();
+    a.get(piece).c(1);
+    a.i().i32_eq();
+    a.load8(start, 0).c(b'.' as u32);
+    a.i().i32_eq().i32_and().i32_or();
+    a.get(piece).c(2);
+    a.i().i32_eq();
+    a.load8(start, 0).c(b'.' as u32);
+    a.i().i32_eq().i32_and();
+    a.load8(start, 1).c(b'.' as u32);
+    a.i().i32_eq().i32_and().i32_or();
+    a.if_();
+    emit_byte(&mut a, out, |a| {
+        a.c(b'/' as u32);
+    });
+    a.end();
+    a.end();
+    a.get(out).get(dst);
+    a.i().i32_sub();
+    a.finish()
+}
+
+fn html_decode_body(t: &Tables, util: &Util) -> wasm_encoder::Function {
+    let (src, len, dst) = (0, 1, 2);
+    let mut a = Asm::new(3);
+    let end = a.local(I32);
+    let out = a.local(I32);
+    let b = a.local(I32);
+    let rest = a.local(I32);
+    let remaining = a.local(I32);
+    let digits_start = a.local(I32);
+    let max_digits = a.local(I32);
+    let code = a.local(I32);
+    let n = a.local(I32);
+    let d = a.local(I32);
+    let radix = a.local(I32);
+    let consumed = a.local(I32);
+    a.get(src).get(len);
+    a.i().i32_add();
+    a.set(end);
+    a.get(dst).set(out);
+    a.block().loop_(); // outer: label 0 = loop, 1 = block
+    a.get(src).get(end);
+    a.i().i32_ge_u().br_if(1);
+    a.load8(src, 0).set(b);
+    a.block(); // "emit b as is": br 0 from inside leads here
+    a.get(b).c(b'&' as u32);
+    a.i().i32_ne().br_if(0);
+    a.get(src).c(1);
+    a.i().i32_add();
+    a.set(rest);
+    a.get(end).get(rest);
+    a.i().i32_sub();
+    a.set(remaining);
+    // Named entities.
+    for (name, name_len, byte) in &t.entity_names {
+        a.get(remaining).c(*name_len);
+        a.i().i32_ge_u();
+        a.if_();
+        a.get(rest).c(*name).c(*name_len);
+        a.i().call(util.memeq);
+        a.if_();
+        emit_byte(&mut a, out, |a| {
+            a.c(u32::from(*byte));
+        });
+        a.get(src).c(1 + name_len);
+        a.i().i32_add();
+        a.set(src);
+        a.i().br(3); // continue the outer loop
+        a.end();
+        a.end();
+    }
+    // Numeric entities.
+    a.get(remaining);
+    a.i().i32_eqz().br_if(0);
+    a.load8(rest, 0).c(b'#' as u32);
+    a.i().i32_ne().br_if(0);
+    a.set_c(digits_start, 1)
+        .set_c(max_digits, 7)
+        .set_c(radix, 10);
+    a.get(remaining).c(2);
+    a.i().i32_ge_u();
+    a.if_();
+    a.load8(rest, 1).c(0x20);
+    a.i().i32_or();
+    a.c(b'x' as u32);
+    a.i().i32_eq();
+    a.if_();
+    a.set_c(digits_start, 2)
+        .set_c(max_digits, 6)
+        .set_c(radix, 16);
+    a.end();
+    a.end();
+    a.set_c(code, 0).set_c(n, 0);
+    a.block().loop_();
+    a.get(n).get(max_digits);
+    a.i().i32_ge_u().br_if(1);
+    a.get(digits_start).get(n);
+    a.i().i32_add();
+    a.get(remaining);
+    a.i().i32_ge_u().br_if(1);
+    a.get(rest).get(digits_start);
+    a.i().i32_add();
+    a.get(n);
+    a.i().i32_add().i32_load8_u(mem(0, 0));
+    a.i().i32_load8_u(mem(t.hex_values, 0));
+    a.tee(d);
+    a.get(radix);
+    a.i().i32_ge_u().br_if(1);
+    a.get(code).get(radix);
+    a.i().i32_mul();
+    a.get(d);
+    a.i().i32_add();
+    a.set(code);
+    a.inc(n, 1);
+    a.i().br(0);
+    a.end().end();
+    a.get(n);
+    a.i().i32_eqz().br_if(0);
+    // consumed = 1 + digits_start + n (+1 for a ';')
+    a.get(digits_start).get(n);
+    a.i().i32_add();
+    a.c(1);
+    a.i().i32_add();
+    a.set(consumed);
+    a.get(digits_start).get(n);
+    a.i().i32_add();
+    a.get(remaining);
+    a.i().i32_lt_u();
+    a.if_();
+    a.get(rest).get(digits_start);
+    a.i().i32_add();
+    a.get(n);
+    a.i().i32_add().i32_load8_u(mem(0, 0));
+    a.c(b';' as u32);
+    a.i().i32_eq();
+    a.if_();
+    a.inc(consumed, 1);
+    a.end();
+    a.end();
+    a.get(code).c(0xFF);
+    a.i().i32_le_u();
+    a.if_();
+    emit_byte(&mut a, out, |a| {
+        a.get(code);
+    });
+    a.get(src).get(consumed);
+    a.i().i32_add();
+    a.set(src);
+    a.i().br(2);
+    a.end();
+    // Beyond 255: a Unicode scalar value as UTF-8; anything else stays as written.
+    a.get(code).c(0x10FFFF);
+    a.i().i32_gt_u().br_if(0);
+    a.get(code).c(0xD800);
+    a.i().i32_sub();
+    a.c(0x800);
+    a.i().i32_lt_u().br_if(0);
+    a.get(code).c(0x800);
+    a.i().i32_lt_u();
+    a.if_();
+    emit_byte(&mut a, out, |a| {
+        a.get(code).c(6);
+        a.i().i32_shr_u();
+        a.c(0xC0);
+        a.i().i32_or();
+    });
+    a.else_();
+    a.get(code).c(0x10000);
+    a.i().i32_lt_u();
+    a.if_();
+    emit_byte(&mut a, out, |a| {
+        a.get(code).c(12);
+        a.i().i32_shr_u();
+        a.c(0xE0);
+        a.i().i32_or();
+    });
+    a.else_();
+    emit_byte(&mut a, out, |a| {
+        a.get(code).c(18);
+        a.i().i32_shr_u();
+        a.c(0xF0);
+        a.i().i32_or();
+    });
+    emit_byte(&mut a, out, |a| {
+        a.get(code).c(12);
+        a.i().i32_shr_u();
+        a.c(0x3F);
+        a.i().i32_and();
+        a.c(0x80);
+        a.i().i32_or();
+    });
+    a.end();
+    emit_byte(&mut a, out, |a| {
+        a.get(code).c(6);
+        a.i().i32_shr_u();
+        a.c(0x3F);
+        a.i().i32_and();
+        a.c(0x80);
+        a.i().i32_or();
+    });
+    a.end();
+    emit_byte(&mut a, out, |a| {
+        a.get(code).c(0x3F);
+        a.i().i32_and();
+        a.c(0x80);
+        a.i().i32_or();
+    });
+    a.get(src).get(consumed);
+    a.i().i32_add();
+    a.set(src);
+    a.i().br(1);
+    a.end(); // end of "emit b as is" block
+    emit_byte(&mut a, out, |a| {
+        a.get(b);
+    });
+    a.inc(src, 1);
+    a.i().br(0);
+    a.end().end();
+    a.get(out).get(dst);
+    a.i().i32_sub();
+    a.finish()
+}

@@ -1,0 +1,540 @@
+//! The region plan: everything one region's bundle needs, as plain data with ids.
+//!
+//! Lowering turns a validated policy into one [`RegionPlan`] per region: overrides applied,
+//! origins resolved to the region's endpoints, header edits merged, only what the region
+//! uses kept. The plan is what the code generator compiles and what the reference evaluator
+//! interprets; the bundle carries it as `plan.json`, so the node and `inspect` can name what
+//! the module only refers to by id. It prints deterministically as text (`--emit ir`) and is
+//! checked by [`crate::verify`] in tests and debug builds.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// Where something was written: `file:line:column`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Source {
+    pub file: String,
+    pub line: u32,
+    pub column: u32,
+}
+
+impl fmt::Display for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.file, self.line)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RegionPlan {
+    pub region: String,
+    /// Index into `zones` of the region's zone.
+    pub zone: u32,
+    /// Every zone; `GLOBAL` is last.
+    pub zones: Vec<String>,
+    /// The countries each declared zone lists (GLOBAL: all others).
+    pub zone_countries: Vec<Vec<String>>,
+    pub geo: Option<GeoPlan>,
+    pub routes: Vec<RoutePlan>,
+    pub waf: Option<WafPlan>,
+    pub ratelimits: Vec<RateLimitPlan>,
+    pub jwts: Vec<JwtPlan>,
+    pub cors: Vec<CorsPlan>,
+    pub origins: Vec<OriginPlan>,
+    pub functions: Vec<FunctionPlan>,
+    pub responses: Vec<ResponsePlan>,
+    /// Header edit sets; set 0 is the policy's and region's own, used before a route is known.
+    pub edit_sets: Vec<EditSet>,
+    /// Transforms for a zone's personal data, by zone.
+    pub residency: Vec<ResidencyPlan>,
+    pub tests: Vec<TestPlan>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct GeoPlan {
+    pub country_header: Option<String>,
+    pub trusted_peers: Vec<String>,
+    /// IP ranges of the database, sorted, merged where adjacent ranges share a country.
+    pub ranges: Vec<GeoRange>,
+    pub database: Option<String>,
+    pub block: Option<CountryListPlan>,
+    pub allow: Option<CountryListPlan>,
+}
+
+/// A range of addresses (16-byte form, inclusive) and its country.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GeoRange {
+    pub start: [u8; 16],
+    pub end: [u8; 16],
+    pub country: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CountryListPlan {
+    pub countries: Vec<String>,
+    pub status: u16,
+    pub source: Source,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RoutePlan {
+    pub id: u32,
+    /// As written in the policy.
+    pub pattern: String,
+    pub segments: Vec<SegmentPlan>,
+    /// Empty: any method.
+    pub methods: Vec<String>,
+    /// Empty: any host.
+    pub hosts: Vec<HostPlan>,
+    pub action: ActionPlan,
+    pub auth: Option<u32>,
+    pub ratelimits: Vec<u32>,
+    pub cache: Option<CachePlan>,
+    pub cors: Option<u32>,
+    /// Header edit set applied on this route.
+    pub edits: u32,
+    pub waf: RouteWafPlan,
+    /// The zone requests leave to: the proxied endpoint's, or the region's for functions.
+    pub processing_zone: Option<u32>,
+    pub source: Source,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum SegmentPlan {
+    Literal(String),
+    Param(String),
+    Rest,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum HostPlan {
+    Exact(String),
+    /// The suffix with its leading dot.
+    Wildcard(String),
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum ActionPlan {
+    Proxy {
+        origin: u32,
+    },
+    Respond {
+        response: u32,
+    },
+    Redirect {
+        status: u16,
+        target: Vec<TemplatePart>,
+    },
+    Function {
+        function: u32,
+    },
+    Block {
+        status: u16,
+    },
+}
+
+/// A piece of a redirect target.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TemplatePart {
+    Literal(String),
+    /// The request segment at this index (a `:param` of the pattern).
+    Segment(u32),
+    /// The request segments from this index on, joined with `/` (the pattern's `*`).
+    Rest(u32),
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CachePlan {
+    pub ttl_ms: u64,
+    pub stale_while_revalidate_ms: u64,
+    pub vary: Vec<String>,
+    /// Extra key parts: `header:NAME`, `cookie:NAME`, `claim:NAME`.
+    pub key: Vec<String>,
+    /// Whether requests with credentials are cached too.
+    pub cache_credentialed: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum WafModePlan {
+    Off,
+    Log,
+    Block,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RouteWafPlan {
+    pub mode: WafModePlan,
+    /// The WAF rules (ids) that run on this route.
+    pub rules: Vec<u32>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct WafPlan {
+    pub threshold: u32,
+    pub body_limit: u32,
+    pub block_oversized_bodies: bool,
+    pub rules: Vec<WafRulePlan>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct WafRulePlan {
+    pub id: u32,
+    pub name: String,
+    pub score: u32,
+    pub parts: Vec<PartPlan>,
+    pub decode: Vec<DecodingPlan>,
+    pub matchers: Vec<MatcherPlan>,
+    pub source: Source,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum PartPlan {
+    Path,
+    Query,
+    Args,
+    ArgNames,
+    Headers,
+    Header(String),
+    Cookies,
+    Cookie(String),
+    Body,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum DecodingPlan {
+    UrlDecode,
+    Lowercase,
+    HtmlEntityDecode,
+    NormalizePath,
+    CompressWhitespace,
+    RemoveNulls,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum MatcherPlan {
+    Regex(String),
+    Literal(String),
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RateLimitPlan {
+    pub id: u32,
+    pub name: String,
+    /// `client-ip`, `header:NAME` or `claim:NAME`.
+    pub key: String,
+    pub limit: u32,
+    pub per_ms: u64,
+    pub source: Source,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct JwtPlan {
+    pub id: u32,
+    pub name: String,
+    pub algorithms: Vec<String>,
+    /// Bundle paths of the key files (`keys/…`).
+    pub keys: Vec<String>,
+    pub issuer: Option<String>,
+    pub audience: Vec<String>,
+    pub leeway_ms: u64,
+    pub require: Vec<String>,
+    pub source: Source,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CorsPlan {
+    pub id: u32,
+    pub name: String,
+    pub origins: Vec<String>,
+    /// Empty: the route's methods.
+    pub methods: Vec<String>,
+    pub allow_headers: Vec<String>,
+    pub expose_headers: Vec<String>,
+    pub credentials: bool,
+    pub max_age_s: u64,
+    pub source: Source,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct OriginPlan {
+    pub id: u32,
+    pub name: String,
+    /// The endpoint this region uses.
+    pub url: String,
+    pub tls: bool,
+    pub host: String,
+    pub port: u16,
+    pub path_prefix: String,
+    pub zone: u32,
+    pub connect_timeout_ms: u64,
+    pub response_timeout_ms: u64,
+    pub source: Source,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FunctionPlan {
+    pub id: u32,
+    pub name: String,
+    /// Bundle path of the component (`functions/…`).
+    pub file: String,
+    pub memory_bytes: u64,
+    pub timeout_ms: u64,
+    pub origins: Vec<u32>,
+    pub source: Source,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ResponsePlan {
+    pub id: u32,
+    pub status: u16,
+    pub content_type: Option<String>,
+    pub body: String,
+    pub headers: Vec<(String, String)>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct EditSet {
+    pub request: Vec<HeaderEdit>,
+    pub response: Vec<HeaderEdit>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum HeaderEdit {
+    Set(String, String),
+    Append(String, String),
+    Remove(String),
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ResidencyPlan {
+    pub zone: u32,
+    pub pseudonymize: Vec<String>,
+    pub drop: Vec<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TestPlan {
+    pub name: String,
+    pub method: String,
+    pub target: String,
+    pub host: Option<String>,
+    pub country: Option<String>,
+    pub ip: Option<String>,
+    pub headers: Vec<(String, String)>,
+    pub body: Option<String>,
+    pub expect_status: Option<u16>,
+    pub expect_route: Option<String>,
+    pub expect_rule: Option<String>,
+    pub expect_cache_ttl_ms: Option<u64>,
+    pub source: Source,
+}
+
+impl RegionPlan {
+    pub fn zone_name(&self, zone: u32) -> &str {
+        self.zones.get(zone as usize).map_or("?", String::as_str)
+    }
+
+    /// The id of the `GLOBAL` zone (always last).
+    pub fn global_zone(&self) -> u32 {
+        self.zones.len() as u32 - 1
+    }
+
+    /// The zone of a country.
+    pub fn zone_of(&self, country: &str) -> u32 {
+        self.zone_countries
+            .iter()
+            .position(|list| list.iter().any(|c| c == country))
+            .map_or(self.global_zone(), |z| z as u32)
+    }
+}
+
+impl fmt::Display for RegionPlan {
+    /// The plan as text: stable order, one item per line, source locations at the end.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "region {} zone={}",
+            self.region,
+            self.zone_name(self.zone)
+        )?;
+        for (i, zone) in self.zones.iter().enumerate() {
+            writeln!(f, "zone #{i} {zone} [{}]", self.zone_countries[i].join(" "))?;
+        }
+        if let Some(geo) = &self.geo {
+            writeln!(
+                f,
+                "geo header={} trusted=[{}] database={} ranges={}",
+                geo.country_header.as_deref().unwrap_or("-"),
+                geo.trusted_peers.join(" "),
+                geo.database.as_deref().unwrap_or("-"),
+                geo.ranges.len()
+            )?;
+            for (kind, list) in [("block", &geo.block), ("allow", &geo.allow)] {
+                if let Some(list) = list {
+                    writeln!(
+                        f,
+                        "  {kind} [{}] status={} @{}",
+                        list.countries.join(" "),
+                        list.status,
+                        list.source
+                    )?;
+                }
+            }
+        }
+        for origin in &self.origins {
+            writeln!(
+                f,
+                "origin #{} {} {} zone={} connect={}ms response={}ms @{}",
+                origin.id,
+                origin.name,
+                origin.url,
+                self.zone_name(origin.zone),
+                origin.connect_timeout_ms,
+                origin.response_timeout_ms,
+                origin.source
+            )?;
+        }
+        for limit in &self.ratelimits {
+            writeln!(
+                f,
+                "ratelimit #{} {} key={} limit={} per={}ms @{}",
+                limit.id, limit.name, limit.key, limit.limit, limit.per_ms, limit.source
+            )?;
+        }
+        for jwt in &self.jwts {
+            writeln!(
+                f,
+                "jwt #{} {} algorithms=[{}] keys=[{}] issuer={} audience=[{}] leeway={}ms require=[{}] @{}",
+                jwt.id,
+                jwt.name,
+                jwt.algorithms.join(" "),
+                jwt.keys.join(" "),
+                jwt.issuer.as_deref().unwrap_or("-"),
+                jwt.audience.join(" "),
+                jwt.leeway_ms,
+                jwt.require.join(" "),
+                jwt.source
+            )?;
+        }
+        for cors in &self.cors {
+            writeln!(
+                f,
+                "cors #{} {} origins=[{}] methods=[{}] allow-headers=[{}] expose-headers=[{}] credentials={} max-age={}s @{}",
+                cors.id,
+                cors.name,
+                cors.origins.join(" "),
+                cors.methods.join(" "),
+                cors.allow_headers.join(" "),
+                cors.expose_headers.join(" "),
+                cors.credentials,
+                cors.max_age_s,
+                cors.source
+            )?;
+        }
+        for function in &self.functions {
+            writeln!(
+                f,
+                "function #{} {} file={} memory={} timeout={}ms origins={:?} @{}",
+                function.id,
+                function.name,
+                function.file,
+                function.memory_bytes,
+                function.timeout_ms,
+                function.origins,
+                function.source
+            )?;
+        }
+        for response in &self.responses {
+            writeln!(
+                f,
+                "response #{} status={} type={} body={:?} headers={:?}",
+                response.id,
+                response.status,
+                response.content_type.as_deref().unwrap_or("-"),
+                response.body,
+                response.headers
+            )?;
+        }
+        for (i, set) in self.edit_sets.iter().enumerate() {
+            writeln!(
+                f,
+                "edits #{i} request={:?} response={:?}",
+                set.request, set.response
+            )?;
+        }
+        for residency in &self.residency {
+            writeln!(
+                f,
+                "residency {} pseudonymize=[{}] drop=[{}]",
+                self.zone_name(residency.zone),
+                residency.pseudonymize.join(" "),
+                residency.drop.join(" ")
+            )?;
+        }
+        if let Some(waf) = &self.waf {
+            writeln!(
+                f,
+                "waf threshold={} body-limit={} block-oversized={}",
+                waf.threshold, waf.body_limit, waf.block_oversized_bodies
+            )?;
+            for rule in &waf.rules {
+                writeln!(
+                    f,
+                    "  rule #{} {} score={} in={:?} decode={:?} match={:?} @{}",
+                    rule.id,
+                    rule.name,
+                    rule.score,
+                    rule.parts,
+                    rule.decode,
+                    rule.matchers,
+                    rule.source
+                )?;
+            }
+        }
+        for route in &self.routes {
+            writeln!(
+                f,
+                "route #{} {} methods=[{}] hosts={:?} @{}",
+                route.id,
+                route.pattern,
+                route.methods.join(" "),
+                route.hosts,
+                route.source
+            )?;
+            writeln!(f, "  action {:?}", route.action)?;
+            writeln!(
+                f,
+                "  auth={:?} ratelimits={:?} cors={:?} edits=#{} zone={}",
+                route.auth,
+                route.ratelimits,
+                route.cors,
+                route.edits,
+                route.processing_zone.map_or("-", |z| self.zone_name(z))
+            )?;
+            if let Some(cache) = &route.cache {
+                writeln!(
+                    f,
+                    "  cache ttl={}ms swr={}ms vary=[{}] key=[{}] credentialed={}",
+                    cache.ttl_ms,
+                    cache.stale_while_revalidate_ms,
+                    cache.vary.join(" "),
+                    cache.key.join(" "),
+                    if cache.cache_credentialed {
+                        "cache"
+                    } else {
+                        "bypass"
+                    }
+                )?;
+            }
+            writeln!(f, "  waf {:?} rules={:?}", route.waf.mode, route.waf.rules)?;
+        }
+        for test in &self.tests {
+            writeln!(
+                f,
+                "test {:?} {} {} @{}",
+                test.name, test.method, test.target, test.source
+            )?;
+        }
+        Ok(())
+    }
+}

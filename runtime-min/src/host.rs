@@ -1,0 +1,190 @@
+//! The one host of policy modules: load a compiled policy in wasmtime, write a request into
+//! its memory, call `decide`, read the decision back.
+//!
+//! `edgepack explain`, `edgepack test`, the differential tests and the node all use this
+//! host; there is no second one. An instance is reused across requests (one per worker):
+//! the request is written straight into linear memory and nothing is allocated per call
+//! beyond the decision's own lists.
+
+use std::sync::Arc;
+
+use edgepack_bundles::abi::{self, Decision, DecisionError, export};
+use edgepack_bundles::request::RequestParts;
+use edgepack_bundles::wire::{self, EncodeError, Limits};
+use wasmtime::{Config, Engine, Instance, Memory, Module, OptLevel, Store, TypedFunc};
+
+/// The largest memory a policy module may declare.
+pub const MAX_POLICY_MEMORY: u64 = 256 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum HostError {
+    #[error("the policy module does not compile: {0}")]
+    Compile(String),
+    #[error("the policy module cannot be instantiated: {0}")]
+    Instantiate(String),
+    #[error("the policy module lacks the export `{0}`")]
+    MissingExport(&'static str),
+    #[error("the policy module speaks ABI {found}, this host speaks {expected}")]
+    Abi { found: u32, expected: u32 },
+    #[error("the policy module's memory layout is inconsistent: {0}")]
+    Layout(&'static str),
+    #[error(transparent)]
+    Request(#[from] EncodeError),
+    #[error("decide trapped: {0}")]
+    Trap(String),
+    #[error("decide refused the request block (code {0})")]
+    Refused(i32),
+    #[error("the decision block is malformed: {0}")]
+    Decision(#[from] DecisionError),
+}
+
+/// A wasmtime engine configured for policy modules: Cranelift, Wasm 2.0 features only.
+#[derive(Clone)]
+pub struct PolicyEngine {
+    engine: Engine,
+}
+
+impl PolicyEngine {
+    pub fn new() -> Result<PolicyEngine, HostError> {
+        let mut config = Config::new();
+        config
+            .cranelift_opt_level(OptLevel::Speed)
+            .wasm_simd(true)
+            .wasm_relaxed_simd(false)
+            .wasm_multi_memory(false)
+            .wasm_memory64(false)
+            .wasm_tail_call(false)
+            .wasm_component_model(false);
+        let engine = Engine::new(&config).map_err(|e| HostError::Compile(e.to_string()))?;
+        Ok(PolicyEngine { engine })
+    }
+
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// Compiles a policy module (Cranelift) and checks its exports.
+    pub fn compile(&self, wasm: &[u8]) -> Result<PolicyModule, HostError> {
+        let module =
+            Module::new(&self.engine, wasm).map_err(|e| HostError::Compile(format!("{e:#}")))?;
+        for name in [
+            export::MEMORY,
+            export::DECIDE,
+            export::ABI_VERSION,
+            export::REQUEST_BASE,
+            export::REQUEST_CAPACITY,
+            export::DECISION_BASE,
+            export::BODY_LIMIT,
+        ] {
+            if module.get_export(name).is_none() {
+                return Err(HostError::MissingExport(name));
+            }
+        }
+        if module.imports().len() != 0 {
+            return Err(HostError::Compile("a policy module imports nothing".into()));
+        }
+        Ok(PolicyModule {
+            engine: self.clone(),
+            module: Arc::new(module),
+        })
+    }
+}
+
+/// A compiled policy module, ready to instantiate (cheap to clone).
+#[derive(Clone)]
+pub struct PolicyModule {
+    engine: PolicyEngine,
+    module: Arc<Module>,
+}
+
+impl PolicyModule {
+    pub fn instantiate(&self) -> Result<PolicyInstance, HostError> {
+        let mut store = Store::new(&self.engine.engine, ());
+        let instance = Instance::new(&mut store, &self.module, &[])
+            .map_err(|e| HostError::Instantiate(format!("{e:#}")))?;
+        let memory = instance
+            .get_memory(&mut store, export::MEMORY)
+            .ok_or(HostError::MissingExport(export::MEMORY))?;
+        let decide = instance
+            .get_typed_func::<i32, i32>(&mut store, export::DECIDE)
+            .map_err(|_| HostError::MissingExport(export::DECIDE))?;
+        let mut global = |name: &'static str| -> Result<u32, HostError> {
+            instance
+                .get_global(&mut store, name)
+                .and_then(|g| g.get(&mut store).i32())
+                .map(|v| v as u32)
+                .ok_or(HostError::MissingExport(name))
+        };
+        let abi_version = global(export::ABI_VERSION)?;
+        if abi_version != abi::ABI_VERSION {
+            return Err(HostError::Abi {
+                found: abi_version,
+                expected: abi::ABI_VERSION,
+            });
+        }
+        let request_base = global(export::REQUEST_BASE)? as usize;
+        let request_capacity = global(export::REQUEST_CAPACITY)? as usize;
+        let decision_base = global(export::DECISION_BASE)? as usize;
+        let body_limit = global(export::BODY_LIMIT)? as usize;
+        let memory_len = memory.data_size(&store);
+        if memory_len as u64 > MAX_POLICY_MEMORY {
+            return Err(HostError::Layout("memory larger than the limit"));
+        }
+        if request_base
+            .checked_add(request_capacity)
+            .is_none_or(|end| end > memory_len)
+            || decision_base
+                .checked_add(abi::dec::SIZE as usize)
+                .is_none_or(|end| end > memory_len)
+            || body_limit > request_capacity
+        {
+            return Err(HostError::Layout("request or decision area outside memory"));
+        }
+        Ok(PolicyInstance {
+            store,
+            memory,
+            decide,
+            request_base,
+            request_capacity,
+            decision_base,
+            body_limit,
+            limits: Limits::default(),
+        })
+    }
+}
+
+/// An instantiated policy: decides one request at a time.
+pub struct PolicyInstance {
+    store: Store<()>,
+    memory: Memory,
+    decide: TypedFunc<i32, i32>,
+    request_base: usize,
+    request_capacity: usize,
+    decision_base: usize,
+    body_limit: usize,
+    limits: Limits,
+}
+
+impl PolicyInstance {
+    /// How many body bytes the policy inspects (the node buffers at most this many for it).
+    pub fn body_limit(&self) -> usize {
+        self.body_limit
+    }
+
+    /// Writes the request into the instance and returns the policy's decision.
+    pub fn decide(&mut self, request: &dyn RequestParts) -> Result<Decision, HostError> {
+        let memory = self.memory.data_mut(&mut self.store);
+        let block = &mut memory[self.request_base..self.request_base + self.request_capacity];
+        let len = wire::encode(request, &self.limits, self.body_limit, block)?;
+        let code = self
+            .decide
+            .call(&mut self.store, len as i32)
+            .map_err(|e| HostError::Trap(format!("{e:#}")))?;
+        if code != 0 {
+            return Err(HostError::Refused(code));
+        }
+        let memory = self.memory.data(&self.store);
+        let decision = &memory[self.decision_base..self.decision_base + abi::dec::SIZE as usize];
+        Ok(Decision::read(decision)?)
+    }
+}

