@@ -40,3 +40,98 @@ pub fn generated_policy(n_routes: usize, n_rules: usize) -> String {
     }
     kdl
 }
+
+/// Compiles the first region of the policy at `path` and instantiates its module.
+pub fn compile_policy_dir(
+    path: &std::path::Path,
+) -> (
+    edgepack_compiler::plan::RegionPlan,
+    edgepack_runtime_min::host::PolicyInstance,
+) {
+    let checked = edgepack_schema::check(path).expect("readable");
+    let policy = checked.policy.as_ref().expect("the policy checks clean");
+    let region = policy.regions[0].name.value.clone();
+    let mut plans =
+        edgepack_compiler::pipeline::plans(policy, &checked, &[region]).expect("region exists");
+    let compiled = edgepack_compiler::pipeline::compile(plans.remove(0)).expect("compiles");
+    let instance = edgepack_runtime_min::host::PolicyEngine::new()
+        .and_then(|e| e.compile(&compiled.wasm))
+        .and_then(|m| m.instantiate())
+        .expect("instantiates");
+    (compiled.plan, instance)
+}
+
+/// A path the plan's first proxied route takes (its literal segments, `x` elsewhere).
+fn routed_path(plan: &edgepack_compiler::plan::RegionPlan) -> String {
+    use edgepack_compiler::plan::{ActionPlan, SegmentPlan};
+    let route = plan
+        .routes
+        .iter()
+        .find(|r| {
+            matches!(r.action, ActionPlan::Proxy { .. })
+                && r.methods.iter().all(|m| m == "GET" || m == "HEAD")
+        })
+        .unwrap_or(&plan.routes[0]);
+    let mut path = String::new();
+    for segment in &route.segments {
+        path.push('/');
+        path.push_str(match segment {
+            SegmentPlan::Literal(l) => l,
+            _ => "item-42",
+        });
+    }
+    if path.is_empty() {
+        path.push('/');
+    }
+    path
+}
+
+fn with_common_headers(
+    request: edgepack_bundles::request::Request,
+) -> edgepack_bundles::request::Request {
+    request
+        .host("api.example.com")
+        .peer(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST))
+        .header(
+            "user-agent",
+            "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko)",
+        )
+        .header("accept", "application/json")
+        .header("accept-encoding", "gzip, br")
+        .header("cf-ipcountry", "DE")
+}
+
+/// A typical API request: a few headers and a 100-byte query.
+pub fn small_request(
+    plan: &edgepack_compiler::plan::RegionPlan,
+) -> edgepack_bundles::request::Request {
+    let query = "id=1234567&sort=created_at&order=desc&fields=name,email,status&page=3&per_page=50&lang=en-GB";
+    with_common_headers(edgepack_bundles::request::Request::new(
+        "GET",
+        &format!("{}?{query}", routed_path(plan)),
+    ))
+}
+
+/// A request with 1 KB of query arguments and a 1 KB form body of ordinary text.
+pub fn large_request(
+    plan: &edgepack_compiler::plan::RegionPlan,
+) -> edgepack_bundles::request::Request {
+    let text =
+        "The quick brown fox jumps over the lazy dog while the edge decides what to do with it ";
+    let mut query = String::new();
+    let mut n = 0;
+    while query.len() < 1000 {
+        if !query.is_empty() {
+            query.push('&');
+        }
+        query.push_str(&format!("field{n}={}", text.replace(' ', "+")));
+        n += 1;
+    }
+    let body = query.replace("field", "note");
+    with_common_headers(edgepack_bundles::request::Request::new(
+        "GET",
+        &format!("{}?{query}", routed_path(plan)),
+    ))
+    .header("content-type", "application/x-www-form-urlencoded")
+    .body(body)
+}

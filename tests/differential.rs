@@ -662,3 +662,47 @@ fn tempdir() -> std::path::PathBuf {
     std::fs::create_dir_all(&dir).expect("temp dir");
     dir
 }
+
+/// Requests made of arbitrary bytes, as a fuzzer would send them.
+#[test]
+fn arbitrary_requests_agree() {
+    let engine = PolicyEngine::new().expect("engine");
+    let example = edgepack_tests::workspace_root().join("examples/global-api");
+    let mut regions = compile_policy(&example, &engine).expect("example compiles");
+    let bytes = || proptest::collection::vec(any::<u8>(), 0..64);
+    let strategy = (
+        "[A-Z]{0,8}",
+        bytes(),
+        bytes(),
+        bytes(),
+        proptest::collection::vec((bytes(), bytes()), 0..6),
+        proptest::collection::vec(any::<u8>(), 0..512),
+        any::<[u8; 16]>(),
+    )
+        .prop_map(|(method, path, query, host, headers, body, peer)| {
+            let mut request = Request::new(&method, "/");
+            request.path = path;
+            request.query = query;
+            request.host = host;
+            request.headers = headers
+                .into_iter()
+                .map(|(n, v)| (n.to_ascii_lowercase(), v))
+                .collect();
+            request.body = body;
+            request.peer = IpAddr::V6(Ipv6Addr::from(peer));
+            request
+        });
+    for (plan, instance) in regions.iter_mut() {
+        let evaluator = Evaluator::new(plan);
+        let instance = std::cell::RefCell::new(instance);
+        TestRunner::new(Config {
+            cases: cases(300),
+            failure_persistence: None,
+            ..Config::default()
+        })
+        .run(&strategy, |request| {
+            compare(plan, &evaluator, &mut instance.borrow_mut(), &request)
+        })
+        .unwrap_or_else(|e| panic!("region {}: {e}", plan.region));
+    }
+}

@@ -259,6 +259,28 @@ pub enum Outcome {
     Effects(Vec<Effect>),
 }
 
+/// A two-letter country code, as the decision reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct CountryCode(pub [u8; 2]);
+
+impl CountryCode {
+    pub fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.0).unwrap_or("??")
+    }
+}
+
+impl std::fmt::Display for CountryCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Serialize for CountryCode {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
 /// What the policy decided about one request.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Decision {
@@ -269,7 +291,7 @@ pub struct Decision {
     pub rules: Vec<u32>,
     pub waf_score: u32,
     /// The client's country, when known.
-    pub country: Option<String>,
+    pub country: Option<CountryCode>,
     /// The zone of the client's country.
     pub data_zone: u32,
     pub client_ip: IpAddr,
@@ -280,10 +302,10 @@ pub struct Decision {
     pub location: Option<String>,
 }
 
-fn location(block: &[u8], len: u32) -> String {
+fn push_location(out: &mut String, block: &[u8], len: u32) {
     let len = len.min(dec::MAX_LOCATION) as usize;
     let start = dec::LOCATION as usize;
-    String::from_utf8_lossy(&block[start..start + len]).into_owned()
+    out.push_str(&String::from_utf8_lossy(&block[start..start + len]));
 }
 
 /// Why a decision block could not be read.
@@ -303,9 +325,34 @@ fn opt(id: u32) -> Option<u32> {
     (id != NONE).then_some(id)
 }
 
+impl Default for Decision {
+    fn default() -> Decision {
+        Decision {
+            outcome: Outcome::Effects(Vec::new()),
+            route: None,
+            rules: Vec::new(),
+            waf_score: 0,
+            country: None,
+            data_zone: 0,
+            client_ip: IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED),
+            flags: 0,
+            edits: None,
+            location: None,
+        }
+    }
+}
+
 impl Decision {
     /// Reads a decision block as the module wrote it.
     pub fn read(block: &[u8]) -> Result<Decision, DecisionError> {
+        let mut decision = Decision::default();
+        decision.read_into(block)?;
+        Ok(decision)
+    }
+
+    /// Reads a decision block into `self`, reusing its lists: a node deciding request after
+    /// request with one `Decision` allocates nothing once the lists have grown.
+    pub fn read_into(&mut self, block: &[u8]) -> Result<(), DecisionError> {
         if block.len() < dec::SIZE as usize {
             return Err(DecisionError::Truncated);
         }
@@ -315,7 +362,17 @@ impl Decision {
         };
         let status = u(dec::STATUS) as u16;
         let arg = u(dec::ANSWER_ARG);
-        let outcome = match u(dec::OUTCOME) {
+        let mut effects = match std::mem::replace(&mut self.outcome, Outcome::Effects(Vec::new())) {
+            Outcome::Effects(mut v) => {
+                v.clear();
+                v
+            }
+            Outcome::Final(_) => Vec::new(),
+        };
+        let mut location = self.location.take().unwrap_or_default();
+        location.clear();
+        let mut has_location = false;
+        self.outcome = match u(dec::OUTCOME) {
             dec::OUTCOME_FINAL => Outcome::Final(match u(dec::ANSWER) {
                 answer::RESPOND => Answer::Respond {
                     response: arg,
@@ -327,16 +384,18 @@ impl Decision {
                 answer::WAF_BLOCKED => Answer::WafBlocked { status },
                 answer::UNAUTHORIZED => Answer::Unauthorized { jwt: arg, status },
                 answer::PREFLIGHT => Answer::Preflight { cors: arg, status },
-                answer::REDIRECT => Answer::Redirect {
-                    status,
-                    location: location(block, u(dec::LOCATION_LEN)),
-                },
+                answer::REDIRECT => {
+                    push_location(&mut location, block, u(dec::LOCATION_LEN));
+                    Answer::Redirect {
+                        status,
+                        location: std::mem::take(&mut location),
+                    }
+                }
                 answer::BODY_TOO_LARGE => Answer::BodyTooLarge { status },
                 other => return Err(DecisionError::Answer(other)),
             }),
             dec::OUTCOME_EFFECTS => {
                 let count = u(dec::EFFECTS_COUNT).min(dec::MAX_EFFECTS);
-                let mut effects = Vec::with_capacity(count as usize);
                 for i in 0..count {
                     let at = dec::EFFECTS + i * 8;
                     let arg = u(at + 4);
@@ -350,7 +409,10 @@ impl Decision {
                         effect::PROXY => Effect::Proxy(arg),
                         effect::FUNCTION => Effect::Function(arg),
                         effect::RESPOND => Effect::Respond(arg),
-                        effect::REDIRECT => Effect::Redirect(arg),
+                        effect::REDIRECT => {
+                            has_location = true;
+                            Effect::Redirect(arg)
+                        }
                         effect::BLOCK => Effect::Block(arg),
                         other => return Err(DecisionError::Effect(other)),
                     });
@@ -359,28 +421,27 @@ impl Decision {
             }
             other => return Err(DecisionError::Outcome(other)),
         };
-        let has_location = matches!(&outcome, Outcome::Effects(e) if e.iter().any(|e| matches!(e, Effect::Redirect(_))));
+        self.location = if has_location {
+            push_location(&mut location, block, u(dec::LOCATION_LEN));
+            Some(location)
+        } else {
+            None
+        };
+        self.rules.clear();
         let rules_count = u(dec::RULES_COUNT).min(dec::MAX_RULES);
-        let rules = (0..rules_count).map(|i| u(dec::RULES + i * 4)).collect();
+        self.rules
+            .extend((0..rules_count).map(|i| u(dec::RULES + i * 4)));
         let country = u(dec::COUNTRY);
-        let country = (country != 0).then(|| {
-            let bytes = [country as u8, (country >> 8) as u8];
-            String::from_utf8_lossy(&bytes).into_owned()
-        });
+        self.country = (country != 0).then_some(CountryCode([country as u8, (country >> 8) as u8]));
         let mut ip = [0u8; 16];
         ip.copy_from_slice(&block[dec::CLIENT_IP as usize..dec::CLIENT_IP as usize + 16]);
-        Ok(Decision {
-            outcome,
-            route: opt(u(dec::ROUTE)),
-            rules,
-            waf_score: u(dec::WAF_SCORE),
-            country,
-            data_zone: u(dec::DATA_ZONE),
-            client_ip: ip_from_bytes(ip),
-            flags: u(dec::FLAGS),
-            edits: opt(u(dec::EDITS)),
-            location: has_location.then(|| location(block, u(dec::LOCATION_LEN))),
-        })
+        self.route = opt(u(dec::ROUTE));
+        self.waf_score = u(dec::WAF_SCORE);
+        self.data_zone = u(dec::DATA_ZONE);
+        self.client_ip = ip_from_bytes(ip);
+        self.flags = u(dec::FLAGS);
+        self.edits = opt(u(dec::EDITS));
+        Ok(())
     }
 
     /// The HTTP status of a final answer.

@@ -99,36 +99,79 @@ impl Writer<'_> {
         Ok((start as u32, bytes.len() as u32))
     }
 
-    /// Writes `src` percent-decoded (and `+` as space when asked).
+    /// Writes `src` percent-decoded (and `+` as space when asked). Decoding never makes
+    /// text longer, so with room for `src` no further checks are needed; runs between `%`
+    /// escapes are copied whole and their `+` replaced in place.
     fn decoded(&mut self, src: &[u8], plus_as_space: bool) -> Result<(u32, u32), EncodeError> {
+        let start = self.pos;
+        if self.buf.len() - self.pos < src.len() {
+            return self.decoded_slowly(src, plus_as_space);
+        }
+        let out = &mut self.buf[start..start + src.len()];
+        let mut written = 0;
+        let mut i = 0;
+        while i < src.len() {
+            let rest = &src[i..];
+            // memchr pays off on long runs; short values are scanned directly.
+            let found = if rest.len() < 32 {
+                rest.iter().position(|b| *b == b'%')
+            } else {
+                memchr::memchr(b'%', rest)
+            };
+            let run = found.unwrap_or(rest.len());
+            let copied = &mut out[written..written + run];
+            copied.copy_from_slice(&src[i..i + run]);
+            if plus_as_space {
+                for b in copied.iter_mut() {
+                    if *b == b'+' {
+                        *b = b' ';
+                    }
+                }
+            }
+            written += run;
+            i += run;
+            if i < src.len() {
+                let (byte, used) = decode_escape(&src[i..], plus_as_space);
+                out[written] = byte;
+                written += 1;
+                i += used;
+            }
+        }
+        self.pos += written;
+        Ok((start as u32, written as u32))
+    }
+
+    /// [`Writer::decoded`] for the last bytes of the buffer, checking room byte by byte.
+    fn decoded_slowly(
+        &mut self,
+        src: &[u8],
+        plus_as_space: bool,
+    ) -> Result<(u32, u32), EncodeError> {
         let start = self.pos;
         let mut i = 0;
         while i < src.len() {
-            let b = src[i];
-            let escaped = if b == b'%' && i + 2 < src.len() {
-                hex(src[i + 1])
-                    .zip(hex(src[i + 2]))
-                    .map(|(h, l)| h << 4 | l)
-            } else {
-                None
-            };
-            let out = match escaped {
-                Some(v) => {
-                    i += 3;
-                    v
-                }
-                None => {
-                    i += 1;
-                    if b == b'+' && plus_as_space { b' ' } else { b }
-                }
-            };
+            let (byte, used) = decode_escape(&src[i..], plus_as_space);
             if self.pos >= self.buf.len() {
                 return Err(self.full());
             }
-            self.buf[self.pos] = out;
+            self.buf[self.pos] = byte;
             self.pos += 1;
+            i += used;
         }
         Ok((start as u32, (self.pos - start) as u32))
+    }
+}
+
+/// The byte at the start of `src` after decoding, and how many input bytes it took.
+fn decode_escape(src: &[u8], plus_as_space: bool) -> (u8, usize) {
+    match src {
+        [b'%', h, l, ..] => match (hex(*h), hex(*l)) {
+            (Some(h), Some(l)) => (h << 4 | l, 3),
+            _ => (b'%', 1),
+        },
+        [b'+', ..] if plus_as_space => (b' ', 1),
+        [b, ..] => (*b, 1),
+        [] => (0, 1),
     }
 }
 
@@ -196,15 +239,20 @@ pub fn encode(
     w.put_u32_at(req::HOST as usize + 4, len);
 
     write_segments(&mut w, parts.path(), limits)?;
-    let (flags, content_type) = write_headers(&mut w, parts, limits)?;
+    let (flags, content_type, forwarded) = write_headers(&mut w, parts, limits)?;
     let mut flags = flags;
     if method_code(parts.method()) == method::OPTIONS && flags & flag::HAS_ACRM != 0 {
         flags |= flag::PREFLIGHT;
     }
     let body = &parts.body()[..parts.body().len().min(body_limit)];
     write_args(&mut w, parts.query(), body, content_type, limits)?;
-    write_cookies(&mut w, parts, limits)?;
-    write_xff(&mut w, parts, limits)?;
+    // Lists absent from the request stay (0, 0) from the zeroed header.
+    if flags & flag::HAS_COOKIE != 0 {
+        write_cookies(&mut w, parts, limits)?;
+    }
+    if forwarded {
+        write_xff(&mut w, parts, limits)?;
+    }
 
     let (off, len) = w.bytes(body)?;
     w.put_u32_at(req::BODY as usize, off);
@@ -259,12 +307,15 @@ fn write_segments(w: &mut Writer<'_>, path: &[u8], limits: &Limits) -> Result<()
     Ok(())
 }
 
-/// Headers as (name, value) records; returns flags and the content type's offset/length.
+/// Flags, the content type's (offset, length), and whether `X-Forwarded-For` is present.
+type HeaderSummary = (u32, Option<(u32, u32)>, bool);
+
+/// Headers as (name, value) records.
 fn write_headers(
     w: &mut Writer<'_>,
     parts: &dyn RequestParts,
     limits: &Limits,
-) -> Result<(u32, Option<(u32, u32)>), EncodeError> {
+) -> Result<HeaderSummary, EncodeError> {
     let mut count = 0u32;
     parts.for_each_header(&mut |_, _| count += 1);
     if count > limits.max_headers {
@@ -277,6 +328,7 @@ fn write_headers(
     let records = w.reserve(count as usize * 16)?;
     let mut index = 0usize;
     let mut flags = 0u32;
+    let mut forwarded = false;
     let mut preflight_method = method::OTHER;
     let mut content_type = None;
     let mut error = None;
@@ -311,6 +363,8 @@ fn write_headers(
                     flags |= flag::HAS_ACRM;
                     preflight_method =
                         std::str::from_utf8(value.trim_ascii()).map_or(method::OTHER, method_code);
+                } else if lower(name, b"x-forwarded-for") {
+                    forwarded = true;
                 } else if lower(name, b"content-type") && content_type.is_none() {
                     content_type = Some((value_off, value_len));
                 }
@@ -324,7 +378,7 @@ fn write_headers(
     w.put_u32_at(req::HEADERS as usize, records as u32);
     w.put_u32_at(req::HEADERS as usize + 4, index as u32);
     w.put_u32_at(req::PREFLIGHT_METHOD as usize, preflight_method);
-    Ok((flags, content_type))
+    Ok((flags, content_type, forwarded))
 }
 
 /// Arguments from the query, then from a form or JSON body.
@@ -355,13 +409,13 @@ fn write_args(
     w.align()?;
     let records = w.reserve(most * 16)?;
     let mut count = 0usize;
-    for piece in query.split(|b| *b == b'&').filter(|p| !p.is_empty()) {
+    for piece in pieces(query) {
         write_form_pair(w, records, &mut count, piece)?;
     }
     let query_count = count;
     match kind {
         BodyKind::Form => {
-            for piece in body.split(|b| *b == b'&').filter(|p| !p.is_empty()) {
+            for piece in pieces(body) {
                 write_form_pair(w, records, &mut count, piece)?;
             }
         }
@@ -387,8 +441,20 @@ fn write_args(
     Ok(())
 }
 
+/// The non-empty `&`-separated pieces of `text`.
+fn pieces(text: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let mut start = 0;
+    memchr::memchr_iter(b'&', text)
+        .chain(std::iter::once(text.len()))
+        .filter_map(move |at| {
+            let piece = &text[start..at];
+            start = at + 1;
+            (!piece.is_empty()).then_some(piece)
+        })
+}
+
 fn count_pieces(text: &[u8]) -> usize {
-    text.split(|b| *b == b'&').filter(|p| !p.is_empty()).count()
+    pieces(text).count()
 }
 
 fn write_form_pair(
@@ -397,7 +463,7 @@ fn write_form_pair(
     count: &mut usize,
     piece: &[u8],
 ) -> Result<(), EncodeError> {
-    let (name, value) = match piece.iter().position(|b| *b == b'=') {
+    let (name, value) = match memchr::memchr(b'=', piece) {
         Some(eq) => (&piece[..eq], &piece[eq + 1..]),
         None => (piece, &b""[..]),
     };

@@ -10,7 +10,7 @@
 use std::cmp::Ordering;
 use std::net::IpAddr;
 
-use edgepack_bundles::abi::{Answer, Decision, Effect, Outcome, dec, flag, method};
+use edgepack_bundles::abi::{Answer, CountryCode, Decision, Effect, Outcome, dec, flag, method};
 use edgepack_bundles::request::ip_from_bytes;
 use edgepack_bundles::wire::ParsedRequest;
 use ipnet::IpNet;
@@ -81,15 +81,13 @@ impl<'p> Evaluator<'p> {
         let peer_trusted = self.is_trusted(req.peer);
         let client_ip = self.client_ip(req, peer_trusted);
         let (country, strip) = self.country(req, peer_trusted, client_ip);
-        let data_zone = country
-            .as_deref()
-            .map_or(plan.global_zone(), |c| plan.zone_of(c));
+        let data_zone = country.map_or(plan.global_zone(), |c| plan.zone_of(c.as_str()));
         let mut decision = Decision {
             outcome: Outcome::Effects(Vec::new()),
             route: None,
             rules: Vec::new(),
             waf_score: 0,
-            country: country.clone(),
+            country,
             data_zone,
             client_ip: ip_from_bytes(client_ip),
             flags: if strip {
@@ -113,8 +111,8 @@ impl<'p> Evaluator<'p> {
 
         // Geo.
         if let Some(geo) = &plan.geo {
-            if let (Some(block), Some(c)) = (&geo.block, &country)
-                && block.countries.contains(c)
+            if let (Some(block), Some(c)) = (&geo.block, country)
+                && block.countries.iter().any(|b| b == c.as_str())
             {
                 return finish(
                     decision,
@@ -125,9 +123,7 @@ impl<'p> Evaluator<'p> {
                 );
             }
             if let Some(allow) = &geo.allow
-                && !country
-                    .as_ref()
-                    .is_some_and(|c| allow.countries.contains(c))
+                && !country.is_some_and(|c| allow.countries.iter().any(|a| a == c.as_str()))
             {
                 return finish(
                     decision,
@@ -325,7 +321,7 @@ impl<'p> Evaluator<'p> {
         req: &ParsedRequest,
         peer_trusted: bool,
         client_ip: [u8; 16],
-    ) -> (Option<String>, bool) {
+    ) -> (Option<CountryCode>, bool) {
         let Some(geo) = &self.plan.geo else {
             return (None, false);
         };
@@ -339,7 +335,7 @@ impl<'p> Evaluator<'p> {
                     && b.is_ascii_alphabetic()
                 {
                     let code = [a.to_ascii_uppercase(), b.to_ascii_uppercase()];
-                    return (Some(String::from_utf8_lossy(&code).into_owned()), false);
+                    return (Some(CountryCode(code)), false);
                 }
             } else {
                 strip = true;
@@ -349,7 +345,10 @@ impl<'p> Evaluator<'p> {
             .ranges
             .iter()
             .find(|r| r.start <= client_ip && client_ip <= r.end)
-            .map(|r| r.country.clone());
+            .and_then(|r| match r.country.as_bytes() {
+                [a, b] => Some(CountryCode([*a, *b])),
+                _ => None,
+            });
         (from_db, strip)
     }
 

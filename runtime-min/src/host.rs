@@ -173,6 +173,17 @@ impl PolicyInstance {
 
     /// Writes the request into the instance and returns the policy's decision.
     pub fn decide(&mut self, request: &dyn RequestParts) -> Result<Decision, HostError> {
+        let mut decision = Decision::default();
+        self.decide_into(request, &mut decision)?;
+        Ok(decision)
+    }
+
+    /// Like [`PolicyInstance::decide`], writing into a decision the caller reuses.
+    pub fn decide_into(
+        &mut self,
+        request: &dyn RequestParts,
+        decision: &mut Decision,
+    ) -> Result<(), HostError> {
         let memory = self.memory.data_mut(&mut self.store);
         let block = &mut memory[self.request_base..self.request_base + self.request_capacity];
         let len = wire::encode(request, &self.limits, self.body_limit, block)?;
@@ -184,7 +195,8 @@ impl PolicyInstance {
             return Err(HostError::Refused(code));
         }
         let memory = self.memory.data(&self.store);
-        let decision = &memory[self.decision_base..self.decision_base + abi::dec::SIZE as usize];
-        Ok(Decision::read(decision)?)
+        let block = &memory[self.decision_base..self.decision_base + abi::dec::SIZE as usize];
+        decision.read_into(block)?;
+        Ok(())
     }
 }

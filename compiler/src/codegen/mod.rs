@@ -69,7 +69,7 @@ pub fn emit(plan: &RegionPlan) -> Result<Vec<u8>, CodegenError> {
         at
     };
     let decision = area(dec::SIZE);
-    let hit_bytes = waf_tables.as_ref().map_or(0, |w| w.max_hit_bytes);
+    let hit_bytes = waf_tables.as_ref().map_or(0, |w| w.hit_words * 8);
     let rule_count = plan.waf.as_ref().map_or(0, |w| w.rules.len() as u32);
     let layout = Layout {
         decision,

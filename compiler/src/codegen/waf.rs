@@ -14,7 +14,7 @@ use std::collections::HashMap;
 
 use edgepack_bundles::abi::{dec, req};
 
-use super::asm::{Asm, Data, I32, mem};
+use super::asm::{Asm, Data, I32, I64, mem};
 use super::automata::{self, LiteralAction, PatternDfa, Prefilter, PrefilterLiteral};
 use super::funcs::Funcs;
 use super::{CodegenError, Layout, Util};
@@ -70,28 +70,42 @@ fn markers(mask: u32) -> Vec<(Vec<u8>, u32)> {
     out
 }
 
-/// A pattern in a group: (index in the part's prefilter, rule, pattern, has no literals).
-type GroupPattern = (u32, u32, String, bool);
-
 struct GroupTables {
     chain: Vec<DecodingPlan>,
     dirty: u32,
-    /// [count, then (pattern index, rule, dfa descriptor, always) per entry]
-    list: u32,
+    /// [count, then pattern indices]: patterns without literals, which always run.
+    always: u32,
+    always_count: u32,
+}
+
+/// A part's prefilter, as addresses and constants for its specialized scan loop.
+#[derive(Clone, Copy)]
+struct PrefilterTables {
+    classes: u32,
+    table: u32,
+    stride: u32,
+    first_action: u32,
+    start: u32,
+    actions: u32,
+    width: u32,
 }
 
 struct PartTables {
     part: PartPlan,
     /// Header or cookie name to filter on.
     name: Option<(u32, u32)>,
-    prefilter: Option<u32>,
-    hit_bytes: u32,
-    path_marker: bool,
+    /// Per pattern number: (group in this part or NONE, rule, DFA descriptor, 0).
+    patterns: u32,
     groups: Vec<GroupTables>,
 }
 
 pub struct Tables {
-    pub max_hit_bytes: u32,
+    /// The literal prefilter shared by every part.
+    prefilter: Option<PrefilterTables>,
+    /// Prefilter hit bits, in 64-bit words.
+    pub hit_words: u32,
+    /// Whether some rule normalizes paths (a leading `.` then marks a value dirty).
+    path_marker: bool,
     scores: u32,
     rule_count: u32,
     parts: Vec<PartTables>,
@@ -101,9 +115,14 @@ pub struct Tables {
     decoders_used: Vec<DecodingPlan>,
 }
 
-fn write_dfa(data: &mut Data, dfa: &PatternDfa) -> u32 {
+fn write_dfa(data: &mut Data, dfa: &PatternDfa, folds: bool) -> u32 {
     let classes = data.bytes(&dfa.classes);
-    let folded = data.bytes(&dfa.folded);
+    // Only patterns read through a lower-casing chain walk the folded classes.
+    let folded = if folds {
+        data.bytes(&dfa.folded)
+    } else {
+        classes
+    };
     let states = dfa.normal + 2;
     let (width, table) = if states <= 256 {
         let bytes: Vec<u8> = dfa.next.iter().map(|s| *s as u8).collect();
@@ -126,21 +145,27 @@ fn write_dfa(data: &mut Data, dfa: &PatternDfa) -> u32 {
     ])
 }
 
-fn write_prefilter(data: &mut Data, p: &Prefilter) -> u32 {
-    let classes = data.bytes(&p.classes);
-    let (width, table) = if p.states <= 256 {
-        let bytes: Vec<u8> = p.next.iter().map(|s| *s as u8).collect();
-        (1, data.bytes(&bytes))
-    } else if p.states * p.stride <= 65536 {
+fn write_prefilter(data: &mut Data, p: &Prefilter) -> PrefilterTables {
+    // The prefilter reads every byte of every value, so its loop is kept to an add and a
+    // load: states are byte offsets into the table, and the class map holds each class's
+    // byte offset within a row. Larger automata fall back to indices.
+    let (width, classes, table) = if p.stride * 2 <= 255 && p.states * p.stride * 2 <= 65536 {
+        let scaled: Vec<u8> = p.classes.iter().map(|c| c * 2).collect();
+        let classes = data.bytes(&scaled);
         data.align(2);
         let mut bytes = Vec::with_capacity(p.next.len() * 2);
         for s in &p.next {
-            bytes.extend_from_slice(&((s * p.stride) as u16).to_le_bytes());
+            bytes.extend_from_slice(&((s * p.stride * 2) as u16).to_le_bytes());
         }
-        (2, data.bytes(&bytes))
+        (2, classes, data.bytes(&bytes))
+    } else if p.states <= 256 {
+        let classes = data.bytes(&p.classes);
+        let bytes: Vec<u8> = p.next.iter().map(|s| *s as u8).collect();
+        (1, classes, data.bytes(&bytes))
     } else {
+        let classes = data.bytes(&p.classes);
         let words: Vec<u32> = p.next.iter().map(|s| s * p.stride).collect();
-        (4, data.words(&words))
+        (4, classes, data.words(&words))
     };
     let action_ptrs: Vec<u32> = p
         .actions
@@ -151,25 +176,92 @@ fn write_prefilter(data: &mut Data, p: &Prefilter) -> u32 {
             data.words(&words)
         })
         .collect();
-    // Per acting state: its action record.
-    let actions = data.words(&action_ptrs);
-    data.words(&[
+    PrefilterTables {
         classes,
         table,
-        p.stride,
-        p.first_action,
-        p.start,
-        actions,
-        0,
+        stride: p.stride,
+        first_action: p.first_action,
+        start: p.start,
+        actions: data.words(&action_ptrs),
         width,
-    ])
+    }
 }
 
 impl Tables {
     pub fn new(waf: &WafPlan, data: &mut Data) -> Result<Tables, CodegenError> {
         let scores: Vec<u32> = waf.rules.iter().map(|r| r.score).collect();
         let scores = data.words(&scores);
+        // Every (rule, matcher) is one pattern, numbered across the whole WAF: one
+        // prefilter serves every part, and its hit bits are pattern numbers.
+        struct Pattern {
+            rule: u32,
+            regex: String,
+            literals: Option<Vec<Vec<u8>>>,
+        }
+        let mut patterns: Vec<Pattern> = Vec::new();
+        let mut decoders_used: Vec<DecodingPlan> = Vec::new();
+        let mut dirty_all = 0;
+        let mut folds: HashMap<String, bool> = HashMap::new();
+        for rule in &waf.rules {
+            for matcher in &rule.matchers {
+                let (regex, literals) = match matcher {
+                    MatcherPlan::Regex(r) => {
+                        (r.clone(), automata::required_literals(r, LITERAL_LEN))
+                    }
+                    MatcherPlan::Literal(l) => {
+                        let bytes = l.as_bytes();
+                        (
+                            regex_syntax::escape(l),
+                            Some(vec![bytes[..bytes.len().min(LITERAL_LEN)].to_vec()]),
+                        )
+                    }
+                };
+                *folds.entry(regex.clone()).or_default() |=
+                    rule.decode.contains(&DecodingPlan::Lowercase);
+                patterns.push(Pattern {
+                    rule: rule.id,
+                    regex,
+                    literals,
+                });
+            }
+            for d in &rule.decode {
+                dirty_all |= dirty_mask(*d);
+                if !decoders_used.contains(d) {
+                    decoders_used.push(*d);
+                }
+            }
+        }
+        let mut literals: Vec<PrefilterLiteral> = Vec::new();
+        for (index, pattern) in patterns.iter().enumerate() {
+            for literal in pattern.literals.iter().flatten() {
+                literals.push(PrefilterLiteral {
+                    bytes: literal.clone(),
+                    action: LiteralAction::Pattern(index as u32),
+                });
+            }
+        }
+        for (bytes, bit) in markers(dirty_all) {
+            literals.push(PrefilterLiteral {
+                bytes,
+                action: LiteralAction::Dirty(bit),
+            });
+        }
+        let prefilter = if literals.is_empty() {
+            None
+        } else {
+            let p = automata::prefilter(&literals, PREFILTER_STATES)?;
+            Some(write_prefilter(data, &p))
+        };
+        let hit_words = (patterns.len() as u32).div_ceil(64).max(1);
         let mut dfas: HashMap<String, u32> = HashMap::new();
+        for pattern in &patterns {
+            if !dfas.contains_key(&pattern.regex) {
+                let dfa = automata::pattern_dfa(&pattern.regex, PATTERN_BUDGET)?;
+                let desc = write_dfa(data, &dfa, folds[&pattern.regex]);
+                dfas.insert(pattern.regex.clone(), desc);
+            }
+        }
+
         let mut part_keys: Vec<PartPlan> = Vec::new();
         for rule in &waf.rules {
             for part in &rule.parts {
@@ -178,93 +270,52 @@ impl Tables {
                 }
             }
         }
-        let mut decoders_used: Vec<DecodingPlan> = Vec::new();
         let mut parts = Vec::new();
-        let mut max_hit_bytes = 0;
         for part in part_keys {
-            // Patterns of this part, grouped by decoding chain.
-            let mut groups: Vec<(Vec<DecodingPlan>, Vec<GroupPattern>)> = Vec::new();
-            let mut literals: Vec<PrefilterLiteral> = Vec::new();
-            let mut pattern_index = 0u32;
-            for rule in waf.rules.iter().filter(|r| r.parts.contains(&part)) {
-                let group = match groups.iter().position(|(c, _)| *c == rule.decode) {
-                    Some(g) => g,
-                    None => {
-                        groups.push((rule.decode.clone(), Vec::new()));
-                        groups.len() - 1
-                    }
-                };
-                for matcher in &rule.matchers {
-                    let (pattern, required) = match matcher {
-                        MatcherPlan::Regex(r) => {
-                            (r.clone(), automata::required_literals(r, LITERAL_LEN))
-                        }
-                        MatcherPlan::Literal(l) => {
-                            let bytes = l.as_bytes();
-                            (
-                                regex_syntax::escape(l),
-                                Some(vec![bytes[..bytes.len().min(LITERAL_LEN)].to_vec()]),
-                            )
-                        }
-                    };
-                    let always = required.is_none();
-                    for literal in required.unwrap_or_default() {
-                        literals.push(PrefilterLiteral {
-                            bytes: literal,
-                            action: LiteralAction::Pattern(pattern_index),
-                        });
-                    }
-                    groups[group]
-                        .1
-                        .push((pattern_index, rule.id, pattern, always));
-                    pattern_index += 1;
-                }
-                for d in &rule.decode {
-                    if !decoders_used.contains(d) {
-                        decoders_used.push(*d);
-                    }
-                }
-            }
-            let dirty_all = groups
-                .iter()
-                .flat_map(|(chain, _)| chain.iter().map(|d| dirty_mask(*d)))
-                .fold(0, |m, d| m | d);
-            for (bytes, bit) in markers(dirty_all) {
-                literals.push(PrefilterLiteral {
-                    bytes,
-                    action: LiteralAction::Dirty(bit),
-                });
-            }
-            let prefilter = if literals.is_empty() {
-                None
-            } else {
-                let p = automata::prefilter(&literals, PREFILTER_STATES)?;
-                Some(write_prefilter(data, &p))
-            };
-            let hit_bytes = pattern_index.div_ceil(8).max(1);
-            max_hit_bytes = max_hit_bytes.max(hit_bytes);
-            let mut group_tables = Vec::new();
-            for (chain, patterns) in groups {
-                let mut words = vec![patterns.len() as u32];
-                for (index, rule, pattern, always) in patterns {
-                    let desc = match dfas.get(&pattern) {
-                        Some(d) => *d,
+            // This part's rules, grouped by decoding chain; patterns of other parts' rules
+            // are marked absent (group NONE) in its table.
+            let mut chains: Vec<Vec<DecodingPlan>> = Vec::new();
+            let mut table = vec![0u32; patterns.len() * 4];
+            let mut always: Vec<Vec<u32>> = Vec::new();
+            for (index, pattern) in patterns.iter().enumerate() {
+                let rule = &waf.rules[pattern.rule as usize];
+                let group = if rule.parts.contains(&part) {
+                    let g = match chains.iter().position(|c| *c == rule.decode) {
+                        Some(g) => g,
                         None => {
-                            let dfa = automata::pattern_dfa(&pattern, PATTERN_BUDGET)?;
-                            let d = write_dfa(data, &dfa);
-                            dfas.insert(pattern, d);
-                            d
+                            chains.push(rule.decode.clone());
+                            always.push(Vec::new());
+                            chains.len() - 1
                         }
                     };
-                    words.extend([index, rule, desc, u32::from(always)]);
-                }
-                let dirty = chain.iter().fold(0, |m, d| m | dirty_mask(*d));
-                group_tables.push(GroupTables {
-                    chain,
-                    dirty,
-                    list: data.words(&words),
-                });
+                    if pattern.literals.is_none() {
+                        always[g].push(index as u32);
+                    }
+                    g as u32
+                } else {
+                    edgepack_bundles::abi::NONE
+                };
+                table[index * 4..index * 4 + 4].copy_from_slice(&[
+                    group,
+                    pattern.rule,
+                    dfas[&pattern.regex],
+                    0,
+                ]);
             }
+            let groups = chains
+                .into_iter()
+                .zip(always)
+                .map(|(chain, list)| {
+                    let mut words = vec![list.len() as u32];
+                    words.extend(&list);
+                    GroupTables {
+                        dirty: chain.iter().fold(0, |m, d| m | dirty_mask(*d)),
+                        chain,
+                        always_count: list.len() as u32,
+                        always: data.words(&words),
+                    }
+                })
+                .collect();
             let name = match &part {
                 PartPlan::Header(n) | PartPlan::Cookie(n) => {
                     Some((data.bytes(n.as_bytes()), n.len() as u32))
@@ -272,12 +323,10 @@ impl Tables {
                 _ => None,
             };
             parts.push(PartTables {
-                path_marker: dirty_all & DIRTY_PATH != 0,
                 part,
                 name,
-                prefilter,
-                hit_bytes,
-                groups: group_tables,
+                patterns: data.words(&table),
+                groups,
             });
         }
         let hex: Vec<u8> = (0..=255u8)
@@ -301,7 +350,9 @@ impl Tables {
         .map(|(name, byte)| (data.bytes(name), name.len() as u32, *byte))
         .collect();
         Ok(Tables {
-            max_hit_bytes,
+            prefilter,
+            hit_words,
+            path_marker: dirty_all & DIRTY_PATH != 0,
             scores,
             rule_count: waf.rules.len() as u32,
             parts,
@@ -312,12 +363,23 @@ impl Tables {
     }
 }
 
+/// The locals a pattern run reads: its table entry, the text, and the route's rules.
+#[derive(Clone, Copy)]
+struct PatternLocals {
+    entry: u32,
+    ptr: u32,
+    len: u32,
+    fold: u32,
+    enabled: u32,
+}
+
 pub struct Fns {
     pub waf: u32,
     scans: Vec<u32>,
-    group: u32,
+    prefilter: Option<u32>,
+    run_hits: u32,
+    run_always: u32,
     dfa: u32,
-    prefilter: u32,
     decoders: Vec<(DecodingPlan, u32)>,
 }
 
@@ -330,9 +392,10 @@ impl Fns {
                 .iter()
                 .map(|_| funcs.declare(&[I32, I32, I32], &[]))
                 .collect(),
-            group: funcs.declare(&[I32, I32, I32, I32, I32, I32], &[]),
+            prefilter: t.prefilter.map(|_| funcs.declare(&[I32, I32, I32], &[I32])),
+            run_hits: funcs.declare(&[I32, I32, I32, I32, I32, I32, I32, I32], &[]),
+            run_always: funcs.declare(&[I32, I32, I32, I32, I32, I32], &[]),
             dfa: funcs.declare(&[I32, I32, I32, I32], &[I32]),
-            prefilter: funcs.declare(&[I32, I32, I32, I32], &[I32]),
             decoders: t
                 .decoders_used
                 .iter()
@@ -344,11 +407,14 @@ impl Fns {
     pub fn define(&self, funcs: &mut Funcs, layout: &Layout, t: &Tables, util: &Util) {
         funcs.define(self.waf, self.waf_body(layout, t, util));
         for (i, part) in t.parts.iter().enumerate() {
-            funcs.define(self.scans[i], self.scan_body(layout, part));
+            funcs.define(self.scans[i], self.scan_body(layout, t, part));
         }
-        funcs.define(self.group, self.group_body(layout));
+        if let (Some(f), Some(p)) = (self.prefilter, t.prefilter) {
+            funcs.define(f, prefilter_body(&p));
+        }
+        funcs.define(self.run_hits, self.run_hits_body(layout));
+        funcs.define(self.run_always, self.run_always_body(layout));
         funcs.define(self.dfa, dfa_body());
-        funcs.define(self.prefilter, prefilter_body());
         for (d, index) in &self.decoders {
             let body = match d {
                 DecodingPlan::UrlDecode => url_decode_body(t.hex_values),
@@ -376,6 +442,10 @@ impl Fns {
         let score = a.local(I32);
         a.load(rec, super::routes::R_WAF_RULES).set(enabled);
         a.c(layout.fired).c(0).c(t.rule_count);
+        a.i().memory_fill(0);
+        a.c(layout.hits).c(0).c(t.hit_words * 8);
+        a.i().memory_fill(0);
+        a.c(layout.hits_decoded).c(0).c(t.hit_words * 8);
         a.i().memory_fill(0);
         for (i, part) in t.parts.iter().enumerate() {
             let scan = self.scans[i];
@@ -470,21 +540,37 @@ impl Fns {
         a.finish()
     }
 
-    /// `scan(ptr, len, enabled)`: one value of a part through its groups.
-    fn scan_body(&self, layout: &Layout, part: &PartTables) -> wasm_encoder::Function {
+    /// `scan(ptr, len, enabled)`: one value of a part through its groups. The hit areas
+    /// are all zero between values: whoever sets bits clears them.
+    fn scan_body(&self, layout: &Layout, t: &Tables, part: &PartTables) -> wasm_encoder::Function {
+        let prefilter = self.prefilter;
         let (ptr, len, enabled) = (0, 1, 2);
         let mut a = Asm::new(3);
         let dirty = a.local(I32);
         let src = a.local(I32);
         let n = a.local(I32);
-        if let Some(desc) = part.prefilter {
-            a.c(layout.hits).c(0).c(part.hit_bytes);
+        let any = a.local(I64);
+        let any_decoded = a.local(I64);
+        // Pushes the OR of a hit area's words.
+        let any_hit = |a: &mut Asm, area: u32| {
+            a.i().i64_const(0);
+            for w in 0..t.hit_words {
+                a.c(0);
+                a.i().i64_load(mem(area + w * 8, 3)).i64_or();
+            }
+        };
+        let clear = |a: &mut Asm, area: u32| {
+            a.c(area).c(0).c(t.hit_words * 8);
             a.i().memory_fill(0);
-            a.c(desc).get(ptr).get(len).c(layout.hits);
-            a.i().call(self.prefilter);
+        };
+        if let Some(f) = prefilter {
+            a.get(ptr).get(len).c(layout.hits);
+            a.i().call(f);
             a.set(dirty);
+            any_hit(&mut a, layout.hits);
+            a.set(any);
         }
-        if part.path_marker {
+        if t.path_marker {
             // A leading `.` may be a relative `./` or `../` that path normalization removes.
             a.get(len);
             a.if_();
@@ -497,24 +583,48 @@ impl Fns {
             a.end();
             a.end();
         }
-        for group in &part.groups {
-            a.get(dirty).c(group.dirty);
+        for (group, g) in part.groups.iter().enumerate() {
+            let run_hits =
+                |a: &mut Asm, any: u32, text: u32, text_len: u32, hits: u32, fold: u32| {
+                    a.get(any);
+                    a.i().i64_eqz().i32_eqz();
+                    a.if_();
+                    a.c(part.patterns)
+                        .c(group as u32)
+                        .c(t.hit_words)
+                        .get(text)
+                        .get(text_len)
+                        .c(hits)
+                        .c(fold)
+                        .get(enabled);
+                    a.i().call(self.run_hits);
+                    a.end();
+                };
+            let run_always = |a: &mut Asm, text: u32, text_len: u32, fold: u32| {
+                if g.always_count > 0 {
+                    a.c(part.patterns)
+                        .c(g.always)
+                        .get(text)
+                        .get(text_len)
+                        .c(fold)
+                        .get(enabled);
+                    a.i().call(self.run_always);
+                }
+            };
+            a.get(dirty).c(g.dirty);
             a.i().i32_and().i32_eqz();
             a.if_();
             // Clean: the decodings leave the value as it is, up to lower-casing, which the
             // folded byte classes apply.
-            let fold = u32::from(group.chain.contains(&DecodingPlan::Lowercase));
-            a.c(group.list)
-                .get(ptr)
-                .get(len)
-                .c(layout.hits)
-                .c(fold)
-                .get(enabled);
-            a.i().call(self.group);
+            let fold = u32::from(g.chain.contains(&DecodingPlan::Lowercase));
+            if prefilter.is_some() {
+                run_hits(&mut a, any, ptr, len, layout.hits, fold);
+            }
+            run_always(&mut a, ptr, len, fold);
             a.else_();
             a.get(ptr).set(src);
             a.get(len).set(n);
-            for (step, d) in group.chain.iter().enumerate() {
+            for (step, d) in g.chain.iter().enumerate() {
                 let f = self
                     .decoders
                     .iter()
@@ -531,44 +641,52 @@ impl Fns {
                 a.set(n);
                 a.set_c(src, dst);
             }
-            if let Some(desc) = part.prefilter {
-                a.c(layout.hits_decoded).c(0).c(part.hit_bytes);
-                a.i().memory_fill(0);
-                a.c(desc).get(src).get(n).c(layout.hits_decoded);
-                a.i().call(self.prefilter);
+            if let Some(f) = prefilter {
+                a.get(src).get(n).c(layout.hits_decoded);
+                a.i().call(f);
                 a.i().drop();
+                any_hit(&mut a, layout.hits_decoded);
+                a.tee(any_decoded);
+                a.i().i64_eqz().i32_eqz();
+                a.if_();
+                a.c(part.patterns)
+                    .c(group as u32)
+                    .c(t.hit_words)
+                    .get(src)
+                    .get(n)
+                    .c(layout.hits_decoded)
+                    .c(0)
+                    .get(enabled);
+                a.i().call(self.run_hits);
+                clear(&mut a, layout.hits_decoded);
+                a.end();
             }
-            a.c(group.list)
-                .get(src)
-                .get(n)
-                .c(layout.hits_decoded)
-                .c(0)
-                .get(enabled);
-            a.i().call(self.group);
+            run_always(&mut a, src, n, 0);
+            a.end();
+        }
+        if prefilter.is_some() {
+            a.get(any);
+            a.i().i64_eqz().i32_eqz();
+            a.if_();
+            clear(&mut a, layout.hits);
             a.end();
         }
         a.finish()
     }
 
-    /// `group(list, ptr, len, hits, fold, enabled)`: runs the group's patterns that may
-    /// match and marks their rules fired.
-    fn group_body(&self, layout: &Layout) -> wasm_encoder::Function {
-        let (list, ptr, len, hits, fold, enabled) = (0, 1, 2, 3, 4, 5);
-        let mut a = Asm::new(6);
-        let n = a.local(I32);
-        let entry = a.local(I32);
+    /// Runs one pattern (its table entry at local `entry`) unless its rule already fired or
+    /// is not enabled on the route; marks the rule fired on a match.
+    fn try_pattern(&self, a: &mut Asm, layout: &Layout, l: PatternLocals) {
+        let PatternLocals {
+            entry,
+            ptr,
+            len,
+            fold,
+            enabled,
+        } = l;
         let rule = a.local(I32);
-        let index = a.local(I32);
-        a.load(list, 0).set(n);
-        a.get(list).c(4);
-        a.i().i32_add();
-        a.set(entry);
-        a.block().loop_();
-        a.get(n);
-        a.i().i32_eqz().br_if(1);
         a.block();
         a.load(entry, 4).set(rule);
-        // already fired, or not enabled on this route: skip
         a.get(rule);
         a.i().i32_load8_u(mem(layout.fired, 0)).br_if(0);
         a.get(enabled).get(rule).c(3);
@@ -581,22 +699,6 @@ impl Fns {
             .i32_and()
             .i32_eqz()
             .br_if(0);
-        // no literal hit (for patterns that have literals): skip
-        a.load(entry, 12);
-        a.i().i32_eqz();
-        a.if_();
-        a.load(entry, 0).set(index);
-        a.get(hits).get(index).c(3);
-        a.i().i32_shr_u().i32_add().i32_load8_u(mem(0, 0));
-        a.get(index).c(7);
-        a.i()
-            .i32_and()
-            .i32_shr_u()
-            .i32_const(1)
-            .i32_and()
-            .i32_eqz()
-            .br_if(1);
-        a.end();
         a.load(entry, 8).get(ptr).get(len).get(fold);
         a.i().call(self.dfa);
         a.if_();
@@ -604,7 +706,92 @@ impl Fns {
         a.i().i32_store8(mem(layout.fired, 0));
         a.end();
         a.end();
-        a.inc(entry, 16);
+    }
+
+    /// `run_hits(patterns, group, words, ptr, len, hits, fold, enabled)`: the group's
+    /// patterns whose literals the prefilter saw, found by walking the set hit bits.
+    fn run_hits_body(&self, layout: &Layout) -> wasm_encoder::Function {
+        let (patterns, group, words, ptr, len, hits, fold, enabled) = (0, 1, 2, 3, 4, 5, 6, 7);
+        let mut a = Asm::new(8);
+        let w = a.local(I32);
+        let word = a.local(I64);
+        let index = a.local(I32);
+        let entry = a.local(I32);
+        a.block().loop_();
+        a.get(w).get(words);
+        a.i().i32_ge_u().br_if(1);
+        a.get(hits).get(w).c(8);
+        a.i().i32_mul().i32_add().i64_load(mem(0, 3));
+        a.set(word);
+        a.block().loop_();
+        a.get(word);
+        a.i().i64_eqz().br_if(1);
+        // index = w * 64 + trailing zeros; clear the lowest bit
+        a.get(w).c(6);
+        a.i().i32_shl();
+        a.get(word);
+        a.i().i64_ctz().i32_wrap_i64().i32_add();
+        a.set(index);
+        a.get(word).get(word);
+        a.i().i64_const(1).i64_sub().i64_and();
+        a.set(word);
+        a.get(index).c(16);
+        a.i().i32_mul();
+        a.get(patterns);
+        a.i().i32_add();
+        a.tee(entry);
+        a.i().i32_load(mem(0, 2));
+        a.get(group);
+        a.i().i32_eq();
+        a.if_();
+        self.try_pattern(
+            &mut a,
+            layout,
+            PatternLocals {
+                entry,
+                ptr,
+                len,
+                fold,
+                enabled,
+            },
+        );
+        a.end();
+        a.i().br(0);
+        a.end().end();
+        a.inc(w, 1);
+        a.i().br(0);
+        a.end().end();
+        a.finish()
+    }
+
+    /// `run_always(patterns, list, ptr, len, fold, enabled)`: the group's patterns without
+    /// literals.
+    fn run_always_body(&self, layout: &Layout) -> wasm_encoder::Function {
+        let (patterns, list, ptr, len, fold, enabled) = (0, 1, 2, 3, 4, 5);
+        let mut a = Asm::new(6);
+        let n = a.local(I32);
+        let entry = a.local(I32);
+        a.load(list, 0).set(n);
+        a.block().loop_();
+        a.get(n);
+        a.i().i32_eqz().br_if(1);
+        a.inc(list, 4);
+        a.load(list, 0).c(16);
+        a.i().i32_mul();
+        a.get(patterns);
+        a.i().i32_add();
+        a.set(entry);
+        self.try_pattern(
+            &mut a,
+            layout,
+            PatternLocals {
+                entry,
+                ptr,
+                len,
+                fold,
+                enabled,
+            },
+        );
         a.get(n).c(1);
         a.i().i32_sub();
         a.set(n);
@@ -709,93 +896,75 @@ fn dfa_body() -> wasm_encoder::Function {
     a.finish()
 }
 
-/// `prefilter(descriptor, ptr, len, hits) -> dirty bits`: runs the literal automaton over
-/// the bytes, setting a hit bit for every pattern whose literal occurs.
-fn prefilter_body() -> wasm_encoder::Function {
-    let (desc, ptr, len, hits) = (0, 1, 2, 3);
-    let mut a = Asm::new(4);
-    let classes = a.local(I32);
-    let table = a.local(I32);
-    let stride = a.local(I32);
-    let first_action = a.local(I32);
+/// `prefilter(ptr, len, hits) -> dirty bits`: one part's literal automaton over the bytes,
+/// with its tables' addresses and sizes as constants; sets a hit bit for every pattern whose
+/// literal occurs.
+fn prefilter_body(p: &PrefilterTables) -> wasm_encoder::Function {
+    let (ptr, len, hits) = (0, 1, 2);
+    let mut a = Asm::new(3);
     let s = a.local(I32);
     let end = a.local(I32);
-    let width = a.local(I32);
     let dirty = a.local(I32);
     let action = a.local(I32);
     let n = a.local(I32);
     let id = a.local(I32);
-    let index = a.local(I32);
-    a.load(desc, 0).set(classes);
-    a.load(desc, 4).set(table);
-    a.load(desc, 8).set(stride);
-    a.load(desc, 12).set(first_action);
-    a.load(desc, 16).set(s);
-    a.load(desc, 28).set(width);
-    a.get(width).c(1);
-    a.i().i32_ne();
-    a.if_();
-    a.get(s).get(stride);
-    a.i().i32_mul();
-    a.set(s);
-    a.get(first_action).get(stride);
-    a.i().i32_mul();
-    a.set(first_action);
-    a.end();
+    // Width 2: states are byte offsets (state * stride * 2); width 4: state * stride.
+    let scale = match p.width {
+        1 => 1,
+        2 => p.stride * 2,
+        _ => p.stride,
+    };
+    let first_action = p.first_action * scale;
+    a.set_c(s, p.start * scale);
     a.get(ptr).get(len);
     a.i().i32_add();
     a.set(end);
     a.block().loop_();
     a.get(ptr).get(end);
     a.i().i32_ge_u().br_if(1);
-    a.get(width).c(1);
-    a.i().i32_eq();
-    a.if_();
-    a.get(table).get(s).get(stride);
-    a.i().i32_mul().i32_add();
-    a.get(classes).load8(ptr, 0);
-    a.i()
-        .i32_add()
-        .i32_load8_u(mem(0, 0))
-        .i32_add()
-        .i32_load8_u(mem(0, 0));
-    a.set(s);
-    a.else_();
-    a.get(table).get(s).get(classes).load8(ptr, 0);
-    a.i().i32_add().i32_load8_u(mem(0, 0)).i32_add();
-    a.get(width);
-    a.i().i32_mul().i32_add();
-    a.set(index);
-    a.get(width).c(2);
-    a.i().i32_eq();
-    a.if_();
-    a.get(index);
-    a.i().i32_load16_u(mem(0, 1));
-    a.set(s);
-    a.else_();
-    a.get(index);
-    a.i().i32_load(mem(0, 2));
-    a.set(s);
-    a.end();
-    a.end();
-    a.get(s).get(first_action);
+    match p.width {
+        1 => {
+            // s = table[s * stride + classes[byte]]
+            a.get(s).c(p.stride);
+            a.i().i32_mul();
+            a.load8(ptr, 0);
+            a.i()
+                .i32_load8_u(mem(p.classes, 0))
+                .i32_add()
+                .i32_load8_u(mem(p.table, 0));
+        }
+        2 => {
+            a.get(s);
+            a.load8(ptr, 0);
+            a.i()
+                .i32_load8_u(mem(p.classes, 0))
+                .i32_add()
+                .i32_load16_u(mem(p.table, 1));
+        }
+        _ => {
+            a.get(s);
+            a.load8(ptr, 0);
+            a.i()
+                .i32_load8_u(mem(p.classes, 0))
+                .i32_add()
+                .i32_const(2)
+                .i32_shl()
+                .i32_load(mem(p.table, 2));
+        }
+    }
+    a.tee(s);
+    a.c(first_action);
     a.i().i32_ge_u();
     a.if_();
-    // action = actions[(s - first_action) / (width == 1 ? 1 : stride)]
-    a.get(s).get(first_action);
+    // action = actions[(s - first_action) / scale]
+    a.get(s).c(first_action);
     a.i().i32_sub();
-    a.set(index);
-    a.get(width).c(1);
-    a.i().i32_ne();
-    a.if_();
-    a.get(index).get(stride);
-    a.i().i32_div_u();
-    a.set(index);
-    a.end();
-    a.get(index).c(4);
-    a.i().i32_mul();
-    a.load(desc, 20);
-    a.i().i32_add().i32_load(mem(0, 2));
+    if scale != 1 {
+        a.c(scale);
+        a.i().i32_div_u();
+    }
+    a.c(4);
+    a.i().i32_mul().i32_load(mem(p.actions, 2));
     a.set(action);
     a.get(dirty).load(action, 0);
     a.i().i32_or();

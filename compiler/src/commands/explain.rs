@@ -278,7 +278,9 @@ pub fn run(args: &ExplainArgs, style: HumanStyle) -> Output {
                 o,
                 "client {} country {} (data zone {})",
                 decision.client_ip,
-                decision.country.as_deref().unwrap_or("unknown"),
+                decision
+                    .country
+                    .map_or("unknown".to_string(), |c| c.to_string()),
                 plan.zone_name(decision.data_zone)
             );
             if let Some(waf) = &plan.waf
