@@ -1,5 +1,5 @@
 //! What the compiler and the node share: the ABI between a compiled policy module and its
-//! host, and the request block both sides read.
+//! host, the request block both sides read, and the signed bundle format.
 //!
 //! This crate is the one place these layouts are defined, so the code generator, the
 //! reference evaluator and the node can never disagree about them. It holds no policy
@@ -7,5 +7,6 @@
 //! compiler.
 
 pub mod abi;
+pub mod bundle;
 pub mod request;
 pub mod wire;

@@ -161,7 +161,7 @@ impl<'p> Lowering<'p> {
     fn source(&self, span: Span) -> Source {
         let (line, column) = self.sources.line_col(span.file, span.start);
         Source {
-            file: self.sources.file(span.file).name.clone(),
+            file: self.sources.file(span.file).relative.clone(),
             line: line as u32,
             column: column as u32,
         }

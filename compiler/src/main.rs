@@ -1,4 +1,4 @@
-//! `edgepack`: check, format and (in later stages) build edge policies.
+//! `edgepack`: check, format, build, sign, verify, inspect and compare edge policies.
 //!
 //! A thin shell over the library: parse arguments, run the subcommand, print what it
 //! produced, exit with its status (0 ok, 1 policy errors, 2 usage or I/O, 101 a bug).
@@ -7,15 +7,19 @@ use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use edgepack_compiler::commands::{build, check, explain, fmt};
+use edgepack_compiler::commands::{
+    build, check, diff, explain, fmt, inspect, keygen, sign, verify,
+};
 use edgepack_compiler::report::HumanStyle;
 
 /// Edge policy as code: check, format and compile KDL policies into signed Wasm bundles.
 ///
 /// A policy is a directory whose entry file is `edgepack.kdl`. Start with
-/// `edgepack check examples/global-api`; see docs/language.md for the language.
+/// `edgepack check examples/global-api`, then `edgepack keygen --out-dir keys` and
+/// `edgepack build examples/global-api --key keys/edgepack.key --out dist`.
+/// See docs/language.md for the language and docs/bundle-format.md for what ships.
 #[derive(Debug, Parser)]
-#[command(name = "edgepack", version, propagate_version = true)]
+#[command(name = "edgepack", version)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -27,6 +31,11 @@ enum Command {
     Fmt(fmt::FmtArgs),
     Build(build::BuildArgs),
     Explain(explain::ExplainArgs),
+    Keygen(keygen::KeygenArgs),
+    Sign(sign::SignArgs),
+    Verify(verify::VerifyArgs),
+    Inspect(inspect::InspectArgs),
+    Diff(diff::DiffArgs),
 }
 
 fn main() -> ExitCode {
@@ -37,9 +46,24 @@ fn main() -> ExitCode {
         Command::Fmt(args) => fmt::run(args, style),
         Command::Build(args) => build::run(args, style),
         Command::Explain(args) => explain::run(args, style),
+        Command::Keygen(args) => keygen::run(args),
+        Command::Sign(args) => sign::run(args),
+        Command::Verify(args) => verify::run(args),
+        Command::Inspect(args) => inspect::run(args),
+        Command::Diff(args) => diff::run(args, style),
     };
     // A closed pipe (`edgepack check | head`) is not an error worth reporting.
     let _ = std::io::stdout().write_all(output.stdout.as_bytes());
     let _ = std::io::stderr().write_all(output.stderr.as_bytes());
     ExitCode::from(output.exit as u8)
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        super::Cli::command().debug_assert();
+    }
 }

@@ -3,9 +3,11 @@
 //! Commands call these instead of chaining the stages themselves, so `build`, `explain` and
 //! the tests all compile a policy the same way.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use edgepack_schema::{Checked, Policy};
+use sha2::{Digest, Sha256};
 
 use crate::codegen::{self, CodegenError};
 use crate::lower;
@@ -113,4 +115,58 @@ pub fn compile(plan: RegionPlan) -> Result<CompiledRegion, CompileError> {
         wasm,
         generated_size: generated.len(),
     })
+}
+
+/// sha256 of everything the policy is made of: every source file and every file it names
+/// (keys, functions, databases), by path inside the policy directory.
+pub fn sources_digest(checked: &Checked, policy: &Policy) -> String {
+    let mut parts: std::collections::BTreeMap<String, &[u8]> = checked
+        .sources
+        .files()
+        .map(|(_, f)| (f.relative.clone(), f.text.as_bytes()))
+        .collect();
+    for jwt in &policy.jwts {
+        for key in &jwt.keys {
+            parts.insert(key.path.value.relative.clone(), &key.contents);
+        }
+    }
+    for function in &policy.functions {
+        parts.insert(function.source.value.relative.clone(), &function.contents);
+    }
+    if let Some(db) = policy.geo.as_ref().and_then(|g| g.database.as_ref()) {
+        parts.insert(db.path.value.relative.clone(), &db.contents);
+    }
+    let mut hasher = Sha256::new();
+    for (path, contents) in parts {
+        hasher.update((path.len() as u64).to_le_bytes());
+        hasher.update(path.as_bytes());
+        hasher.update((contents.len() as u64).to_le_bytes());
+        hasher.update(contents);
+    }
+    edgepack_bundles::bundle::hex(&hasher.finalize())
+}
+
+/// The files of a region's bundle: the module, the plan, and the keys and functions it names.
+pub fn bundle_files(policy: &Policy, compiled: &CompiledRegion) -> BTreeMap<String, Vec<u8>> {
+    let mut files = BTreeMap::new();
+    files.insert("policy.wasm".to_string(), compiled.wasm.clone());
+    files.insert(
+        "plan.json".to_string(),
+        serde_json::to_vec(&compiled.plan).expect("plans serialize"),
+    );
+    for jwt in &policy.jwts {
+        for key in &jwt.keys {
+            let path = lower::bundle_path("keys", &key.path.value.relative);
+            if compiled.plan.jwts.iter().any(|j| j.keys.contains(&path)) {
+                files.insert(path, key.contents.clone());
+            }
+        }
+    }
+    for function in &policy.functions {
+        let path = lower::bundle_path("functions", &function.source.value.relative);
+        if compiled.plan.functions.iter().any(|f| f.file == path) {
+            files.insert(path, function.contents.clone());
+        }
+    }
+    files
 }

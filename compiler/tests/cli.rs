@@ -1,24 +1,8 @@
 //! The `edgepack` binary as users run it: exit statuses, output formats, colour, `fmt`.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+mod common;
 
-fn edgepack(args: &[&str], cwd: &Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_edgepack"))
-        .args(args)
-        .current_dir(cwd)
-        .env_remove("NO_COLOR")
-        .output()
-        .expect("run edgepack")
-}
-
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
+use common::{copy_dir, edgepack, root, text};
 
 /// A copy of the main example with three mistakes appended, in a temporary directory.
 fn broken_example() -> tempfile::TempDir {
@@ -29,18 +13,6 @@ fn broken_example() -> tempfile::TempDir {
     text.push_str("rout \"/typo/*\" { respond 200 }\nzone \"TEST\" { countries \"ZZ\" }\nroute \"/api/xx/*\" { proxy \"no-such-origin\" }\n");
     std::fs::write(&entry, text).expect("write entry");
     dir
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).expect("mkdir");
-    for entry in std::fs::read_dir(from).expect("read dir").flatten() {
-        let target = to.join(entry.file_name());
-        if entry.path().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), target).expect("copy");
-        }
-    }
 }
 
 #[test]

@@ -1323,13 +1323,15 @@ fn decode_function(cx: &mut Ctx, file: FileId, node: &KdlNode) -> Option<Functio
         .req_prop("source", EXAMPLE)
         .and_then(|v| cx.string(v, "source=\"functions/ml-infer.wasm\""))
         .and_then(|p| cx.policy_path(file, &p));
-    if let Some(source) = &source
-        && let Some(bytes) = cx.read(source)
-        && !bytes.starts_with(b"\0asm")
-    {
-        cx.diags
-            .push(diag::function_invalid(source.span, &source.written));
-    }
+    let contents = source.as_ref().and_then(|source| {
+        let bytes = cx.read(source)?;
+        if !bytes.starts_with(b"\0asm") {
+            cx.diags
+                .push(diag::function_invalid(source.span, &source.written));
+            return None;
+        }
+        Some(bytes)
+    });
     let memory = r
         .prop("memory")
         .and_then(|v| cx.size(v, "memory=\"32MiB\""))
@@ -1369,6 +1371,7 @@ fn decode_function(cx: &mut Ctx, file: FileId, node: &KdlNode) -> Option<Functio
     Some(Function {
         name: name?,
         source: source?,
+        contents: contents?,
         memory,
         timeout,
         origins,

@@ -222,7 +222,16 @@ impl Loader {
     }
 
     fn add_source(&mut self, path: &Path, name: String, text: String) -> FileId {
-        let file = self.sources.add(path, name, text);
+        let relative = path
+            .strip_prefix(&self.ctx.root)
+            .map(|p| {
+                p.components()
+                    .map(|c| c.as_os_str().to_string_lossy().into_owned())
+                    .collect::<Vec<_>>()
+                    .join("/")
+            })
+            .unwrap_or_else(|_| name.clone());
+        let file = self.sources.add(path, name, relative, text);
         let dir = path
             .parent()
             .map(Path::to_path_buf)

@@ -488,6 +488,8 @@ pub struct Transfer {
 pub struct Function {
     pub name: Name,
     pub source: Spanned<PolicyPath>,
+    /// The component's bytes, as the bundle will carry them.
+    pub contents: Vec<u8>,
     pub memory: Spanned<u64>,
     pub timeout: Spanned<Duration>,
     /// Origins the function may call.

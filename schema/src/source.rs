@@ -88,6 +88,9 @@ pub struct SourceFile {
     pub path: PathBuf,
     /// How diagnostics name the file: the path as the user gave it, joined with includes.
     pub name: String,
+    /// The path inside the policy directory, with `/` separators: the same wherever the
+    /// policy is checked out (what plans and bundles record).
+    pub relative: String,
     pub text: Arc<String>,
     /// Byte offset of the start of every line, for line/column lookups.
     line_starts: Vec<usize>,
@@ -104,7 +107,8 @@ impl Sources {
         Sources::default()
     }
 
-    pub fn add(&mut self, path: &Path, name: String, text: String) -> FileId {
+    /// Adds a file; `relative` is its path inside the policy directory.
+    pub fn add(&mut self, path: &Path, name: String, relative: String, text: String) -> FileId {
         let line_starts = std::iter::once(0)
             .chain(text.match_indices('\n').map(|(i, _)| i + 1))
             .collect();
@@ -112,6 +116,7 @@ impl Sources {
         self.files.push(SourceFile {
             path: path.to_path_buf(),
             name,
+            relative,
             text: Arc::new(text),
             line_starts,
         });
@@ -168,6 +173,7 @@ mod tests {
         let mut sources = Sources::new();
         let id = sources.add(
             Path::new("a.kdl"),
+            "a.kdl".into(),
             "a.kdl".into(),
             "é=1\nzone \"É\" x".into(),
         );

@@ -4,7 +4,9 @@ use std::fmt::Write as _;
 use std::net::IpAddr;
 use std::path::PathBuf;
 
-use clap::{Args, ValueEnum};
+use clap::Args;
+
+use super::Format;
 use edgepack_bundles::abi::{Decision, Outcome};
 use edgepack_bundles::request::Request;
 use edgepack_runtime_min::host::PolicyEngine;
@@ -14,6 +16,7 @@ use crate::eval::{self, Evaluator};
 use crate::pipeline;
 use crate::plan::RegionPlan;
 use crate::report::HumanStyle;
+use crate::requests::RequestSpec;
 use crate::{Exit, Output};
 
 /// Show what a region's policy decides about a request, and every route and rule it looked at.
@@ -63,12 +66,6 @@ pub struct ExplainArgs {
     pub format: Format,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum Format {
-    Human,
-    Json,
-}
-
 #[derive(Serialize)]
 struct JsonExplain<'a> {
     region: &'a str,
@@ -105,49 +102,19 @@ pub fn request_from(args: &ExplainArgs, plan: &RegionPlan) -> Result<Request, St
             args.request
         )
     })?;
-    if !target.starts_with('/') {
-        return Err(format!(
-            "the request target must start with `/`: {target:?}"
-        ));
-    }
-    let mut request = Request::new(method.trim(), target.trim()).host(&args.host);
+    let mut spec = RequestSpec::new(method.trim(), target.trim());
+    spec.host = Some(args.host.clone());
     for header in &args.headers {
         let (name, value) = header
             .split_once(':')
             .ok_or_else(|| format!("--header needs \"name: value\", not {header:?}"))?;
-        request = request.header(name.trim(), value.trim());
+        spec.headers
+            .push((name.trim().to_string(), value.trim().to_string()));
     }
-    if let Some(body) = &args.body {
-        request = request.body(body.as_bytes());
-    }
-    let client = args.ip;
-    match &args.country {
-        Some(country) => {
-            let geo = plan.geo.as_ref();
-            let header = geo.and_then(|g| g.country_header.as_ref()).ok_or_else(|| {
-                "this policy does not read the country from a header; give --ip instead of --country".to_string()
-            })?;
-            let trusted: ipnet::IpNet = geo
-                .and_then(|g| g.trusted_peers.first())
-                .and_then(|n| n.parse().ok())
-                .ok_or_else(|| {
-                    "this policy has no trusted peers to send the country header".to_string()
-                })?;
-            let peer = trusted.hosts().next().unwrap_or(trusted.network());
-            request = request
-                .header(header, country.to_ascii_uppercase())
-                .peer(peer);
-            if let Some(ip) = client {
-                request = request.header("x-forwarded-for", ip.to_string());
-            }
-        }
-        None => {
-            if let Some(ip) = client {
-                request = request.peer(ip);
-            }
-        }
-    }
-    Ok(request)
+    spec.body = args.body.clone();
+    spec.country = args.country.clone();
+    spec.ip = args.ip;
+    spec.to_request(&[plan])
 }
 
 pub fn run(args: &ExplainArgs, style: HumanStyle) -> Output {

@@ -96,7 +96,7 @@ fn format_text(
             Some(e.utf8_error().valid_up_to()),
         ),
     };
-    let file = sources.add(path, shown.to_string(), text);
+    let file = sources.add(path, shown.to_string(), shown.to_string(), text);
     let diagnostics = match utf8_error {
         Some(offset) => vec![edgepack_schema::diagnostics::not_utf8(
             edgepack_schema::Span::new(file, offset, offset + 1),

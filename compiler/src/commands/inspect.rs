@@ -1,0 +1,222 @@
+//! `edgepack inspect`: what a bundle holds, who signed it, what its policy does.
+
+use std::fmt::Write as _;
+use std::path::PathBuf;
+
+use clap::Args;
+
+use super::Format;
+use edgepack_bundles::bundle::{self, Manifest, OpenLimits};
+use serde::Serialize;
+
+use crate::plan::{ActionPlan, RegionPlan};
+use crate::{Exit, Output};
+
+/// Show a bundle's manifest, files, signers, routes and WAF rules.
+///
+/// The bundle's integrity (layout, hashes, archive) is checked; who signed it is shown but
+/// not judged: use `edgepack verify --trust` for that.
+#[derive(Debug, Args)]
+pub struct InspectArgs {
+    /// The bundle.
+    pub bundle: PathBuf,
+
+    /// `human` or `json` (on stdout).
+    #[arg(long, value_enum, default_value_t = Format::Human)]
+    pub format: Format,
+}
+
+#[derive(Serialize)]
+struct Report<'a> {
+    path: String,
+    sha256: &'a str,
+    bytes: usize,
+    manifest: &'a Manifest,
+    signed_by: Vec<&'a str>,
+    routes: Vec<Item>,
+    waf_rules: Vec<Item>,
+}
+
+#[derive(Serialize)]
+struct Item {
+    id: u32,
+    name: String,
+    detail: String,
+    source: String,
+}
+
+/// `1700000000` → `2023-11-14T22:13:20Z`.
+pub fn utc(seconds: u64) -> String {
+    let days = (seconds / 86_400) as i64;
+    let rem = seconds % 86_400;
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+/// A one-line description of a route's action (`?` for an id the plan does not define: a
+/// bundle's plan is only as consistent as whoever built it).
+pub fn describe_action(plan: &RegionPlan, action: &ActionPlan) -> String {
+    match action {
+        ActionPlan::Proxy { origin } => match plan.origins.get(*origin as usize) {
+            Some(o) => format!("proxy {} ({})", o.name, o.url),
+            None => "proxy ?".to_string(),
+        },
+        ActionPlan::Respond { response } => match plan.responses.get(*response as usize) {
+            Some(r) => format!("respond {}", r.status),
+            None => "respond ?".to_string(),
+        },
+        ActionPlan::Redirect { status, .. } => format!("redirect {status}"),
+        ActionPlan::Function { function } => format!(
+            "function {}",
+            plan.functions
+                .get(*function as usize)
+                .map_or("?", |f| f.name.as_str())
+        ),
+        ActionPlan::Block { status } => format!("block {status}"),
+    }
+}
+
+pub fn run(args: &InspectArgs) -> Output {
+    let mut out = Output::new();
+    let bytes = match super::read_bundle(&args.bundle) {
+        Ok(b) => b,
+        Err(message) => {
+            let _ = writeln!(out.stderr, "error: {message}");
+            out.fail(Exit::Usage);
+            return out;
+        }
+    };
+    let (opened, signatures) = match bundle::open_unverified(&bytes, &OpenLimits::default()) {
+        Ok(b) => b,
+        Err(error) => {
+            let _ = writeln!(out.stderr, "refused: {}: {error}", args.bundle.display());
+            out.fail(Exit::PolicyErrors);
+            return out;
+        }
+    };
+    let plan: Option<RegionPlan> = opened
+        .files
+        .get("plan.json")
+        .and_then(|p| serde_json::from_slice(p).ok());
+    let routes: Vec<Item> = plan
+        .iter()
+        .flat_map(|plan| {
+            plan.routes.iter().map(move |r| Item {
+                id: r.id,
+                name: if r.methods.is_empty() {
+                    r.pattern.clone()
+                } else {
+                    format!("{} {}", r.methods.join(","), r.pattern)
+                },
+                detail: describe_action(plan, &r.action),
+                source: r.source.to_string(),
+            })
+        })
+        .collect();
+    let waf_rules: Vec<Item> = plan
+        .iter()
+        .flat_map(|plan| plan.waf.iter().flat_map(|w| &w.rules))
+        .map(|r| Item {
+            id: r.id,
+            name: r.name.clone(),
+            detail: format!("score {}", r.score),
+            source: r.source.to_string(),
+        })
+        .collect();
+    let m = &opened.manifest;
+    match args.format {
+        Format::Json => {
+            let report = Report {
+                path: args.bundle.display().to_string(),
+                sha256: &opened.sha256,
+                bytes: bytes.len(),
+                manifest: m,
+                signed_by: signatures.iter().map(|s| s.key_id.as_str()).collect(),
+                routes,
+                waf_rules,
+            };
+            out.stdout = serde_json::to_string_pretty(&report).unwrap_or_default();
+            out.stdout.push('\n');
+        }
+        Format::Human => {
+            let o = &mut out.stdout;
+            let _ = writeln!(o, "bundle    {}", args.bundle.display());
+            let _ = writeln!(o, "sha256    {}", opened.sha256);
+            let _ = writeln!(o, "size      {} bytes", bytes.len());
+            let _ = writeln!(o, "region    {} (zone {})", m.region, m.zone);
+            let _ = writeln!(o, "version   {}", m.version);
+            let _ = writeln!(o, "created   {} ({})", utc(m.created), m.created);
+            let _ = writeln!(
+                o,
+                "expires   {}",
+                m.expires
+                    .map_or("never".to_string(), |e| format!("{} ({e})", utc(e)))
+            );
+            let _ = writeln!(o, "format    {}, ABI {}, {}", m.format, m.abi, m.compiler);
+            let _ = writeln!(o, "sources   {}", m.sources_sha256);
+            let signers: Vec<&str> = signatures.iter().map(|s| s.key_id.as_str()).collect();
+            let _ = writeln!(
+                o,
+                "signed by {} (not verified here: use `edgepack verify --trust`)",
+                if signers.is_empty() {
+                    "nobody".to_string()
+                } else {
+                    signers.join(", ")
+                }
+            );
+            let _ = writeln!(o, "\nfiles:");
+            for f in &m.files {
+                let _ = writeln!(
+                    o,
+                    "  {:<32} {:>9} bytes  {}",
+                    f.path,
+                    f.size,
+                    &f.sha256[..16]
+                );
+            }
+            let _ = writeln!(o, "\nroutes:");
+            for r in &routes {
+                let _ = writeln!(
+                    o,
+                    "  #{:<3} {:<36} {:<40} {}",
+                    r.id, r.name, r.detail, r.source
+                );
+            }
+            if let Some(waf) = plan.as_ref().and_then(|p| p.waf.as_ref()) {
+                let _ = writeln!(o, "\nWAF rules (threshold {}):", waf.threshold);
+                for r in &waf_rules {
+                    let _ = writeln!(
+                        o,
+                        "  #{:<3} {:<36} {:<40} {}",
+                        r.id, r.name, r.detail, r.source
+                    );
+                }
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn formats_utc_times() {
+        assert_eq!(super::utc(0), "1970-01-01T00:00:00Z");
+        assert_eq!(super::utc(1_700_000_000), "2023-11-14T22:13:20Z");
+        assert_eq!(super::utc(951_782_400), "2000-02-29T00:00:00Z");
+    }
+}

@@ -1,0 +1,45 @@
+//! Helpers shared by the tests that run the `edgepack` binary.
+#![allow(dead_code)] // Each test file uses its own subset.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// Runs `edgepack` with these arguments in `cwd`.
+pub fn edgepack(args: &[&str], cwd: &Path) -> Output {
+    edgepack_with(args, cwd, &[])
+}
+
+/// Runs `edgepack` with extra environment variables.
+pub fn edgepack_with(args: &[&str], cwd: &Path, env: &[(&str, &str)]) -> Output {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_edgepack"));
+    command
+        .args(args)
+        .current_dir(cwd)
+        .env_remove("NO_COLOR")
+        .env_remove("SOURCE_DATE_EPOCH");
+    for (name, value) in env {
+        command.env(name, value);
+    }
+    command.output().expect("run edgepack")
+}
+
+/// The workspace root.
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+pub fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+pub fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("mkdir");
+    for entry in std::fs::read_dir(from).expect("read dir").flatten() {
+        let target = to.join(entry.file_name());
+        if entry.path().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).expect("copy");
+        }
+    }
+}
