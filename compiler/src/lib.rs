@@ -14,7 +14,8 @@ pub mod eval;
 pub mod lower;
 pub mod optimize;
 pub mod pipeline;
-pub mod plan;
+/// The region plan, defined beside the ABI because the node reads it too.
+pub use edgepack_bundles::plan;
 pub mod report;
 pub mod requests;
 pub mod verify;

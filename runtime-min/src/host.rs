@@ -7,11 +7,15 @@
 //! beyond the decision's own lists.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use edgepack_bundles::abi::{self, Decision, DecisionError, export};
 use edgepack_bundles::request::RequestParts;
 use edgepack_bundles::wire::{self, EncodeError, Limits};
-use wasmtime::{Config, Engine, Instance, Memory, Module, OptLevel, Store, TypedFunc};
+use wasmtime::{
+    Config, Engine, Instance, Memory, Module, OptLevel, Store, StoreLimits, StoreLimitsBuilder,
+    TypedFunc,
+};
 
 /// The largest memory a policy module may declare.
 pub const MAX_POLICY_MEMORY: u64 = 256 << 20;
@@ -32,20 +36,52 @@ pub enum HostError {
     Request(#[from] EncodeError),
     #[error("decide trapped: {0}")]
     Trap(String),
+    #[error("decide ran past its time limit")]
+    TimedOut,
     #[error("decide refused the request block (code {0})")]
     Refused(i32),
     #[error("the decision block is malformed: {0}")]
     Decision(#[from] DecisionError),
 }
 
+/// How often the engine's epoch advances when `decide` calls are time-bounded.
+const EPOCH_TICK: Duration = Duration::from_millis(1);
+
 /// A wasmtime engine configured for policy modules: Cranelift, Wasm 2.0 features only.
 #[derive(Clone)]
 pub struct PolicyEngine {
     engine: Engine,
+    /// Epoch ticks a `decide` call may run, when bounded.
+    deadline_ticks: Option<u64>,
 }
 
 impl PolicyEngine {
+    /// An engine whose `decide` calls are not time-bounded (tools and tests).
     pub fn new() -> Result<PolicyEngine, HostError> {
+        Self::build(None)
+    }
+
+    /// An engine whose `decide` calls trap once they have run for about `limit` (at least
+    /// one epoch tick of 1 ms, at most two ticks more): a policy module cannot hold a
+    /// worker. A background thread advances the epoch while the engine lives.
+    pub fn with_time_limit(limit: Duration) -> Result<PolicyEngine, HostError> {
+        let ticks = (limit.as_micros() / EPOCH_TICK.as_micros()).max(1) as u64 + 1;
+        let engine = Self::build(Some(ticks))?;
+        let weak = engine.engine.weak();
+        std::thread::Builder::new()
+            .name("edgepack-epoch".into())
+            .spawn(move || {
+                while let Some(engine) = weak.upgrade() {
+                    engine.increment_epoch();
+                    drop(engine);
+                    std::thread::sleep(EPOCH_TICK);
+                }
+            })
+            .map_err(|e| HostError::Compile(format!("cannot start the epoch thread: {e}")))?;
+        Ok(engine)
+    }
+
+    fn build(deadline_ticks: Option<u64>) -> Result<PolicyEngine, HostError> {
         let mut config = Config::new();
         config
             .cranelift_opt_level(OptLevel::Speed)
@@ -54,9 +90,13 @@ impl PolicyEngine {
             .wasm_multi_memory(false)
             .wasm_memory64(false)
             .wasm_tail_call(false)
-            .wasm_component_model(false);
+            .wasm_component_model(false)
+            .epoch_interruption(deadline_ticks.is_some());
         let engine = Engine::new(&config).map_err(|e| HostError::Compile(e.to_string()))?;
-        Ok(PolicyEngine { engine })
+        Ok(PolicyEngine {
+            engine,
+            deadline_ticks,
+        })
     }
 
     pub fn engine(&self) -> &Engine {
@@ -99,7 +139,18 @@ pub struct PolicyModule {
 
 impl PolicyModule {
     pub fn instantiate(&self) -> Result<PolicyInstance, HostError> {
-        let mut store = Store::new(&self.engine.engine, ());
+        let limits = StoreLimitsBuilder::new()
+            .memory_size(MAX_POLICY_MEMORY as usize)
+            .instances(1)
+            .memories(1)
+            .tables(4)
+            .build();
+        let mut store = Store::new(&self.engine.engine, limits);
+        store.limiter(|limits| limits);
+        if let Some(ticks) = self.engine.deadline_ticks {
+            // Instantiation runs no start function, but bound it all the same.
+            store.set_epoch_deadline(ticks);
+        }
         let instance = Instance::new(&mut store, &self.module, &[])
             .map_err(|e| HostError::Instantiate(format!("{e:#}")))?;
         let memory = instance
@@ -142,6 +193,7 @@ impl PolicyModule {
         }
         Ok(PolicyInstance {
             store,
+            deadline_ticks: self.engine.deadline_ticks,
             memory,
             decide,
             request_base,
@@ -155,7 +207,8 @@ impl PolicyModule {
 
 /// An instantiated policy: decides one request at a time.
 pub struct PolicyInstance {
-    store: Store<()>,
+    store: Store<StoreLimits>,
+    deadline_ticks: Option<u64>,
     memory: Memory,
     decide: TypedFunc<i32, i32>,
     request_base: usize,
@@ -187,10 +240,16 @@ impl PolicyInstance {
         let memory = self.memory.data_mut(&mut self.store);
         let block = &mut memory[self.request_base..self.request_base + self.request_capacity];
         let len = wire::encode(request, &self.limits, self.body_limit, block)?;
+        if let Some(ticks) = self.deadline_ticks {
+            self.store.set_epoch_deadline(ticks);
+        }
         let code = self
             .decide
             .call(&mut self.store, len as i32)
-            .map_err(|e| HostError::Trap(format!("{e:#}")))?;
+            .map_err(|e| match e.downcast_ref::<wasmtime::Trap>() {
+                Some(wasmtime::Trap::Interrupt) => HostError::TimedOut,
+                _ => HostError::Trap(format!("{e:#}")),
+            })?;
         if code != 0 {
             return Err(HostError::Refused(code));
         }

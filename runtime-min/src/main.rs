@@ -1,17 +1,23 @@
-//! `edgepack-node`: the fixed runtime on every edge node.
-//!
-//! Not yet able to serve: it answers `--help` and `--version` and refuses to start, so no
-//! deployment mistakes it for a working node.
+//! `edgepack-node`: the fixed runtime on every edge node. Parses its settings and runs the
+//! node until SIGTERM (see `edgepack-node --help`).
+
+use std::process::ExitCode;
 
 use clap::Parser;
+use edgepack_runtime_min::config::NodeArgs;
 
-/// The edgepack edge runtime: verifies signed bundles and enforces them on HTTP traffic.
-#[derive(Debug, Parser)]
-#[command(name = "edgepack-node", version)]
-struct Cli {}
-
-fn main() -> std::process::ExitCode {
-    let _cli = Cli::parse();
-    eprintln!("edgepack-node: this build cannot serve bundles yet");
-    std::process::ExitCode::from(2)
+fn main() -> ExitCode {
+    let args = NodeArgs::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("edgepack-worker")
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("edgepack-node: cannot start the runtime: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    runtime.block_on(edgepack_runtime_min::server::run(args))
 }

@@ -7,6 +7,7 @@ use clap::Args;
 
 use super::Format;
 use edgepack_bundles::bundle::{self, Manifest, OpenLimits};
+use edgepack_bundles::time::utc;
 use serde::Serialize;
 
 use crate::plan::{ActionPlan, RegionPlan};
@@ -43,28 +44,6 @@ struct Item {
     name: String,
     detail: String,
     source: String,
-}
-
-/// `1700000000` → `2023-11-14T22:13:20Z`.
-pub fn utc(seconds: u64) -> String {
-    let days = (seconds / 86_400) as i64;
-    let rem = seconds % 86_400;
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
 }
 
 /// A one-line description of a route's action (`?` for an id the plan does not define: a
@@ -209,14 +188,4 @@ pub fn run(args: &InspectArgs) -> Output {
         }
     }
     out
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn formats_utc_times() {
-        assert_eq!(super::utc(0), "1970-01-01T00:00:00Z");
-        assert_eq!(super::utc(1_700_000_000), "2023-11-14T22:13:20Z");
-        assert_eq!(super::utc(951_782_400), "2000-02-29T00:00:00Z");
-    }
 }

@@ -1,11 +1,12 @@
 //! The region plan: everything one region's bundle needs, as plain data with ids.
 //!
-//! Lowering turns a validated policy into one [`RegionPlan`] per region: overrides applied,
-//! origins resolved to the region's endpoints, header edits merged, only what the region
-//! uses kept. The plan is what the code generator compiles and what the reference evaluator
-//! interprets; the bundle carries it as `plan.json`, so the node and `inspect` can name what
-//! the module only refers to by id. It prints deterministically as text (`--emit ir`) and is
-//! checked by [`crate::verify`] in tests and debug builds.
+//! The compiler lowers a validated policy into one [`RegionPlan`] per region: overrides
+//! applied, origins resolved to the region's endpoints, header edits merged, only what the
+//! region uses kept. The code generator compiles it and the reference evaluator interprets
+//! it; the bundle carries it as `plan.json`, and the node reads it to carry out decisions
+//! (origins, cache settings, limits, JWT keys, responses) and to name what the module only
+//! refers to by id. It lives here, beside the ABI, because compiler and node share it. It
+//! prints deterministically as text (`edgepack build --emit ir`).
 
 use std::fmt;
 

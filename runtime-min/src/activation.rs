@@ -1,0 +1,309 @@
+//! Turning bundle bytes into an [`Active`] policy, or a [`Refusal`] that says why not.
+//!
+//! Everything that can fail happens here, off the serving path: verification, the region,
+//! expiry and version checks, the plan, compiling the module (Cranelift) and instantiating
+//! it once, the JWT keys. Only a bundle that passes all of it can be swapped in.
+
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use ed25519_dalek::VerifyingKey;
+use edgepack_bundles::bundle::{self, Manifest, OpenError, OpenLimits};
+use edgepack_bundles::plan::RegionPlan;
+use http::HeaderName;
+
+use crate::host::{HostError, PolicyEngine, PolicyModule};
+use crate::jwt::JwtVerifier;
+use crate::ratelimit::{Limiter, RateLimits};
+use crate::state::Mark;
+
+/// A verified, compiled bundle, ready to serve. Requests hold an `Arc` to the one they
+/// started with, so a swap never changes the policy under a request in flight.
+pub struct Active {
+    /// Distinguishes activations (each worker thread instantiates the module once per).
+    pub generation: u64,
+    pub manifest: Manifest,
+    /// sha256 of the bundle file.
+    pub sha256: String,
+    pub plan: RegionPlan,
+    pub module: PolicyModule,
+    /// Body bytes the policy inspects.
+    pub body_limit: usize,
+    /// JWT verifiers, by the plan's JWT id.
+    pub jwt: Vec<JwtVerifier>,
+    /// Rate limiters, by the plan's limit id.
+    pub limiters: Vec<Arc<Limiter>>,
+    /// Each route's name for logs and metrics: methods and pattern.
+    pub route_names: Vec<String>,
+    /// The header the policy reads the country from, stripped when the decision says so.
+    pub country_header: Option<HeaderName>,
+    pub activated_at: Instant,
+}
+
+impl Active {
+    pub fn mark(&self) -> Mark {
+        Mark {
+            region: self.manifest.region.clone(),
+            version: self.manifest.version,
+            sha256: self.sha256.clone(),
+        }
+    }
+
+    pub fn route_name(&self, route: Option<u32>) -> &str {
+        route
+            .and_then(|id| self.route_names.get(id as usize))
+            .map_or("none", String::as_str)
+    }
+}
+
+/// Why a bundle was not activated.
+#[derive(Debug, thiserror::Error)]
+pub enum Refusal {
+    #[error("cannot read the bundle: {0}")]
+    Read(String),
+    #[error(transparent)]
+    Bundle(#[from] OpenError),
+    #[error("the bundle is for region {found}, this node serves {expected}")]
+    Region { expected: String, found: String },
+    #[error("version {offered} is not above version {floor}, which this node has activated")]
+    NotNewer { offered: u64, floor: u64 },
+    #[error("version {version} was activated before with other contents (sha256 {recorded})")]
+    Replaced { version: u64, recorded: String },
+    #[error("the bundle expired at {expires} (Unix seconds)")]
+    Expired { expires: u64 },
+    #[error("the bundle has no expiry time and this node requires one")]
+    NoExpiry,
+    #[error("the bundle's plan is unusable: {0}")]
+    Plan(String),
+    #[error(transparent)]
+    Module(#[from] HostError),
+    #[error("{0}")]
+    Keys(String),
+    #[error("the state directory cannot record the bundle: {0}")]
+    State(String),
+}
+
+impl Refusal {
+    /// A short, fixed label for metrics.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Refusal::Read(_) => "read",
+            Refusal::Bundle(e) => match e {
+                OpenError::Unsigned
+                | OpenError::UnknownKeyId(_)
+                | OpenError::Untrusted(_)
+                | OpenError::BadSignature(_)
+                | OpenError::ManifestAltered(_)
+                | OpenError::PayloadAltered(_)
+                | OpenError::SignatureList(_)
+                | OpenError::TooManySignatures(_) => "signature",
+                OpenError::UnknownAbi { .. } => "abi",
+                OpenError::UnknownFormat(_) | OpenError::NotABundle => "format",
+                OpenError::Truncated(_) | OpenError::TrailingData => "truncated",
+                OpenError::TooLarge { .. } => "size",
+                _ => "archive",
+            },
+            Refusal::Region { .. } => "region",
+            Refusal::NotNewer { .. } | Refusal::Replaced { .. } => "version",
+            Refusal::Expired { .. } | Refusal::NoExpiry => "expiry",
+            Refusal::Plan(_) => "plan",
+            Refusal::Module(HostError::Abi { .. }) => "abi",
+            Refusal::Module(_) => "module",
+            Refusal::Keys(_) => "keys",
+            Refusal::State(_) => "state",
+        }
+    }
+}
+
+/// What a bundle must be above to be accepted.
+#[derive(Debug, Clone)]
+pub struct Floor {
+    /// The highest version activated (the state directory's mark, or the active bundle).
+    pub mark: Option<Mark>,
+    /// Whether the very bundle of the mark may be activated again (on start, not later).
+    pub allow_same: bool,
+    /// The region this node serves, once known.
+    pub region: Option<String>,
+}
+
+/// Verifies and prepares bundles.
+pub struct Loader {
+    pub engine: PolicyEngine,
+    pub trusted: Vec<VerifyingKey>,
+    pub require_expiry: bool,
+    pub limits: OpenLimits,
+}
+
+impl Loader {
+    /// Checks a bundle against every rule and compiles it. The returned `Active` is not
+    /// serving yet; the caller swaps it in.
+    pub fn prepare(
+        &self,
+        bytes: &[u8],
+        floor: &Floor,
+        generation: u64,
+        ratelimits: &RateLimits,
+    ) -> Result<Active, Refusal> {
+        let opened = bundle::open(bytes, &self.trusted, &self.limits)?;
+        let manifest = opened.manifest;
+        if let Some(expected) = &floor.region
+            && *expected != manifest.region
+        {
+            return Err(Refusal::Region {
+                expected: expected.clone(),
+                found: manifest.region.clone(),
+            });
+        }
+        match manifest.expires {
+            Some(expires) if expires <= now_unix() => return Err(Refusal::Expired { expires }),
+            None if self.require_expiry => return Err(Refusal::NoExpiry),
+            _ => {}
+        }
+        if let Some(mark) = &floor.mark {
+            let same = manifest.version == mark.version && opened.sha256 == mark.sha256;
+            if manifest.version < mark.version || (manifest.version == mark.version && !same) {
+                return Err(if manifest.version == mark.version {
+                    Refusal::Replaced {
+                        version: mark.version,
+                        recorded: mark.sha256.clone(),
+                    }
+                } else {
+                    Refusal::NotNewer {
+                        offered: manifest.version,
+                        floor: mark.version,
+                    }
+                });
+            }
+            if same && !floor.allow_same {
+                return Err(Refusal::NotNewer {
+                    offered: manifest.version,
+                    floor: mark.version,
+                });
+            }
+        }
+        let plan: RegionPlan = opened
+            .files
+            .get("plan.json")
+            .ok_or_else(|| Refusal::Plan("the bundle has no plan.json".into()))
+            .and_then(|p| serde_json::from_slice(p).map_err(|e| Refusal::Plan(e.to_string())))?;
+        if plan.region != manifest.region {
+            return Err(Refusal::Plan(format!(
+                "plan.json is for region {}, the manifest says {}",
+                plan.region, manifest.region
+            )));
+        }
+        check_plan(&plan).map_err(Refusal::Plan)?;
+        let wasm = opened
+            .files
+            .get("policy.wasm")
+            .ok_or_else(|| Refusal::Plan("the bundle has no policy.wasm".into()))?;
+        let module = self.engine.compile(wasm)?;
+        let body_limit = module.instantiate()?.body_limit();
+        let jwt = plan
+            .jwts
+            .iter()
+            .map(|j| JwtVerifier::new(j, &opened.files))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(Refusal::Keys)?;
+        let route_names = plan
+            .routes
+            .iter()
+            .map(|r| {
+                if r.methods.is_empty() {
+                    r.pattern.clone()
+                } else {
+                    format!("{} {}", r.methods.join(","), r.pattern)
+                }
+            })
+            .collect();
+        let country_header = plan
+            .geo
+            .as_ref()
+            .and_then(|g| g.country_header.as_deref())
+            .and_then(|h| HeaderName::from_bytes(h.as_bytes()).ok());
+        let limiters = ratelimits.for_plan(&plan.ratelimits);
+        Ok(Active {
+            generation,
+            manifest,
+            sha256: opened.sha256,
+            plan,
+            module,
+            body_limit,
+            jwt,
+            limiters,
+            route_names,
+            country_header,
+            activated_at: Instant::now(),
+        })
+    }
+}
+
+/// The ids a decision may name must exist in the plan: a module and plan built together
+/// agree, but the node checks rather than trusts (an id out of range is a refusal, never a
+/// panic while serving).
+fn check_plan(plan: &RegionPlan) -> Result<(), String> {
+    let mut problems = Vec::new();
+    for (i, route) in plan.routes.iter().enumerate() {
+        if route.id as usize != i {
+            problems.push(format!("route #{i} has id {}", route.id));
+        }
+        if plan.edit_sets.get(route.edits as usize).is_none() {
+            problems.push(format!("route {} names a missing edit set", route.pattern));
+        }
+        use edgepack_bundles::plan::ActionPlan;
+        let missing = match &route.action {
+            ActionPlan::Proxy { origin } => plan.origins.get(*origin as usize).is_none(),
+            ActionPlan::Respond { response } => plan.responses.get(*response as usize).is_none(),
+            ActionPlan::Function { function } => plan.functions.get(*function as usize).is_none(),
+            ActionPlan::Redirect { .. } | ActionPlan::Block { .. } => false,
+        };
+        if missing {
+            problems.push(format!("route {} names a missing target", route.pattern));
+        }
+    }
+    for (what, count, ids) in [
+        (
+            "rate limit",
+            plan.ratelimits.len(),
+            plan.ratelimits.iter().map(|l| l.id).collect::<Vec<_>>(),
+        ),
+        (
+            "jwt",
+            plan.jwts.len(),
+            plan.jwts.iter().map(|j| j.id).collect(),
+        ),
+        (
+            "cors",
+            plan.cors.len(),
+            plan.cors.iter().map(|c| c.id).collect(),
+        ),
+        (
+            "origin",
+            plan.origins.len(),
+            plan.origins.iter().map(|o| o.id).collect(),
+        ),
+        (
+            "response",
+            plan.responses.len(),
+            plan.responses.iter().map(|r| r.id).collect(),
+        ),
+    ] {
+        if ids.iter().enumerate().any(|(i, id)| *id as usize != i) || ids.len() != count {
+            problems.push(format!("{what} ids are not 0..{count}"));
+        }
+    }
+    if plan.zones.is_empty() || plan.zones.len() != plan.zone_countries.len() {
+        problems.push("the zone table is inconsistent".to_string());
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(problems.join("; "))
+    }
+}
+
+pub fn now_unix() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}

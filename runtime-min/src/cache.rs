@@ -1,0 +1,272 @@
+//! The response cache for `Cache` effects: in memory, bounded in bytes (moka), with each
+//! entry's TTL and stale-while-revalidate window from the policy.
+//!
+//! The key is method, host, path and query, the values of the route's `vary` headers and its
+//! extra key parts; the node builds it, the policy says what goes in. Responses with
+//! `Set-Cookie`, `Cache-Control: private` or `no-store`, `Vary: *`, or a status that is not
+//! cacheable by default are not stored.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{HeaderMap, StatusCode, header};
+use moka::Expiry;
+use moka::sync::Cache;
+
+/// A stored response.
+pub struct Entry {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+    pub stored_at: Instant,
+    pub fresh_for: Duration,
+    pub stale_for: Duration,
+    /// Set while one request refreshes this stale entry, so only one does.
+    refreshing: AtomicBool,
+}
+
+impl Entry {
+    pub fn new(
+        status: StatusCode,
+        headers: HeaderMap,
+        body: Bytes,
+        fresh_for: Duration,
+        stale_for: Duration,
+    ) -> Entry {
+        Entry {
+            status,
+            headers,
+            body,
+            stored_at: Instant::now(),
+            fresh_for,
+            stale_for,
+            refreshing: AtomicBool::new(false),
+        }
+    }
+
+    /// Seconds since the entry was stored (the `Age` header).
+    pub fn age(&self) -> u64 {
+        self.stored_at.elapsed().as_secs()
+    }
+
+    fn weight(&self) -> u32 {
+        let headers: usize = self
+            .headers
+            .iter()
+            .map(|(n, v)| n.as_str().len() + v.len() + 32)
+            .sum();
+        (self.body.len() + headers + 256).min(u32::MAX as usize) as u32
+    }
+}
+
+/// What a lookup found.
+pub enum Lookup {
+    Fresh(Arc<Entry>),
+    /// Past its TTL, within stale-while-revalidate; `refresh` is true for the one request
+    /// that should fetch a new copy.
+    Stale {
+        entry: Arc<Entry>,
+        refresh: bool,
+    },
+    Miss,
+}
+
+struct EntryExpiry;
+
+impl Expiry<Vec<u8>, Arc<Entry>> for EntryExpiry {
+    fn expire_after_create(
+        &self,
+        _key: &Vec<u8>,
+        value: &Arc<Entry>,
+        _created_at: Instant,
+    ) -> Option<Duration> {
+        Some(value.fresh_for + value.stale_for)
+    }
+}
+
+/// The node's response cache.
+pub struct ResponseCache {
+    entries: Cache<Vec<u8>, Arc<Entry>>,
+    max_entry: u64,
+}
+
+impl ResponseCache {
+    pub fn new(max_bytes: u64, max_entry: u64) -> ResponseCache {
+        ResponseCache {
+            entries: Cache::builder()
+                .max_capacity(max_bytes)
+                .weigher(|_key: &Vec<u8>, entry: &Arc<Entry>| entry.weight())
+                .expire_after(EntryExpiry)
+                .build(),
+            max_entry,
+        }
+    }
+
+    /// The largest body stored.
+    pub fn max_entry(&self) -> u64 {
+        self.max_entry
+    }
+
+    pub fn lookup(&self, key: &[u8]) -> Lookup {
+        let Some(entry) = self.entries.get(key) else {
+            return Lookup::Miss;
+        };
+        let age = entry.stored_at.elapsed();
+        if age < entry.fresh_for {
+            Lookup::Fresh(entry)
+        } else if age < entry.fresh_for + entry.stale_for {
+            let refresh = !entry.refreshing.swap(true, Ordering::AcqRel);
+            Lookup::Stale { entry, refresh }
+        } else {
+            Lookup::Miss
+        }
+    }
+
+    pub fn store(&self, key: Vec<u8>, entry: Entry) {
+        if entry.body.len() as u64 <= self.max_entry {
+            self.entries.insert(key, Arc::new(entry));
+        }
+    }
+
+    /// Lets another request refresh a stale entry (after a failed refresh).
+    pub fn refresh_failed(&self, key: &[u8]) {
+        if let Some(entry) = self.entries.get(key) {
+            entry.refreshing.store(false, Ordering::Release);
+        }
+    }
+
+    /// Entries stored now (approximate, for tests and metrics).
+    pub fn len(&self) -> u64 {
+        self.entries.run_pending_tasks();
+        self.entries.entry_count()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Whether a response may be stored, whatever the TTL: RFC 9111's heuristically cacheable
+/// statuses, no `Set-Cookie`, not private or no-store, not `Vary: *`.
+pub fn storable(status: StatusCode, headers: &HeaderMap) -> bool {
+    const CACHEABLE: [u16; 10] = [200, 203, 204, 300, 301, 308, 404, 405, 410, 501];
+    if !CACHEABLE.contains(&status.as_u16()) || headers.contains_key(header::SET_COOKIE) {
+        return false;
+    }
+    let directives = headers
+        .get_all(header::CACHE_CONTROL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|d| {
+            d.trim()
+                .split('=')
+                .next()
+                .unwrap_or("")
+                .to_ascii_lowercase()
+        });
+    for directive in directives {
+        if directive == "private" || directive == "no-store" {
+            return false;
+        }
+    }
+    !headers.get_all(header::VARY).iter().any(|v| {
+        v.as_bytes()
+            .split(|b| *b == b',')
+            .any(|p| p.trim_ascii() == b"*")
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    fn entry(body: &'static str, fresh_ms: u64, stale_ms: u64) -> Entry {
+        Entry::new(
+            StatusCode::OK,
+            HeaderMap::new(),
+            Bytes::from_static(body.as_bytes()),
+            Duration::from_millis(fresh_ms),
+            Duration::from_millis(stale_ms),
+        )
+    }
+
+    #[test]
+    fn fresh_then_stale_with_one_refresher_then_gone() {
+        let cache = ResponseCache::new(1 << 20, 1 << 20);
+        cache.store(b"k".to_vec(), entry("hello", 40, 200));
+        assert!(matches!(cache.lookup(b"k"), Lookup::Fresh(_)));
+        std::thread::sleep(Duration::from_millis(60));
+        assert!(matches!(
+            cache.lookup(b"k"),
+            Lookup::Stale { refresh: true, .. }
+        ));
+        assert!(matches!(
+            cache.lookup(b"k"),
+            Lookup::Stale { refresh: false, .. }
+        ));
+        cache.refresh_failed(b"k");
+        assert!(matches!(
+            cache.lookup(b"k"),
+            Lookup::Stale { refresh: true, .. }
+        ));
+        std::thread::sleep(Duration::from_millis(220));
+        assert!(matches!(cache.lookup(b"k"), Lookup::Miss));
+    }
+
+    #[test]
+    fn the_cache_stays_within_its_bytes() {
+        let cache = ResponseCache::new(64 << 10, 8 << 10);
+        let body = Bytes::from(vec![b'x'; 4 << 10]);
+        for i in 0..100u32 {
+            let e = Entry::new(
+                StatusCode::OK,
+                HeaderMap::new(),
+                body.clone(),
+                Duration::from_secs(60),
+                Duration::ZERO,
+            );
+            cache.store(i.to_le_bytes().to_vec(), e);
+        }
+        assert!(
+            cache.len() <= 16,
+            "{} entries of 4 KiB in 64 KiB",
+            cache.len()
+        );
+        let big = Bytes::from(vec![b'x'; 9 << 10]);
+        let e = Entry::new(
+            StatusCode::OK,
+            HeaderMap::new(),
+            big,
+            Duration::from_secs(60),
+            Duration::ZERO,
+        );
+        cache.store(b"big".to_vec(), e);
+        assert!(
+            matches!(cache.lookup(b"big"), Lookup::Miss),
+            "larger than the entry limit"
+        );
+    }
+
+    #[test]
+    fn private_cookies_and_errors_are_not_stored() {
+        let mut headers = HeaderMap::new();
+        assert!(storable(StatusCode::OK, &headers));
+        assert!(!storable(StatusCode::INTERNAL_SERVER_ERROR, &headers));
+        headers.insert(
+            header::CACHE_CONTROL,
+            HeaderValue::from_static("max-age=60, Private"),
+        );
+        assert!(!storable(StatusCode::OK, &headers));
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("public"));
+        assert!(storable(StatusCode::OK, &headers));
+        headers.insert(header::SET_COOKIE, HeaderValue::from_static("a=b"));
+        assert!(!storable(StatusCode::OK, &headers));
+        headers.remove(header::SET_COOKIE);
+        headers.insert(header::VARY, HeaderValue::from_static("accept, *"));
+        assert!(!storable(StatusCode::OK, &headers));
+    }
+}

@@ -1,0 +1,1208 @@
+//! One request, start to finish: read it, let the policy decide, carry out the decision's
+//! effects in the order it gives them, and answer with the node's headers, a metric and an
+//! access-log line.
+
+// Effects that answer early return `Err(response)`: a response is moved once per request,
+// boxing it would only add an allocation.
+#![allow(clippy::result_large_err)]
+
+use std::fmt::Write as _;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use edgepack_bundles::abi::{self, Answer, Decision, Effect, Outcome};
+use edgepack_bundles::plan::{ActionPlan, CorsPlan, HeaderEdit, OriginPlan};
+use edgepack_bundles::request::RequestParts;
+use hmac::{Hmac, Mac};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Request, Response, StatusCode};
+use http_body::{Body as HttpBody, Frame, SizeHint};
+use http_body_util::{BodyExt, Full, Limited};
+use serde_json::json;
+use sha2::Sha256;
+
+use crate::activation::Active;
+use crate::cache::{self, Entry, Lookup};
+use crate::jwt::{Claims, TokenError};
+use crate::metrics::{
+    CacheLabels, JwtLabels, LimitLabels, RequestLabels, RuleLabels, UpstreamLabels, UpstreamOrigin,
+};
+use crate::node::Node;
+use crate::proxy::{self, UpstreamError};
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// The body of every response the node sends.
+pub type Body = http_body_util::combinators::BoxBody<Bytes, BoxError>;
+
+pub fn full(bytes: impl Into<Bytes>) -> Body {
+    Full::new(bytes.into())
+        .map_err(|never| match never {})
+        .boxed()
+}
+
+pub fn empty() -> Body {
+    full(Bytes::new())
+}
+
+/// The request as the policy sees it: the parsed head, the body read so far, the peer.
+struct View<'a> {
+    parts: &'a http::request::Parts,
+    body: &'a [u8],
+    peer: IpAddr,
+}
+
+impl RequestParts for View<'_> {
+    fn method(&self) -> &str {
+        self.parts.method.as_str()
+    }
+
+    fn path(&self) -> &[u8] {
+        self.parts.uri.path().as_bytes()
+    }
+
+    fn query(&self) -> &[u8] {
+        self.parts.uri.query().unwrap_or("").as_bytes()
+    }
+
+    fn host(&self) -> &[u8] {
+        match self.parts.headers.get(header::HOST) {
+            Some(host) => host.as_bytes(),
+            None => self
+                .parts
+                .uri
+                .authority()
+                .map_or(&b""[..], |a| a.as_str().as_bytes()),
+        }
+    }
+
+    fn peer(&self) -> IpAddr {
+        self.peer
+    }
+
+    fn for_each_header(&self, f: &mut dyn FnMut(&[u8], &[u8])) {
+        for (name, value) in &self.parts.headers {
+            f(name.as_str().as_bytes(), value.as_bytes());
+        }
+    }
+
+    fn body(&self) -> &[u8] {
+        self.body
+    }
+
+    fn body_len(&self) -> u64 {
+        self.body.len() as u64
+    }
+}
+
+/// What the access log and the metrics say about a request.
+#[derive(Default)]
+struct Record {
+    action: &'static str,
+    cache: Option<&'static str>,
+    upstream_ms: Option<f64>,
+    error: Option<String>,
+}
+
+/// One request in progress.
+struct Exchange<'a> {
+    node: &'a Arc<Node>,
+    active: Arc<Active>,
+    id: String,
+    peer: IpAddr,
+    https: bool,
+    started: Instant,
+    decision: Decision,
+    claims: Option<Claims>,
+    cors: Option<u32>,
+    /// The request's `Origin` header (CORS answers echo it).
+    request_origin: Option<HeaderValue>,
+    /// The client as the policy saw it (the peer until the policy has decided).
+    client: IpAddr,
+    record: Record,
+}
+
+impl Node {
+    /// Answers one request. Never fails: every problem becomes a response.
+    pub async fn handle<B>(
+        self: &Arc<Self>,
+        request: Request<B>,
+        peer: SocketAddr,
+        https: bool,
+    ) -> Response<Body>
+    where
+        B: HttpBody<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        let started = Instant::now();
+        let id = self.next_request_id();
+        let Some(active) = self.active.load_full() else {
+            let mut response = error_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "no policy is active on this node",
+                &id,
+            );
+            response
+                .headers_mut()
+                .insert("x-request-id", header_value(&id));
+            return response;
+        };
+        let mut exchange = Exchange {
+            node: self,
+            active,
+            id,
+            peer: peer.ip(),
+            https,
+            started,
+            decision: Decision::default(),
+            claims: None,
+            cors: None,
+            request_origin: request.headers().get(header::ORIGIN).cloned(),
+            client: peer.ip(),
+            record: Record::default(),
+        };
+        let (parts, body) = request.into_parts();
+        let response = exchange.run(&parts, body).await;
+        exchange.finish(&parts, response)
+    }
+}
+
+impl Exchange<'_> {
+    async fn run<B>(&mut self, parts: &http::request::Parts, body: B) -> Response<Body>
+    where
+        B: HttpBody<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        let body = match self.read_body(parts, body).await {
+            Ok(body) => body,
+            Err(response) => return response,
+        };
+        let view = View {
+            parts,
+            body: &body,
+            peer: self.peer,
+        };
+        let decided_at = Instant::now();
+        let decided = crate::decide::decide(&self.active, &view, |d| d.clone());
+        self.node
+            .metrics
+            .decide_seconds
+            .observe(decided_at.elapsed().as_secs_f64());
+        self.decision = match decided {
+            Ok(decision) => {
+                self.client = decision.client_ip;
+                decision
+            }
+            Err(error) => {
+                self.record.action = "error";
+                self.record.error = Some(format!("policy: {error}"));
+                return self.error(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "the policy could not decide this request",
+                );
+            }
+        };
+        if self.decision.flags & abi::dec::FLAG_WAF_LOGGED != 0 {
+            for rule in &self.decision.rules {
+                let labels = RuleLabels {
+                    rule: self.rule_name(*rule).to_string(),
+                };
+                self.node.metrics.waf_logged.get_or_create(&labels).inc();
+            }
+        }
+        match self.decision.outcome.clone() {
+            Outcome::Final(answer) => self.answer(&answer),
+            Outcome::Effects(effects) => self.carry_out(parts, body, &effects).await,
+        }
+    }
+
+    /// Reads the body, bounded in size and time.
+    async fn read_body<B>(
+        &mut self,
+        parts: &http::request::Parts,
+        body: B,
+    ) -> Result<Bytes, Response<Body>>
+    where
+        B: HttpBody<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        let settings = &self.node.settings;
+        let ambiguous = parts
+            .extensions
+            .get::<crate::server::AmbiguousFraming>()
+            .is_some()
+            || (parts.headers.contains_key(header::CONTENT_LENGTH)
+                && parts.headers.contains_key(header::TRANSFER_ENCODING));
+        if ambiguous {
+            self.record.action = "refused";
+            return Err(self.error(
+                StatusCode::BAD_REQUEST,
+                "Content-Length and Transfer-Encoding together are refused",
+            ));
+        }
+        let declared = parts
+            .headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok());
+        if declared.is_some_and(|len| len > settings.max_body) {
+            self.record.action = "refused";
+            return Err(self.error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "the request body is too large",
+            ));
+        }
+        let limited = Limited::new(body, settings.max_body as usize);
+        match tokio::time::timeout(settings.body_timeout, limited.collect()).await {
+            Ok(Ok(collected)) => Ok(collected.to_bytes()),
+            Ok(Err(error)) => {
+                self.record.action = "refused";
+                if error
+                    .downcast_ref::<http_body_util::LengthLimitError>()
+                    .is_some()
+                {
+                    Err(self.error(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        "the request body is too large",
+                    ))
+                } else {
+                    Err(self.error(
+                        StatusCode::BAD_REQUEST,
+                        "the request body could not be read",
+                    ))
+                }
+            }
+            Err(_) => {
+                self.record.action = "refused";
+                Err(self.error(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "the request body did not arrive in time",
+                ))
+            }
+        }
+    }
+
+    /// A final answer: the policy decided without anything for the node to carry out.
+    fn answer(&mut self, answer: &Answer) -> Response<Body> {
+        let status = StatusCode::from_u16(answer.status()).unwrap_or(StatusCode::FORBIDDEN);
+        match answer {
+            Answer::Respond { response, .. } => {
+                self.record.action = "respond";
+                self.respond(*response)
+            }
+            Answer::Redirect { location, .. } => {
+                self.record.action = "redirect";
+                redirect(status, location)
+            }
+            Answer::Block { .. } => {
+                self.record.action = "block";
+                self.error(status, "this request is blocked")
+            }
+            Answer::NotFound { .. } => {
+                self.record.action = "not_found";
+                self.error(status, "no route takes this request")
+            }
+            Answer::GeoBlocked { .. } => {
+                self.record.action = "geo_block";
+                self.error(status, "this service is not available in your country")
+            }
+            Answer::WafBlocked { .. } => {
+                self.record.action = "waf_block";
+                for rule in &self.decision.rules {
+                    let labels = RuleLabels {
+                        rule: self.rule_name(*rule).to_string(),
+                    };
+                    self.node.metrics.waf_blocks.get_or_create(&labels).inc();
+                }
+                self.error(
+                    status,
+                    "this request was blocked by the web application firewall",
+                )
+            }
+            Answer::BodyTooLarge { .. } => {
+                self.record.action = "too_large";
+                self.error(
+                    status,
+                    "the request body is larger than this route inspects",
+                )
+            }
+            Answer::Unauthorized { jwt, .. } => {
+                self.record.action = "unauthorized";
+                let realm = self
+                    .active
+                    .jwt
+                    .get(*jwt as usize)
+                    .map_or("edge", |j| j.name());
+                let mut response = self.error(status, "a valid bearer token is required");
+                if let Ok(value) = HeaderValue::from_str(&format!("Bearer realm=\"{realm}\"")) {
+                    response
+                        .headers_mut()
+                        .insert(header::WWW_AUTHENTICATE, value);
+                }
+                response
+            }
+            Answer::Preflight { cors, .. } => {
+                self.record.action = "preflight";
+                match (status, self.active.plan.cors.get(*cors as usize)) {
+                    (StatusCode::NO_CONTENT, Some(policy)) => self.preflight(policy),
+                    _ => self.error(StatusCode::FORBIDDEN, "this CORS request is not allowed"),
+                }
+            }
+        }
+    }
+
+    /// The effects, in order; the first that answers ends the request.
+    async fn carry_out(
+        &mut self,
+        parts: &http::request::Parts,
+        body: Bytes,
+        effects: &[Effect],
+    ) -> Response<Body> {
+        let mut outgoing = parts.headers.clone();
+        let mut cache_key: Option<Vec<u8>> = None;
+        let mut cache_route: Option<u32> = None;
+        for effect in effects {
+            match *effect {
+                Effect::VerifyJwt(id) => {
+                    if let Err(response) = self.verify_jwt(parts, id) {
+                        return response;
+                    }
+                }
+                Effect::RateLimit(id) => {
+                    if let Err(response) = self.rate_limit(parts, id) {
+                        return response;
+                    }
+                }
+                Effect::Cache(route) => {
+                    let Some(key) = self.cache_key(parts, route) else {
+                        continue;
+                    };
+                    match self.node.cache.lookup(&key) {
+                        Lookup::Fresh(entry) => {
+                            self.count_cache("hit");
+                            self.record.action = "cache";
+                            return self.cached(&entry, "HIT");
+                        }
+                        Lookup::Stale { entry, refresh } => {
+                            self.count_cache("stale");
+                            self.record.action = "cache";
+                            if refresh {
+                                self.refresh_later(parts, &body, &outgoing, effects, key, route);
+                            }
+                            return self.cached(&entry, "STALE");
+                        }
+                        Lookup::Miss => {
+                            self.count_cache("miss");
+                            cache_key = Some(key);
+                            cache_route = Some(route);
+                        }
+                    }
+                }
+                Effect::EditHeaders(set) => {
+                    if let Some(edits) = self.active.plan.edit_sets.get(set as usize) {
+                        apply_edits(&mut outgoing, &edits.request);
+                    }
+                }
+                Effect::Residency(zone) => self.residency(&mut outgoing, zone),
+                Effect::Cors(id) => self.cors = Some(id),
+                Effect::Proxy(origin) => {
+                    self.record.action = "proxy";
+                    let request = match self.outgoing(parts, body, outgoing, origin) {
+                        Ok(request) => request,
+                        Err(response) => return response,
+                    };
+                    let store = cache_key.zip(cache_route);
+                    return self.proxy(request, origin, store).await;
+                }
+                Effect::Function(_) => {
+                    self.record.action = "function";
+                    return self.error(
+                        StatusCode::NOT_IMPLEMENTED,
+                        "edge functions are not enabled on this node",
+                    );
+                }
+                Effect::Respond(response) => {
+                    self.record.action = "respond";
+                    return self.respond(response);
+                }
+                Effect::Redirect(route) => {
+                    self.record.action = "redirect";
+                    let status = match self
+                        .active
+                        .plan
+                        .routes
+                        .get(route as usize)
+                        .map(|r| &r.action)
+                    {
+                        Some(ActionPlan::Redirect { status, .. }) => *status,
+                        _ => 302,
+                    };
+                    let location = self.decision.location.clone().unwrap_or_else(|| "/".into());
+                    return redirect(
+                        StatusCode::from_u16(status).unwrap_or(StatusCode::FOUND),
+                        &location,
+                    );
+                }
+                Effect::Block(route) => {
+                    self.record.action = "block";
+                    let status = match self
+                        .active
+                        .plan
+                        .routes
+                        .get(route as usize)
+                        .map(|r| &r.action)
+                    {
+                        Some(ActionPlan::Block { status }) => *status,
+                        _ => 403,
+                    };
+                    return self.error(
+                        StatusCode::from_u16(status).unwrap_or(StatusCode::FORBIDDEN),
+                        "this request is blocked",
+                    );
+                }
+            }
+        }
+        self.record.action = "error";
+        self.record.error = Some("the decision ended without an action".into());
+        self.error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "the policy gave no action for this request",
+        )
+    }
+
+    fn verify_jwt(&mut self, parts: &http::request::Parts, id: u32) -> Result<(), Response<Body>> {
+        let Some(verifier) = self.active.jwt.get(id as usize) else {
+            return Err(self.error(StatusCode::INTERNAL_SERVER_ERROR, "unknown token provider"));
+        };
+        let token = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| {
+                let (scheme, token) = v.trim().split_once(' ')?;
+                scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+            });
+        let result = match token {
+            Some(token) => verifier.verify(token),
+            None => Err(TokenError::Missing),
+        };
+        let labels = JwtLabels {
+            jwt: verifier.name().to_string(),
+            result: if result.is_ok() { "valid" } else { "invalid" },
+        };
+        self.node.metrics.jwt.get_or_create(&labels).inc();
+        match result {
+            Ok(claims) => {
+                self.claims = Some(claims);
+                Ok(())
+            }
+            Err(error) => {
+                self.record.action = "unauthorized";
+                let realm = verifier.name().to_string();
+                let mut response =
+                    self.error(StatusCode::UNAUTHORIZED, "a valid bearer token is required");
+                let challenge = format!(
+                    "Bearer realm=\"{realm}\", error=\"invalid_token\", error_description=\"{error}\""
+                );
+                if let Ok(value) = HeaderValue::from_str(&challenge) {
+                    response
+                        .headers_mut()
+                        .insert(header::WWW_AUTHENTICATE, value);
+                }
+                Err(response)
+            }
+        }
+    }
+
+    fn rate_limit(&mut self, parts: &http::request::Parts, id: u32) -> Result<(), Response<Body>> {
+        let (Some(limiter), Some(plan)) = (
+            self.active.limiters.get(id as usize),
+            self.active.plan.ratelimits.get(id as usize),
+        ) else {
+            return Err(self.error(StatusCode::INTERNAL_SERVER_ERROR, "unknown rate limit"));
+        };
+        let key = self.key_part(parts, &plan.key).unwrap_or_default();
+        let Err(wait) = limiter.check(key.as_bytes()) else {
+            return Ok(());
+        };
+        self.record.action = "rate_limited";
+        let labels = LimitLabels {
+            limit: limiter.name().to_string(),
+        };
+        self.node.metrics.rate_limited.get_or_create(&labels).inc();
+        let mut response = self.error(StatusCode::TOO_MANY_REQUESTS, "too many requests");
+        let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(seconds.max(1)));
+        Err(response)
+    }
+
+    /// A key part: `client-ip`, `header:NAME`, `cookie:NAME` or `claim:NAME`.
+    fn key_part(&self, parts: &http::request::Parts, spec: &str) -> Option<String> {
+        if spec == "client-ip" {
+            return Some(self.decision.client_ip.to_string());
+        }
+        let (kind, name) = spec.split_once(':')?;
+        match kind {
+            "header" => parts
+                .headers
+                .get_all(name)
+                .iter()
+                .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+                .reduce(|a, b| format!("{a},{b}")),
+            "cookie" => parts
+                .headers
+                .get_all(header::COOKIE)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.split(';'))
+                .filter_map(|pair| pair.trim().split_once('='))
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| v.to_string()),
+            "claim" => self.claims.as_ref()?.get(name).map(|v| match v {
+                serde_json::Value::String(s) => s.clone(),
+                other => other.to_string(),
+            }),
+            _ => None,
+        }
+    }
+
+    fn cache_key(&self, parts: &http::request::Parts, route: u32) -> Option<Vec<u8>> {
+        let cache = self
+            .active
+            .plan
+            .routes
+            .get(route as usize)?
+            .cache
+            .as_ref()?;
+        let view_host = parts
+            .headers
+            .get(header::HOST)
+            .map(|h| h.as_bytes())
+            .or_else(|| parts.uri.authority().map(|a| a.as_str().as_bytes()))
+            .unwrap_or_default();
+        let mut key = Vec::with_capacity(128);
+        key.extend_from_slice(parts.method.as_str().as_bytes());
+        key.push(0);
+        key.extend(view_host.iter().map(u8::to_ascii_lowercase));
+        key.push(0);
+        key.extend_from_slice(parts.uri.path().as_bytes());
+        if let Some(query) = parts.uri.query() {
+            key.push(b'?');
+            key.extend_from_slice(query.as_bytes());
+        }
+        for name in &cache.vary {
+            key.push(0);
+            key.extend_from_slice(name.as_bytes());
+            key.push(b'=');
+            for value in parts.headers.get_all(name.as_str()) {
+                key.extend_from_slice(value.as_bytes());
+                key.push(b',');
+            }
+        }
+        for part in &cache.key {
+            key.push(0);
+            key.extend_from_slice(part.as_bytes());
+            key.push(b'=');
+            if let Some(value) = self.key_part(parts, part) {
+                key.extend_from_slice(value.as_bytes());
+            }
+        }
+        Some(key)
+    }
+
+    fn count_cache(&mut self, result: &'static str) {
+        self.record.cache = Some(result);
+        self.node
+            .metrics
+            .cache
+            .get_or_create(&CacheLabels { result })
+            .inc();
+    }
+
+    fn cached(&self, entry: &Entry, state: &'static str) -> Response<Body> {
+        let mut response = Response::new(full(entry.body.clone()));
+        *response.status_mut() = entry.status;
+        *response.headers_mut() = entry.headers.clone();
+        response
+            .headers_mut()
+            .insert(header::AGE, HeaderValue::from(entry.age()));
+        response
+            .headers_mut()
+            .insert("x-cache", HeaderValue::from_static(state));
+        response
+    }
+
+    fn residency(&self, headers: &mut HeaderMap, zone: u32) {
+        let Some(rules) = self.active.plan.residency.iter().find(|r| r.zone == zone) else {
+            return;
+        };
+        for name in &rules.drop {
+            headers.remove(name.as_str());
+        }
+        for name in &rules.pseudonymize {
+            let Ok(name) = HeaderName::from_bytes(name.as_bytes()) else {
+                continue;
+            };
+            let values: Vec<HeaderValue> = headers.get_all(&name).iter().cloned().collect();
+            headers.remove(&name);
+            let Some(key) = self.node.pseudonymize_key() else {
+                // Without a key, dropping is the only way to keep the data in its zone.
+                continue;
+            };
+            for value in values {
+                let pseudonym = pseudonymize(key, value.as_bytes());
+                if let Ok(value) = HeaderValue::from_str(&pseudonym) {
+                    headers.append(name.clone(), value);
+                }
+            }
+        }
+    }
+
+    /// The request to send to an origin.
+    fn outgoing(
+        &self,
+        parts: &http::request::Parts,
+        body: Bytes,
+        mut headers: HeaderMap,
+        origin: u32,
+    ) -> Result<Request<Full<Bytes>>, Response<Body>> {
+        let Some(plan) = self.active.plan.origins.get(origin as usize) else {
+            return Err(self.error(StatusCode::INTERNAL_SERVER_ERROR, "unknown origin"));
+        };
+        let path_and_query = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+        let uri = match proxy::origin_uri(plan, path_and_query) {
+            Ok(uri) => uri,
+            Err(_) => {
+                return Err(self.error(
+                    StatusCode::BAD_REQUEST,
+                    "the request target cannot be forwarded",
+                ));
+            }
+        };
+        let original_host = parts.headers.get(header::HOST).cloned();
+        proxy::strip_hop_by_hop(&mut headers);
+        if self.decision.flags & abi::dec::FLAG_STRIP_COUNTRY_HEADER != 0
+            && let Some(name) = &self.active.country_header
+        {
+            headers.remove(name);
+        }
+        proxy::add_forwarded(&mut headers, self.peer, self.https, original_host.as_ref());
+        headers.insert("x-request-id", header_value(&self.id));
+        if let Some(authority) = uri.authority()
+            && let Ok(host) = HeaderValue::from_str(authority.as_str())
+        {
+            headers.insert(header::HOST, host);
+        }
+        headers.remove(header::CONTENT_LENGTH);
+        let mut request = Request::new(Full::new(body));
+        *request.method_mut() = parts.method.clone();
+        *request.uri_mut() = uri;
+        *request.headers_mut() = headers;
+        Ok(request)
+    }
+
+    async fn proxy(
+        &mut self,
+        request: Request<Full<Bytes>>,
+        origin: u32,
+        store: Option<(Vec<u8>, u32)>,
+    ) -> Response<Body> {
+        let Some(plan) = self.active.plan.origins.get(origin as usize) else {
+            return self.error(StatusCode::INTERNAL_SERVER_ERROR, "unknown origin");
+        };
+        let (took, result) = fetch(self.node, plan, request).await;
+        self.record.upstream_ms = Some(took.as_secs_f64() * 1000.0);
+        let response = match result {
+            Ok(response) => response,
+            Err(error) => {
+                self.record.error = Some(format!("origin {}: {error}", plan.name));
+                return match error {
+                    UpstreamError::Timeout => self.error(
+                        StatusCode::GATEWAY_TIMEOUT,
+                        "the origin did not answer in time",
+                    ),
+                    _ => self.error(StatusCode::BAD_GATEWAY, "the origin could not be reached"),
+                };
+            }
+        };
+        let (mut head, incoming) = response.into_parts();
+        proxy::strip_hop_by_hop(&mut head.headers);
+        let body = match store {
+            Some((key, route)) => {
+                match store_response(self.node, &self.active, &head, incoming, key, route).await {
+                    Ok(body) => body,
+                    Err(error) => {
+                        self.record.error = Some(format!("origin {}: {error}", plan.name));
+                        return self
+                            .error(StatusCode::BAD_GATEWAY, "the origin's response broke off");
+                    }
+                }
+            }
+            None => incoming.map_err(BoxError::from).boxed(),
+        };
+        let mut response = Response::from_parts(head, body);
+        if self.record.cache.is_some() {
+            response
+                .headers_mut()
+                .insert("x-cache", HeaderValue::from_static("MISS"));
+        }
+        response
+    }
+
+    /// Refreshes a stale entry in the background, while the stale copy is served. The
+    /// request goes out as it would on a miss: with the decision's header edits and
+    /// residency transforms.
+    fn refresh_later(
+        &self,
+        parts: &http::request::Parts,
+        body: &Bytes,
+        outgoing: &HeaderMap,
+        effects: &[Effect],
+        key: Vec<u8>,
+        route: u32,
+    ) {
+        let node = self.node.clone();
+        let origin = effects.iter().find_map(|e| match e {
+            Effect::Proxy(origin) => Some(*origin),
+            _ => None,
+        });
+        let mut headers = outgoing.clone();
+        for effect in effects {
+            match *effect {
+                Effect::EditHeaders(set) => {
+                    if let Some(edits) = self.active.plan.edit_sets.get(set as usize) {
+                        apply_edits(&mut headers, &edits.request);
+                    }
+                }
+                Effect::Residency(zone) => self.residency(&mut headers, zone),
+                _ => {}
+            }
+        }
+        let request = origin.and_then(|o| self.outgoing(parts, body.clone(), headers, o).ok());
+        let (Some(origin), Some(request)) = (origin, request) else {
+            node.cache.refresh_failed(&key);
+            return;
+        };
+        let active = self.active.clone();
+        tokio::spawn(async move {
+            let Some(plan) = active.plan.origins.get(origin as usize) else {
+                return;
+            };
+            let (_, result) = fetch(&node, plan, request).await;
+            let stored = match result {
+                Ok(response) => {
+                    let (mut head, incoming) = response.into_parts();
+                    proxy::strip_hop_by_hop(&mut head.headers);
+                    let stored = cache::storable(head.status, &head.headers);
+                    match store_response(&node, &active, &head, incoming, key.clone(), route).await
+                    {
+                        Ok(body) => {
+                            // Drain what was too large to store.
+                            let _ = body.collect().await;
+                            stored
+                        }
+                        Err(_) => false,
+                    }
+                }
+                Err(_) => false,
+            };
+            if !stored {
+                node.cache.refresh_failed(&key);
+            }
+        });
+    }
+
+    fn respond(&self, id: u32) -> Response<Body> {
+        let Some(plan) = self.active.plan.responses.get(id as usize) else {
+            return self.error(StatusCode::INTERNAL_SERVER_ERROR, "unknown response");
+        };
+        let mut response = Response::new(full(plan.body.clone()));
+        *response.status_mut() = StatusCode::from_u16(plan.status).unwrap_or(StatusCode::OK);
+        let headers = response.headers_mut();
+        if let Some(content_type) = plan
+            .content_type
+            .as_deref()
+            .and_then(|c| HeaderValue::from_str(c).ok())
+        {
+            headers.insert(header::CONTENT_TYPE, content_type);
+        }
+        for (name, value) in &plan.headers {
+            if let (Ok(name), Ok(value)) = (
+                HeaderName::from_bytes(name.as_bytes()),
+                HeaderValue::from_str(value),
+            ) {
+                headers.append(name, value);
+            }
+        }
+        response
+    }
+
+    fn preflight(&self, policy: &CorsPlan) -> Response<Body> {
+        let mut response = Response::new(empty());
+        *response.status_mut() = StatusCode::NO_CONTENT;
+        let headers = response.headers_mut();
+        self.allow_origin(policy, headers);
+        let join = |items: &[String]| items.join(", ");
+        if !policy.methods.is_empty()
+            && let Ok(v) = HeaderValue::from_str(&join(&policy.methods))
+        {
+            headers.insert(header::ACCESS_CONTROL_ALLOW_METHODS, v);
+        }
+        if !policy.allow_headers.is_empty()
+            && let Ok(v) = HeaderValue::from_str(&join(&policy.allow_headers))
+        {
+            headers.insert(header::ACCESS_CONTROL_ALLOW_HEADERS, v);
+        }
+        headers.insert(
+            header::ACCESS_CONTROL_MAX_AGE,
+            HeaderValue::from(policy.max_age_s),
+        );
+        response
+    }
+
+    /// `Access-Control-Allow-Origin` (and credentials, and `Vary: Origin`) for an allowed
+    /// request origin.
+    fn allow_origin(&self, policy: &CorsPlan, headers: &mut HeaderMap) {
+        let wildcard = policy.origins.iter().any(|o| o == "*") && !policy.credentials;
+        let origin = if wildcard {
+            Some(HeaderValue::from_static("*"))
+        } else {
+            self.request_origin.clone()
+        };
+        if let Some(origin) = origin {
+            headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
+        }
+        if !wildcard {
+            headers.append(header::VARY, HeaderValue::from_static("origin"));
+        }
+        if policy.credentials {
+            headers.insert(
+                header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
+                HeaderValue::from_static("true"),
+            );
+        }
+    }
+
+    fn rule_name(&self, id: u32) -> &str {
+        self.active
+            .plan
+            .waf
+            .as_ref()
+            .and_then(|w| w.rules.get(id as usize))
+            .map_or("?", |r| r.name.as_str())
+    }
+
+    fn error(&self, status: StatusCode, message: &str) -> Response<Body> {
+        error_response(status, message, &self.id)
+    }
+
+    /// Adds what every response carries, counts it and logs it.
+    fn finish(
+        &mut self,
+        parts: &http::request::Parts,
+        mut response: Response<Body>,
+    ) -> Response<Body> {
+        let active = self.active.clone();
+        if let Some(id) = self.cors
+            && let Some(policy) = active.plan.cors.get(id as usize)
+        {
+            let mut headers = std::mem::take(response.headers_mut());
+            self.allow_origin(policy, &mut headers);
+            if !policy.expose_headers.is_empty()
+                && let Ok(v) = HeaderValue::from_str(&policy.expose_headers.join(", "))
+            {
+                headers.insert(header::ACCESS_CONTROL_EXPOSE_HEADERS, v);
+            }
+            *response.headers_mut() = headers;
+        }
+        if let Some(set) = self.decision.edits
+            && let Some(edits) = active.plan.edit_sets.get(set as usize)
+        {
+            apply_edits(response.headers_mut(), &edits.response);
+        }
+        let headers = response.headers_mut();
+        headers.insert("x-edge-region", header_value(&active.manifest.region));
+        headers.insert("x-edge-bundle", HeaderValue::from(active.manifest.version));
+        headers.insert("x-request-id", header_value(&self.id));
+        let status = response.status().as_u16();
+        let route = active.route_name(self.decision.route).to_string();
+        let elapsed = self.started.elapsed();
+        self.node
+            .metrics
+            .request_seconds
+            .observe(elapsed.as_secs_f64());
+        self.node
+            .metrics
+            .requests
+            .get_or_create(&RequestLabels {
+                route: route.clone(),
+                action: if self.record.action.is_empty() {
+                    "none"
+                } else {
+                    self.record.action
+                },
+                status,
+            })
+            .inc();
+        if self.node.settings.access_log {
+            self.log(parts, status, &route, elapsed);
+        }
+        response
+    }
+
+    fn log(&self, parts: &http::request::Parts, status: u16, route: &str, elapsed: Duration) {
+        let active = &self.active;
+        let rules: Vec<serde_json::Value> = self
+            .decision
+            .rules
+            .iter()
+            .map(|id| {
+                let rule = active
+                    .plan
+                    .waf
+                    .as_ref()
+                    .and_then(|w| w.rules.get(*id as usize));
+                json!({
+                    "rule": rule.map_or("?", |r| r.name.as_str()),
+                    "source": rule.map(|r| r.source.to_string()),
+                })
+            })
+            .collect();
+        let route_source = self
+            .decision
+            .route
+            .and_then(|id| active.plan.routes.get(id as usize))
+            .map(|r| r.source.to_string());
+        let line = json!({
+            "kind": "access",
+            "time": crate::logs::utc_now(),
+            "request_id": self.id,
+            "client": self.client.to_string(),
+            "method": parts.method.as_str(),
+            "host": parts.headers.get(header::HOST).and_then(|h| h.to_str().ok()),
+            "path": parts.uri.path(),
+            "status": status,
+            "route": route,
+            "route_source": route_source,
+            "action": self.record.action,
+            "rules": rules,
+            "waf_score": self.decision.waf_score,
+            "country": self.decision.country.map(|c| c.to_string()),
+            "zone": active.plan.zone_name(self.decision.data_zone),
+            "cache": self.record.cache,
+            "upstream_ms": self.record.upstream_ms,
+            "duration_ms": elapsed.as_secs_f64() * 1000.0,
+            "bundle": active.manifest.version,
+            "error": self.record.error,
+        });
+        crate::logs::access(&line);
+    }
+}
+
+/// Sends a request to an origin, counting its latency and failures.
+async fn fetch(
+    node: &Node,
+    origin: &OriginPlan,
+    request: Request<Full<Bytes>>,
+) -> (
+    Duration,
+    Result<Response<hyper::body::Incoming>, UpstreamError>,
+) {
+    let timeout = Duration::from_millis(origin.response_timeout_ms.max(1));
+    let sent = Instant::now();
+    let result = node.origins.send(request, timeout).await;
+    let took = sent.elapsed();
+    node.metrics
+        .upstream_seconds
+        .get_or_create(&UpstreamOrigin {
+            origin: origin.name.clone(),
+        })
+        .observe(took.as_secs_f64());
+    if let Err(error) = &result {
+        node.metrics
+            .upstream_errors
+            .get_or_create(&UpstreamLabels {
+                origin: origin.name.clone(),
+                kind: error.kind(),
+            })
+            .inc();
+    }
+    (took, result)
+}
+
+/// Stores an origin response in the cache when it may be stored and fits; returns the body
+/// to send on (buffered, or streamed when too large).
+async fn store_response(
+    node: &Node,
+    active: &Active,
+    head: &http::response::Parts,
+    incoming: hyper::body::Incoming,
+    key: Vec<u8>,
+    route: u32,
+) -> Result<Body, hyper::Error> {
+    let policy = active
+        .plan
+        .routes
+        .get(route as usize)
+        .and_then(|r| r.cache.as_ref());
+    let (Some(policy), true) = (policy, cache::storable(head.status, &head.headers)) else {
+        return Ok(incoming.map_err(BoxError::from).boxed());
+    };
+    match read_up_to(incoming, node.cache.max_entry() as usize).await? {
+        Buffered::Whole(bytes) => {
+            let mut headers = head.headers.clone();
+            headers.remove(header::CONTENT_LENGTH);
+            let entry = Entry::new(
+                head.status,
+                headers,
+                bytes.clone(),
+                Duration::from_millis(policy.ttl_ms),
+                Duration::from_millis(policy.stale_while_revalidate_ms),
+            );
+            node.cache.store(key, entry);
+            Ok(full(bytes))
+        }
+        Buffered::TooLarge(body) => Ok(body),
+    }
+}
+
+/// `ps1-` and the first 16 bytes of HMAC-SHA256(key, value), hex.
+pub fn pseudonymize(key: &[u8], value: &[u8]) -> String {
+    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(key).unwrap_or_else(|_| {
+        <Hmac<Sha256> as Mac>::new_from_slice(b"edgepack").expect("HMAC takes any key length")
+    });
+    mac.update(value);
+    let digest = mac.finalize().into_bytes();
+    let mut out = String::with_capacity(36);
+    out.push_str("ps1-");
+    for byte in &digest[..16] {
+        let _ = write!(out, "{byte:02x}");
+    }
+    out
+}
+
+fn apply_edits(headers: &mut HeaderMap, edits: &[HeaderEdit]) {
+    for edit in edits {
+        match edit {
+            HeaderEdit::Set(name, value) => {
+                if let (Ok(name), Ok(value)) = (
+                    HeaderName::from_bytes(name.as_bytes()),
+                    HeaderValue::from_str(value),
+                ) {
+                    headers.insert(name, value);
+                }
+            }
+            HeaderEdit::Append(name, value) => {
+                if let (Ok(name), Ok(value)) = (
+                    HeaderName::from_bytes(name.as_bytes()),
+                    HeaderValue::from_str(value),
+                ) {
+                    headers.append(name, value);
+                }
+            }
+            HeaderEdit::Remove(name) => {
+                headers.remove(name.as_str());
+            }
+        }
+    }
+}
+
+fn header_value(text: &str) -> HeaderValue {
+    HeaderValue::from_str(text).unwrap_or_else(|_| HeaderValue::from_static("-"))
+}
+
+fn redirect(status: StatusCode, location: &str) -> Response<Body> {
+    let mut response = Response::new(empty());
+    *response.status_mut() = status;
+    if let Ok(value) = HeaderValue::from_str(location) {
+        response.headers_mut().insert(header::LOCATION, value);
+    }
+    response
+}
+
+/// A JSON error body that names the request.
+pub fn error_response(status: StatusCode, message: &str, request_id: &str) -> Response<Body> {
+    let body = json!({
+        "error": message,
+        "status": status.as_u16(),
+        "request_id": request_id,
+    });
+    let mut response = Response::new(full(body.to_string()));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+enum Buffered {
+    Whole(Bytes),
+    /// Larger than the limit: what was read, then the rest, as one body.
+    TooLarge(Body),
+}
+
+/// Reads a body up to `limit` bytes; a longer one is handed back whole, unbuffered.
+async fn read_up_to(
+    mut body: hyper::body::Incoming,
+    limit: usize,
+) -> Result<Buffered, hyper::Error> {
+    let mut buffer = BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame?;
+        if let Ok(data) = frame.into_data() {
+            buffer.extend_from_slice(&data);
+            if buffer.len() > limit {
+                let resumed = Resumed {
+                    head: Some(buffer.freeze()),
+                    rest: body,
+                };
+                return Ok(Buffered::TooLarge(resumed.boxed()));
+            }
+        }
+    }
+    Ok(Buffered::Whole(buffer.freeze()))
+}
+
+/// A body that yields `head` and then the rest of `rest`.
+struct Resumed {
+    head: Option<Bytes>,
+    rest: hyper::body::Incoming,
+}
+
+impl HttpBody for Resumed {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        if let Some(head) = self.head.take() {
+            return Poll::Ready(Some(Ok(Frame::data(head))));
+        }
+        Pin::new(&mut self.rest)
+            .poll_frame(cx)
+            .map_err(BoxError::from)
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        let mut hint = self.rest.size_hint();
+        if let Some(head) = &self.head {
+            let len = head.len() as u64;
+            hint.set_lower(hint.lower() + len);
+            if let Some(upper) = hint.upper() {
+                hint.set_upper(upper + len);
+            }
+        }
+        hint
+    }
+}

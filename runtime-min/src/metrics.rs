@@ -1,0 +1,242 @@
+//! The node's metrics, served at `/metrics` on the admin address in Prometheus text format.
+//!
+//! Label values come from the bundle (route patterns, rule and limit names) or from a small
+//! fixed set (actions, results), never from the request, so their number stays bounded.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    /// The route's methods and pattern, or `none`.
+    pub route: String,
+    /// What the node did: `respond`, `proxy`, `block`, `cache`, …
+    pub action: &'static str,
+    pub status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CacheLabels {
+    /// `hit`, `stale`, `miss` or `bypass`.
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RuleLabels {
+    pub rule: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LimitLabels {
+    pub limit: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct UpstreamLabels {
+    pub origin: String,
+    /// `connect`, `timeout`, `tls`, `protocol`.
+    pub kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BundleLabels {
+    pub region: String,
+    pub version: String,
+    pub sha256: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ActivationLabels {
+    /// `activated` or `refused`.
+    pub result: &'static str,
+    /// Why a bundle was refused (`signature`, `version`, `expired`, …), or `ok`.
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct JwtLabels {
+    pub jwt: String,
+    pub result: &'static str,
+}
+
+type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+/// Every metric the node exports.
+pub struct Metrics {
+    registry: Registry,
+    pub requests: Family<RequestLabels, Counter>,
+    pub request_seconds: Histogram,
+    pub decide_seconds: Histogram,
+    pub cache: Family<CacheLabels, Counter>,
+    pub waf_blocks: Family<RuleLabels, Counter>,
+    pub waf_logged: Family<RuleLabels, Counter>,
+    pub rate_limited: Family<LimitLabels, Counter>,
+    pub upstream_errors: Family<UpstreamLabels, Counter>,
+    pub upstream_seconds: HistogramFamily<UpstreamOrigin>,
+    pub jwt: Family<JwtLabels, Counter>,
+    pub bundle_info: Family<BundleLabels, Gauge>,
+    pub bundle_version: Gauge,
+    pub bundle_expires: Gauge,
+    pub activations: Family<ActivationLabels, Counter>,
+    pub activation_seconds: Histogram,
+    pub connections: Gauge,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct UpstreamOrigin {
+    pub origin: String,
+}
+
+fn latency_histogram() -> Histogram {
+    // 10 µs to about 84 s.
+    Histogram::new(exponential_buckets(0.000_01, 2.0, 24))
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("edgepack");
+        let m = Metrics {
+            requests: Family::default(),
+            request_seconds: latency_histogram(),
+            decide_seconds: Histogram::new(exponential_buckets(0.000_000_25, 2.0, 20)),
+            cache: Family::default(),
+            waf_blocks: Family::default(),
+            waf_logged: Family::default(),
+            rate_limited: Family::default(),
+            upstream_errors: Family::default(),
+            upstream_seconds: Family::new_with_constructor(latency_histogram as fn() -> Histogram),
+            jwt: Family::default(),
+            bundle_info: Family::default(),
+            bundle_version: Gauge::default(),
+            bundle_expires: Gauge::default(),
+            activations: Family::default(),
+            activation_seconds: latency_histogram(),
+            connections: Gauge::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "requests",
+            "Requests answered, by route, action and status",
+            m.requests.clone(),
+        );
+        registry.register(
+            "request_duration_seconds",
+            "Time from request head to response head",
+            m.request_seconds.clone(),
+        );
+        registry.register(
+            "decide_duration_seconds",
+            "Time of one policy decision",
+            m.decide_seconds.clone(),
+        );
+        registry.register("cache_lookups", "Cache lookups by result", m.cache.clone());
+        registry.register(
+            "waf_blocks",
+            "Requests the WAF blocked, by rule that fired",
+            m.waf_blocks.clone(),
+        );
+        registry.register(
+            "waf_logged",
+            "Requests over the WAF threshold on log-only routes, by rule",
+            m.waf_logged.clone(),
+        );
+        registry.register(
+            "rate_limited",
+            "Requests refused by a rate limit, by limit",
+            m.rate_limited.clone(),
+        );
+        registry.register(
+            "upstream_errors",
+            "Failed origin requests, by origin and kind",
+            m.upstream_errors.clone(),
+        );
+        registry.register(
+            "upstream_duration_seconds",
+            "Time for an origin's response head",
+            m.upstream_seconds.clone(),
+        );
+        registry.register(
+            "jwt_verifications",
+            "Token verifications, by provider and result",
+            m.jwt.clone(),
+        );
+        registry.register(
+            "bundle_info",
+            "The active bundle (value 1)",
+            m.bundle_info.clone(),
+        );
+        registry.register(
+            "bundle_version",
+            "Version of the active bundle",
+            m.bundle_version.clone(),
+        );
+        registry.register(
+            "bundle_expires_timestamp_seconds",
+            "When the active bundle expires (0: never)",
+            m.bundle_expires.clone(),
+        );
+        registry.register(
+            "activations",
+            "Bundles activated or refused, by reason",
+            m.activations.clone(),
+        );
+        registry.register(
+            "activation_duration_seconds",
+            "Time to verify, compile and swap in a bundle",
+            m.activation_seconds.clone(),
+        );
+        registry.register(
+            "open_connections",
+            "Client connections open",
+            m.connections.clone(),
+        );
+        Metrics { registry, ..m }
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_prometheus_text_with_every_family() {
+        let metrics = Metrics::new();
+        metrics
+            .requests
+            .get_or_create(&RequestLabels {
+                route: "GET /api/health".into(),
+                action: "respond",
+                status: 200,
+            })
+            .inc();
+        metrics.decide_seconds.observe(0.000_001);
+        let text = metrics.render();
+        assert!(text.contains("# TYPE edgepack_requests counter"), "{text}");
+        assert!(
+            text.contains(r#"edgepack_requests_total{route="GET /api/health",action="respond",status="200"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains("edgepack_decide_duration_seconds_bucket"),
+            "{text}"
+        );
+        assert!(text.ends_with("# EOF\n"), "{text}");
+    }
+}

@@ -1,0 +1,427 @@
+//! Origins for `Proxy` effects: pooled keep-alive HTTP/1.1 connections, TLS to `https`
+//! origins (system roots plus `--origin-ca`, SNI by the origin's host), `--resolve`
+//! overrides, connect and response timeouts, and the request and response rewriting a
+//! reverse proxy owes: hop-by-hop headers removed, `X-Forwarded-*` added.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use edgepack_bundles::plan::{OriginPlan, RegionPlan};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Request, Response, Uri};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::{Connected, Connection};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
+
+/// Connect timeout for an origin the active plan does not name.
+const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Headers that describe one connection, never forwarded (RFC 9110 §7.6.1).
+pub const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+];
+
+/// Why an origin request failed.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("cannot connect to the origin: {0}")]
+    Connect(String),
+    #[error("the origin did not answer in time")]
+    Timeout,
+    #[error("the origin's answer was malformed: {0}")]
+    Protocol(String),
+}
+
+impl UpstreamError {
+    /// The metric label of this kind of failure.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            UpstreamError::Connect(_) => "connect",
+            UpstreamError::Timeout => "timeout",
+            UpstreamError::Protocol(_) => "protocol",
+        }
+    }
+}
+
+/// A connection to an origin, plain or TLS.
+pub enum OriginStream {
+    Plain(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+impl Connection for OriginStream {
+    fn connected(&self) -> Connected {
+        Connected::new()
+    }
+}
+
+impl AsyncRead for OriginStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            OriginStream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            OriginStream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for OriginStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            OriginStream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            OriginStream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            OriginStream::Plain(s) => Pin::new(s).poll_flush(cx),
+            OriginStream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            OriginStream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            OriginStream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+/// Opens origin connections: `--resolve` first, then DNS; TLS for `https`.
+#[derive(Clone)]
+pub struct OriginConnector {
+    resolve: Arc<HashMap<(String, u16), SocketAddr>>,
+    connect_timeouts: Arc<ArcSwap<HashMap<(String, u16), Duration>>>,
+    tls: TlsConnector,
+}
+
+impl tower_service::Service<Uri> for OriginConnector {
+    type Response = TokioIo<OriginStream>;
+    type Error = io::Error;
+    type Future = Pin<Box<dyn Future<Output = io::Result<Self::Response>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, uri: Uri) -> Self::Future {
+        let this = self.clone();
+        Box::pin(async move { this.connect(uri).await.map(TokioIo::new) })
+    }
+}
+
+impl OriginConnector {
+    async fn connect(&self, uri: Uri) -> io::Result<OriginStream> {
+        let invalid = |what: &str| io::Error::new(io::ErrorKind::InvalidInput, what.to_string());
+        let host = uri
+            .host()
+            .ok_or_else(|| invalid("origin URL without a host"))?;
+        let host = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_ascii_lowercase();
+        let tls = uri.scheme_str() == Some("https");
+        let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
+        let key = (host.clone(), port);
+        let timeout = self
+            .connect_timeouts
+            .load()
+            .get(&key)
+            .copied()
+            .unwrap_or(DEFAULT_CONNECT_TIMEOUT);
+        let connect = async {
+            let addrs: Vec<SocketAddr> = match self.resolve.get(&key) {
+                Some(addr) => vec![*addr],
+                None => tokio::net::lookup_host((host.as_str(), port))
+                    .await?
+                    .collect(),
+            };
+            let mut last =
+                io::Error::new(io::ErrorKind::NotFound, format!("{host} has no address"));
+            for addr in addrs {
+                match TcpStream::connect(addr).await {
+                    Ok(stream) => return Ok(stream),
+                    Err(e) => last = e,
+                }
+            }
+            Err(last)
+        };
+        let stream = tokio::time::timeout(timeout, connect).await.map_err(|_| {
+            io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("connecting to {host}:{port} timed out"),
+            )
+        })??;
+        let _ = stream.set_nodelay(true);
+        if !tls {
+            return Ok(OriginStream::Plain(stream));
+        }
+        let name = rustls::pki_types::ServerName::try_from(host.clone())
+            .map_err(|_| invalid("origin host is not a valid TLS server name"))?;
+        let tls_stream = tokio::time::timeout(timeout, self.tls.connect(name, stream))
+            .await
+            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timed out"))??;
+        Ok(OriginStream::Tls(Box::new(tls_stream)))
+    }
+}
+
+/// The node's origin client, shared by every request.
+pub struct Origins {
+    client: Client<OriginConnector, Full<Bytes>>,
+    connect_timeouts: Arc<ArcSwap<HashMap<(String, u16), Duration>>>,
+}
+
+impl Origins {
+    pub fn new(
+        resolve: HashMap<(String, u16), SocketAddr>,
+        origin_ca: Option<&Path>,
+    ) -> Result<Origins, String> {
+        let mut roots = rustls::RootCertStore::empty();
+        let native = rustls_native_certs::load_native_certs();
+        roots.add_parsable_certificates(native.certs);
+        if let Some(path) = origin_ca {
+            use rustls::pki_types::CertificateDer;
+            use rustls::pki_types::pem::PemObject;
+            let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
+                .map_err(|e| format!("--origin-ca {}: {e}", path.display()))?
+                .collect::<Result<_, _>>()
+                .map_err(|e| format!("--origin-ca {}: {e}", path.display()))?;
+            if certs.is_empty() {
+                return Err(format!("--origin-ca {}: no certificates", path.display()));
+            }
+            for cert in certs {
+                roots
+                    .add(cert)
+                    .map_err(|e| format!("--origin-ca {}: {e}", path.display()))?;
+            }
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| e.to_string())?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let connect_timeouts = Arc::new(ArcSwap::from_pointee(HashMap::new()));
+        let connector = OriginConnector {
+            resolve: Arc::new(resolve),
+            connect_timeouts: connect_timeouts.clone(),
+            tls: TlsConnector::from(Arc::new(config)),
+        };
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(90))
+            .pool_max_idle_per_host(256)
+            .build(connector);
+        Ok(Origins {
+            client,
+            connect_timeouts,
+        })
+    }
+
+    /// Takes the connect timeouts of a newly active plan.
+    pub fn use_plan(&self, plan: &RegionPlan) {
+        let timeouts = plan
+            .origins
+            .iter()
+            .map(|o| {
+                (
+                    (o.host.to_ascii_lowercase(), o.port),
+                    Duration::from_millis(o.connect_timeout_ms),
+                )
+            })
+            .collect();
+        self.connect_timeouts.store(Arc::new(timeouts));
+    }
+
+    /// Sends a request to an origin; the response head must arrive within `timeout`.
+    pub async fn send(
+        &self,
+        request: Request<Full<Bytes>>,
+        timeout: Duration,
+    ) -> Result<Response<Incoming>, UpstreamError> {
+        match tokio::time::timeout(timeout, self.client.request(request)).await {
+            Err(_) => Err(UpstreamError::Timeout),
+            Ok(Ok(response)) => Ok(response),
+            Ok(Err(error)) => {
+                let timed_out = std::error::Error::source(&error)
+                    .and_then(|s| s.downcast_ref::<io::Error>())
+                    .is_some_and(|e| e.kind() == io::ErrorKind::TimedOut);
+                if timed_out {
+                    Err(UpstreamError::Timeout)
+                } else if error.is_connect() {
+                    Err(UpstreamError::Connect(error_chain(&error)))
+                } else {
+                    Err(UpstreamError::Protocol(error_chain(&error)))
+                }
+            }
+        }
+    }
+}
+
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+/// The URI of a request to `origin`: its path prefix, then the request's path and query.
+pub fn origin_uri(origin: &OriginPlan, path_and_query: &str) -> Result<Uri, http::Error> {
+    let scheme = if origin.tls { "https" } else { "http" };
+    let default_port = if origin.tls { 443 } else { 80 };
+    let authority = if origin.port == default_port {
+        bracket(&origin.host)
+    } else {
+        format!("{}:{}", bracket(&origin.host), origin.port)
+    };
+    let prefix = origin.path_prefix.trim_end_matches('/');
+    Uri::builder()
+        .scheme(scheme)
+        .authority(authority)
+        .path_and_query(format!("{prefix}{path_and_query}"))
+        .build()
+}
+
+fn bracket(host: &str) -> String {
+    if host.contains(':') && !host.starts_with('[') {
+        format!("[{host}]")
+    } else {
+        host.to_string()
+    }
+}
+
+/// Removes hop-by-hop headers, and those the `Connection` header names.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in HOP_BY_HOP {
+        headers.remove(name);
+    }
+    headers.remove(header::UPGRADE);
+}
+
+/// Adds the client to `X-Forwarded-For` and sets `X-Forwarded-Proto` and `-Host`.
+pub fn add_forwarded(
+    headers: &mut HeaderMap,
+    client: std::net::IpAddr,
+    https: bool,
+    original_host: Option<&HeaderValue>,
+) {
+    let forwarded_for = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+        Some(previous) if !previous.trim().is_empty() => format!("{previous}, {client}"),
+        _ => client.to_string(),
+    };
+    if let Ok(value) = HeaderValue::from_str(&forwarded_for) {
+        headers.insert("x-forwarded-for", value);
+    }
+    headers.insert(
+        "x-forwarded-proto",
+        HeaderValue::from_static(if https { "https" } else { "http" }),
+    );
+    if let Some(host) = original_host {
+        headers.insert("x-forwarded-host", host.clone());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use edgepack_bundles::plan::Source;
+
+    fn origin(url_host: &str, port: u16, tls: bool, prefix: &str) -> OriginPlan {
+        OriginPlan {
+            id: 0,
+            name: "api".into(),
+            url: String::new(),
+            tls,
+            host: url_host.into(),
+            port,
+            path_prefix: prefix.into(),
+            zone: 0,
+            connect_timeout_ms: 1000,
+            response_timeout_ms: 1000,
+            source: Source {
+                file: "edgepack.kdl".into(),
+                line: 1,
+                column: 1,
+            },
+        }
+    }
+
+    #[test]
+    fn origin_uris_keep_prefix_path_and_query() {
+        let uri = origin_uri(&origin("api.internal", 8443, true, "/v2/"), "/api/x?a=1").unwrap();
+        assert_eq!(uri.to_string(), "https://api.internal:8443/v2/api/x?a=1");
+        let uri = origin_uri(&origin("api.internal", 80, false, ""), "/").unwrap();
+        assert_eq!(uri.to_string(), "http://api.internal/");
+        let uri = origin_uri(&origin("::1", 9000, false, ""), "/a").unwrap();
+        assert_eq!(uri.to_string(), "http://[::1]:9000/a");
+    }
+
+    #[test]
+    fn hop_by_hop_headers_go_and_forwarded_headers_come() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            "connection",
+            HeaderValue::from_static("keep-alive, x-secret"),
+        );
+        headers.insert("x-secret", HeaderValue::from_static("1"));
+        headers.insert("transfer-encoding", HeaderValue::from_static("chunked"));
+        headers.insert("accept", HeaderValue::from_static("*/*"));
+        headers.insert("x-forwarded-for", HeaderValue::from_static("203.0.113.9"));
+        strip_hop_by_hop(&mut headers);
+        add_forwarded(
+            &mut headers,
+            "10.0.0.1".parse().unwrap(),
+            true,
+            Some(&HeaderValue::from_static("edge.example")),
+        );
+        assert!(headers.get("x-secret").is_none() && headers.get("transfer-encoding").is_none());
+        assert_eq!(headers["accept"], "*/*");
+        assert_eq!(headers["x-forwarded-for"], "203.0.113.9, 10.0.0.1");
+        assert_eq!(headers["x-forwarded-proto"], "https");
+        assert_eq!(headers["x-forwarded-host"], "edge.example");
+    }
+}

@@ -1,0 +1,486 @@
+//! The node's processes around requests: listeners (plain or TLS, HTTP/1.1 and HTTP/2), the
+//! admin endpoints, watching for new bundles, signals and graceful shutdown.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use arc_swap::ArcSwapOption;
+use http::{Request, Response, StatusCode, header};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use serde_json::json;
+use tokio::net::TcpListener;
+use tokio::sync::{Semaphore, mpsc, watch};
+use tokio_rustls::TlsAcceptor;
+
+use crate::config::NodeArgs;
+use crate::framing::Watched;
+use crate::handler::{Body, full};
+use crate::node::{Node, Trigger};
+
+/// Marks a request whose head carried both `Content-Length` and `Transfer-Encoding`.
+#[derive(Debug, Clone, Copy)]
+pub struct AmbiguousFraming;
+
+/// Runs the node until SIGTERM or SIGINT; returns the process's exit status.
+pub async fn run(args: NodeArgs) -> ExitCode {
+    crate::logs::init(args.log_format);
+    let node = match Node::new(&args) {
+        Ok(node) => Arc::new(node),
+        Err(error) => {
+            eprintln!("edgepack-node: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    let tls = match load_tls(&args) {
+        Ok(tls) => Arc::new(ArcSwapOption::from(tls.map(Arc::new))),
+        Err(message) => {
+            eprintln!("edgepack-node: {message}");
+            return ExitCode::from(2);
+        }
+    };
+    let (listener, admin) = match (
+        TcpListener::bind(args.listen).await,
+        TcpListener::bind(args.admin).await,
+    ) {
+        (Ok(listener), Ok(admin)) => (listener, admin),
+        (Err(e), _) => {
+            eprintln!("edgepack-node: cannot listen on {}: {e}", args.listen);
+            return ExitCode::from(2);
+        }
+        (_, Err(e)) => {
+            eprintln!(
+                "edgepack-node: cannot listen on {} (admin): {e}",
+                args.admin
+            );
+            return ExitCode::from(2);
+        }
+    };
+    let starting = node.clone();
+    let active = tokio::task::spawn_blocking(move || starting.start())
+        .await
+        .unwrap_or(false);
+    if !active {
+        tracing::error!(target: "edgepack::node", "no bundle is active: answering 503 until a valid bundle arrives");
+    }
+    let admin_addr = admin.local_addr().unwrap_or(args.admin);
+    tokio::spawn(serve_admin(admin, node.clone()));
+    let triggers = watch_bundles(&args);
+    tokio::spawn(reload_on(triggers, node.clone(), tls.clone(), args.clone()));
+    let housekeeping = node.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(10));
+        loop {
+            tick.tick().await;
+            housekeeping.ratelimits.housekeeping();
+        }
+    });
+    let local = |listener: &TcpListener, asked: SocketAddr| listener.local_addr().unwrap_or(asked);
+    tracing::info!(
+        target: "edgepack::node",
+        listen = %local(&listener, args.listen),
+        admin = %admin_addr,
+        tls = tls.load().is_some(),
+        "serving"
+    );
+    serve(listener, node, tls, &args).await;
+    ExitCode::SUCCESS
+}
+
+/// Accepts connections until a shutdown signal, then drains.
+async fn serve(
+    listener: TcpListener,
+    node: Arc<Node>,
+    tls: Arc<ArcSwapOption<TlsAcceptor>>,
+    args: &NodeArgs,
+) {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(args.header_timeout)
+        .max_buf_size(args.max_header_bytes.max(8192))
+        .max_headers(args.max_headers)
+        .keep_alive(true);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(args.max_header_bytes.min(u32::MAX as usize) as u32)
+        .max_concurrent_streams(256)
+        .keep_alive_interval(Some(Duration::from_secs(30)))
+        .keep_alive_timeout(Duration::from_secs(10));
+    let builder = Arc::new(builder);
+    let (closing, closing_watch) = watch::channel(false);
+    let max_connections = u32::try_from(args.max_connections.max(1)).unwrap_or(u32::MAX);
+    let permits = Arc::new(Semaphore::new(max_connections as usize));
+    let shutdown = shutdown_signal();
+    tokio::pin!(shutdown);
+    loop {
+        let permit = tokio::select! {
+            _ = &mut shutdown => break,
+            permit = permits.clone().acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => break,
+            },
+        };
+        let (stream, peer) = tokio::select! {
+            _ = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    tracing::warn!(target: "edgepack::node", error = %error, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let node = node.clone();
+        let builder = builder.clone();
+        let acceptor = tls.load_full();
+        let closing = closing_watch.clone();
+        let (header_timeout, idle_timeout) = (args.header_timeout, args.idle_timeout);
+        let max_head = args.max_header_bytes;
+        tokio::spawn(async move {
+            let _permit = permit;
+            node.metrics.connections.inc();
+            match acceptor {
+                None => {
+                    let (io, flags) = Watched::new(stream, max_head);
+                    let service = request_service(node.clone(), peer, false, flags.clone());
+                    let connection = builder.serve_connection(TokioIo::new(io), service);
+                    drive(connection, &flags, closing, idle_timeout).await;
+                }
+                Some(acceptor) => {
+                    match tokio::time::timeout(header_timeout, acceptor.accept(stream)).await {
+                        Ok(Ok(tls_stream)) => {
+                            let (io, flags) = Watched::new(tls_stream, max_head);
+                            let service = request_service(node.clone(), peer, true, flags.clone());
+                            let connection = builder.serve_connection(TokioIo::new(io), service);
+                            drive(connection, &flags, closing, idle_timeout).await;
+                        }
+                        Ok(Err(error)) => {
+                            tracing::debug!(target: "edgepack::node", peer = %peer, error = %error, "TLS handshake failed");
+                        }
+                        Err(_) => {
+                            tracing::debug!(target: "edgepack::node", peer = %peer, "TLS handshake timed out");
+                        }
+                    }
+                }
+            }
+            node.metrics.connections.dec();
+        });
+    }
+    drop(listener);
+    let open = max_connections as usize - permits.available_permits();
+    tracing::info!(target: "edgepack::node", connections = open, "shutting down: draining requests in flight");
+    let _ = closing.send(true);
+    // Every connection holds a permit until it is done: holding them all means drained.
+    if tokio::time::timeout(args.drain_timeout, permits.acquire_many(max_connections))
+        .await
+        .is_err()
+    {
+        tracing::warn!(target: "edgepack::node", "drain timeout: closing the remaining connections");
+    }
+}
+
+/// Serves one connection until it ends, closing it gracefully when the node shuts down or
+/// when it has been idle (no request in flight, no bytes moving) for `idle_timeout`.
+async fn drive<C>(
+    connection: C,
+    flags: &crate::framing::Flags,
+    mut closing: watch::Receiver<bool>,
+    idle_timeout: Duration,
+) where
+    C: std::future::Future + GracefulConnection,
+{
+    tokio::pin!(connection);
+    let mut idle_check = tokio::time::interval((idle_timeout / 4).max(Duration::from_millis(10)));
+    let mut closed = false;
+    loop {
+        tokio::select! {
+            _ = connection.as_mut() => return,
+            _ = closing.changed(), if !closed => {
+                closed = true;
+                connection.as_mut().close_gracefully();
+            }
+            _ = idle_check.tick(), if !closed => {
+                if flags.idle_for() >= idle_timeout {
+                    closed = true;
+                    connection.as_mut().close_gracefully();
+                }
+            }
+        }
+    }
+}
+
+/// A connection that can be asked to finish what it is doing and close.
+trait GracefulConnection {
+    fn close_gracefully(self: std::pin::Pin<&mut Self>);
+}
+
+impl<I, S, E> GracefulConnection for auto::Connection<'_, I, S, E>
+where
+    S: hyper::service::HttpService<Incoming>,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    S::ResBody: http_body::Body + Send + 'static,
+    <S::ResBody as http_body::Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    E: hyper::rt::bounds::Http2ServerConnExec<S::Future, S::ResBody>,
+{
+    fn close_gracefully(self: std::pin::Pin<&mut Self>) {
+        self.graceful_shutdown();
+    }
+}
+
+/// The per-connection service: numbers requests so the framing watcher's flags line up.
+struct RequestService {
+    node: Arc<Node>,
+    peer: SocketAddr,
+    https: bool,
+    flags: Arc<crate::framing::Flags>,
+    counter: AtomicU64,
+}
+
+impl hyper::service::Service<Request<Incoming>> for RequestService {
+    type Response = Response<Body>;
+    type Error = Infallible;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Response<Body>, Infallible>> + Send>,
+    >;
+
+    fn call(&self, mut request: Request<Incoming>) -> Self::Future {
+        let index = self.counter.fetch_add(1, Ordering::Relaxed);
+        if request.version() < http::Version::HTTP_2 && self.flags.is_ambiguous(index) {
+            request.extensions_mut().insert(AmbiguousFraming);
+        }
+        let (node, peer, https) = (self.node.clone(), self.peer, self.https);
+        let in_flight = self.flags.start_request();
+        Box::pin(async move {
+            let response = node.handle(request, peer, https).await;
+            drop(in_flight);
+            Ok(response)
+        })
+    }
+}
+
+fn request_service(
+    node: Arc<Node>,
+    peer: SocketAddr,
+    https: bool,
+    flags: Arc<crate::framing::Flags>,
+) -> RequestService {
+    RequestService {
+        node,
+        peer,
+        https,
+        flags,
+        counter: AtomicU64::new(0),
+    }
+}
+
+/// Waits for SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = terminate => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
+/// `/metrics` and `/healthz`.
+async fn serve_admin(listener: TcpListener, node: Arc<Node>) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let node = node.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |request: Request<Incoming>| {
+                let node = node.clone();
+                async move { Ok::<_, Infallible>(admin_response(&node, request.uri().path())) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(10))
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+fn admin_response(node: &Node, path: &str) -> Response<Body> {
+    let (status, content_type, body) = match path {
+        "/metrics" => (
+            StatusCode::OK,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            node.metrics.render(),
+        ),
+        "/healthz" => match node.active.load_full() {
+            Some(active) => (
+                StatusCode::OK,
+                "application/json",
+                json!({
+                    "status": "ok",
+                    "region": active.manifest.region,
+                    "version": active.manifest.version,
+                    "sha256": active.sha256,
+                    "active_for_s": active.activated_at.elapsed().as_secs(),
+                })
+                .to_string(),
+            ),
+            None => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "application/json",
+                json!({ "status": "no bundle active" }).to_string(),
+            ),
+        },
+        _ => (
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            "try /metrics or /healthz\n".to_string(),
+        ),
+    };
+    let mut response = Response::new(full(body));
+    *response.status_mut() = status;
+    if let Ok(value) = header::HeaderValue::from_str(content_type) {
+        response.headers_mut().insert(header::CONTENT_TYPE, value);
+    }
+    response
+}
+
+/// File-system events, a poll timer and SIGHUP, as activation triggers.
+fn watch_bundles(args: &NodeArgs) -> mpsc::Receiver<Trigger> {
+    let (sender, receiver) = mpsc::channel(16);
+    let directory = if args.bundle.is_dir() {
+        args.bundle.clone()
+    } else {
+        args.bundle
+            .parent()
+            .map(Path::to_path_buf)
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or_else(|| PathBuf::from("."))
+    };
+    let events = sender.clone();
+    let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        use notify::EventKind;
+        use notify::event::{AccessKind, AccessMode, ModifyKind};
+        let Ok(event) = event else { return };
+        let relevant = matches!(
+            event.kind,
+            EventKind::Access(AccessKind::Close(AccessMode::Write))
+                | EventKind::Modify(ModifyKind::Name(_))
+        ) && event
+            .paths
+            .iter()
+            .any(|p| p.extension().is_some_and(|e| e == "edgepack"));
+        if relevant {
+            let _ = events.try_send(Trigger::Watch);
+        }
+    });
+    match watcher {
+        Ok(mut watcher) => {
+            use notify::Watcher;
+            match watcher.watch(&directory, notify::RecursiveMode::NonRecursive) {
+                Ok(()) => {
+                    // The watcher lives as long as the node.
+                    std::mem::forget(watcher);
+                }
+                Err(error) => {
+                    tracing::warn!(target: "edgepack::node", directory = %directory.display(), error = %error, "cannot watch the bundle directory; polling only");
+                }
+            }
+        }
+        Err(error) => {
+            tracing::warn!(target: "edgepack::node", error = %error, "no file-system watcher; polling only");
+        }
+    }
+    let poll = sender.clone();
+    let interval = args.poll_interval.max(Duration::from_millis(100));
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(interval);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            if poll.send(Trigger::Poll).await.is_err() {
+                return;
+            }
+        }
+    });
+    tokio::spawn(async move {
+        let Ok(mut hangup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        else {
+            return;
+        };
+        while hangup.recv().await.is_some() {
+            if sender.send(Trigger::Signal).await.is_err() {
+                return;
+            }
+        }
+    });
+    receiver
+}
+
+/// Activates bundles as triggers arrive, one at a time, off the async workers.
+async fn reload_on(
+    mut triggers: mpsc::Receiver<Trigger>,
+    node: Arc<Node>,
+    tls: Arc<ArcSwapOption<TlsAcceptor>>,
+    args: NodeArgs,
+) {
+    while let Some(trigger) = triggers.recv().await {
+        if trigger == Trigger::Signal && args.tls_cert.is_some() {
+            match load_tls(&args) {
+                Ok(acceptor) => {
+                    tls.store(acceptor.map(Arc::new));
+                    tracing::info!(target: "edgepack::node", "TLS certificate reloaded");
+                }
+                Err(message) => {
+                    tracing::error!(target: "edgepack::node", error = %message, "TLS certificate not reloaded; keeping the current one");
+                }
+            }
+        }
+        let node = node.clone();
+        let _ = tokio::task::spawn_blocking(move || node.reload(trigger)).await;
+    }
+}
+
+/// The TLS acceptor for `--tls-cert` and `--tls-key` (HTTP/2 and HTTP/1.1 by ALPN).
+fn load_tls(args: &NodeArgs) -> Result<Option<TlsAcceptor>, String> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) else {
+        return Ok(None);
+    };
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+        .and_then(|certs| certs.collect())
+        .map_err(|e| format!("--tls-cert {}: {e}", cert.display()))?;
+    if chain.is_empty() {
+        return Err(format!("--tls-cert {}: no certificate", cert.display()));
+    }
+    let key = PrivateKeyDer::from_pem_file(key)
+        .map_err(|e| format!("--tls-key {}: {e}", key.display()))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .map_err(|e| format!("--tls-cert/--tls-key: {e}"))?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Some(TlsAcceptor::from(Arc::new(config))))
+}
