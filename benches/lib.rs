@@ -135,3 +135,64 @@ pub fn large_request(
     .header("content-type", "application/x-www-form-urlencoded")
     .body(body)
 }
+
+/// The example policy's bundle for `region` at `version`, built and signed in this process,
+/// and the key that signed it.
+pub fn example_bundle(region: &str, version: u64) -> (Vec<u8>, ed25519_dalek::SigningKey) {
+    let key = ed25519_dalek::SigningKey::from_bytes(&[7; 32]);
+    let path = workspace_root().join("examples/global-api");
+    (policy_bundle(&path, region, version, &key), key)
+}
+
+/// The bundle of the policy at `path` for `region` at `version`, signed by `key`.
+pub fn policy_bundle(
+    path: &std::path::Path,
+    region: &str,
+    version: u64,
+    key: &ed25519_dalek::SigningKey,
+) -> Vec<u8> {
+    let checked = edgepack_schema::check(path).expect("readable");
+    let policy = checked.policy.as_ref().expect("the policy checks clean");
+    let mut plans = edgepack_compiler::pipeline::plans(policy, &checked, &[region.to_string()])
+        .expect("the region exists");
+    let compiled = edgepack_compiler::pipeline::compile(plans.remove(0)).expect("compiles");
+    let release = edgepack_compiler::pipeline::Release {
+        version,
+        created: 0,
+        expires: None,
+    };
+    let digest = edgepack_compiler::pipeline::sources_digest(&checked, policy);
+    edgepack_compiler::pipeline::pack(policy, &compiled, &digest, release, key).expect("packs")
+}
+
+/// Copies of the example with one more WAF rule each, its literal differing: `count`
+/// policies with as many different modules (WAF automata are compiled), under `dir`.
+pub fn example_variants(dir: &std::path::Path, count: usize) -> Vec<PathBuf> {
+    let source = workspace_root().join("examples/global-api");
+    (0..count)
+        .map(|i| {
+            let target = dir.join(format!("variant-{i}"));
+            std::fs::create_dir_all(&target).expect("mkdir");
+            for entry in std::fs::read_dir(&source).expect("the example").flatten() {
+                let path = entry.path();
+                if path.is_dir() {
+                    let sub = target.join(entry.file_name());
+                    std::fs::create_dir_all(&sub).expect("mkdir");
+                    for file in std::fs::read_dir(&path).expect("subdir").flatten() {
+                        std::fs::copy(file.path(), sub.join(file.file_name())).expect("copy");
+                    }
+                } else {
+                    std::fs::copy(&path, target.join(entry.file_name())).expect("copy");
+                }
+            }
+            let waf = target.join("waf.kdl");
+            let text = std::fs::read_to_string(&waf).expect("read");
+            let rule = format!(
+                "{{\n    rule \"variant-{i}\" score=5 {{\n        in \"args\"\n        literal \"variant-marker-{i}\"\n    }}\n"
+            );
+            let text = text.replacen("{\n", &rule, 1);
+            std::fs::write(&waf, text).expect("write");
+            target
+        })
+        .collect()
+}

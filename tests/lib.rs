@@ -3,6 +3,8 @@
 
 use std::path::{Path, PathBuf};
 
+pub mod e2e;
+
 /// The workspace root (the directory holding `examples/`, `tests/`, `docs/`).
 pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

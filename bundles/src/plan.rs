@@ -153,6 +153,8 @@ pub struct CachePlan {
     pub key: Vec<String>,
     /// Whether requests with credentials are cached too.
     pub cache_credentialed: bool,
+    /// Whether responses marked `Cache-Control: private` or setting cookies are stored.
+    pub store_private: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -515,7 +517,7 @@ impl fmt::Display for RegionPlan {
             if let Some(cache) = &route.cache {
                 writeln!(
                     f,
-                    "  cache ttl={}ms swr={}ms vary=[{}] key=[{}] credentialed={}",
+                    "  cache ttl={}ms swr={}ms vary=[{}] key=[{}] credentialed={}{}",
                     cache.ttl_ms,
                     cache.stale_while_revalidate_ms,
                     cache.vary.join(" "),
@@ -524,6 +526,11 @@ impl fmt::Display for RegionPlan {
                         "cache"
                     } else {
                         "bypass"
+                    },
+                    if cache.store_private {
+                        " private=store"
+                    } else {
+                        ""
                     }
                 )?;
             }

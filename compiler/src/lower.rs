@@ -464,6 +464,7 @@ impl<'p> Lowering<'p> {
             vary: c.vary.iter().map(|v| v.value.clone()).collect(),
             key: c.key.iter().map(|k| k.value.describe()).collect(),
             cache_credentialed: c.credentialed.value == Credentialed::Cache,
+            store_private: c.store_private.value,
         });
         let edits = if route.headers.is_empty() {
             0

@@ -8,7 +8,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use edgepack_compiler::commands::{
-    build, check, diff, explain, fmt, inspect, keygen, sign, verify,
+    build, check, dev, diff, explain, fmt, inspect, keygen, sign, test, verify,
 };
 use edgepack_compiler::report::HumanStyle;
 
@@ -36,6 +36,8 @@ enum Command {
     Verify(verify::VerifyArgs),
     Inspect(inspect::InspectArgs),
     Diff(diff::DiffArgs),
+    Test(test::TestArgs),
+    Dev(dev::DevArgs),
 }
 
 fn main() -> ExitCode {
@@ -51,6 +53,8 @@ fn main() -> ExitCode {
         Command::Verify(args) => verify::run(args),
         Command::Inspect(args) => inspect::run(args),
         Command::Diff(args) => diff::run(args, style),
+        Command::Test(args) => test::run(args, style),
+        Command::Dev(args) => dev::run(args, style),
     };
     // A closed pipe (`edgepack check | head`) is not an error worth reporting.
     let _ = std::io::stdout().write_all(output.stdout.as_bytes());

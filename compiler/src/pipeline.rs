@@ -146,6 +146,37 @@ pub fn sources_digest(checked: &Checked, policy: &Policy) -> String {
     edgepack_bundles::bundle::hex(&hasher.finalize())
 }
 
+/// What a release says about its bundles besides their files.
+#[derive(Clone, Copy, Debug)]
+pub struct Release {
+    pub version: u64,
+    /// Unix seconds.
+    pub created: u64,
+    /// Unix seconds; `None`: never.
+    pub expires: Option<u64>,
+}
+
+/// Packs one compiled region into a signed bundle.
+pub fn pack(
+    policy: &Policy,
+    compiled: &CompiledRegion,
+    sources_sha256: &str,
+    release: Release,
+    key: &ed25519_dalek::SigningKey,
+) -> std::io::Result<Vec<u8>> {
+    let plan = &compiled.plan;
+    let input = edgepack_bundles::bundle::PackInput {
+        region: &plan.region,
+        zone: plan.zone_name(plan.zone),
+        version: release.version,
+        created: release.created,
+        expires: release.expires,
+        compiler: concat!("edgepack ", env!("CARGO_PKG_VERSION")),
+        sources_sha256,
+    };
+    edgepack_bundles::bundle::pack(&input, &bundle_files(policy, compiled), key)
+}
+
 /// The files of a region's bundle: the module, the plan, and the keys and functions it names.
 pub fn bundle_files(policy: &Policy, compiled: &CompiledRegion) -> BTreeMap<String, Vec<u8>> {
     let mut files = BTreeMap::new();

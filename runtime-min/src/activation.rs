@@ -5,14 +5,17 @@
 //! it once, the JWT keys. Only a bundle that passes all of it can be swapped in.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use arc_swap::ArcSwap;
 
 use ed25519_dalek::VerifyingKey;
 use edgepack_bundles::bundle::{self, Manifest, OpenError, OpenLimits};
 use edgepack_bundles::plan::RegionPlan;
 use http::HeaderName;
 
-use crate::host::{HostError, PolicyEngine, PolicyModule};
+use crate::host::{HostError, PolicyEngine, PolicyModule, Tier};
 use crate::jwt::JwtVerifier;
 use crate::ratelimit::{Limiter, RateLimits};
 use crate::state::Mark;
@@ -26,7 +29,12 @@ pub struct Active {
     /// sha256 of the bundle file.
     pub sha256: String,
     pub plan: RegionPlan,
-    pub module: PolicyModule,
+    /// The compiled policy: quick at first, the optimized build once it is ready.
+    module: ArcSwap<PolicyModule>,
+    optimized: AtomicBool,
+    /// The module's bytes, kept to compile the optimized tier after the swap.
+    wasm: Vec<u8>,
+    wasm_sha256: String,
     /// Body bytes the policy inspects.
     pub body_limit: usize,
     /// JWT verifiers, by the plan's JWT id.
@@ -47,6 +55,34 @@ impl Active {
             version: self.manifest.version,
             sha256: self.sha256.clone(),
         }
+    }
+
+    /// The module requests are decided with now.
+    pub fn module(&self) -> Arc<PolicyModule> {
+        self.module.load_full()
+    }
+
+    /// The tier of [`Active::module`], cheap enough to ask on every request.
+    pub fn tier(&self) -> Tier {
+        if self.optimized.load(Ordering::Acquire) {
+            Tier::Optimized
+        } else {
+            Tier::Quick
+        }
+    }
+
+    /// Compiles the optimized tier and moves new instances to it. Decisions do not change:
+    /// both tiers compile the same module. On failure the quick tier keeps serving.
+    pub fn optimize(&self, engine: &PolicyEngine, modules: &ModuleCache) -> Result<(), HostError> {
+        if self.optimized.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let module = engine.compile_tier(&self.wasm, Tier::Optimized)?;
+        module.instantiate()?;
+        modules.put(&self.wasm_sha256, module.clone());
+        self.module.store(Arc::new(module));
+        self.optimized.store(true, Ordering::Release);
+        Ok(())
     }
 
     pub fn route_name(&self, route: Option<u32>) -> &str {
@@ -79,8 +115,6 @@ pub enum Refusal {
     Module(#[from] HostError),
     #[error("{0}")]
     Keys(String),
-    #[error("the state directory cannot record the bundle: {0}")]
-    State(String),
 }
 
 impl Refusal {
@@ -110,7 +144,6 @@ impl Refusal {
             Refusal::Module(HostError::Abi { .. }) => "abi",
             Refusal::Module(_) => "module",
             Refusal::Keys(_) => "keys",
-            Refusal::State(_) => "state",
         }
     }
 }
@@ -132,9 +165,63 @@ pub struct Loader {
     pub trusted: Vec<VerifyingKey>,
     pub require_expiry: bool,
     pub limits: OpenLimits,
+    /// Modules compiled lately, so a bundle whose module did not change (a new version of
+    /// the same policy, a rollback to one served before) skips compilation.
+    pub modules: Arc<ModuleCache>,
+}
+
+/// The last few compiled modules, by the sha256 of their Wasm, at the best tier built.
+#[derive(Default)]
+pub struct ModuleCache {
+    entries: std::sync::Mutex<std::collections::VecDeque<(String, PolicyModule)>>,
+}
+
+impl ModuleCache {
+    const CAPACITY: usize = 4;
+
+    fn get(&self, sha256: &str) -> Option<PolicyModule> {
+        let entries = self.lock();
+        entries
+            .iter()
+            .find(|(key, _)| key == sha256)
+            .map(|(_, module)| module.clone())
+    }
+
+    /// Keeps `module` for `sha256`, replacing a lower tier, evicting the oldest.
+    fn put(&self, sha256: &str, module: PolicyModule) {
+        let mut entries = self.lock();
+        entries.retain(|(key, _)| key != sha256);
+        if entries.len() == Self::CAPACITY {
+            entries.pop_front();
+        }
+        entries.push_back((sha256.to_string(), module));
+    }
+
+    fn lock(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::VecDeque<(String, PolicyModule)>> {
+        self.entries
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
 }
 
 impl Loader {
+    pub fn new(
+        engine: PolicyEngine,
+        trusted: Vec<VerifyingKey>,
+        require_expiry: bool,
+        limits: OpenLimits,
+    ) -> Loader {
+        Loader {
+            engine,
+            trusted,
+            require_expiry,
+            limits,
+            modules: Arc::default(),
+        }
+    }
+
     /// Checks a bundle against every rule and compiles it. The returned `Active` is not
     /// serving yet; the caller swaps it in.
     pub fn prepare(
@@ -197,7 +284,15 @@ impl Loader {
             .files
             .get("policy.wasm")
             .ok_or_else(|| Refusal::Plan("the bundle has no policy.wasm".into()))?;
-        let module = self.engine.compile(wasm)?;
+        let wasm_sha256 = bundle::sha256_hex(wasm);
+        let module = match self.modules.get(&wasm_sha256) {
+            Some(module) => module,
+            None => {
+                let module = self.engine.compile_tier(wasm, Tier::Quick)?;
+                self.modules.put(&wasm_sha256, module.clone());
+                module
+            }
+        };
         let body_limit = module.instantiate()?.body_limit();
         let jwt = plan
             .jwts
@@ -227,7 +322,10 @@ impl Loader {
             manifest,
             sha256: opened.sha256,
             plan,
-            module,
+            optimized: AtomicBool::new(module.tier() == Tier::Optimized),
+            module: ArcSwap::from_pointee(module),
+            wasm: wasm.clone(),
+            wasm_sha256,
             body_limit,
             jwt,
             limiters,

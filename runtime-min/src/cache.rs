@@ -149,10 +149,13 @@ impl ResponseCache {
 }
 
 /// Whether a response may be stored, whatever the TTL: RFC 9111's heuristically cacheable
-/// statuses, no `Set-Cookie`, not private or no-store, not `Vary: *`.
-pub fn storable(status: StatusCode, headers: &HeaderMap) -> bool {
+/// statuses, not no-store, not `Vary: *`, and unless the policy stores private responses
+/// (`private="store"`), no `Set-Cookie` and not private.
+pub fn storable(status: StatusCode, headers: &HeaderMap, store_private: bool) -> bool {
     const CACHEABLE: [u16; 10] = [200, 203, 204, 300, 301, 308, 404, 405, 410, 501];
-    if !CACHEABLE.contains(&status.as_u16()) || headers.contains_key(header::SET_COOKIE) {
+    if !CACHEABLE.contains(&status.as_u16())
+        || (!store_private && headers.contains_key(header::SET_COOKIE))
+    {
         return false;
     }
     let directives = headers
@@ -168,7 +171,7 @@ pub fn storable(status: StatusCode, headers: &HeaderMap) -> bool {
                 .to_ascii_lowercase()
         });
     for directive in directives {
-        if directive == "private" || directive == "no-store" {
+        if directive == "no-store" || (directive == "private" && !store_private) {
             return false;
         }
     }
@@ -254,19 +257,35 @@ mod tests {
     #[test]
     fn private_cookies_and_errors_are_not_stored() {
         let mut headers = HeaderMap::new();
-        assert!(storable(StatusCode::OK, &headers));
-        assert!(!storable(StatusCode::INTERNAL_SERVER_ERROR, &headers));
+        assert!(storable(StatusCode::OK, &headers, false));
+        assert!(!storable(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            &headers,
+            false
+        ));
         headers.insert(
             header::CACHE_CONTROL,
             HeaderValue::from_static("max-age=60, Private"),
         );
-        assert!(!storable(StatusCode::OK, &headers));
+        assert!(!storable(StatusCode::OK, &headers, false));
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("public"));
-        assert!(storable(StatusCode::OK, &headers));
+        assert!(storable(StatusCode::OK, &headers, false));
         headers.insert(header::SET_COOKIE, HeaderValue::from_static("a=b"));
-        assert!(!storable(StatusCode::OK, &headers));
+        assert!(!storable(StatusCode::OK, &headers, false));
+        assert!(
+            storable(StatusCode::OK, &headers, true),
+            "the policy may say so"
+        );
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("private"));
+        assert!(storable(StatusCode::OK, &headers, true));
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        assert!(
+            !storable(StatusCode::OK, &headers, true),
+            "no-store always holds"
+        );
+        headers.remove(header::CACHE_CONTROL);
         headers.remove(header::SET_COOKIE);
         headers.insert(header::VARY, HeaderValue::from_static("accept, *"));
-        assert!(!storable(StatusCode::OK, &headers));
+        assert!(!storable(StatusCode::OK, &headers, false));
     }
 }

@@ -1,7 +1,7 @@
 //! One policy instance per worker thread, reused across requests.
 //!
 //! A thread instantiates the active module the first time it decides a request for it
-//! (one instantiation per thread per activation) and keeps the instance and a decision
+//! (one instantiation per thread per activation and tier) and keeps the instance and a decision
 //! buffer, so deciding a request allocates nothing: the request is copied into the
 //! instance's memory and the decision read back into the reused buffer.
 
@@ -11,10 +11,11 @@ use edgepack_bundles::abi::Decision;
 use edgepack_bundles::request::RequestParts;
 
 use crate::activation::Active;
-use crate::host::{HostError, PolicyInstance};
+use crate::host::{HostError, PolicyInstance, Tier};
 
 struct Slot {
     generation: u64,
+    tier: Tier,
     instance: Option<PolicyInstance>,
     decision: Decision,
 }
@@ -22,6 +23,7 @@ struct Slot {
 thread_local! {
     static SLOT: RefCell<Slot> = RefCell::new(Slot {
         generation: u64::MAX,
+        tier: Tier::Quick,
         instance: None,
         decision: Decision::default(),
     });
@@ -37,10 +39,15 @@ pub fn decide<R>(
     SLOT.with(|slot| {
         let mut slot = slot.borrow_mut();
         let slot = &mut *slot;
-        if slot.generation != active.generation || slot.instance.is_none() {
+        if slot.generation != active.generation
+            || slot.tier != active.tier()
+            || slot.instance.is_none()
+        {
             slot.instance = None;
-            slot.instance = Some(active.module.instantiate()?);
+            let module = active.module();
+            slot.instance = Some(module.instantiate()?);
             slot.generation = active.generation;
+            slot.tier = module.tier();
         }
         let Some(instance) = slot.instance.as_mut() else {
             return Err(HostError::Instantiate("no instance".into()));

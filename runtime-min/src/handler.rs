@@ -186,7 +186,15 @@ impl Exchange<'_> {
             peer: self.peer,
         };
         let decided_at = Instant::now();
-        let decided = crate::decide::decide(&self.active, &view, |d| d.clone());
+        let decided = match self.node.replayed_decision() {
+            Some(decision) => Ok(decision.clone()),
+            None => crate::decide::decide(&self.active, &view, |d| d.clone()),
+        };
+        if self.node.settings.skip_decide
+            && let Ok(decision) = &decided
+        {
+            self.node.replay_decision(decision);
+        }
         self.node
             .metrics
             .decide_seconds
@@ -213,10 +221,14 @@ impl Exchange<'_> {
                 self.node.metrics.waf_logged.get_or_create(&labels).inc();
             }
         }
-        match self.decision.outcome.clone() {
-            Outcome::Final(answer) => self.answer(&answer),
-            Outcome::Effects(effects) => self.carry_out(parts, body, &effects).await,
-        }
+        // Taken out while the effects run (they borrow the exchange), then put back.
+        let outcome = std::mem::replace(&mut self.decision.outcome, Outcome::Effects(Vec::new()));
+        let response = match &outcome {
+            Outcome::Final(answer) => self.answer(answer),
+            Outcome::Effects(effects) => self.carry_out(parts, body, effects).await,
+        };
+        self.decision.outcome = outcome;
+        response
     }
 
     /// Reads the body, bounded in size and time.
@@ -715,6 +727,10 @@ impl Exchange<'_> {
         let Some(plan) = self.active.plan.origins.get(origin as usize) else {
             return self.error(StatusCode::INTERNAL_SERVER_ERROR, "unknown origin");
         };
+        if self.node.settings.stand_in_origins {
+            let name = plan.name.clone();
+            return self.stand_in(&name);
+        }
         let (took, result) = fetch(self.node, plan, request).await;
         self.record.upstream_ms = Some(took.as_secs_f64() * 1000.0);
         let response = match result {
@@ -735,7 +751,7 @@ impl Exchange<'_> {
         let body = match store {
             Some((key, route)) => {
                 match store_response(self.node, &self.active, &head, incoming, key, route).await {
-                    Ok(body) => body,
+                    Ok((body, _)) => body,
                     Err(error) => {
                         self.record.error = Some(format!("origin {}: {error}", plan.name));
                         return self
@@ -746,6 +762,22 @@ impl Exchange<'_> {
             None => incoming.map_err(BoxError::from).boxed(),
         };
         let mut response = Response::from_parts(head, body);
+        if self.record.cache.is_some() {
+            response
+                .headers_mut()
+                .insert("x-cache", HeaderValue::from_static("MISS"));
+        }
+        response
+    }
+
+    /// What a stand-in origin answers (`edgepack test`): 200 and the origin's name.
+    fn stand_in(&mut self, origin: &str) -> Response<Body> {
+        self.record.upstream_ms = Some(0.0);
+        let mut response = Response::new(full(json!({ "stand_in_origin": origin }).to_string()));
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
         if self.record.cache.is_some() {
             response
                 .headers_mut()
@@ -798,10 +830,9 @@ impl Exchange<'_> {
                 Ok(response) => {
                     let (mut head, incoming) = response.into_parts();
                     proxy::strip_hop_by_hop(&mut head.headers);
-                    let stored = cache::storable(head.status, &head.headers);
                     match store_response(&node, &active, &head, incoming, key.clone(), route).await
                     {
-                        Ok(body) => {
+                        Ok((body, stored)) => {
                             // Drain what was too large to store.
                             let _ = body.collect().await;
                             stored
@@ -929,6 +960,9 @@ impl Exchange<'_> {
         headers.insert("x-edge-region", header_value(&active.manifest.region));
         headers.insert("x-edge-bundle", HeaderValue::from(active.manifest.version));
         headers.insert("x-request-id", header_value(&self.id));
+        if self.node.settings.expose_decisions {
+            response.extensions_mut().insert(self.decision.clone());
+        }
         let status = response.status().as_u16();
         let route = active.route_name(self.decision.route).to_string();
         let elapsed = self.started.elapsed();
@@ -1044,14 +1078,15 @@ async fn store_response(
     incoming: hyper::body::Incoming,
     key: Vec<u8>,
     route: u32,
-) -> Result<Body, hyper::Error> {
+) -> Result<(Body, bool), hyper::Error> {
     let policy = active
         .plan
         .routes
         .get(route as usize)
-        .and_then(|r| r.cache.as_ref());
-    let (Some(policy), true) = (policy, cache::storable(head.status, &head.headers)) else {
-        return Ok(incoming.map_err(BoxError::from).boxed());
+        .and_then(|r| r.cache.as_ref())
+        .filter(|p| cache::storable(head.status, &head.headers, p.store_private));
+    let Some(policy) = policy else {
+        return Ok((incoming.map_err(BoxError::from).boxed(), false));
     };
     match read_up_to(incoming, node.cache.max_entry() as usize).await? {
         Buffered::Whole(bytes) => {
@@ -1065,9 +1100,9 @@ async fn store_response(
                 Duration::from_millis(policy.stale_while_revalidate_ms),
             );
             node.cache.store(key, entry);
-            Ok(full(bytes))
+            Ok((full(bytes), true))
         }
-        Buffered::TooLarge(body) => Ok(body),
+        Buffered::TooLarge(body) => Ok((body, false)),
     }
 }
 

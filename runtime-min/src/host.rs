@@ -13,8 +13,8 @@ use edgepack_bundles::abi::{self, Decision, DecisionError, export};
 use edgepack_bundles::request::RequestParts;
 use edgepack_bundles::wire::{self, EncodeError, Limits};
 use wasmtime::{
-    Config, Engine, Instance, Memory, Module, OptLevel, Store, StoreLimits, StoreLimitsBuilder,
-    TypedFunc,
+    Config, Engine, Instance, Memory, Module, OptLevel, RegallocAlgorithm, Store, StoreLimits,
+    StoreLimitsBuilder, TypedFunc,
 };
 
 /// The largest memory a policy module may declare.
@@ -47,33 +47,48 @@ pub enum HostError {
 /// How often the engine's epoch advances when `decide` calls are time-bounded.
 const EPOCH_TICK: Duration = Duration::from_millis(1);
 
-/// A wasmtime engine configured for policy modules: Cranelift, Wasm 2.0 features only.
+/// How hard Cranelift works on a module.
+///
+/// Policy modules arrive optimized by wasm-opt, so Cranelift's own optimizations add little;
+/// its register allocator decides the code's speed. The node compiles a new bundle `Quick`
+/// (single-pass allocation: about half the compile time, decide about 1.3× slower) so it
+/// serves within milliseconds, then `Optimized` in the background and moves to that.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Tier {
+    Quick,
+    Optimized,
+}
+
+/// wasmtime engines configured for policy modules (one per [`Tier`]): Cranelift, Wasm 2.0
+/// features only.
 #[derive(Clone)]
 pub struct PolicyEngine {
-    engine: Engine,
+    optimized: Engine,
+    quick: Engine,
     /// Epoch ticks a `decide` call may run, when bounded.
     deadline_ticks: Option<u64>,
 }
 
 impl PolicyEngine {
-    /// An engine whose `decide` calls are not time-bounded (tools and tests).
+    /// Engines whose `decide` calls are not time-bounded (tools and tests).
     pub fn new() -> Result<PolicyEngine, HostError> {
         Self::build(None)
     }
 
-    /// An engine whose `decide` calls trap once they have run for about `limit` (at least
+    /// Engines whose `decide` calls trap once they have run for about `limit` (at least
     /// one epoch tick of 1 ms, at most two ticks more): a policy module cannot hold a
-    /// worker. A background thread advances the epoch while the engine lives.
+    /// worker. A background thread advances the epochs while the engines live.
     pub fn with_time_limit(limit: Duration) -> Result<PolicyEngine, HostError> {
         let ticks = (limit.as_micros() / EPOCH_TICK.as_micros()).max(1) as u64 + 1;
         let engine = Self::build(Some(ticks))?;
-        let weak = engine.engine.weak();
+        let (optimized, quick) = (engine.optimized.weak(), engine.quick.weak());
         std::thread::Builder::new()
             .name("edgepack-epoch".into())
             .spawn(move || {
-                while let Some(engine) = weak.upgrade() {
-                    engine.increment_epoch();
-                    drop(engine);
+                while let (Some(optimized), Some(quick)) = (optimized.upgrade(), quick.upgrade()) {
+                    optimized.increment_epoch();
+                    quick.increment_epoch();
+                    drop((optimized, quick));
                     std::thread::sleep(EPOCH_TICK);
                 }
             })
@@ -82,31 +97,45 @@ impl PolicyEngine {
     }
 
     fn build(deadline_ticks: Option<u64>) -> Result<PolicyEngine, HostError> {
-        let mut config = Config::new();
-        config
-            .cranelift_opt_level(OptLevel::Speed)
-            .wasm_simd(true)
-            .wasm_relaxed_simd(false)
-            .wasm_multi_memory(false)
-            .wasm_memory64(false)
-            .wasm_tail_call(false)
-            .wasm_component_model(false)
-            .epoch_interruption(deadline_ticks.is_some());
-        let engine = Engine::new(&config).map_err(|e| HostError::Compile(e.to_string()))?;
+        let engine = |tier: Tier| {
+            let mut config = Config::new();
+            config
+                .wasm_simd(true)
+                .wasm_relaxed_simd(false)
+                .wasm_multi_memory(false)
+                .wasm_memory64(false)
+                .wasm_tail_call(false)
+                .wasm_component_model(false)
+                .epoch_interruption(deadline_ticks.is_some());
+            match tier {
+                Tier::Optimized => config
+                    .cranelift_opt_level(OptLevel::Speed)
+                    .cranelift_regalloc_algorithm(RegallocAlgorithm::Backtracking),
+                Tier::Quick => config
+                    .cranelift_opt_level(OptLevel::None)
+                    .cranelift_regalloc_algorithm(RegallocAlgorithm::SinglePass),
+            };
+            Engine::new(&config).map_err(|e| HostError::Compile(e.to_string()))
+        };
         Ok(PolicyEngine {
-            engine,
+            optimized: engine(Tier::Optimized)?,
+            quick: engine(Tier::Quick)?,
             deadline_ticks,
         })
     }
 
-    pub fn engine(&self) -> &Engine {
-        &self.engine
+    /// Compiles a policy module at the optimized tier and checks its exports.
+    pub fn compile(&self, wasm: &[u8]) -> Result<PolicyModule, HostError> {
+        self.compile_tier(wasm, Tier::Optimized)
     }
 
-    /// Compiles a policy module (Cranelift) and checks its exports.
-    pub fn compile(&self, wasm: &[u8]) -> Result<PolicyModule, HostError> {
-        let module =
-            Module::new(&self.engine, wasm).map_err(|e| HostError::Compile(format!("{e:#}")))?;
+    /// Compiles a policy module (Cranelift) at `tier` and checks its exports.
+    pub fn compile_tier(&self, wasm: &[u8], tier: Tier) -> Result<PolicyModule, HostError> {
+        let engine = match tier {
+            Tier::Optimized => &self.optimized,
+            Tier::Quick => &self.quick,
+        };
+        let module = Module::new(engine, wasm).map_err(|e| HostError::Compile(format!("{e:#}")))?;
         for name in [
             export::MEMORY,
             export::DECIDE,
@@ -124,7 +153,9 @@ impl PolicyEngine {
             return Err(HostError::Compile("a policy module imports nothing".into()));
         }
         Ok(PolicyModule {
-            engine: self.clone(),
+            engine: engine.clone(),
+            deadline_ticks: self.deadline_ticks,
+            tier,
             module: Arc::new(module),
         })
     }
@@ -133,11 +164,17 @@ impl PolicyEngine {
 /// A compiled policy module, ready to instantiate (cheap to clone).
 #[derive(Clone)]
 pub struct PolicyModule {
-    engine: PolicyEngine,
+    engine: Engine,
+    deadline_ticks: Option<u64>,
+    tier: Tier,
     module: Arc<Module>,
 }
 
 impl PolicyModule {
+    pub fn tier(&self) -> Tier {
+        self.tier
+    }
+
     pub fn instantiate(&self) -> Result<PolicyInstance, HostError> {
         let limits = StoreLimitsBuilder::new()
             .memory_size(MAX_POLICY_MEMORY as usize)
@@ -145,9 +182,9 @@ impl PolicyModule {
             .memories(1)
             .tables(4)
             .build();
-        let mut store = Store::new(&self.engine.engine, limits);
+        let mut store = Store::new(&self.engine, limits);
         store.limiter(|limits| limits);
-        if let Some(ticks) = self.engine.deadline_ticks {
+        if let Some(ticks) = self.deadline_ticks {
             // Instantiation runs no start function, but bound it all the same.
             store.set_epoch_deadline(ticks);
         }
@@ -193,7 +230,7 @@ impl PolicyModule {
         }
         Ok(PolicyInstance {
             store,
-            deadline_ticks: self.engine.deadline_ticks,
+            deadline_ticks: self.deadline_ticks,
             memory,
             decide,
             request_base,

@@ -84,6 +84,7 @@ pub struct Metrics {
     pub activations: Family<ActivationLabels, Counter>,
     pub activation_seconds: Histogram,
     pub connections: Gauge,
+    pub state_write_errors: Counter,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -116,6 +117,7 @@ impl Metrics {
             activations: Family::default(),
             activation_seconds: latency_histogram(),
             connections: Gauge::default(),
+            state_write_errors: Counter::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -193,6 +195,11 @@ impl Metrics {
             "open_connections",
             "Client connections open",
             m.connections.clone(),
+        );
+        registry.register(
+            "state_write_errors",
+            "Failures to record the active bundle in the state directory",
+            m.state_write_errors.clone(),
         );
         Metrics { registry, ..m }
     }

@@ -10,7 +10,9 @@ use arc_swap::ArcSwapOption;
 use ed25519_dalek::VerifyingKey;
 use edgepack_bundles::bundle::{self, OpenLimits};
 
-use crate::activation::{Active, Floor, Loader, Refusal};
+use edgepack_bundles::abi::Decision;
+
+use crate::activation::{Active, Floor, Loader};
 use crate::cache::ResponseCache;
 use crate::config::NodeArgs;
 use crate::host::{HostError, PolicyEngine};
@@ -25,6 +27,16 @@ pub struct Settings {
     pub max_body: u64,
     pub body_timeout: Duration,
     pub access_log: bool,
+    /// Answer proxied requests with a stand-in 200 instead of calling the origin
+    /// (`edgepack test` runs a bundle's tests this way; never set by a flag).
+    pub stand_in_origins: bool,
+    /// Attach each request's decision to its response as an extension (in-process callers
+    /// such as `edgepack test` read it; it never goes on the wire).
+    pub expose_decisions: bool,
+    /// Decide the first request, then give every later one that decision without calling
+    /// `decide`: the baseline the serving bench measures the policy's cost against (never
+    /// set by a flag).
+    pub skip_decide: bool,
 }
 
 /// Where a bundle came from, for the log.
@@ -61,6 +73,7 @@ struct Control {
 /// Everything a request needs, shared by all of them.
 pub struct Node {
     pub settings: Settings,
+    replayed: std::sync::OnceLock<Decision>,
     pub active: ArcSwapOption<Active>,
     pub metrics: Metrics,
     pub cache: ResponseCache,
@@ -111,18 +124,22 @@ impl Node {
                 max_body: args.max_body,
                 body_timeout: args.body_timeout,
                 access_log: !args.no_access_log,
+                stand_in_origins: false,
+                expose_decisions: false,
+                skip_decide: false,
             },
+            replayed: std::sync::OnceLock::new(),
             active: ArcSwapOption::empty(),
             metrics: Metrics::new(),
             cache: ResponseCache::new(args.cache_bytes, args.cache_max_entry),
             ratelimits: RateLimits::new(args.ratelimit_keys),
             origins,
-            loader: Loader {
-                engine: PolicyEngine::with_time_limit(args.decide_timeout)?,
+            loader: Loader::new(
+                PolicyEngine::with_time_limit(args.decide_timeout)?,
                 trusted,
-                require_expiry: args.require_expiry,
-                limits: OpenLimits::default(),
-            },
+                args.require_expiry,
+                OpenLimits::default(),
+            ),
             state,
             bundle_path: args.bundle.clone(),
             fixed_region: args.region.clone(),
@@ -142,6 +159,19 @@ impl Node {
     pub fn next_request_id(&self) -> String {
         let n = self.request_counter.fetch_add(1, Ordering::Relaxed);
         format!("{:08x}{:012x}", self.request_prefix, n & 0xffff_ffff_ffff)
+    }
+
+    /// The decision replayed instead of deciding, once one is recorded (`skip_decide`).
+    pub fn replayed_decision(&self) -> Option<&Decision> {
+        if self.settings.skip_decide {
+            self.replayed.get()
+        } else {
+            None
+        }
+    }
+
+    pub fn replay_decision(&self, decision: &Decision) {
+        let _ = self.replayed.set(decision.clone());
     }
 
     pub fn pseudonymize_key(&self) -> Option<&[u8]> {
@@ -248,6 +278,34 @@ impl Node {
         let _ = self.try_activate(&bytes, &path, trigger, false);
     }
 
+    /// Compiles the optimized tier of a freshly activated bundle off the activation path.
+    fn optimize_later(&self, active: Arc<Active>) {
+        let engine = self.loader.engine.clone();
+        let modules = self.loader.modules.clone();
+        let spawned = std::thread::Builder::new()
+            .name("edgepack-optimize".into())
+            .spawn(move || {
+                let started = Instant::now();
+                match active.optimize(&engine, &modules) {
+                    Ok(()) => tracing::debug!(
+                        target: "edgepack::activation",
+                        version = active.manifest.version,
+                        took_ms = started.elapsed().as_secs_f64() * 1000.0,
+                        "optimized module in use"
+                    ),
+                    Err(error) => tracing::warn!(
+                        target: "edgepack::activation",
+                        version = active.manifest.version,
+                        error = %error,
+                        "the optimized module failed to build; the quick one keeps serving"
+                    ),
+                }
+            });
+        if let Err(error) = spawned {
+            tracing::warn!(target: "edgepack::activation", error = %error, "cannot start the optimizer thread");
+        }
+    }
+
     /// Verifies, compiles and swaps in a bundle, or refuses it and keeps the active one.
     fn try_activate(
         &self,
@@ -272,14 +330,8 @@ impl Node {
         let generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
         let prepared = self
             .loader
-            .prepare(bytes, &floor, generation, &self.ratelimits)
-            .and_then(|active| {
-                self.state
-                    .record(&active.mark(), bytes)
-                    .map_err(|e| Refusal::State(e.to_string()))?;
-                Ok(active)
-            });
-        let active = match prepared {
+            .prepare(bytes, &floor, generation, &self.ratelimits);
+        let mut active = match prepared {
             Ok(active) => active,
             Err(refusal) => {
                 let sha = bundle::sha256_hex(bytes);
@@ -326,8 +378,22 @@ impl Node {
         self.metrics
             .bundle_expires
             .set(active.manifest.expires.unwrap_or(0) as i64);
-        let previous = self.active.swap(Some(Arc::new(active)));
+        active.activated_at = Instant::now();
+        let active = Arc::new(active);
+        let previous = self.active.swap(Some(active.clone()));
         let took = started.elapsed();
+        // Recorded right after the swap, off the path to serving: the mark is already raised
+        // in memory, and a crash before the record lands leaves the previous mark, which is
+        // still below the bundle in place.
+        if let Err(error) = self.state.record(&mark, bytes) {
+            self.metrics.state_write_errors.inc();
+            tracing::error!(
+                target: "edgepack::activation",
+                error = %error,
+                "cannot record the active bundle in the state directory; serving it all the same"
+            );
+        }
+        self.optimize_later(active);
         self.metrics.activation_seconds.observe(took.as_secs_f64());
         self.metrics
             .activations

@@ -90,16 +90,35 @@ pub async fn run(args: NodeArgs) -> ExitCode {
         tls = tls.load().is_some(),
         "serving"
     );
-    serve(listener, node, tls, &args).await;
+    serve(listener, node, tls, &args, shutdown_signal()).await;
     ExitCode::SUCCESS
 }
 
-/// Accepts connections until a shutdown signal, then drains.
+/// Serves plain HTTP on `listener` until `shutdown` completes (benches and in-process
+/// tools; the node itself runs [`run`]).
+pub async fn serve_plain(
+    listener: TcpListener,
+    node: Arc<Node>,
+    args: &NodeArgs,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    serve(
+        listener,
+        node,
+        Arc::new(ArcSwapOption::empty()),
+        args,
+        shutdown,
+    )
+    .await;
+}
+
+/// Accepts connections until `shutdown` completes, then drains.
 async fn serve(
     listener: TcpListener,
     node: Arc<Node>,
     tls: Arc<ArcSwapOption<TlsAcceptor>>,
     args: &NodeArgs,
+    shutdown: impl std::future::Future<Output = ()>,
 ) {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
@@ -120,7 +139,6 @@ async fn serve(
     let (closing, closing_watch) = watch::channel(false);
     let max_connections = u32::try_from(args.max_connections.max(1)).unwrap_or(u32::MAX);
     let permits = Arc::new(Semaphore::new(max_connections as usize));
-    let shutdown = shutdown_signal();
     tokio::pin!(shutdown);
     loop {
         let permit = tokio::select! {

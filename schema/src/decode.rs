@@ -1709,6 +1709,16 @@ fn decode_cache(cx: &mut Ctx, file: FileId, node: &KdlNode) -> Option<CachePolic
             )
         })
         .unwrap_or(Spanned::new(Credentialed::Bypass, r.name_span));
+    let store_private = r
+        .prop("private")
+        .and_then(|v| {
+            cx.choice(
+                v,
+                "private-response rule",
+                &[("skip", false), ("store", true)],
+            )
+        })
+        .unwrap_or(Spanned::new(false, r.name_span));
     let mut vary = Vec::new();
     let mut key = Vec::new();
     for child in r.children() {
@@ -1737,6 +1747,7 @@ fn decode_cache(cx: &mut Ctx, file: FileId, node: &KdlNode) -> Option<CachePolic
         vary,
         key,
         credentialed,
+        store_private,
         span: r.span,
     })
 }

@@ -576,6 +576,8 @@ pub struct CachePolicy {
     pub vary: Vec<Spanned<String>>,
     pub key: Vec<Spanned<KeyPart>>,
     pub credentialed: Spanned<Credentialed>,
+    /// Whether responses marked private or setting cookies are stored too.
+    pub store_private: Spanned<bool>,
     pub span: Span,
 }
 

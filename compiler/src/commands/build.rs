@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use clap::{Args, ValueEnum};
 
 use super::Format;
-use edgepack_bundles::bundle::{self, PackInput};
+use edgepack_bundles::bundle;
 use serde::Serialize;
 
 use crate::pipeline;
@@ -161,7 +161,6 @@ pub fn run(args: &BuildArgs, style: HumanStyle) -> Output {
         }
     };
     let sources_sha256 = pipeline::sources_digest(&checked, &policy);
-    let compiler = format!("edgepack {}", env!("CARGO_PKG_VERSION"));
     let progress = (std::io::stderr().is_terminal() && args.emit != Emit::Ir).then(|| {
         let bar = indicatif::ProgressBar::new(plans.len() as u64);
         bar.set_style(
@@ -181,7 +180,6 @@ pub fn run(args: &BuildArgs, style: HumanStyle) -> Output {
             files.push((format!("{}.ir", plan.region), plan.to_string().into_bytes()));
             continue;
         }
-        let zone = plan.zone_name(plan.zone).to_string();
         let compiled = match pipeline::compile(plan) {
             Ok(c) => c,
             Err(error) => {
@@ -205,16 +203,12 @@ pub fn run(args: &BuildArgs, style: HumanStyle) -> Output {
         let (name, bytes) = match &key {
             None => (format!("{region}.wasm"), compiled.wasm.clone()),
             Some(key) => {
-                let input = PackInput {
-                    region: &region,
-                    zone: &zone,
+                let release = pipeline::Release {
                     version,
                     created,
                     expires,
-                    compiler: &compiler,
-                    sources_sha256: &sources_sha256,
                 };
-                match bundle::pack(&input, &pipeline::bundle_files(&policy, &compiled), key) {
+                match pipeline::pack(&policy, &compiled, &sources_sha256, release, key) {
                     Ok(bytes) => (format!("{region}.edgepack"), bytes),
                     Err(error) => {
                         usage(

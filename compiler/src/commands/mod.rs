@@ -2,12 +2,14 @@
 
 pub mod build;
 pub mod check;
+pub mod dev;
 pub mod diff;
 pub mod explain;
 pub mod fmt;
 pub mod inspect;
 pub mod keygen;
 pub mod sign;
+pub mod test;
 pub mod verify;
 
 use std::path::Path;

@@ -1,0 +1,158 @@
+//! What the policy costs a served request: requests/s on `/api/health` of the example
+//! (a route the policy answers itself) with `decide` called, against the same node
+//! answering without calling it. Both run in this process on loopback, the server on one
+//! worker thread and the load on another, alternating rounds so drift hits both alike.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use clap::Parser;
+use edgepack_benches::example_bundle;
+use edgepack_bundles::bundle;
+use edgepack_runtime_min::config::NodeArgs;
+use edgepack_runtime_min::node::Node;
+use http_body_util::{BodyExt, Empty};
+use hyper_util::rt::TokioIo;
+
+const CONNECTIONS: usize = 32;
+const ROUND: Duration = Duration::from_secs(3);
+const ROUNDS: usize = 3;
+
+fn main() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (bytes, key) = example_bundle("eu-west", 1);
+    let bundle_path = dir.path().join("eu-west.edgepack");
+    let trust = dir.path().join("bench.pub");
+    std::fs::write(&bundle_path, &bytes).expect("write the bundle");
+    std::fs::write(&trust, bundle::keys::public_key_text(&key.verifying_key()))
+        .expect("write the key");
+    let args = NodeArgs::parse_from([
+        "edgepack-node".as_ref(),
+        "--bundle".as_ref(),
+        bundle_path.as_os_str(),
+        "--trust".as_ref(),
+        trust.as_os_str(),
+        "--listen".as_ref(),
+        "127.0.0.1:0".as_ref(),
+        "--admin".as_ref(),
+        "127.0.0.1:0".as_ref(),
+        "--no-access-log".as_ref(),
+    ]);
+    let server = runtime();
+    let client = runtime();
+    let mut with_policy = Vec::new();
+    let mut without = Vec::new();
+    let mut decide_us = Vec::new();
+    for _ in 0..ROUNDS {
+        for skip in [true, false] {
+            let (rps, decide) = round(&args, skip, &server, &client);
+            if skip {
+                without.push(rps);
+            } else {
+                with_policy.push(rps);
+                decide_us.push(decide);
+            }
+        }
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let (on, off) = (median(&mut with_policy), median(&mut without));
+    println!(
+        "serving /api/health, {CONNECTIONS} keep-alive connections, {ROUNDS} rounds of {}s each:",
+        ROUND.as_secs()
+    );
+    println!("  policy on (decide called):   {on:>9.0} requests/s  rounds {with_policy:.0?}");
+    println!("  decide skipped (baseline):   {off:>9.0} requests/s  rounds {without:.0?}");
+    println!("  ratio on / skipped:          {:>9.3}", on / off);
+    println!(
+        "  decide step in the node:     {:>9.2} µs mean (median of rounds)",
+        median(&mut decide_us)
+    );
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("a runtime")
+}
+
+/// One round: a fresh node, loaded for `ROUND`; requests per second and the mean time of
+/// the decide step (the node's own histogram).
+fn round(
+    args: &NodeArgs,
+    skip_decide: bool,
+    server: &tokio::runtime::Runtime,
+    client: &tokio::runtime::Runtime,
+) -> (f64, f64) {
+    let mut node = Node::new(args).expect("a node");
+    node.settings.skip_decide = skip_decide;
+    assert!(node.start(), "the bundle activates");
+    let node = Arc::new(node);
+    let metrics_node = node.clone();
+    let listener = server
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .expect("bind");
+    let addr = listener.local_addr().expect("address");
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let serving = {
+        let args = args.clone();
+        server.spawn(async move {
+            edgepack_runtime_min::server::serve_plain(listener, node, &args, async {
+                let _ = stopped.await;
+            })
+            .await;
+        })
+    };
+    let done = Arc::new(AtomicU64::new(0));
+    let deadline = Instant::now() + ROUND;
+    let started = Instant::now();
+    client.block_on(async {
+        let workers: Vec<_> = (0..CONNECTIONS)
+            .map(|_| tokio::spawn(load(addr, deadline, done.clone())))
+            .collect();
+        for worker in workers {
+            worker.await.expect("a load worker");
+        }
+    });
+    let rps = done.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64();
+    let _ = stop.send(());
+    let _ = server.block_on(serving);
+    let text = metrics_node.metrics.render();
+    let value = |name: &str| -> f64 {
+        text.lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+            .unwrap_or(0.0)
+    };
+    let decide_us = value("edgepack_decide_duration_seconds_sum")
+        / value("edgepack_decide_duration_seconds_count")
+        * 1e6;
+    (rps, decide_us)
+}
+
+/// Sends GET /api/health on one connection until `deadline`, counting 200s.
+async fn load(addr: std::net::SocketAddr, deadline: Instant, done: Arc<AtomicU64>) {
+    let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    stream.set_nodelay(true).expect("nodelay");
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .expect("handshake");
+    tokio::spawn(connection);
+    while Instant::now() < deadline {
+        let request = http::Request::get("/api/health")
+            .header("host", "api.example.com")
+            .header("cf-ipcountry", "DE")
+            .body(Empty::<Bytes>::new())
+            .expect("a request");
+        let response = sender.send_request(request).await.expect("a response");
+        assert_eq!(response.status(), 200);
+        let _ = response.into_body().collect().await;
+        done.fetch_add(1, Ordering::Relaxed);
+    }
+}

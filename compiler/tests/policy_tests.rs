@@ -1,0 +1,85 @@
+//! `edgepack test`: the policy's `test` blocks run through the node's request path.
+
+mod common;
+
+use common::{copy_dir, edgepack, root, text};
+
+#[test]
+fn the_example_passes_its_tests_and_names_what_they_miss() {
+    let out = edgepack(&["test", "examples/global-api"], &root());
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}{}", text(&out.stderr));
+    // 8 tests; `region=` limits one to eu-west: 7 × 5 regions + 1.
+    assert!(stdout.contains("36 passed, 0 failed"), "{stdout}");
+    assert!(
+        stdout.contains("ok    eu-west       SQL injection is blocked in the EU  (tests.kdl:12)"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("not covered by any test:"), "{stdout}");
+    assert!(
+        stdout.contains("route POST /api/ml/* (edgepack.kdl:"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("WAF rule xss (waf.kdl:22)"), "{stdout}");
+    assert!(
+        !stdout.contains("route GET,HEAD /api/data/*"),
+        "a tested route is covered: {stdout}"
+    );
+}
+
+#[test]
+fn a_failing_test_prints_the_decision_and_exits_one() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    copy_dir(&root().join("examples/global-api"), dir.path());
+    let tests = dir.path().join("tests.kdl");
+    let mut text_of_tests = std::fs::read_to_string(&tests).expect("tests.kdl");
+    text_of_tests.push_str(
+        "test \"health is open to everyone\" {\n    request \"GET\" \"/api/health\" country=\"IR\" region=\"us-east\"\n    expect status=200 route=\"/api/health\"\n}\n",
+    );
+    std::fs::write(&tests, text_of_tests).expect("write tests.kdl");
+    let policy = dir.path().display().to_string();
+    let out = edgepack(&["test", &policy, "--region", "us-east"], &root());
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(
+        stdout.contains("FAIL  us-east  health is open to everyone"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("expected status 200, got 451"), "{stdout}");
+    assert!(stdout.contains("decision: 451"), "{stdout}");
+    assert!(stdout.contains("7 passed, 1 failed"), "{stdout}");
+
+    let out = edgepack(
+        &["test", &policy, "--region", "us-east", "--format", "json"],
+        &root(),
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(report["failed"], 1);
+    let failed: Vec<&serde_json::Value> = report["results"]
+        .as_array()
+        .expect("results")
+        .iter()
+        .filter(|r| r["passed"] == false)
+        .collect();
+    assert_eq!(failed.len(), 1);
+    assert_eq!(failed[0]["status"], 451);
+    assert!(
+        failed[0]["source"]
+            .as_str()
+            .is_some_and(|s| s.starts_with("tests.kdl:"))
+    );
+}
+
+#[test]
+fn a_policy_with_errors_is_not_tested() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    std::fs::write(
+        dir.path().join("edgepack.kdl"),
+        "edgepack 1\nrout \"/x\" {}\n",
+    )
+    .expect("write");
+    let out = edgepack(&["test", &dir.path().display().to_string()], &root());
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("rout"), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).is_empty());
+}

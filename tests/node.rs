@@ -1,0 +1,1012 @@
+//! End-to-end tests of `edgepack-node`: the example policy built and signed by `edgepack`,
+//! served by the node as a real process, a real TLS origin behind it, real HTTP in front.
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use edgepack_tests::e2e::{self, Keys, NodeProcess, Origin, Pki, get, send};
+use serde_json::json;
+
+/// The origins of the example policy (`origin "api"`), all sent to the test origin.
+const API_HOSTS: [&str; 4] = [
+    "api-eu.internal:8443",
+    "api-us.internal:8443",
+    "api-apac.internal:8443",
+    "api-sa.internal:8443",
+];
+const DE: (&str, &str) = ("cf-ipcountry", "DE");
+
+/// What every test shares: keys, a CA, and the example built once per region and variant.
+struct Fixture {
+    dir: PathBuf,
+    keys: Keys,
+    pki: Pki,
+    /// The example as shipped, version 1.
+    example: BTreeMap<String, Vec<u8>>,
+    /// The example with `/api/health` answering `healthy-b` and a one-second cache.
+    variant: BTreeMap<String, Vec<u8>>,
+}
+
+fn fixture() -> &'static Fixture {
+    static FIXTURE: OnceLock<Fixture> = OnceLock::new();
+    FIXTURE.get_or_init(|| {
+        let dir = tempfile::tempdir().expect("tempdir").keep();
+        let keys = e2e::keygen(&dir, "release");
+        let pki = Pki::new(&dir);
+        let regions = ["eu-west", "us-east"];
+        let example_policy = edgepack_tests::workspace_root().join("examples/global-api");
+        let example = e2e::build(&example_policy, &keys, &dir.join("v1"), 1, &regions);
+        let variant_policy = dir.join("variant");
+        e2e::policy_variant(
+            &example_policy,
+            &variant_policy,
+            &[
+                (
+                    "edgepack.kdl",
+                    r#"{"status":"healthy"}"#,
+                    r#"{"status":"healthy-b"}"#,
+                ),
+                (
+                    "edgepack.kdl",
+                    r#"cache ttl="5m" stale-while-revalidate="30s""#,
+                    r#"cache ttl="1s" stale-while-revalidate="1s""#,
+                ),
+            ],
+        );
+        let variant = e2e::build(&variant_policy, &keys, &dir.join("vb"), 1, &regions);
+        Fixture {
+            dir,
+            keys,
+            pki,
+            example,
+            variant,
+        }
+    })
+}
+
+/// A node serving one region's bundle, with its own bundle and state directories and an
+/// origin of its own.
+struct Edge {
+    node: NodeProcess,
+    origin: Origin,
+    bundles: PathBuf,
+    state: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Edge {
+    fn start(region: &str, bundle: &[u8], extra: &[&str]) -> Edge {
+        let fixture = fixture();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let bundles = dir.path().join("bundles");
+        let state = dir.path().join("state");
+        std::fs::create_dir_all(&bundles).expect("mkdir");
+        e2e::install(bundle, &bundles, region);
+        let origin = Origin::start(&fixture.pki, &hosts(), dir.path());
+        let node = NodeProcess::start(&node_args(&bundles, &state, &origin, extra));
+        Edge {
+            node,
+            origin,
+            bundles,
+            state,
+            _dir: dir,
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.node.url)
+    }
+
+    /// Starts another node process on the same directories (after this one stopped).
+    fn restart(&mut self, extra: &[&str]) {
+        self.node.signal("TERM");
+        self.node.wait_exit(Duration::from_secs(15));
+        self.node = NodeProcess::start(&node_args(&self.bundles, &self.state, &self.origin, extra));
+    }
+}
+
+fn hosts() -> Vec<&'static str> {
+    API_HOSTS
+        .iter()
+        .map(|h| h.split(':').next().unwrap_or(h))
+        .collect()
+}
+
+fn node_args(bundles: &Path, state: &Path, origin: &Origin, extra: &[&str]) -> Vec<String> {
+    let fixture = fixture();
+    let mut args: Vec<String> = vec![
+        "--bundle".into(),
+        bundles.display().to_string(),
+        "--trust".into(),
+        fixture.keys.public.display().to_string(),
+        "--state-dir".into(),
+        state.display().to_string(),
+        "--origin-ca".into(),
+        fixture.pki.ca_file.display().to_string(),
+        "--log-format".into(),
+        "json".into(),
+    ];
+    args.extend(origin.resolve_args(&API_HOSTS));
+    args.extend(extra.iter().map(|a| a.to_string()));
+    args
+}
+
+fn example(region: &str) -> &'static [u8] {
+    &fixture().example[region]
+}
+
+#[test]
+fn proxied_requests_carry_forwarding_and_edge_headers() {
+    let edge = Edge::start("eu-west", example("eu-west"), &[]);
+    let reply = get(
+        &edge.url("/api/data/items?page=2"),
+        &[
+            DE,
+            ("x-forwarded-for", "198.51.100.7"),
+            ("connection", "x-trace-hop"),
+            ("x-trace-hop", "1"),
+            ("host", "api.example.com"),
+        ],
+    );
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!(reply.json()["origin"], "ok");
+    assert_eq!(reply.header("x-edge-region"), Some("eu-west"));
+    assert_eq!(reply.header("x-edge-bundle"), Some("1"));
+    assert!(
+        reply
+            .header("x-request-id")
+            .is_some_and(|id| id.len() >= 16)
+    );
+    assert_eq!(reply.header("x-cache"), Some("MISS"));
+    assert_eq!(
+        reply.header("strict-transport-security"),
+        Some("max-age=63072000; includeSubDomains"),
+        "the policy's response headers are set"
+    );
+    assert_eq!(reply.header("server"), None, "the policy removes `server`");
+
+    let seen = edge
+        .origin
+        .last("/api/data/items")
+        .expect("the origin saw it");
+    assert_eq!(seen.target, "/api/data/items?page=2");
+    let header = |name: &str| seen.headers.get(name).and_then(|v| v.to_str().ok());
+    assert_eq!(header("x-forwarded-for"), Some("198.51.100.7, 127.0.0.1"));
+    assert_eq!(header("x-forwarded-proto"), Some("http"));
+    assert_eq!(header("x-forwarded-host"), Some("api.example.com"));
+    assert_eq!(
+        header("x-trace-hop"),
+        None,
+        "hop-by-hop headers are removed"
+    );
+    assert_eq!(header("cf-ipcountry"), Some("DE"));
+}
+
+#[test]
+fn the_edge_answers_waf_geo_routes_and_redirects_itself() {
+    let edge = Edge::start("eu-west", example("eu-west"), &[]);
+    let health = get(&edge.url("/api/health"), &[DE]);
+    assert_eq!(
+        (health.status, health.body.as_str()),
+        (200, r#"{"status":"healthy"}"#)
+    );
+
+    let sqli = get(
+        &edge.url("/api/data/1?id=1%20union%20select%20password%20from%20users"),
+        &[DE],
+    );
+    assert_eq!(sqli.status, 403);
+    let id = sqli
+        .header("x-request-id")
+        .expect("a request id")
+        .to_string();
+    assert_eq!(
+        sqli.json()["request_id"],
+        id.as_str(),
+        "the error body names the request"
+    );
+
+    let blocked = get(&edge.url("/api/health"), &[("cf-ipcountry", "KP")]);
+    assert_eq!(blocked.status, 451);
+    assert_eq!(blocked.header("x-edge-region"), Some("eu-west"));
+
+    assert_eq!(get(&edge.url("/nowhere"), &[DE]).status, 404);
+    let redirect = get(&edge.url("/docs/guide/start"), &[DE]);
+    assert_eq!(redirect.status, 301);
+    assert_eq!(
+        redirect.header("location"),
+        Some("https://docs.example.com/guide/start")
+    );
+    assert_eq!(
+        edge.origin.count("/"),
+        0,
+        "none of these reached the origin"
+    );
+
+    let log = edge.node.access_log();
+    let line = log
+        .iter()
+        .find(|l| l["request_id"] == id.as_str())
+        .expect("an access-log line for the blocked request");
+    assert_eq!(line["status"], 403);
+    let rules = line["rules"].as_array().expect("rules");
+    assert!(
+        rules.iter().any(|r| r["rule"] == "sqli-union"
+            && r["source"]
+                .as_str()
+                .is_some_and(|s| s.starts_with("waf.kdl:"))),
+        "the access log names the rule and its file:line: {line}"
+    );
+}
+
+#[test]
+fn the_101st_request_in_a_minute_from_one_client_gets_429() {
+    let edge = Edge::start("eu-west", example("eu-west"), &[]);
+    let client = ("x-forwarded-for", "203.0.113.9");
+    // GCRA: a burst of 100, then one more every 0.6 s; count how many got through.
+    let started = Instant::now();
+    let mut limited = None;
+    for n in 1..=200 {
+        let reply = get(&edge.url(&format!("/api/data/rl-{n}")), &[DE, client]);
+        if reply.status == 429 {
+            limited = Some((n, reply));
+            break;
+        }
+        assert_eq!(reply.status, 200, "request {n}: {}", reply.body);
+    }
+    let (n, limited) = limited.expect("a 429 within 200 requests");
+    let replenished = (started.elapsed().as_secs_f64() / 0.6).ceil() as usize;
+    assert!(
+        n > 100 && n <= 101 + replenished,
+        "first 429 at request {n}, {replenished} tokens replenished meanwhile"
+    );
+    let retry_after: u64 = limited
+        .header("retry-after")
+        .and_then(|v| v.parse().ok())
+        .expect("a Retry-After in seconds");
+    assert!((1..=60).contains(&retry_after), "Retry-After {retry_after}");
+    assert_eq!(edge.origin.count(&format!("/api/data/rl-{n}")), 0);
+
+    let other = get(
+        &edge.url("/api/data/rl-1"),
+        &[DE, ("x-forwarded-for", "203.0.113.10")],
+    );
+    assert_eq!(other.status, 200, "another client has its own budget");
+    let metrics = edge.node.metrics();
+    assert!(
+        metrics.contains(r#"edgepack_rate_limited_total{limit="per-ip"} 1"#),
+        "{metrics}"
+    );
+}
+
+#[test]
+fn responses_are_cached_by_key_and_expire() {
+    let edge = Edge::start("eu-west", &fixture().variant["eu-west"], &[]);
+    let url = edge.url("/api/data/catalog");
+    let first = get(&url, &[DE]);
+    assert_eq!((first.status, first.header("x-cache")), (200, Some("MISS")));
+    let second = get(&url, &[DE]);
+    assert_eq!(second.header("x-cache"), Some("HIT"));
+    assert_eq!(second.body, first.body, "a hit is the stored response");
+    assert_eq!(edge.origin.count("/api/data/catalog"), 1);
+
+    // The policy varies the key on accept-encoding.
+    let gzip = get(&url, &[DE, ("accept-encoding", "gzip")]);
+    assert_eq!(gzip.header("x-cache"), Some("MISS"));
+    assert_eq!(
+        get(&url, &[DE, ("accept-encoding", "gzip")]).header("x-cache"),
+        Some("HIT")
+    );
+
+    // Private answers and answers setting cookies are not stored.
+    for path in ["/api/data/private", "/api/data/cookie"] {
+        get(&edge.url(path), &[DE]);
+        let again = get(&edge.url(path), &[DE]);
+        assert_eq!(again.header("x-cache"), Some("MISS"), "{path}");
+        assert_eq!(edge.origin.count(path), 2, "{path}");
+    }
+
+    // ttl 1s, stale-while-revalidate 1s: stale, refreshed in the background, then fresh.
+    std::thread::sleep(Duration::from_millis(1200));
+    let stale = get(&url, &[DE]);
+    assert_eq!(stale.header("x-cache"), Some("STALE"));
+    assert_eq!(stale.body, first.body);
+    let refreshed = e2e::eventually(&url, &[DE], Duration::from_secs(5), |r| {
+        r.header("x-cache") == Some("HIT") && r.body != first.body
+    });
+    assert_eq!(
+        refreshed.header("x-cache"),
+        Some("HIT"),
+        "{}",
+        refreshed.body
+    );
+    // Two keys fetched once each, then one background refresh.
+    assert_eq!(edge.origin.count("/api/data/catalog"), 3);
+
+    // Past ttl + stale-while-revalidate the entry is gone.
+    std::thread::sleep(Duration::from_millis(2200));
+    assert_eq!(get(&url, &[DE]).header("x-cache"), Some("MISS"));
+    assert_eq!(edge.origin.count("/api/data/catalog"), 4);
+}
+
+#[test]
+fn jwt_routes_need_a_valid_token() {
+    let edge = Edge::start("eu-west", example("eu-west"), &[]);
+    let url = edge.url("/api/auth/me");
+    let missing = get(&url, &[DE]);
+    assert_eq!(missing.status, 401);
+    assert!(
+        missing
+            .header("www-authenticate")
+            .is_some_and(|v| v.starts_with("Bearer")),
+        "{:?}",
+        missing.headers
+    );
+
+    let claims = |exp: u64, aud: &str| json!({ "sub": "user-1", "iss": "https://auth.example.com", "aud": aud, "exp": exp });
+    let bearer = |token: &str| format!("Bearer {token}");
+    let valid = bearer(&e2e::token(&claims(e2e::now() + 600, "api")));
+    let reply = get(&url, &[DE, ("authorization", &valid)]);
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!(edge.origin.count("/api/auth/me"), 1);
+
+    let expired = bearer(&e2e::token(&claims(e2e::now() - 3600, "api")));
+    assert_eq!(get(&url, &[DE, ("authorization", &expired)]).status, 401);
+    let wrong_audience = bearer(&e2e::token(&claims(e2e::now() + 600, "billing")));
+    assert_eq!(
+        get(&url, &[DE, ("authorization", &wrong_audience)]).status,
+        401
+    );
+
+    // `alg: none`, and HS256 keyed with the public key (algorithm confusion).
+    let b64 = |v: serde_json::Value| {
+        use base64::Engine;
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string())
+    };
+    let payload = b64(claims(e2e::now() + 600, "api"));
+    let none = format!(
+        "Bearer {}.{payload}.",
+        b64(json!({ "alg": "none", "typ": "JWT" }))
+    );
+    assert_eq!(get(&url, &[DE, ("authorization", &none)]).status, 401);
+    let public_pem =
+        std::fs::read(edgepack_tests::workspace_root().join("examples/global-api/keys/auth.pem"))
+            .expect("the example's public key");
+    let confused = jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &claims(e2e::now() + 600, "api"),
+        &jsonwebtoken::EncodingKey::from_secret(&public_pem),
+    )
+    .expect("an HS256 token");
+    assert_eq!(
+        get(&url, &[DE, ("authorization", &bearer(&confused))]).status,
+        401
+    );
+    assert_eq!(
+        edge.origin.count("/api/auth/me"),
+        1,
+        "only the valid token got through"
+    );
+}
+
+#[test]
+fn cors_preflight_and_actual_requests() {
+    let edge = Edge::start("eu-west", example("eu-west"), &[]);
+    let url = edge.url("/api/data/items");
+    let app = ("origin", "https://app.example.com");
+    let preflight = send(
+        "OPTIONS",
+        &url,
+        &[DE, app, ("access-control-request-method", "GET")],
+        "",
+    );
+    assert_eq!(preflight.status, 204);
+    assert_eq!(
+        preflight.header("access-control-allow-origin"),
+        Some("https://app.example.com")
+    );
+    assert_eq!(
+        preflight.header("access-control-allow-credentials"),
+        Some("true")
+    );
+    assert_eq!(preflight.header("access-control-max-age"), Some("600"));
+    assert!(
+        preflight
+            .header("access-control-allow-methods")
+            .is_some_and(|m| m.contains("GET") && m.contains("DELETE"))
+    );
+    assert_eq!(
+        edge.origin.count("/"),
+        0,
+        "a preflight is answered at the edge"
+    );
+
+    let actual = get(&url, &[DE, app]);
+    assert_eq!(actual.status, 200);
+    assert_eq!(
+        actual.header("access-control-allow-origin"),
+        Some("https://app.example.com")
+    );
+    assert!(
+        actual
+            .header("access-control-expose-headers")
+            .is_some_and(|h| h.contains("x-request-id"))
+    );
+
+    let stranger = send(
+        "OPTIONS",
+        &url,
+        &[
+            DE,
+            ("origin", "https://evil.example"),
+            ("access-control-request-method", "GET"),
+        ],
+        "",
+    );
+    assert_eq!(stranger.header("access-control-allow-origin"), None);
+}
+
+#[test]
+fn personal_data_of_eu_requests_does_not_leave_the_zone() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key_file = dir.path().join("pseudonymize.key");
+    std::fs::write(&key_file, "a node secret of at least sixteen bytes").expect("write key");
+    let key_arg = key_file.display().to_string();
+    let edge = Edge::start(
+        "us-east",
+        example("us-east"),
+        &["--pseudonymize-key-file", &key_arg],
+    );
+    let personal = [
+        ("x-user-id", "user-42"),
+        ("x-user-email", "ada@example.eu"),
+        ("x-user-phone", "+49 30 1234567"),
+    ];
+    let send_from = |country: &'static str, path: &str| {
+        let mut headers = vec![("cf-ipcountry", country)];
+        headers.extend(personal);
+        let reply = get(&edge.url(path), &headers);
+        assert_eq!(reply.status, 200, "{}", reply.body);
+        edge.origin.last(path).expect("the origin saw it")
+    };
+    // A German user served in us-east: the request leaves the EU.
+    let eu = send_from("DE", "/api/data/eu-1");
+    let header = |seen: &e2e::Seen, name: &str| {
+        seen.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    };
+    assert_eq!(header(&eu, "x-user-email"), None);
+    assert_eq!(header(&eu, "x-user-phone"), None);
+    let pseudonym = header(&eu, "x-user-id").expect("x-user-id is pseudonymized, not dropped");
+    assert!(
+        pseudonym.starts_with("ps1-") && !pseudonym.contains("user-42"),
+        "{pseudonym}"
+    );
+    let again = send_from("DE", "/api/data/eu-2");
+    assert_eq!(
+        header(&again, "x-user-id").as_deref(),
+        Some(pseudonym.as_str()),
+        "the same person gets the same pseudonym"
+    );
+    // A US user's headers are theirs to send.
+    let us = send_from("US", "/api/data/us-1");
+    assert_eq!(
+        header(&us, "x-user-email").as_deref(),
+        Some("ada@example.eu")
+    );
+    assert_eq!(header(&us, "x-user-id").as_deref(), Some("user-42"));
+}
+
+#[test]
+fn without_a_pseudonymization_key_the_header_is_dropped() {
+    let edge = Edge::start("us-east", example("us-east"), &[]);
+    let reply = get(&edge.url("/api/data/eu-3"), &[DE, ("x-user-id", "user-42")]);
+    assert_eq!(reply.status, 200);
+    let seen = edge
+        .origin
+        .last("/api/data/eu-3")
+        .expect("the origin saw it");
+    assert_eq!(seen.headers.get("x-user-id"), None);
+}
+
+/// Waits until the node serves bundle `version`.
+fn wait_for_version(edge: &Edge, version: u64) -> e2e::Reply {
+    let expected = version.to_string();
+    let reply = e2e::eventually(
+        &edge.url("/api/health"),
+        &[DE],
+        Duration::from_secs(20),
+        |r| r.header("x-edge-bundle") == Some(expected.as_str()),
+    );
+    assert_eq!(
+        reply.header("x-edge-bundle"),
+        Some(expected.as_str()),
+        "bundle {version} not served; log:\n{}",
+        edge.node.log()
+    );
+    reply
+}
+
+/// Offers a bundle, waits until the node has looked at it, and checks it kept `serving`.
+fn offer_refused(edge: &Edge, bytes: &[u8], reason: &str, serving: u64) {
+    let before = edge.node.log_count("bundle refused");
+    e2e::install(bytes, &edge.bundles, "eu-west");
+    edge.node.signal("HUP");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while edge.node.log_count("bundle refused") == before && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let log = edge.node.log();
+    let refusal = log
+        .lines()
+        .filter(|l| l.contains("bundle refused"))
+        .nth(before)
+        .unwrap_or_else(|| panic!("no refusal logged for {reason}:\n{log}"));
+    let label = format!(r#""reason":"{reason}""#);
+    assert!(refusal.contains(&label), "expected {label}: {refusal}");
+    let reply = get(&edge.url("/api/health"), &[DE]);
+    assert_eq!(reply.status, 200);
+    assert_eq!(
+        reply.header("x-edge-bundle"),
+        Some(serving.to_string().as_str())
+    );
+}
+
+#[test]
+fn bad_bundles_are_refused_while_the_good_one_keeps_serving() {
+    let fixture = fixture();
+    let good = example("eu-west");
+    let mut edge = Edge::start("eu-west", good, &[]);
+    let v2 = e2e::with_version(good, 2, &fixture.keys);
+    e2e::install(&v2, &edge.bundles, "eu-west");
+    wait_for_version(&edge, 2);
+
+    // A higher version with a flipped byte: only verification can refuse it.
+    let mut tampered = e2e::with_version(good, 5, &fixture.keys);
+    let middle = tampered.len() / 2;
+    tampered[middle] ^= 0xff;
+    offer_refused(&edge, &tampered, "signature", 2);
+
+    let stranger = e2e::keygen(&fixture.dir, "stranger");
+    offer_refused(
+        &edge,
+        &e2e::with_version(good, 6, &stranger),
+        "signature",
+        2,
+    );
+    assert!(edge.node.log().contains("not trusted"));
+    offer_refused(&edge, good, "version", 2);
+    let us = e2e::with_version(example("us-east"), 7, &fixture.keys);
+    offer_refused(&edge, &us, "region", 2);
+    let expired = edgepack_bundles::bundle::pack(
+        &edgepack_bundles::bundle::PackInput {
+            expires: Some(e2e::now() - 60),
+            ..input_of(good, 8)
+        },
+        &files_of(good),
+        &signing_key(&fixture.keys),
+    )
+    .expect("pack");
+    offer_refused(&edge, &expired, "expiry", 2);
+
+    let metrics = edge.node.metrics();
+    let refused: f64 = metrics
+        .lines()
+        .filter(|l| l.starts_with(r#"edgepack_activations_total{result="refused""#))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert!(refused >= 5.0, "refusals are counted:\n{metrics}");
+    assert!(
+        metrics.contains(r#"edgepack_bundle_version 2"#),
+        "{metrics}"
+    );
+
+    // Restart with the tampered file in place: the node serves its last good bundle.
+    e2e::install(&tampered, &edge.bundles, "eu-west");
+    edge.restart(&[]);
+    wait_for_version(&edge, 2);
+    // And version 1, below the high-water mark, is still refused after the restart.
+    e2e::install(good, &edge.bundles, "eu-west");
+    edge.restart(&[]);
+    wait_for_version(&edge, 2);
+    // A higher good version goes in.
+    e2e::install(
+        &e2e::with_version(good, 9, &fixture.keys),
+        &edge.bundles,
+        "eu-west",
+    );
+    wait_for_version(&edge, 9);
+}
+
+fn opened(bytes: &[u8]) -> edgepack_bundles::bundle::Bundle {
+    edgepack_bundles::bundle::open_unverified(bytes, &Default::default())
+        .expect("a valid bundle")
+        .0
+}
+
+fn files_of(bytes: &[u8]) -> BTreeMap<String, Vec<u8>> {
+    opened(bytes).files
+}
+
+fn input_of(bytes: &[u8], version: u64) -> edgepack_bundles::bundle::PackInput<'static> {
+    let manifest = Box::leak(Box::new(opened(bytes).manifest));
+    edgepack_bundles::bundle::PackInput {
+        region: &manifest.region,
+        zone: &manifest.zone,
+        version,
+        created: manifest.created,
+        expires: manifest.expires,
+        compiler: &manifest.compiler,
+        sources_sha256: &manifest.sources_sha256,
+    }
+}
+
+fn signing_key(keys: &Keys) -> ed25519_dalek::SigningKey {
+    let text = std::fs::read_to_string(&keys.secret).expect("read key");
+    edgepack_bundles::bundle::keys::parse_secret_key(&text).expect("a secret key")
+}
+
+#[test]
+fn fifty_swaps_under_concurrent_load_lose_no_request() {
+    let fixture = fixture();
+    let edge = Edge::start("eu-west", example("eu-west"), &[]);
+    let url = edge.url("/api/health");
+    let stop = Arc::new(AtomicBool::new(false));
+    let served = Arc::new(AtomicUsize::new(0));
+    let failures = Arc::new(Mutex::new(Vec::<String>::new()));
+    let workers: Vec<_> = (0..8)
+        .map(|_| {
+            let (url, stop, served, failures) =
+                (url.clone(), stop.clone(), served.clone(), failures.clone());
+            e2e::runtime().spawn(async move {
+                while !stop.load(Ordering::Relaxed) {
+                    match e2e::send_async("GET", &url, &[DE], "").await {
+                        Ok(reply) if reply.status == 200 => {
+                            served.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Ok(reply) => failures
+                            .lock()
+                            .expect("failures")
+                            .push(format!("{}: {}", reply.status, reply.body)),
+                        Err(error) => failures.lock().expect("failures").push(error),
+                    }
+                }
+            })
+        })
+        .collect();
+    let swaps = 50;
+    for version in 2..2 + swaps {
+        // Alternate the policy so each swap changes what is served.
+        let (source, body) = if version % 2 == 0 {
+            (&fixture.variant["eu-west"], r#"{"status":"healthy-b"}"#)
+        } else {
+            (&fixture.example["eu-west"], r#"{"status":"healthy"}"#)
+        };
+        let served_before = served.load(Ordering::Relaxed);
+        e2e::install(
+            &e2e::with_version(source, version, &fixture.keys),
+            &edge.bundles,
+            "eu-west",
+        );
+        let reply = wait_for_version(&edge, version);
+        assert_eq!(reply.body, body, "version {version} serves its own policy");
+        // Keep load flowing across the swap.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while served.load(Ordering::Relaxed) < served_before + 20 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    for worker in workers {
+        e2e::runtime().block_on(worker).expect("a load worker");
+    }
+    let failures = failures.lock().expect("failures");
+    assert!(
+        failures.is_empty(),
+        "{} failed: {:?}",
+        failures.len(),
+        &failures[..failures.len().min(5)]
+    );
+    let served = served.load(Ordering::Relaxed);
+    assert!(served >= 1000, "only {served} requests under load");
+    assert_eq!(
+        edge.node.log_count("bundle activated"),
+        1 + swaps as usize,
+        "{}",
+        edge.node.log()
+    );
+}
+
+/// Sends raw bytes on a fresh connection and returns what came back before it closed.
+fn raw(edge: &Edge, bytes: &[u8]) -> String {
+    let mut stream = std::net::TcpStream::connect(edge.node.listen).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    stream.write_all(bytes).expect("write");
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer);
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+#[test]
+fn ambiguous_framing_oversized_requests_and_slow_clients_are_refused() {
+    let edge = Edge::start(
+        "eu-west",
+        example("eu-west"),
+        &[
+            "--max-body",
+            "1024",
+            "--header-timeout",
+            "1s",
+            "--max-header-bytes",
+            "8192",
+        ],
+    );
+    let smuggled = raw(
+        &edge,
+        b"POST /api/data/x HTTP/1.1\r\nHost: a\r\ncf-ipcountry: DE\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n0\r\n\r\n",
+    );
+    assert!(smuggled.starts_with("HTTP/1.1 400"), "{smuggled}");
+    assert_eq!(edge.origin.count("/"), 0);
+
+    let big_body = "x".repeat(4096);
+    let reply = send("POST", &edge.url("/api/data/x"), &[DE], &big_body);
+    assert_eq!(reply.status, 413);
+
+    let big_head = format!(
+        "GET /api/health HTTP/1.1\r\nHost: a\r\nx-filler: {}\r\n\r\n",
+        "y".repeat(16 * 1024)
+    );
+    let answer = raw(&edge, big_head.as_bytes());
+    assert!(answer.starts_with("HTTP/1.1 431"), "{answer}");
+
+    // A client that never finishes its head is let go.
+    let started = Instant::now();
+    let answer = raw(&edge, b"GET /api/health HTTP/1.1\r\nHost: a\r\n");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(!answer.contains("200 OK"), "{answer}");
+    // The node still serves others.
+    assert_eq!(get(&edge.url("/api/health"), &[DE]).status, 200);
+}
+
+#[test]
+fn tls_termination_serves_http2_and_reloads_its_certificate_on_sighup() {
+    let fixture = fixture();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let first = fixture.pki.issue(&["localhost"], dir.path(), "node");
+    let cert = first.cert_file.display().to_string();
+    let key = first.key_file.display().to_string();
+    let edge = Edge::start(
+        "eu-west",
+        example("eu-west"),
+        &["--tls-cert", &cert, "--tls-key", &key],
+    );
+    let (version, status, served_cert) = tls_get(&edge, &fixture.pki, b"h2");
+    assert_eq!((version, status), (http::Version::HTTP_2, 200));
+    assert_eq!(served_cert, first.chain[0]);
+    let (version, status, _) = tls_get(&edge, &fixture.pki, b"http/1.1");
+    assert_eq!((version, status), (http::Version::HTTP_11, 200));
+
+    let second = fixture.pki.issue(&["localhost"], dir.path(), "node");
+    assert_ne!(second.chain[0], first.chain[0]);
+    edge.node.signal("HUP");
+    assert!(
+        edge.node
+            .wait_for_log("TLS certificate reloaded", Duration::from_secs(10))
+    );
+    let (_, status, served_cert) = tls_get(&edge, &fixture.pki, b"h2");
+    assert_eq!(status, 200);
+    assert_eq!(
+        served_cert, second.chain[0],
+        "new connections get the new certificate"
+    );
+}
+
+/// GET /api/health over TLS offering one ALPN protocol: the HTTP version, the status and
+/// the certificate the node presented.
+fn tls_get(
+    edge: &Edge,
+    pki: &Pki,
+    alpn: &[u8],
+) -> (
+    http::Version,
+    u16,
+    rustls::pki_types::CertificateDer<'static>,
+) {
+    use bytes::Bytes;
+    use http_body_util::Full;
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    let config = Arc::new(pki.client_config(&[alpn]));
+    let addr = edge.node.listen;
+    e2e::runtime().block_on(async move {
+        let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let name = rustls::pki_types::ServerName::try_from("localhost").expect("a name");
+        let tls = tokio_rustls::TlsConnector::from(config)
+            .connect(name, tcp)
+            .await
+            .expect("TLS handshake with the node");
+        let served = tls
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|c| c.first().cloned())
+            .expect("a certificate");
+        let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+        let request = http::Request::builder()
+            .uri(format!("https://localhost:{}/api/health", addr.port()))
+            .header("cf-ipcountry", "DE")
+            .body(Full::new(Bytes::new()))
+            .expect("a request");
+        let io = TokioIo::new(tls);
+        let response = if h2 {
+            let (mut sender, connection) =
+                hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
+                    .await
+                    .expect("HTTP/2 handshake");
+            tokio::spawn(connection);
+            sender.send_request(request).await.expect("HTTP/2 request")
+        } else {
+            let (mut sender, connection) = hyper::client::conn::http1::handshake(io)
+                .await
+                .expect("HTTP/1 handshake");
+            tokio::spawn(connection);
+            let mut request = request;
+            request
+                .headers_mut()
+                .insert("host", http::HeaderValue::from_static("localhost"));
+            sender.send_request(request).await.expect("HTTP/1 request")
+        };
+        (response.version(), response.status().as_u16(), served)
+    })
+}
+
+#[test]
+fn sigterm_lets_requests_in_flight_finish_and_exits_zero() {
+    let mut edge = Edge::start("eu-west", example("eu-west"), &[]);
+    let url = edge.url("/api/data/slow");
+    let in_flight =
+        e2e::runtime().spawn(async move { e2e::send_async("GET", &url, &[DE], "").await });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while edge.origin.count("/api/data/slow") == 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    edge.node.signal("TERM");
+    let reply = e2e::runtime()
+        .block_on(in_flight)
+        .expect("the request task")
+        .expect("the request in flight is answered");
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let status = edge
+        .node
+        .wait_exit(Duration::from_secs(15))
+        .expect("the node exits");
+    assert!(status.success(), "{status}");
+    assert!(
+        std::net::TcpStream::connect(edge.node.listen).is_err(),
+        "no longer accepting"
+    );
+}
+
+#[test]
+fn metrics_and_health_describe_the_node() {
+    let edge = Edge::start("eu-west", example("eu-west"), &[]);
+    get(&edge.url("/api/health"), &[DE]);
+    get(&edge.url("/api/data/m"), &[DE]);
+    get(&edge.url("/api/data/m"), &[DE]);
+    get(
+        &edge.url("/api/data/1?q=1%20union%20select%20a%20from%20b"),
+        &[DE],
+    );
+    let metrics = edge.node.metrics();
+    for expected in [
+        r#"edgepack_requests_total{route="/api/health""#,
+        "edgepack_request_duration_seconds_bucket",
+        "edgepack_decide_duration_seconds_bucket",
+        r#"edgepack_cache_lookups_total{result="hit"} 1"#,
+        r#"edgepack_cache_lookups_total{result="miss"} 1"#,
+        r#"edgepack_waf_blocks_total{rule="sqli-union"} 1"#,
+        r#"edgepack_bundle_info{region="eu-west""#,
+        "edgepack_bundle_version 1",
+        r#"edgepack_activations_total{result="activated",reason="ok"} 1"#,
+        "edgepack_upstream_duration_seconds_bucket",
+        "# EOF",
+    ] {
+        assert!(metrics.contains(expected), "no {expected} in:\n{metrics}");
+    }
+    let health = get(&format!("{}/healthz", edge.node.admin), &[]);
+    assert_eq!(health.status, 200);
+    let health = health.json();
+    assert_eq!(health["region"], "eu-west");
+    assert_eq!(health["version"], 1);
+    assert_eq!(
+        health["sha256"].as_str().map(str::len),
+        Some(64),
+        "{health}"
+    );
+}
+
+/// A port nothing listens on now.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+#[test]
+fn edgepack_dev_serves_and_swaps_in_every_save() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let policy = dir.path().join("policy");
+    e2e::copy_dir(
+        &edgepack_tests::workspace_root().join("examples/global-api"),
+        &policy,
+    );
+    let (port, admin) = (free_port(), free_port());
+    let mut dev = std::process::Command::new(e2e::binary("edgepack"))
+        .args(["dev", &policy.display().to_string(), "--region", "eu-west"])
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .args(["--admin", &format!("127.0.0.1:{admin}")])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start edgepack dev");
+    let url = format!("http://127.0.0.1:{port}/api/health");
+    let healthy = |r: &e2e::Reply| r.body == r#"{"status":"healthy"}"#;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let first = loop {
+        if let Ok(reply) = e2e::runtime().block_on(e2e::send_async("GET", &url, &[DE], "")) {
+            break reply;
+        }
+        assert!(Instant::now() < deadline, "edgepack dev did not serve");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(healthy(&first), "{}", first.body);
+    assert_eq!(first.header("x-edge-bundle"), Some("1"));
+
+    let entry = policy.join("edgepack.kdl");
+    let text = std::fs::read_to_string(&entry).expect("read");
+    std::fs::write(
+        &entry,
+        text.replace(r#"{"status":"healthy"}"#, r#"{"status":"saved"}"#),
+    )
+    .expect("save");
+    let saved = e2e::eventually(&url, &[DE], Duration::from_secs(30), |r| {
+        r.body == r#"{"status":"saved"}"#
+    });
+    assert_eq!(saved.body, r#"{"status":"saved"}"#);
+    assert_eq!(saved.header("x-edge-bundle"), Some("2"));
+
+    // A save with an error keeps the last good build serving.
+    let text = std::fs::read_to_string(&entry).expect("read");
+    std::fs::write(&entry, format!("{text}\nrout \"/typo\" {{}}\n")).expect("save");
+    std::thread::sleep(Duration::from_secs(2));
+    let still = get(&url, &[DE]);
+    assert_eq!(
+        (still.body.as_str(), still.header("x-edge-bundle")),
+        (r#"{"status":"saved"}"#, Some("2"))
+    );
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &dev.id().to_string()])
+        .status();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let status = loop {
+        if let Ok(Some(status)) = dev.try_wait() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "edgepack dev did not stop");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "{status}");
+}
