@@ -14,12 +14,16 @@ use edgepack_bundles::request::Request;
 use edgepack_compiler::eval::{self, Evaluator};
 use edgepack_compiler::pipeline;
 use edgepack_compiler::plan::{HostPlan, RegionPlan, SegmentPlan};
-use edgepack_runtime_min::host::{HostError, PolicyEngine, PolicyInstance};
+use edgepack_runtime_min::host::{HostError, PolicyEngine, PolicyInstance, Tier};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
 
 /// Compiles every region of the policy at `path`; `None` when it does not check clean.
-fn compile_policy(path: &Path, engine: &PolicyEngine) -> Option<Vec<(RegionPlan, PolicyInstance)>> {
+fn compile_policy(
+    path: &Path,
+    engine: &PolicyEngine,
+    tier: Tier,
+) -> Option<Vec<(RegionPlan, PolicyInstance)>> {
     let checked = edgepack_schema::check(path).ok()?;
     let policy = checked.policy.as_ref()?;
     let plans = pipeline::plans(policy, &checked, &[]).ok()?;
@@ -28,10 +32,16 @@ fn compile_policy(path: &Path, engine: &PolicyEngine) -> Option<Vec<(RegionPlan,
             .into_iter()
             .map(|plan| {
                 let compiled = pipeline::compile(plan).expect("a clean policy compiles");
-                let instance = engine
-                    .compile(&compiled.wasm)
-                    .and_then(|m| m.instantiate())
-                    .expect("the module loads");
+                let module = engine
+                    .compile_tier(&compiled.wasm, tier)
+                    .expect("the module compiles");
+                assert_eq!(
+                    module.tier(),
+                    tier,
+                    "{}: compiled at another tier",
+                    path.display()
+                );
+                let instance = module.instantiate().expect("the module loads");
                 (compiled.plan, instance)
             })
             .collect(),
@@ -334,9 +344,13 @@ fn run_policy(name: &str, regions: &mut [(RegionPlan, PolicyInstance)], cases: u
 #[test]
 fn examples_agree() {
     let engine = PolicyEngine::new().expect("engine");
-    for policy in edgepack_tests::example_policies() {
-        let mut regions = compile_policy(&policy, &engine).expect("examples check clean");
-        run_policy(&policy.display().to_string(), &mut regions, cases(600));
+    // Both tiers the node serves with: the baseline compiler's and Cranelift's.
+    for tier in [Tier::Quick, Tier::Optimized] {
+        for policy in edgepack_tests::example_policies() {
+            let mut regions = compile_policy(&policy, &engine, tier).expect("examples check clean");
+            let name = format!("{} ({tier:?})", policy.display());
+            run_policy(&name, &mut regions, cases(600));
+        }
     }
 }
 
@@ -350,7 +364,7 @@ fn valid_golden_policies_agree() {
         } else {
             file.clone()
         };
-        if let Some(mut regions) = compile_policy(&policy, &engine) {
+        if let Some(mut regions) = compile_policy(&policy, &engine, Tier::Optimized) {
             compiled += 1;
             run_policy(&policy.display().to_string(), &mut regions, cases(100));
         }
@@ -364,7 +378,8 @@ fn valid_golden_policies_agree() {
 fn hostile_requests_agree() {
     let engine = PolicyEngine::new().expect("engine");
     let example = edgepack_tests::workspace_root().join("examples/global-api");
-    let mut regions = compile_policy(&example, &engine).expect("example compiles");
+    let mut quick = compile_policy(&example, &engine, Tier::Quick).expect("example compiles");
+    let mut regions = compile_policy(&example, &engine, Tier::Optimized).expect("example compiles");
     let mut requests = Vec::new();
     let mut many_headers = Request::new("GET", "/api/data/1");
     for i in 0..200 {
@@ -400,7 +415,7 @@ fn hostile_requests_agree() {
             .header("content-type", "application/json")
             .body(deep_json),
     );
-    for (plan, instance) in regions.iter_mut() {
+    for (plan, instance) in regions.iter_mut().chain(quick.iter_mut()) {
         let evaluator = Evaluator::new(plan);
         for request in &requests {
             if let Err(e) = compare(plan, &evaluator, instance, request) {
@@ -624,7 +639,7 @@ fn generated_policies_agree() {
         .run(&policy(), |kdl| {
             let dir = tempdir();
             std::fs::write(dir.join("edgepack.kdl"), &kdl).expect("write policy");
-            let regions = compile_policy(&dir, &engine);
+            let regions = compile_policy(&dir, &engine, Tier::Optimized);
             let _ = std::fs::remove_dir_all(&dir);
             // Random routes can be ambiguous; such policies are rejected by `check`.
             let Some(mut regions) = regions else {
@@ -668,7 +683,7 @@ fn tempdir() -> std::path::PathBuf {
 fn arbitrary_requests_agree() {
     let engine = PolicyEngine::new().expect("engine");
     let example = edgepack_tests::workspace_root().join("examples/global-api");
-    let mut regions = compile_policy(&example, &engine).expect("example compiles");
+    let mut regions = compile_policy(&example, &engine, Tier::Optimized).expect("example compiles");
     let bytes = || proptest::collection::vec(any::<u8>(), 0..64);
     let strategy = (
         "[A-Z]{0,8}",

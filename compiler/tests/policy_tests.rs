@@ -83,3 +83,33 @@ fn a_policy_with_errors_is_not_tested() {
     assert!(text(&out.stderr).contains("rout"), "{}", text(&out.stderr));
     assert!(text(&out.stdout).is_empty());
 }
+
+#[test]
+fn each_region_is_tested_with_its_own_bundle() {
+    // The same request, two regions, two answers: a region that replaces a route must be
+    // tested with its own module, not the one tested before it.
+    let dir = tempfile::tempdir().expect("temp dir");
+    std::fs::write(
+        dir.path().join("edgepack.kdl"),
+        r#"edgepack 1
+region "one" zone="GLOBAL"
+region "two" zone="GLOBAL" {
+    route "/hello" { respond 202 body="two" }
+}
+route "/hello" { respond 200 body="one" }
+test "one answers 200" {
+    request "GET" "/hello" region="one"
+    expect status=200
+}
+test "two answers 202" {
+    request "GET" "/hello" region="two"
+    expect status=202
+}
+"#,
+    )
+    .expect("write");
+    let out = edgepack(&["test", &dir.path().display().to_string()], &root());
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}{}", text(&out.stderr));
+    assert!(stdout.contains("2 passed, 0 failed"), "{stdout}");
+}

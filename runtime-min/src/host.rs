@@ -14,7 +14,7 @@ use edgepack_bundles::request::RequestParts;
 use edgepack_bundles::wire::{self, EncodeError, Limits};
 use wasmtime::{
     Config, Engine, Instance, Memory, Module, OptLevel, RegallocAlgorithm, Store, StoreLimits,
-    StoreLimitsBuilder, TypedFunc,
+    StoreLimitsBuilder, Strategy, TypedFunc,
 };
 
 /// The largest memory a policy module may declare.
@@ -47,12 +47,13 @@ pub enum HostError {
 /// How often the engine's epoch advances when `decide` calls are time-bounded.
 const EPOCH_TICK: Duration = Duration::from_millis(1);
 
-/// How hard Cranelift works on a module.
+/// Which compiler builds a module.
 ///
-/// Policy modules arrive optimized by wasm-opt, so Cranelift's own optimizations add little;
-/// its register allocator decides the code's speed. The node compiles a new bundle `Quick`
-/// (single-pass allocation: about half the compile time, decide about 1.3× slower) so it
-/// serves within milliseconds, then `Optimized` in the background and moves to that.
+/// A new bundle is compiled `Quick` first, with Winch, wasmtime's baseline compiler (about
+/// half Cranelift's compile time on a policy module, slower code), so the node serves it
+/// within milliseconds; then `Optimized` with Cranelift in the background, and moves to
+/// that. Both compile the same bytes and decide alike. Policy modules arrive optimized by
+/// wasm-opt, so Cranelift's register allocator matters more than its own passes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Tier {
     Quick,
@@ -111,9 +112,7 @@ impl PolicyEngine {
                 Tier::Optimized => config
                     .cranelift_opt_level(OptLevel::Speed)
                     .cranelift_regalloc_algorithm(RegallocAlgorithm::Backtracking),
-                Tier::Quick => config
-                    .cranelift_opt_level(OptLevel::None)
-                    .cranelift_regalloc_algorithm(RegallocAlgorithm::SinglePass),
+                Tier::Quick => config.strategy(Strategy::Winch),
             };
             Engine::new(&config).map_err(|e| HostError::Compile(e.to_string()))
         };
@@ -135,7 +134,12 @@ impl PolicyEngine {
             Tier::Optimized => &self.optimized,
             Tier::Quick => &self.quick,
         };
-        let module = Module::new(engine, wasm).map_err(|e| HostError::Compile(format!("{e:#}")))?;
+        let module = match Module::new(engine, wasm) {
+            Ok(module) => module,
+            // A module the baseline compiler cannot build still serves, optimized.
+            Err(_) if tier == Tier::Quick => return self.compile_tier(wasm, Tier::Optimized),
+            Err(e) => return Err(HostError::Compile(format!("{e:#}"))),
+        };
         for name in [
             export::MEMORY,
             export::DECIDE,

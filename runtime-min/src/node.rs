@@ -39,6 +39,11 @@ pub struct Settings {
     pub skip_decide: bool,
 }
 
+/// Activations in this process, numbered across nodes: a worker thread keeps one policy
+/// instance per generation, and two nodes in one process (`edgepack test` runs one per
+/// region) must never share one.
+static GENERATION: AtomicU64 = AtomicU64::new(0);
+
 /// Where a bundle came from, for the log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Trigger {
@@ -88,7 +93,6 @@ pub struct Node {
     /// Held for a whole activation, so two never interleave (a slower, older one could
     /// otherwise swap in after a newer one).
     activating: Mutex<()>,
-    generation: AtomicU64,
     request_prefix: u32,
     request_counter: AtomicU64,
 }
@@ -150,7 +154,6 @@ impl Node {
                 last_refused: None,
             }),
             activating: Mutex::new(()),
-            generation: AtomicU64::new(0),
             request_prefix: u32::from_le_bytes(prefix),
             request_counter: AtomicU64::new(0),
         })
@@ -327,7 +330,7 @@ impl Node {
                 region: control.region.clone(),
             }
         };
-        let generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
+        let generation = GENERATION.fetch_add(1, Ordering::Relaxed) + 1;
         let prepared = self
             .loader
             .prepare(bytes, &floor, generation, &self.ratelimits);
