@@ -478,12 +478,7 @@ impl NodeProcess {
 
     /// Sends a signal (`HUP`, `TERM`, …) to the node.
     pub fn signal(&self, name: &str) {
-        let status = Command::new("kill")
-            .arg(format!("-{name}"))
-            .arg(self.child.id().to_string())
-            .status()
-            .expect("run kill");
-        assert!(status.success(), "kill -{name} failed");
+        send_signal(self.child.id(), name);
     }
 
     /// Waits for the node to exit by itself (after a signal), up to `timeout`.
@@ -509,6 +504,22 @@ impl Drop for NodeProcess {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Sends a signal by name (`HUP`, `TERM`, `INT`) to a process.
+pub fn send_signal(pid: u32, name: &str) {
+    use rustix::process::{Pid, Signal, kill_process};
+    let signal = match name {
+        "HUP" => Signal::HUP,
+        "TERM" => Signal::TERM,
+        "INT" => Signal::INT,
+        other => panic!("no signal named {other}"),
+    };
+    let pid = i32::try_from(pid)
+        .ok()
+        .and_then(Pid::from_raw)
+        .expect("a process id");
+    kill_process(pid, signal).expect("send the signal");
 }
 
 fn collect_lines(stream: impl std::io::Read + Send + 'static) -> Arc<Mutex<Vec<String>>> {

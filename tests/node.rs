@@ -997,9 +997,7 @@ fn edgepack_dev_serves_and_swaps_in_every_save() {
         (still.body.as_str(), still.header("x-edge-bundle")),
         (r#"{"status":"saved"}"#, Some("2"))
     );
-    let _ = std::process::Command::new("kill")
-        .args(["-TERM", &dev.id().to_string()])
-        .status();
+    e2e::send_signal(dev.id(), "TERM");
     let deadline = Instant::now() + Duration::from_secs(15);
     let status = loop {
         if let Ok(Some(status)) = dev.try_wait() {
