@@ -244,7 +244,7 @@ pub struct Seen {
 /// An HTTPS origin server on loopback (HTTP/1.1 and HTTP/2) that records what reaches it.
 ///
 /// Its answers depend on the path: `…/private…` is `Cache-Control: private`, `…/cookie…`
-/// sets a cookie, `…/slow…` takes 500 ms; every answer carries `server: origin` and the
+/// sets a cookie, `…/by-language…` varies on `Accept-Language`, `…/slow…` takes 500 ms; every answer carries `server: origin` and the
 /// number of requests served so far in `x-origin-count` and the JSON body.
 pub struct Origin {
     pub addr: SocketAddr,
@@ -360,6 +360,9 @@ async fn origin_answer(
     }
     if target.contains("/cookie") {
         response = response.header("set-cookie", "session=secret");
+    }
+    if target.contains("/by-language") {
+        response = response.header("vary", "Accept-Language");
     }
     Ok(response
         .body(Full::new(Bytes::from(body)))

@@ -149,9 +149,15 @@ impl ResponseCache {
 }
 
 /// Whether a response may be stored, whatever the TTL: RFC 9111's heuristically cacheable
-/// statuses, not no-store, not `Vary: *`, and unless the policy stores private responses
+/// statuses, not no-store, varying only on request headers the key holds (`keyed_on`, the
+/// policy's `vary`; never `Vary: *`), and unless the policy stores private responses
 /// (`private="store"`), no `Set-Cookie` and not private.
-pub fn storable(status: StatusCode, headers: &HeaderMap, store_private: bool) -> bool {
+pub fn storable(
+    status: StatusCode,
+    headers: &HeaderMap,
+    store_private: bool,
+    keyed_on: &[String],
+) -> bool {
     const CACHEABLE: [u16; 10] = [200, 203, 204, 300, 301, 308, 404, 405, 410, 501];
     if !CACHEABLE.contains(&status.as_u16())
         || (!store_private && headers.contains_key(header::SET_COOKIE))
@@ -175,10 +181,16 @@ pub fn storable(status: StatusCode, headers: &HeaderMap, store_private: bool) ->
             return false;
         }
     }
+    // A response that varies on a request header the key does not hold could be served to
+    // a request it was not made for.
     !headers.get_all(header::VARY).iter().any(|v| {
-        v.as_bytes()
-            .split(|b| *b == b',')
-            .any(|p| p.trim_ascii() == b"*")
+        v.as_bytes().split(|b| *b == b',').any(|name| {
+            let name = name.trim_ascii();
+            !name.is_empty()
+                && !keyed_on
+                    .iter()
+                    .any(|k| k.as_bytes().eq_ignore_ascii_case(name))
+        })
     })
 }
 
@@ -257,35 +269,52 @@ mod tests {
     #[test]
     fn private_cookies_and_errors_are_not_stored() {
         let mut headers = HeaderMap::new();
-        assert!(storable(StatusCode::OK, &headers, false));
+        assert!(storable(StatusCode::OK, &headers, false, &[]));
         assert!(!storable(
             StatusCode::INTERNAL_SERVER_ERROR,
             &headers,
-            false
+            false,
+            &[]
         ));
         headers.insert(
             header::CACHE_CONTROL,
             HeaderValue::from_static("max-age=60, Private"),
         );
-        assert!(!storable(StatusCode::OK, &headers, false));
+        assert!(!storable(StatusCode::OK, &headers, false, &[]));
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("public"));
-        assert!(storable(StatusCode::OK, &headers, false));
+        assert!(storable(StatusCode::OK, &headers, false, &[]));
         headers.insert(header::SET_COOKIE, HeaderValue::from_static("a=b"));
-        assert!(!storable(StatusCode::OK, &headers, false));
+        assert!(!storable(StatusCode::OK, &headers, false, &[]));
         assert!(
-            storable(StatusCode::OK, &headers, true),
+            storable(StatusCode::OK, &headers, true, &[]),
             "the policy may say so"
         );
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("private"));
-        assert!(storable(StatusCode::OK, &headers, true));
+        assert!(storable(StatusCode::OK, &headers, true, &[]));
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         assert!(
-            !storable(StatusCode::OK, &headers, true),
+            !storable(StatusCode::OK, &headers, true, &[]),
             "no-store always holds"
         );
         headers.remove(header::CACHE_CONTROL);
         headers.remove(header::SET_COOKIE);
         headers.insert(header::VARY, HeaderValue::from_static("accept, *"));
-        assert!(!storable(StatusCode::OK, &headers, false));
+        assert!(!storable(
+            StatusCode::OK,
+            &headers,
+            false,
+            &["accept".into()]
+        ));
+        headers.insert(header::VARY, HeaderValue::from_static("Accept-Encoding"));
+        assert!(
+            !storable(StatusCode::OK, &headers, false, &[]),
+            "varies on a header the key does not hold"
+        );
+        assert!(storable(
+            StatusCode::OK,
+            &headers,
+            false,
+            &["accept-encoding".into()]
+        ));
     }
 }

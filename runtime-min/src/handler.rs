@@ -1084,7 +1084,7 @@ async fn store_response(
         .routes
         .get(route as usize)
         .and_then(|r| r.cache.as_ref())
-        .filter(|p| cache::storable(head.status, &head.headers, p.store_private));
+        .filter(|p| cache::storable(head.status, &head.headers, p.store_private, &p.vary));
     let Some(policy) = policy else {
         return Ok((incoming.map_err(BoxError::from).boxed(), false));
     };
