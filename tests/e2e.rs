@@ -136,15 +136,25 @@ pub fn build(
 /// The same bundle under another version, signed by `key`: what a later build of the same
 /// sources would ship.
 pub fn with_version(bundle_bytes: &[u8], version: u64, key: &Keys) -> Vec<u8> {
+    repack(bundle_bytes, key, |manifest| manifest.version = version)
+}
+
+/// The bundle's files packed again under a manifest `edit` changed, signed by `key`.
+pub fn repack(
+    bundle_bytes: &[u8],
+    key: &Keys,
+    edit: impl FnOnce(&mut edgepack_bundles::bundle::Manifest),
+) -> Vec<u8> {
     let (opened, _) =
         bundle::open_unverified(bundle_bytes, &OpenLimits::default()).expect("a valid bundle");
     let secret = std::fs::read_to_string(&key.secret).expect("read the secret key");
     let secret = keys::parse_secret_key(&secret).expect("a secret key");
-    let manifest = &opened.manifest;
+    let mut manifest = opened.manifest;
+    edit(&mut manifest);
     let input = PackInput {
         region: &manifest.region,
         zone: &manifest.zone,
-        version,
+        version: manifest.version,
         created: manifest.created,
         expires: manifest.expires,
         compiler: &manifest.compiler,

@@ -590,15 +590,10 @@ fn bad_bundles_are_refused_while_the_good_one_keeps_serving() {
     offer_refused(&edge, good, "version", 2);
     let us = e2e::with_version(example("us-east"), 7, &fixture.keys);
     offer_refused(&edge, &us, "region", 2);
-    let expired = edgepack_bundles::bundle::pack(
-        &edgepack_bundles::bundle::PackInput {
-            expires: Some(e2e::now() - 60),
-            ..input_of(good, 8)
-        },
-        &files_of(good),
-        &signing_key(&fixture.keys),
-    )
-    .expect("pack");
+    let expired = e2e::repack(good, &fixture.keys, |manifest| {
+        manifest.version = 8;
+        manifest.expires = Some(e2e::now() - 60);
+    });
     offer_refused(&edge, &expired, "expiry", 2);
 
     let metrics = edge.node.metrics();
@@ -628,34 +623,6 @@ fn bad_bundles_are_refused_while_the_good_one_keeps_serving() {
         "eu-west",
     );
     wait_for_version(&edge, 9);
-}
-
-fn opened(bytes: &[u8]) -> edgepack_bundles::bundle::Bundle {
-    edgepack_bundles::bundle::open_unverified(bytes, &Default::default())
-        .expect("a valid bundle")
-        .0
-}
-
-fn files_of(bytes: &[u8]) -> BTreeMap<String, Vec<u8>> {
-    opened(bytes).files
-}
-
-fn input_of(bytes: &[u8], version: u64) -> edgepack_bundles::bundle::PackInput<'static> {
-    let manifest = Box::leak(Box::new(opened(bytes).manifest));
-    edgepack_bundles::bundle::PackInput {
-        region: &manifest.region,
-        zone: &manifest.zone,
-        version,
-        created: manifest.created,
-        expires: manifest.expires,
-        compiler: &manifest.compiler,
-        sources_sha256: &manifest.sources_sha256,
-    }
-}
-
-fn signing_key(keys: &Keys) -> ed25519_dalek::SigningKey {
-    let text = std::fs::read_to_string(&keys.secret).expect("read key");
-    edgepack_bundles::bundle::keys::parse_secret_key(&text).expect("a secret key")
 }
 
 #[test]

@@ -182,13 +182,23 @@ pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// Decodes lowercase hex, the only form `hex` writes: accepting upper case (or the `+`
+/// that `from_str_radix` allows) would let the same signature be written several ways, so a
+/// bundle whose bytes changed would still open.
 fn unhex(text: &str) -> Option<Vec<u8>> {
+    fn digit(c: u8) -> Option<u8> {
+        match c {
+            b'0'..=b'9' => Some(c - b'0'),
+            b'a'..=b'f' => Some(c - b'a' + 10),
+            _ => None,
+        }
+    }
     if !text.len().is_multiple_of(2) {
         return None;
     }
-    (0..text.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
+    text.as_bytes()
+        .chunks_exact(2)
+        .map(|pair| Some(digit(pair[0])? << 4 | digit(pair[1])?))
         .collect()
 }
 
@@ -276,6 +286,13 @@ pub fn split<'a>(bytes: &'a [u8], limits: &OpenLimits) -> Result<RawBundle<'a>, 
     }
     let signatures: Vec<SignatureEntry> = serde_json::from_slice(signature_bytes)
         .map_err(|e| OpenError::SignatureList(e.to_string()))?;
+    // The list is not signed, so it must be written exactly one way: a bundle whose bytes
+    // changed must not open as if it were the one signed.
+    if serde_json::to_vec(&signatures).ok().as_deref() != Some(signature_bytes) {
+        return Err(OpenError::SignatureList(
+            "not written in its canonical form".into(),
+        ));
+    }
     if signatures.len() > limits.max_signatures {
         return Err(OpenError::TooManySignatures(limits.max_signatures));
     }
@@ -463,6 +480,18 @@ fn what_was_altered(raw: &RawBundle<'_>, entry: &SignatureEntry) -> OpenError {
         Ok(hash) if hash != sha256_hex(raw.tar_frame) => OpenError::PayloadAltered(key),
         _ => OpenError::BadSignature(key),
     }
+}
+
+/// Reads a bundle file whole, but never more than one byte past the largest bundle
+/// [`OpenLimits::default`] accepts (so [`open`] refuses an oversized file as too large).
+pub fn read_file(path: &std::path::Path) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let limit = OpenLimits::default().max_bundle_bytes;
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)?
+        .take(limit + 1)
+        .read_to_end(&mut bytes)?;
+    Ok(bytes)
 }
 
 /// Opens and verifies a bundle: signatures first, then the manifest, then the tar frame's

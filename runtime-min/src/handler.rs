@@ -442,13 +442,7 @@ impl Exchange<'_> {
                 }
                 Effect::Redirect(route) => {
                     self.record.action = "redirect";
-                    let status = match self
-                        .active
-                        .plan
-                        .routes
-                        .get(route as usize)
-                        .map(|r| &r.action)
-                    {
+                    let status = match self.route_action(route) {
                         Some(ActionPlan::Redirect { status, .. }) => *status,
                         _ => 302,
                     };
@@ -460,13 +454,7 @@ impl Exchange<'_> {
                 }
                 Effect::Block(route) => {
                     self.record.action = "block";
-                    let status = match self
-                        .active
-                        .plan
-                        .routes
-                        .get(route as usize)
-                        .map(|r| &r.action)
-                    {
+                    let status = match self.route_action(route) {
                         Some(ActionPlan::Block { status }) => *status,
                         _ => 403,
                     };
@@ -768,6 +756,14 @@ impl Exchange<'_> {
                 .insert("x-cache", HeaderValue::from_static("MISS"));
         }
         response
+    }
+
+    fn route_action(&self, route: u32) -> Option<&ActionPlan> {
+        self.active
+            .plan
+            .routes
+            .get(route as usize)
+            .map(|r| &r.action)
     }
 
     /// What a stand-in origin answers (`edgepack test`): 200 and the origin's name.

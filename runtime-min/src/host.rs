@@ -300,3 +300,129 @@ impl PolicyInstance {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use wasm_encoder::{
+        CodeSection, ConstExpr, ExportKind, ExportSection, Function, FunctionSection,
+        GlobalSection, GlobalType, Instruction, MemorySection, MemoryType, Module as Encoded,
+        TypeSection, ValType,
+    };
+
+    /// A module with the policy exports whose `decide` runs `body`.
+    fn module(body: &[Instruction<'_>]) -> Vec<u8> {
+        let mut module = Encoded::new();
+        let mut types = TypeSection::new();
+        types.ty().function([ValType::I32], [ValType::I32]);
+        module.section(&types);
+        let mut functions = FunctionSection::new();
+        functions.function(0);
+        module.section(&functions);
+        let mut memory = MemorySection::new();
+        memory.memory(MemoryType {
+            minimum: 8,
+            maximum: None,
+            memory64: false,
+            shared: false,
+            page_size_log2: None,
+        });
+        module.section(&memory);
+        let mut globals = GlobalSection::new();
+        let values = [
+            abi::ABI_VERSION as i32,
+            0,
+            abi::REQUEST_CAPACITY_BASE as i32,
+            abi::REQUEST_CAPACITY_BASE as i32 + 4096,
+            0,
+        ];
+        for value in values {
+            globals.global(
+                GlobalType {
+                    val_type: ValType::I32,
+                    mutable: false,
+                    shared: false,
+                },
+                &ConstExpr::i32_const(value),
+            );
+        }
+        module.section(&globals);
+        let mut exports = ExportSection::new();
+        exports.export(export::MEMORY, ExportKind::Memory, 0);
+        exports.export(export::DECIDE, ExportKind::Func, 0);
+        for (index, name) in [
+            export::ABI_VERSION,
+            export::REQUEST_BASE,
+            export::REQUEST_CAPACITY,
+            export::DECISION_BASE,
+            export::BODY_LIMIT,
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            exports.export(name, ExportKind::Global, index as u32);
+        }
+        module.section(&exports);
+        let mut code = CodeSection::new();
+        let mut function = Function::new([]);
+        for instruction in body {
+            function.instruction(instruction);
+        }
+        function.instruction(&Instruction::End);
+        code.function(&function);
+        module.section(&code);
+        module.finish()
+    }
+
+    fn request() -> edgepack_bundles::request::Request {
+        edgepack_bundles::request::Request::new("GET", "/")
+    }
+
+    #[test]
+    fn a_decide_that_never_ends_is_stopped_at_its_time_limit() {
+        let forever = module(&[
+            Instruction::Loop(wasm_encoder::BlockType::Empty),
+            Instruction::Br(0),
+            Instruction::End,
+            Instruction::I32Const(0),
+        ]);
+        let engine = PolicyEngine::with_time_limit(Duration::from_millis(5)).expect("engine");
+        for tier in [Tier::Quick, Tier::Optimized] {
+            let mut instance = engine
+                .compile_tier(&forever, tier)
+                .and_then(|m| m.instantiate())
+                .expect("instantiates");
+            let started = std::time::Instant::now();
+            let result = instance.decide(&request());
+            assert!(
+                matches!(result, Err(HostError::TimedOut)),
+                "{tier:?}: {result:?}"
+            );
+            assert!(started.elapsed() < Duration::from_secs(1), "{tier:?}");
+        }
+    }
+
+    #[test]
+    fn a_decide_that_grows_memory_past_the_limit_is_refused_the_memory() {
+        // memory.grow by 8192 pages (512 MiB) fails under the store's limit: -1.
+        let greedy = module(&[
+            Instruction::I32Const(8192),
+            Instruction::MemoryGrow(0),
+            Instruction::I32Const(-1),
+            Instruction::I32Eq,
+            Instruction::If(wasm_encoder::BlockType::Empty),
+            Instruction::Unreachable,
+            Instruction::End,
+            Instruction::I32Const(0),
+        ]);
+        let engine = PolicyEngine::new().expect("engine");
+        let mut instance = engine
+            .compile(&greedy)
+            .and_then(|m| m.instantiate())
+            .expect("instantiates");
+        assert!(
+            matches!(instance.decide(&request()), Err(HostError::Trap(_))),
+            "the grow was refused, and the module trapped on it"
+        );
+    }
+}

@@ -458,12 +458,5 @@ fn read_pseudonymize_key(path: Option<&Path>) -> Result<Option<Vec<u8>>, StartEr
 
 /// Reads a bundle file, refusing one larger than any bundle may be.
 fn read_bounded(path: &Path) -> Result<Vec<u8>, String> {
-    use std::io::Read;
-    let limit = OpenLimits::default().max_bundle_bytes;
-    let file = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let mut bytes = Vec::new();
-    file.take(limit + 1)
-        .read_to_end(&mut bytes)
-        .map_err(|e| format!("{}: {e}", path.display()))?;
-    Ok(bytes)
+    bundle::read_file(path).map_err(|e| format!("{}: {e}", path.display()))
 }

@@ -417,3 +417,20 @@ proptest! {
         let _ = open_unverified(&spliced, &OpenLimits::default());
     }
 }
+
+#[test]
+fn a_signature_written_another_way_does_not_open() {
+    // Hex is case-insensitive to most decoders; a bundle whose signature list was
+    // re-cased has other bytes and must not open as if it were the signed one.
+    let bytes = good();
+    let raw = split(&bytes, &OpenLimits::default()).expect("splits");
+    let mut signatures = raw.signatures.clone();
+    signatures[0].signature = signatures[0].signature.to_uppercase();
+    let recased = assemble(raw.manifest_bytes, &signatures, raw.tar_frame);
+    assert_ne!(recased, bytes);
+    assert!(open_default(&recased).is_err());
+    let mut signatures = raw.signatures.clone();
+    signatures[0].key_id = signatures[0].key_id.to_uppercase();
+    let recased = assemble(raw.manifest_bytes, &signatures, raw.tar_frame);
+    assert!(open_default(&recased).is_err());
+}

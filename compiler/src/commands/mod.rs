@@ -48,12 +48,5 @@ pub fn read_public_keys(paths: &[impl AsRef<Path>]) -> Result<Vec<VerifyingKey>,
 
 /// Reads a bundle file whole, bounded by the opener's limit.
 pub fn read_bundle(path: &Path) -> Result<Vec<u8>, String> {
-    use std::io::Read;
-    let limit = edgepack_bundles::bundle::OpenLimits::default().max_bundle_bytes;
-    let file = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let mut bytes = Vec::new();
-    file.take(limit + 1)
-        .read_to_end(&mut bytes)
-        .map_err(|e| format!("{}: {e}", path.display()))?;
-    Ok(bytes)
+    edgepack_bundles::bundle::read_file(path).map_err(|e| format!("{}: {e}", path.display()))
 }
