@@ -191,6 +191,7 @@ impl Exchange<'_> {
             None => crate::decide::decide(&self.active, &view, |d| d.clone()),
         };
         if self.node.settings.skip_decide
+            && self.node.replayed_decision().is_none()
             && let Ok(decision) = &decided
         {
             self.node.replay_decision(decision);
