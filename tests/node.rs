@@ -228,11 +228,19 @@ fn the_edge_answers_waf_geo_routes_and_redirects_itself() {
         "none of these reached the origin"
     );
 
-    let log = edge.node.access_log();
-    let line = log
-        .iter()
-        .find(|l| l["request_id"] == id.as_str())
-        .expect("an access-log line for the blocked request");
+    // The access log is written in batches, at least every 100 ms.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let line = loop {
+        let log = edge.node.access_log();
+        if let Some(line) = log.into_iter().find(|l| l["request_id"] == id.as_str()) {
+            break line;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no access-log line for the blocked request"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
     assert_eq!(line["status"], 403);
     let rules = line["rules"].as_array().expect("rules");
     assert!(

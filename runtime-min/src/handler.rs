@@ -988,50 +988,89 @@ impl Exchange<'_> {
 
     fn log(&self, parts: &http::request::Parts, status: u16, route: &str, elapsed: Duration) {
         let active = &self.active;
-        let rules: Vec<serde_json::Value> = self
+        let waf = active.plan.waf.as_ref();
+        let rules = self
             .decision
             .rules
             .iter()
             .map(|id| {
-                let rule = active
-                    .plan
-                    .waf
-                    .as_ref()
-                    .and_then(|w| w.rules.get(*id as usize));
-                json!({
-                    "rule": rule.map_or("?", |r| r.name.as_str()),
-                    "source": rule.map(|r| r.source.to_string()),
-                })
+                let rule = waf.and_then(|w| w.rules.get(*id as usize));
+                RuleRef {
+                    rule: rule.map_or("?", |r| r.name.as_str()),
+                    source: rule.map(|r| Located(&r.source)),
+                }
             })
             .collect();
-        let route_source = self
-            .decision
-            .route
-            .and_then(|id| active.plan.routes.get(id as usize))
-            .map(|r| r.source.to_string());
-        let line = json!({
-            "kind": "access",
-            "time": crate::logs::utc_now(),
-            "request_id": self.id,
-            "client": self.client.to_string(),
-            "method": parts.method.as_str(),
-            "host": parts.headers.get(header::HOST).and_then(|h| h.to_str().ok()),
-            "path": parts.uri.path(),
-            "status": status,
-            "route": route,
-            "route_source": route_source,
-            "action": self.record.action,
-            "rules": rules,
-            "waf_score": self.decision.waf_score,
-            "country": self.decision.country.map(|c| c.to_string()),
-            "zone": active.plan.zone_name(self.decision.data_zone),
-            "cache": self.record.cache,
-            "upstream_ms": self.record.upstream_ms,
-            "duration_ms": elapsed.as_secs_f64() * 1000.0,
-            "bundle": active.manifest.version,
-            "error": self.record.error,
-        });
+        let line = AccessLine {
+            kind: "access",
+            time: crate::logs::utc_now(),
+            request_id: &self.id,
+            client: self.client,
+            method: parts.method.as_str(),
+            host: parts
+                .headers
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok()),
+            path: parts.uri.path(),
+            status,
+            route,
+            route_source: self
+                .decision
+                .route
+                .and_then(|id| active.plan.routes.get(id as usize))
+                .map(|r| Located(&r.source)),
+            action: self.record.action,
+            rules,
+            waf_score: self.decision.waf_score,
+            country: self.decision.country.as_ref().map(|c| c.as_str()),
+            zone: active.plan.zone_name(self.decision.data_zone),
+            cache: self.record.cache,
+            upstream_ms: self.record.upstream_ms,
+            duration_ms: elapsed.as_secs_f64() * 1000.0,
+            bundle: active.manifest.version,
+            error: self.record.error.as_deref(),
+        };
         crate::logs::access(&line);
+    }
+}
+
+/// One access-log line, serialized straight to JSON.
+#[derive(serde::Serialize)]
+struct AccessLine<'a> {
+    kind: &'static str,
+    time: String,
+    request_id: &'a str,
+    client: IpAddr,
+    method: &'a str,
+    host: Option<&'a str>,
+    path: &'a str,
+    status: u16,
+    route: &'a str,
+    route_source: Option<Located<'a>>,
+    action: &'static str,
+    rules: Vec<RuleRef<'a>>,
+    waf_score: u32,
+    country: Option<&'a str>,
+    zone: &'a str,
+    cache: Option<&'static str>,
+    upstream_ms: Option<f64>,
+    duration_ms: f64,
+    bundle: u64,
+    error: Option<&'a str>,
+}
+
+#[derive(serde::Serialize)]
+struct RuleRef<'a> {
+    rule: &'a str,
+    source: Option<Located<'a>>,
+}
+
+/// A source position written as `file:line`.
+struct Located<'a>(&'a edgepack_bundles::plan::Source);
+
+impl serde::Serialize for Located<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self.0)
     }
 }
 

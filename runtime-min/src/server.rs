@@ -82,6 +82,13 @@ pub async fn run(args: NodeArgs) -> ExitCode {
             housekeeping.ratelimits.housekeeping();
         }
     });
+    tokio::spawn(async {
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        loop {
+            tick.tick().await;
+            crate::logs::flush_access();
+        }
+    });
     let local = |listener: &TcpListener, asked: SocketAddr| listener.local_addr().unwrap_or(asked);
     tracing::info!(
         target: "edgepack::node",
@@ -91,6 +98,7 @@ pub async fn run(args: NodeArgs) -> ExitCode {
         "serving"
     );
     serve(listener, node, tls, &args, shutdown_signal()).await;
+    crate::logs::flush_access();
     ExitCode::SUCCESS
 }
 
