@@ -151,18 +151,12 @@ pub fn policy_bundle(
     version: u64,
     key: &ed25519_dalek::SigningKey,
 ) -> Vec<u8> {
-    let checked = edgepack_schema::check(path).expect("readable");
-    let policy = checked.policy.as_ref().expect("the policy checks clean");
-    let mut plans = edgepack_compiler::pipeline::plans(policy, &checked, &[region.to_string()])
-        .expect("the region exists");
-    let compiled = edgepack_compiler::pipeline::compile(plans.remove(0)).expect("compiles");
     let release = edgepack_compiler::pipeline::Release {
         version,
         created: 0,
         expires: None,
     };
-    let digest = edgepack_compiler::pipeline::sources_digest(&checked, policy);
-    edgepack_compiler::pipeline::pack(policy, &compiled, &digest, release, key).expect("packs")
+    edgepack_compiler::pipeline::region_bundle(path, region, release, key).expect("builds")
 }
 
 /// Copies of the example with one more WAF rule each, its literal differing: `count`

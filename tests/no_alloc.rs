@@ -51,20 +51,14 @@ fn allocations() -> u64 {
 #[test]
 fn deciding_a_request_allocates_nothing() {
     let path = edgepack_tests::workspace_root().join("examples/global-api");
-    let checked = edgepack_schema::check(&path).expect("readable");
-    let policy = checked.policy.as_ref().expect("the example checks clean");
-    let mut plans = edgepack_compiler::pipeline::plans(policy, &checked, &["eu-west".into()])
-        .expect("the region exists");
-    let compiled = edgepack_compiler::pipeline::compile(plans.remove(0)).expect("compiles");
     let key = ed25519_dalek::SigningKey::from_bytes(&[9; 32]);
     let release = edgepack_compiler::pipeline::Release {
         version: 1,
         created: 0,
         expires: None,
     };
-    let digest = edgepack_compiler::pipeline::sources_digest(&checked, policy);
-    let bundle = edgepack_compiler::pipeline::pack(policy, &compiled, &digest, release, &key)
-        .expect("packs");
+    let bundle = edgepack_compiler::pipeline::region_bundle(&path, "eu-west", release, &key)
+        .expect("the example builds");
     let loader = Loader::new(
         PolicyEngine::with_time_limit(Duration::from_millis(50)).expect("engine"),
         vec![key.verifying_key()],

@@ -177,6 +177,27 @@ pub fn pack(
     edgepack_bundles::bundle::pack(&input, &bundle_files(policy, compiled), key)
 }
 
+/// Checks, compiles and packs one region of the policy at `path`, for benches and tests
+/// that need a real bundle; the error names the first thing that went wrong.
+pub fn region_bundle(
+    path: &Path,
+    region: &str,
+    release: Release,
+    key: &ed25519_dalek::SigningKey,
+) -> Result<Vec<u8>, String> {
+    let checked = edgepack_schema::check(path).map_err(|e| e.to_string())?;
+    let policy = checked
+        .policy
+        .as_ref()
+        .ok_or_else(|| format!("{} does not check clean", path.display()))?;
+    let plan = plans(policy, &checked, &[region.to_string()])
+        .map_err(|unknown| format!("no region named {}", unknown.join(", ")))?
+        .remove(0);
+    let compiled = compile(plan).map_err(|e| e.to_string())?;
+    let digest = sources_digest(&checked, policy);
+    pack(policy, &compiled, &digest, release, key).map_err(|e| e.to_string())
+}
+
 /// The files of a region's bundle: the module, the plan, and the keys and functions it names.
 pub fn bundle_files(policy: &Policy, compiled: &CompiledRegion) -> BTreeMap<String, Vec<u8>> {
     let mut files = BTreeMap::new();

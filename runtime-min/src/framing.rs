@@ -22,7 +22,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// What the wrapper learns about one connection: which requests (0, 1, 2, … in order)
 /// carried both framing headers, when bytes last moved, and how many requests are in flight.
-pub struct Flags {
+pub struct Connection {
     ambiguous: Mutex<HashSet<u64>>,
     opened: Instant,
     last_io_ms: AtomicU64,
@@ -30,7 +30,7 @@ pub struct Flags {
 }
 
 /// Counts one request as in flight while it lives.
-pub struct InFlight(Arc<Flags>);
+pub struct InFlight(Arc<Connection>);
 
 impl Drop for InFlight {
     fn drop(&mut self) {
@@ -39,9 +39,9 @@ impl Drop for InFlight {
     }
 }
 
-impl Flags {
-    fn new() -> Flags {
-        Flags {
+impl Connection {
+    fn new() -> Connection {
+        Connection {
             ambiguous: Mutex::default(),
             opened: Instant::now(),
             last_io_ms: AtomicU64::new(0),
@@ -105,12 +105,12 @@ pub struct Watched<S> {
     state: State,
     requests: u64,
     max_head: usize,
-    flags: Arc<Flags>,
+    flags: Arc<Connection>,
 }
 
 impl<S> Watched<S> {
-    pub fn new(inner: S, max_head: usize) -> (Watched<S>, Arc<Flags>) {
-        let flags = Arc::new(Flags::new());
+    pub fn new(inner: S, max_head: usize) -> (Watched<S>, Arc<Connection>) {
+        let flags = Arc::new(Connection::new());
         let watched = Watched {
             inner,
             state: State::Head(Vec::new()),
@@ -344,7 +344,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
 mod tests {
     use super::*;
 
-    fn watch(chunks: &[&[u8]]) -> (Arc<Flags>, u64) {
+    fn watch(chunks: &[&[u8]]) -> (Arc<Connection>, u64) {
         let (mut watched, flags) = Watched::new((), 8192);
         for chunk in chunks {
             watched.observe(chunk);

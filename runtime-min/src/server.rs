@@ -221,7 +221,7 @@ async fn serve(
 /// when it has been idle (no request in flight, no bytes moving) for `idle_timeout`.
 async fn drive<C>(
     connection: C,
-    flags: &crate::framing::Flags,
+    flags: &crate::framing::Connection,
     mut closing: watch::Receiver<bool>,
     idle_timeout: Duration,
 ) where
@@ -271,7 +271,7 @@ struct RequestService {
     node: Arc<Node>,
     peer: SocketAddr,
     https: bool,
-    flags: Arc<crate::framing::Flags>,
+    flags: Arc<crate::framing::Connection>,
     counter: AtomicU64,
 }
 
@@ -301,7 +301,7 @@ fn request_service(
     node: Arc<Node>,
     peer: SocketAddr,
     https: bool,
-    flags: Arc<crate::framing::Flags>,
+    flags: Arc<crate::framing::Connection>,
 ) -> RequestService {
     RequestService {
         node,

@@ -215,7 +215,7 @@ fn run_region(
 }
 
 /// A node serving `bundle` with stand-in origins, its decisions attached to responses.
-pub fn in_process_node(
+fn in_process_node(
     dir: &Path,
     region: &str,
     bundle: &[u8],
