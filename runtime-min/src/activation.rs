@@ -15,6 +15,7 @@ use edgepack_bundles::bundle::{self, Manifest, OpenError, OpenLimits};
 use edgepack_bundles::plan::RegionPlan;
 use http::HeaderName;
 
+use crate::functions::{Function, FunctionEngine, FunctionHost, PrepareError};
 use crate::host::{HostError, PolicyEngine, PolicyModule, Tier};
 use crate::jwt::JwtVerifier;
 use crate::ratelimit::{Limiter, RateLimits};
@@ -39,6 +40,9 @@ pub struct Active {
     pub body_limit: usize,
     /// JWT verifiers, by the plan's JWT id.
     pub jwt: Vec<JwtVerifier>,
+    /// Edge functions, by the plan's function id, and the engine that runs them.
+    pub functions: Vec<Arc<Function>>,
+    pub function_engine: Option<Arc<FunctionEngine>>,
     /// Rate limiters, by the plan's limit id.
     pub limiters: Vec<Arc<Limiter>>,
     /// Each route's name for logs and metrics: methods and pattern.
@@ -115,6 +119,8 @@ pub enum Refusal {
     Module(#[from] HostError),
     #[error("{0}")]
     Keys(String),
+    #[error(transparent)]
+    Function(#[from] PrepareError),
 }
 
 impl Refusal {
@@ -144,6 +150,7 @@ impl Refusal {
             Refusal::Module(HostError::Abi { .. }) => "abi",
             Refusal::Module(_) => "module",
             Refusal::Keys(_) => "keys",
+            Refusal::Function(_) => "function",
         }
     }
 }
@@ -168,6 +175,8 @@ pub struct Loader {
     /// Modules compiled lately, so a bundle whose module did not change (a new version of
     /// the same policy, a rollback to one served before) skips compilation.
     pub modules: Arc<ModuleCache>,
+    /// Runs the bundles' edge functions.
+    pub functions: FunctionHost,
 }
 
 /// The last few compiled modules, by the sha256 of their Wasm, at the best tier built.
@@ -219,7 +228,14 @@ impl Loader {
             require_expiry,
             limits,
             modules: Arc::default(),
+            functions: FunctionHost::default(),
         }
+    }
+
+    /// The node's limits for edge functions, and where compiled ones are kept.
+    pub fn with_functions(mut self, functions: FunctionHost) -> Loader {
+        self.functions = functions;
+        self
     }
 
     /// Checks a bundle against every rule and compiles it. The returned `Active` is not
@@ -316,6 +332,12 @@ impl Loader {
             .as_ref()
             .and_then(|g| g.country_header.as_deref())
             .and_then(|h| HeaderName::from_bytes(h.as_bytes()).ok());
+        let (functions, function_engine) = if plan.functions.is_empty() {
+            (Vec::new(), None)
+        } else {
+            let engine = self.functions.engine()?;
+            (engine.prepare(&plan, &opened.files)?, Some(engine))
+        };
         let limiters = ratelimits.for_plan(&plan.ratelimits);
         Ok(Active {
             generation,
@@ -328,6 +350,8 @@ impl Loader {
             wasm_sha256,
             body_limit,
             jwt,
+            functions,
+            function_engine,
             limiters,
             route_names,
             country_header,

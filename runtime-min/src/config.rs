@@ -121,6 +121,16 @@ pub struct NodeArgs {
     #[arg(long, value_name = "COUNT", default_value_t = 100_000)]
     pub ratelimit_keys: usize,
 
+    /// Edge-function instances alive at once (one per request a function is serving); the
+    /// instance pool is reserved up front when the first bundle with functions arrives.
+    #[arg(long, value_name = "COUNT", default_value_t = 1000)]
+    pub function_instances: u32,
+
+    /// The most memory a bundle may give one edge function; a bundle asking for more is
+    /// refused. Each instance slot reserves this much address space (not memory).
+    #[arg(long, value_name = "BYTES", default_value_t = 1 << 30)]
+    pub function_memory_max: u64,
+
     /// On SIGTERM, how long requests in flight may take to finish.
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
     pub drain_timeout: Duration,

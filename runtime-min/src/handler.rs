@@ -27,14 +27,20 @@ use sha2::Sha256;
 
 use crate::activation::Active;
 use crate::cache::{self, Entry, Lookup};
+use crate::functions::{Function, FunctionEngine, RunError, RunMeters};
 use crate::jwt::{Claims, TokenError};
 use crate::metrics::{
-    CacheLabels, JwtLabels, LimitLabels, RequestLabels, RuleLabels, UpstreamLabels, UpstreamOrigin,
+    CacheLabels, FunctionErrorLabels, FunctionLabels, JwtLabels, LimitLabels, RequestLabels,
+    RuleLabels, UpstreamLabels, UpstreamOrigin,
 };
 use crate::node::Node;
 use crate::proxy::{self, UpstreamError};
+use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Where a function finds the claims of the token the node verified, as JSON.
+pub const IDENTITY_HEADER: &str = "edgepack-identity";
 /// The body of every response the node sends.
 pub type Body = http_body_util::combinators::BoxBody<Bytes, BoxError>;
 
@@ -430,12 +436,11 @@ impl Exchange<'_> {
                     let store = cache_key.zip(cache_route);
                     return self.proxy(request, origin, store).await;
                 }
-                Effect::Function(_) => {
+                Effect::Function(function) => {
                     self.record.action = "function";
-                    return self.error(
-                        StatusCode::NOT_IMPLEMENTED,
-                        "edge functions are not enabled on this node",
-                    );
+                    let request = self.function_request(parts, body, outgoing);
+                    let store = cache_key.zip(cache_route);
+                    return self.function(request, function, store).await;
                 }
                 Effect::Respond(response) => {
                     self.record.action = "respond";
@@ -739,6 +744,7 @@ impl Exchange<'_> {
         proxy::strip_hop_by_hop(&mut head.headers);
         let body = match store {
             Some((key, route)) => {
+                let incoming = incoming.map_err(BoxError::from).boxed();
                 match store_response(self.node, &self.active, &head, incoming, key, route).await {
                     Ok((body, _)) => body,
                     Err(error) => {
@@ -749,6 +755,114 @@ impl Exchange<'_> {
                 }
             }
             None => incoming.map_err(BoxError::from).boxed(),
+        };
+        let mut response = Response::from_parts(head, body);
+        if self.record.cache.is_some() {
+            response
+                .headers_mut()
+                .insert("x-cache", HeaderValue::from_static("MISS"));
+        }
+        response
+    }
+
+    /// The request a function sees: the decision's header edits and residency transforms
+    /// applied, hop-by-hop headers gone, the request id, and the verified token's claims
+    /// as JSON in `edgepack-identity` (never the client's own header of that name).
+    fn function_request(
+        &self,
+        parts: &http::request::Parts,
+        body: Bytes,
+        mut headers: HeaderMap,
+    ) -> Request<Full<Bytes>> {
+        proxy::strip_hop_by_hop(&mut headers);
+        if self.decision.flags & abi::dec::FLAG_STRIP_COUNTRY_HEADER != 0
+            && let Some(name) = &self.active.country_header
+        {
+            headers.remove(name);
+        }
+        headers.remove(IDENTITY_HEADER);
+        if let Some(claims) = &self.claims
+            && let Ok(json) = serde_json::to_vec(claims)
+            && let Ok(value) = HeaderValue::from_bytes(&json)
+        {
+            headers.insert(IDENTITY_HEADER, value);
+        }
+        headers.insert("x-request-id", header_value(&self.id));
+        if !headers.contains_key(header::HOST) {
+            let host = parts.uri.authority().map_or("localhost", |a| a.as_str());
+            headers.insert(header::HOST, header_value(host));
+        }
+        headers.remove(header::CONTENT_LENGTH);
+        if !body.is_empty() {
+            headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+        }
+        let mut request = Request::new(Full::new(body));
+        *request.method_mut() = parts.method.clone();
+        *request.uri_mut() = parts.uri.clone();
+        *request.headers_mut() = headers;
+        request
+    }
+
+    /// Runs an edge function in a fresh instance; its failures answer 500, 503 or 504 and
+    /// touch no other request.
+    async fn function(
+        &mut self,
+        request: Request<Full<Bytes>>,
+        id: u32,
+        store: Option<(Vec<u8>, u32)>,
+    ) -> Response<Body> {
+        let active = self.active.clone();
+        let (Some(function), Some(engine)) =
+            (active.functions.get(id as usize), &active.function_engine)
+        else {
+            return self.error(StatusCode::INTERNAL_SERVER_ERROR, "unknown function");
+        };
+        let started = Instant::now();
+        let result = run_function(self.node, engine, function, request, self.https).await;
+        self.record.upstream_ms = Some(started.elapsed().as_secs_f64() * 1000.0);
+        let response = match result {
+            Ok(response) => response,
+            Err(error) => {
+                let name = &function.plan.name;
+                self.record.error = Some(format!("function {name}: {error}"));
+                tracing::warn!(
+                    target: "edgepack::functions",
+                    function = %name,
+                    request_id = %self.id,
+                    kind = error.kind(),
+                    error = %error,
+                    "function failed"
+                );
+                return match error {
+                    RunError::Timeout(_) => self.error(
+                        StatusCode::GATEWAY_TIMEOUT,
+                        "the function did not answer in time",
+                    ),
+                    RunError::Capacity(_) => self.error(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "no function instance is free; try again",
+                    ),
+                    _ => self.error(StatusCode::INTERNAL_SERVER_ERROR, "the function failed"),
+                };
+            }
+        };
+        let (mut head, body) = response.into_parts();
+        proxy::strip_hop_by_hop(&mut head.headers);
+        let body = match store {
+            Some((key, route)) => {
+                match store_response(self.node, &self.active, &head, body, key, route).await {
+                    Ok((body, _)) => body,
+                    Err(error) => {
+                        let name = &function.plan.name;
+                        self.record.error = Some(format!("function {name}: {error}"));
+                        return self.error(
+                            StatusCode::INTERNAL_SERVER_ERROR,
+                            "the function's response broke off",
+                        );
+                    }
+                }
+            }
+            None => body,
         };
         let mut response = Response::from_parts(head, body);
         if self.record.cache.is_some() {
@@ -800,6 +914,10 @@ impl Exchange<'_> {
             Effect::Proxy(origin) => Some(*origin),
             _ => None,
         });
+        let function = effects.iter().find_map(|e| match e {
+            Effect::Function(function) => Some(*function),
+            _ => None,
+        });
         let mut headers = outgoing.clone();
         for effect in effects {
             match *effect {
@@ -811,6 +929,10 @@ impl Exchange<'_> {
                 Effect::Residency(zone) => self.residency(&mut headers, zone),
                 _ => {}
             }
+        }
+        if let Some(function) = function {
+            let request = self.function_request(parts, body.clone(), headers);
+            return self.refresh_function_later(request, function, key, route);
         }
         let request = origin.and_then(|o| self.outgoing(parts, body.clone(), headers, o).ok());
         let (Some(origin), Some(request)) = (origin, request) else {
@@ -827,10 +949,48 @@ impl Exchange<'_> {
                 Ok(response) => {
                     let (mut head, incoming) = response.into_parts();
                     proxy::strip_hop_by_hop(&mut head.headers);
+                    let incoming = incoming.map_err(BoxError::from).boxed();
                     match store_response(&node, &active, &head, incoming, key.clone(), route).await
                     {
                         Ok((body, stored)) => {
                             // Drain what was too large to store.
+                            let _ = body.collect().await;
+                            stored
+                        }
+                        Err(_) => false,
+                    }
+                }
+                Err(_) => false,
+            };
+            if !stored {
+                node.cache.refresh_failed(&key);
+            }
+        });
+    }
+
+    fn refresh_function_later(
+        &self,
+        request: Request<Full<Bytes>>,
+        id: u32,
+        key: Vec<u8>,
+        route: u32,
+    ) {
+        let node = self.node.clone();
+        let active = self.active.clone();
+        let https = self.https;
+        tokio::spawn(async move {
+            let (Some(function), Some(engine)) =
+                (active.functions.get(id as usize), &active.function_engine)
+            else {
+                node.cache.refresh_failed(&key);
+                return;
+            };
+            let stored = match run_function(&node, engine, function, request, https).await {
+                Ok(response) => {
+                    let (mut head, body) = response.into_parts();
+                    proxy::strip_hop_by_hop(&mut head.headers);
+                    match store_response(&node, &active, &head, body, key.clone(), route).await {
+                        Ok((body, stored)) => {
                             let _ = body.collect().await;
                             stored
                         }
@@ -1075,6 +1235,52 @@ impl serde::Serialize for Located<'_> {
 }
 
 /// Sends a request to an origin, counting its latency and failures.
+/// Runs a function with the node's metrics; the response body is boxed like every other.
+async fn run_function(
+    node: &Node,
+    engine: &FunctionEngine,
+    function: &Function,
+    request: Request<Full<Bytes>>,
+    https: bool,
+) -> Result<Response<Body>, RunError> {
+    let name = &function.plan.name;
+    let labels = FunctionLabels {
+        function: name.clone(),
+    };
+    let meters = RunMeters {
+        instantiate: node
+            .metrics
+            .function_instantiate_seconds
+            .get_or_create(&labels)
+            .clone(),
+        live: node.metrics.function_instances.clone(),
+        refused: node
+            .metrics
+            .function_errors
+            .get_or_create(&FunctionErrorLabels {
+                function: name.clone(),
+                kind: "outbound_refused",
+            })
+            .clone(),
+    };
+    let result = engine
+        .run(function, request, https, node.origins.clone(), meters)
+        .await;
+    match result {
+        Ok(response) => Ok(response.map(|body| FunctionBody(std::sync::Mutex::new(body)).boxed())),
+        Err(error) => {
+            node.metrics
+                .function_errors
+                .get_or_create(&FunctionErrorLabels {
+                    function: name.clone(),
+                    kind: error.kind(),
+                })
+                .inc();
+            Err(error)
+        }
+    }
+}
+
 async fn fetch(
     node: &Node,
     origin: &OriginPlan,
@@ -1111,10 +1317,10 @@ async fn store_response(
     node: &Node,
     active: &Active,
     head: &http::response::Parts,
-    incoming: hyper::body::Incoming,
+    incoming: Body,
     key: Vec<u8>,
     route: u32,
-) -> Result<(Body, bool), hyper::Error> {
+) -> Result<(Body, bool), BoxError> {
     let policy = active
         .plan
         .routes
@@ -1122,7 +1328,7 @@ async fn store_response(
         .and_then(|r| r.cache.as_ref())
         .filter(|p| cache::storable(head.status, &head.headers, p.store_private, &p.vary));
     let Some(policy) = policy else {
-        return Ok((incoming.map_err(BoxError::from).boxed(), false));
+        return Ok((incoming, false));
     };
     match read_up_to(incoming, node.cache.max_entry() as usize).await? {
         Buffered::Whole(bytes) => {
@@ -1222,10 +1428,7 @@ enum Buffered {
 }
 
 /// Reads a body up to `limit` bytes; a longer one is handed back whole, unbuffered.
-async fn read_up_to(
-    mut body: hyper::body::Incoming,
-    limit: usize,
-) -> Result<Buffered, hyper::Error> {
+async fn read_up_to(mut body: Body, limit: usize) -> Result<Buffered, BoxError> {
     let mut buffer = BytesMut::new();
     while let Some(frame) = body.frame().await {
         let frame = frame?;
@@ -1243,10 +1446,43 @@ async fn read_up_to(
     Ok(Buffered::Whole(buffer.freeze()))
 }
 
+/// A function's response body. It is `Send` but not `Sync`, and the node's bodies are both;
+/// polling takes `&mut self`, which reaches the body without locking.
+struct FunctionBody(std::sync::Mutex<HyperOutgoingBody>);
+
+impl HttpBody for FunctionBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let body = self
+            .get_mut()
+            .0
+            .get_mut()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        Pin::new(body)
+            .poll_frame(cx)
+            .map_err(|code| BoxError::from(format!("the function's body failed: {code:?}")))
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.0
+            .lock()
+            .map_or_else(|_| SizeHint::default(), |body| body.size_hint())
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.0.lock().is_ok_and(|body| body.is_end_stream())
+    }
+}
+
 /// A body that yields `head` and then the rest of `rest`.
 struct Resumed {
     head: Option<Bytes>,
-    rest: hyper::body::Incoming,
+    rest: Body,
 }
 
 impl HttpBody for Resumed {
@@ -1260,9 +1496,7 @@ impl HttpBody for Resumed {
         if let Some(head) = self.head.take() {
             return Poll::Ready(Some(Ok(Frame::data(head))));
         }
-        Pin::new(&mut self.rest)
-            .poll_frame(cx)
-            .map_err(BoxError::from)
+        Pin::new(&mut self.rest).poll_frame(cx)
     }
 
     fn size_hint(&self) -> SizeHint {

@@ -12,6 +12,7 @@ pub mod cache;
 pub mod config;
 pub mod decide;
 pub mod framing;
+pub mod functions;
 pub mod handler;
 pub mod host;
 pub mod jwt;

@@ -58,6 +58,17 @@ pub struct ActivationLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FunctionLabels {
+    pub function: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FunctionErrorLabels {
+    pub function: String,
+    pub kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct JwtLabels {
     pub jwt: String,
     pub result: &'static str,
@@ -85,6 +96,9 @@ pub struct Metrics {
     pub activation_seconds: Histogram,
     pub connections: Gauge,
     pub state_write_errors: Counter,
+    pub function_instantiate_seconds: HistogramFamily<FunctionLabels>,
+    pub function_errors: Family<FunctionErrorLabels, Counter>,
+    pub function_instances: Gauge,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -95,6 +109,11 @@ pub struct UpstreamOrigin {
 fn latency_histogram() -> Histogram {
     // 10 µs to about 84 s.
     Histogram::new(exponential_buckets(0.000_01, 2.0, 24))
+}
+
+fn instantiate_histogram() -> Histogram {
+    // 1 µs to about 16 ms.
+    Histogram::new(exponential_buckets(0.000_001, 2.0, 15))
 }
 
 impl Metrics {
@@ -118,6 +137,11 @@ impl Metrics {
             activation_seconds: latency_histogram(),
             connections: Gauge::default(),
             state_write_errors: Counter::default(),
+            function_instantiate_seconds: Family::new_with_constructor(
+                instantiate_histogram as fn() -> Histogram,
+            ),
+            function_errors: Family::default(),
+            function_instances: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -200,6 +224,21 @@ impl Metrics {
             "state_write_errors",
             "Failures to record the active bundle in the state directory",
             m.state_write_errors.clone(),
+        );
+        registry.register(
+            "function_instantiate_duration_seconds",
+            "Time to start a fresh function instance, by function",
+            m.function_instantiate_seconds.clone(),
+        );
+        registry.register(
+            "function_errors",
+            "Function runs that failed, by function and kind (trap, timeout, memory, error, capacity, outbound_refused)",
+            m.function_errors.clone(),
+        );
+        registry.register(
+            "function_instances",
+            "Function instances alive now",
+            m.function_instances.clone(),
         );
         Metrics { registry, ..m }
     }

@@ -15,6 +15,7 @@ use edgepack_bundles::abi::Decision;
 use crate::activation::{Active, Floor, Loader};
 use crate::cache::ResponseCache;
 use crate::config::NodeArgs;
+use crate::functions::{FunctionHost, FunctionLimits};
 use crate::host::{HostError, PolicyEngine};
 use crate::metrics::{ActivationLabels, BundleLabels, Metrics};
 use crate::proxy::Origins;
@@ -143,7 +144,14 @@ impl Node {
                 trusted,
                 args.require_expiry,
                 OpenLimits::default(),
-            ),
+            )
+            .with_functions(FunctionHost::new(
+                FunctionLimits {
+                    instances: args.function_instances,
+                    memory_max: args.function_memory_max,
+                },
+                args.state_dir.clone(),
+            )),
             state,
             bundle_path: args.bundle.clone(),
             fixed_region: args.region.clone(),

@@ -195,7 +195,8 @@ impl OriginConnector {
     }
 }
 
-/// The node's origin client, shared by every request.
+/// The node's origin client, shared by every request (a clone shares the pools).
+#[derive(Clone)]
 pub struct Origins {
     client: Client<OriginConnector, Full<Bytes>>,
     connect_timeouts: Arc<ArcSwap<HashMap<(String, u16), Duration>>>,

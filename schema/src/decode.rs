@@ -1325,12 +1325,17 @@ fn decode_function(cx: &mut Ctx, file: FileId, node: &KdlNode) -> Option<Functio
         .and_then(|p| cx.policy_path(file, &p));
     let contents = source.as_ref().and_then(|source| {
         let bytes = cx.read(source)?;
-        if !bytes.starts_with(b"\0asm") {
-            cx.diags
-                .push(diag::function_invalid(source.span, &source.written));
-            return None;
+        match crate::component::check_proxy_component(&bytes) {
+            Ok(()) => Some(bytes),
+            Err(problem) => {
+                cx.diags.push(diag::function_component(
+                    source.span,
+                    &source.written,
+                    problem,
+                ));
+                None
+            }
         }
-        Some(bytes)
     });
     let memory = r
         .prop("memory")

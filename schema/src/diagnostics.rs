@@ -4,6 +4,9 @@
 //! has at least one golden case under tests/cases. Messages say what is wrong; labels say
 //! where; help says how to fix it.
 
+use crate::component::{
+    ComponentProblem, HANDLER_EXPORT, INERT_CLI_IMPORTS, PROXY_IMPORTS, WASI_VERSION_MAX,
+};
 use crate::diagnostic::Diagnostic;
 use crate::source::Span;
 
@@ -609,13 +612,51 @@ pub fn geo_database_invalid(span: Span, path: &str, reason: &str) -> Diagnostic 
     .help("use a MaxMind DB (.mmdb) country or city database, such as GeoLite2-Country")
 }
 
-pub fn function_invalid(span: Span, path: &str) -> Diagnostic {
-    Diagnostic::error(
-        "edgepack::function::invalid",
-        format!("`{path}` is not a WebAssembly file"),
-    )
-    .label(span, "this file")
-    .help("functions are wasi:http/proxy components, e.g. built with `cargo build --target wasm32-wasip2`")
+pub fn function_component(span: Span, path: &str, problem: ComponentProblem) -> Diagnostic {
+    const BUILD: &str = "functions are wasi:http/proxy components, e.g. built with `cargo build --target wasm32-wasip2`";
+    match problem {
+        ComponentProblem::Invalid(reason) => Diagnostic::error(
+            "edgepack::function::invalid",
+            format!("`{path}` is not a valid WebAssembly component: {reason}"),
+        )
+        .label(span, "this file")
+        .help(BUILD),
+        ComponentProblem::CoreModule => Diagnostic::error(
+            "edgepack::function::core-module",
+            format!("`{path}` is a core WebAssembly module, not a component"),
+        )
+        .label(span, "this module")
+        .help("build for `wasm32-wasip2` (not `wasm32-wasip1` or `wasm32-unknown-unknown`), or wrap the module with `wasm-tools component new`"),
+        ComponentProblem::ForeignImports(imports) => Diagnostic::error(
+            "edgepack::function::world",
+            format!(
+                "`{path}` imports {}, outside the wasi:http/proxy world",
+                one_of(&imports.iter().map(String::as_str).collect::<Vec<_>>())
+            ),
+        )
+        .label(span, "this component")
+        .help(format!(
+            "a function may import only the wasi:http/proxy world ({}) and the inert {} (WASI 0.2.0 to {}.{}.{}); drop the code that needs the rest (files, sockets)",
+            PROXY_IMPORTS.join(", "),
+            INERT_CLI_IMPORTS.join(", "),
+            WASI_VERSION_MAX.0,
+            WASI_VERSION_MAX.1,
+            WASI_VERSION_MAX.2
+        )),
+        ComponentProblem::NoHandler(exports) => Diagnostic::error(
+            "edgepack::function::no-handler",
+            format!("`{path}` does not export `{HANDLER_EXPORT}`"),
+        )
+        .label(
+            span,
+            if exports.is_empty() {
+                "this component exports nothing".to_string()
+            } else {
+                format!("this component exports {}", exports.join(", "))
+            },
+        )
+        .help("export the handler, e.g. with `wasip2::http::proxy::export!` in Rust"),
+    }
 }
 
 pub fn test_expects_nothing(span: Span) -> Diagnostic {

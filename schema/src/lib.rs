@@ -10,6 +10,7 @@
 //! [`fmt::format`] lays a file out canonically. This crate knows nothing about Wasm,
 //! bundles or the node.
 
+pub mod component;
 pub mod country;
 mod decode;
 pub mod diagnostic;

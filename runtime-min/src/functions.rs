@@ -1,0 +1,671 @@
+//! Edge functions: `wasi:http/proxy` components from the bundle, compiled once (and cached
+//! in the state directory), run in a fresh instance per request with the limits the policy
+//! sets, allowed to call only the origins the policy names for them.
+
+use std::hash::Hasher;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use edgepack_bundles::plan::{FunctionPlan, OriginPlan, RegionPlan};
+use http::{HeaderValue, Request, Response, Uri, header};
+use http_body_util::{BodyExt, Full, Limited};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use sha2::{Digest, Sha256};
+use wasmtime::component::{Component, Linker, ResourceTable};
+use wasmtime::{
+    Config, Engine, InstanceAllocationStrategy, OptLevel, PoolingAllocationConfig, ResourceLimiter,
+    Store, Trap,
+};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi_http::p2::bindings::ProxyPre;
+use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
+use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
+use wasmtime_wasi_http::{
+    Error as HttpError, RequestOptions, WasiBody, WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks,
+    WasiHttpView,
+};
+
+use crate::proxy::{self, Origins, UpstreamError};
+
+/// How often the functions' engine advances its epoch: the granularity of time limits.
+const EPOCH_TICK: Duration = Duration::from_millis(1);
+
+/// Compiled components kept in memory, so a bundle whose functions did not change
+/// activates without compiling or reading the disk.
+const COMPILED_IN_MEMORY: usize = 16;
+
+/// The largest body a function may send to an origin.
+const MAX_OUTBOUND_BODY: usize = 10 << 20;
+
+/// The node's limits for all functions, from its flags.
+#[derive(Debug, Clone)]
+pub struct FunctionLimits {
+    /// Function instances alive at once (each serves one request).
+    pub instances: u32,
+    /// The most memory any one function may be given.
+    pub memory_max: u64,
+}
+
+/// Why a function could not be prepared (the bundle is refused).
+#[derive(Debug, thiserror::Error)]
+pub enum PrepareError {
+    #[error("function {name}: the bundle has no {file}")]
+    Missing { name: String, file: String },
+    #[error("function {name} asks for {asked} bytes of memory, this node allows at most {max}")]
+    Memory { name: String, asked: u64, max: u64 },
+    #[error("function {name} does not compile: {reason}")]
+    Compile { name: String, reason: String },
+    #[error("function {name} is not a wasi:http/proxy handler this node can run: {reason}")]
+    Link { name: String, reason: String },
+    #[error("the functions engine cannot start: {0}")]
+    Engine(String),
+}
+
+/// How a function run failed; each kind has its own status and metric label.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("ran past its time limit of {0:?}")]
+    Timeout(Duration),
+    #[error("reached its memory limit of {0} bytes")]
+    Memory(u64),
+    #[error("trapped: {0}")]
+    Trap(String),
+    #[error("answered with an error: {0}")]
+    Failed(String),
+    #[error("no instance is free ({0})")]
+    Capacity(String),
+}
+
+impl RunError {
+    /// A short, fixed label for metrics and logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            RunError::Timeout(_) => "timeout",
+            RunError::Memory(_) => "memory",
+            RunError::Trap(_) => "trap",
+            RunError::Failed(_) => "error",
+            RunError::Capacity(_) => "capacity",
+        }
+    }
+}
+
+impl Default for FunctionLimits {
+    fn default() -> FunctionLimits {
+        FunctionLimits {
+            instances: 1000,
+            memory_max: 1 << 30,
+        }
+    }
+}
+
+/// Starts the functions engine when a bundle first needs it: a node whose bundles carry no
+/// functions never reserves the instance pool.
+#[derive(Default)]
+pub struct FunctionHost {
+    pub limits: FunctionLimits,
+    pub state_dir: Option<PathBuf>,
+    engine: Mutex<Option<Arc<FunctionEngine>>>,
+}
+
+impl FunctionHost {
+    pub fn new(limits: FunctionLimits, state_dir: Option<PathBuf>) -> FunctionHost {
+        FunctionHost {
+            limits,
+            state_dir,
+            engine: Mutex::new(None),
+        }
+    }
+
+    pub fn engine(&self) -> Result<Arc<FunctionEngine>, PrepareError> {
+        let mut engine = self
+            .engine
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(engine) = engine.as_ref() {
+            return Ok(engine.clone());
+        }
+        let started = Arc::new(
+            FunctionEngine::new(self.limits.clone(), self.state_dir.as_deref())
+                .map_err(PrepareError::Engine)?,
+        );
+        *engine = Some(started.clone());
+        Ok(started)
+    }
+}
+
+/// The wasmtime engine for functions: component model, pooling allocator with
+/// copy-on-write memory images, epoch interruption, and the `wasi:http/proxy` world.
+pub struct FunctionEngine {
+    engine: Engine,
+    linker: Linker<FunctionState>,
+    limits: FunctionLimits,
+    /// Where compiled components are kept across restarts (`<state-dir>/functions`).
+    cache_dir: Option<PathBuf>,
+    /// Hex digest of the engine's compatibility hash: compiled files of another engine
+    /// (another wasmtime, other settings) are never loaded.
+    compatibility: String,
+    compiled: Mutex<Vec<(String, ProxyPre<FunctionState>)>>,
+    /// Set when the epoch thread should stop (the engine is dropped).
+    stopped: Arc<AtomicBool>,
+}
+
+impl Drop for FunctionEngine {
+    fn drop(&mut self) {
+        self.stopped.store(true, Ordering::Relaxed);
+    }
+}
+
+impl FunctionEngine {
+    pub fn new(limits: FunctionLimits, state_dir: Option<&Path>) -> Result<FunctionEngine, String> {
+        let mut pool = PoolingAllocationConfig::default();
+        let instances = limits.instances.max(1);
+        let memory_max = usize::try_from(limits.memory_max).unwrap_or(usize::MAX);
+        pool.total_component_instances(instances)
+            .total_core_instances(instances.saturating_mul(8))
+            .max_core_instances_per_component(16)
+            .total_memories(instances.saturating_mul(2))
+            .max_memories_per_component(2)
+            .total_tables(instances.saturating_mul(4))
+            .max_tables_per_component(4)
+            .total_stacks(instances)
+            .max_memory_size(memory_max)
+            // Pages a request touched stay mapped for the next one (reset, not unmapped):
+            // fewer page faults per fresh instance.
+            .linear_memory_keep_resident(1 << 20)
+            .table_keep_resident(64 << 10);
+        let mut config = Config::new();
+        config
+            .wasm_component_model(true)
+            .epoch_interruption(true)
+            .cranelift_opt_level(OptLevel::Speed)
+            .memory_init_cow(true)
+            .memory_reservation(limits.memory_max)
+            .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        let engine = Engine::new(&config).map_err(|e| format!("{e:#}"))?;
+        let mut linker = Linker::new(&engine);
+        link_proxy_world(&mut linker).map_err(|e| format!("{e:#}"))?;
+        let compatibility = {
+            let mut hasher = Sha256Hasher(Sha256::new());
+            std::hash::Hash::hash(&engine.precompile_compatibility_hash(), &mut hasher);
+            hex(&hasher.0.finalize()[..16])
+        };
+        let cache_dir = match state_dir {
+            Some(dir) => {
+                let dir = dir.join("functions");
+                std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+                Some(dir)
+            }
+            None => None,
+        };
+        let stopped = Arc::new(AtomicBool::new(false));
+        let ticking = engine.weak();
+        let stop = stopped.clone();
+        std::thread::Builder::new()
+            .name("edgepack-fn-epoch".into())
+            .spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    let Some(engine) = ticking.upgrade() else {
+                        break;
+                    };
+                    engine.increment_epoch();
+                    drop(engine);
+                    std::thread::sleep(EPOCH_TICK);
+                }
+            })
+            .map_err(|e| format!("cannot start the epoch thread: {e}"))?;
+        Ok(FunctionEngine {
+            engine,
+            linker,
+            limits,
+            cache_dir,
+            compatibility,
+            compiled: Mutex::new(Vec::new()),
+            stopped,
+        })
+    }
+
+    /// Compiles (or finds compiled) and links every function of a plan, by function id.
+    pub fn prepare(
+        &self,
+        plan: &RegionPlan,
+        files: &std::collections::BTreeMap<String, Vec<u8>>,
+    ) -> Result<Vec<Arc<Function>>, PrepareError> {
+        plan.functions
+            .iter()
+            .map(|function| {
+                let bytes = files
+                    .get(&function.file)
+                    .ok_or_else(|| PrepareError::Missing {
+                        name: function.name.clone(),
+                        file: function.file.clone(),
+                    })?;
+                if function.memory_bytes > self.limits.memory_max {
+                    return Err(PrepareError::Memory {
+                        name: function.name.clone(),
+                        asked: function.memory_bytes,
+                        max: self.limits.memory_max,
+                    });
+                }
+                let pre = self.pre(&function.name, bytes)?;
+                let outbound = function
+                    .origins
+                    .iter()
+                    .filter_map(|id| plan.origins.get(*id as usize).cloned())
+                    .collect();
+                Ok(Arc::new(Function {
+                    plan: function.clone(),
+                    pre,
+                    outbound: Arc::new(outbound),
+                }))
+            })
+            .collect()
+    }
+
+    /// The linked component for these bytes: from memory, from the state directory, or
+    /// compiled now (and then stored in both).
+    fn pre(&self, name: &str, bytes: &[u8]) -> Result<ProxyPre<FunctionState>, PrepareError> {
+        let digest = hex(&Sha256::digest(bytes));
+        if let Some(pre) = self
+            .lock()
+            .iter()
+            .find(|(d, _)| *d == digest)
+            .map(|(_, p)| p.clone())
+        {
+            return Ok(pre);
+        }
+        let component = match self.load_compiled(&digest) {
+            Some(component) => component,
+            None => {
+                let component =
+                    Component::new(&self.engine, bytes).map_err(|e| PrepareError::Compile {
+                        name: name.to_string(),
+                        reason: format!("{e:#}"),
+                    })?;
+                self.store_compiled(&digest, &component);
+                component
+            }
+        };
+        let link = |e: wasmtime::Error| PrepareError::Link {
+            name: name.to_string(),
+            reason: format!("{e:#}"),
+        };
+        let pre =
+            ProxyPre::new(self.linker.instantiate_pre(&component).map_err(link)?).map_err(link)?;
+        let mut compiled = self.lock();
+        if compiled.len() == COMPILED_IN_MEMORY {
+            compiled.remove(0);
+        }
+        compiled.push((digest, pre.clone()));
+        Ok(pre)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<(String, ProxyPre<FunctionState>)>> {
+        self.compiled
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn compiled_path(&self, digest: &str) -> Option<PathBuf> {
+        let dir = self.cache_dir.as_ref()?;
+        Some(dir.join(format!("{digest}-{}.cwasm", self.compatibility)))
+    }
+
+    #[allow(unsafe_code)]
+    fn load_compiled(&self, digest: &str) -> Option<Component> {
+        let path = self.compiled_path(digest)?;
+        if !path.is_file() {
+            return None;
+        }
+        // SAFETY: wasmtime runs deserialized code as is, so the file must be one this
+        // engine wrote. It is: only the node writes its state directory, every file is
+        // written whole under a temporary name and renamed into place, and the name
+        // carries both the component's sha256 and this engine's compatibility hash
+        // (wasmtime checks the latter again in the file's header).
+        match unsafe { Component::deserialize_file(&self.engine, &path) } {
+            Ok(component) => Some(component),
+            Err(error) => {
+                tracing::warn!(target: "edgepack::functions", path = %path.display(), error = %error, "compiled function unusable; compiling again");
+                None
+            }
+        }
+    }
+
+    fn store_compiled(&self, digest: &str, component: &Component) {
+        let Some(path) = self.compiled_path(digest) else {
+            return;
+        };
+        let written = component
+            .serialize()
+            .map_err(|e| e.to_string())
+            .and_then(|bytes| {
+                let temporary = path.with_extension(format!("tmp{}", std::process::id()));
+                std::fs::write(&temporary, bytes)
+                    .and_then(|()| std::fs::rename(&temporary, &path))
+                    .map_err(|e| {
+                        let _ = std::fs::remove_file(&temporary);
+                        e.to_string()
+                    })
+            });
+        if let Err(error) = written {
+            tracing::warn!(target: "edgepack::functions", path = %path.display(), error = %error, "cannot keep the compiled function");
+        }
+    }
+
+    /// Runs `function` on `request` in a fresh instance. Returns the response (its body
+    /// streams from the instance) and how long instantiation took.
+    pub async fn run(
+        &self,
+        function: &Function,
+        request: Request<Full<Bytes>>,
+        https: bool,
+        origins: Origins,
+        meters: RunMeters,
+    ) -> Result<Response<HyperOutgoingBody>, RunError> {
+        let plan = &function.plan;
+        let limit = Duration::from_millis(plan.timeout_ms.max(1));
+        let memory_hit = Arc::new(AtomicBool::new(false));
+        let state = FunctionState {
+            wasi: WasiCtx::builder().build(),
+            http: WasiHttpCtx::new(),
+            table: ResourceTable::new(),
+            outbound: Outbound {
+                allowed: function.outbound.clone(),
+                origins,
+                function: plan.name.clone(),
+                refused: meters.refused,
+            },
+            memory: MemoryLimit {
+                limit: usize::try_from(plan.memory_bytes).unwrap_or(usize::MAX),
+                hit: memory_hit.clone(),
+            },
+            live: None,
+        };
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|state| &mut state.memory);
+        // Ticks of 1 ms: the first may be almost over, so one more.
+        store.set_epoch_deadline(plan.timeout_ms.max(1) + 1);
+        store.epoch_deadline_trap();
+        let scheme = if https { Scheme::Https } else { Scheme::Http };
+        let (sender, receiver) = tokio::sync::oneshot::channel();
+        let prepared = store
+            .data_mut()
+            .http()
+            .new_incoming_request(scheme, request)
+            .and_then(|req| {
+                let out = store.data_mut().http().new_response_outparam(sender)?;
+                Ok((req, out))
+            });
+        let (req, out) = prepared.map_err(|e| RunError::Failed(format!("{e:#}")))?;
+        let pre = function.pre.clone();
+        let task = tokio::spawn(async move {
+            let started = Instant::now();
+            let proxy = pre.instantiate_async(&mut store).await?;
+            meters.instantiate.observe(started.elapsed().as_secs_f64());
+            store.data_mut().live = Some(Live::new(meters.live));
+            proxy
+                .wasi_http_incoming_handler()
+                .call_handle(&mut store, req, out)
+                .await
+        });
+        let abort = task.abort_handle();
+        let failure = |error: wasmtime::Error| -> RunError {
+            if memory_hit.load(Ordering::Relaxed) {
+                RunError::Memory(plan.memory_bytes)
+            } else if error.downcast_ref::<Trap>() == Some(&Trap::Interrupt) {
+                RunError::Timeout(limit)
+            } else if format!("{error:#}").contains("pooling allocator") {
+                RunError::Capacity(format!("{error:#}"))
+            } else {
+                RunError::Trap(format!("{error:#}"))
+            }
+        };
+        match tokio::time::timeout(limit, receiver).await {
+            Ok(Ok(Ok(response))) => {
+                // The instance lives on while it writes the body, bounded by the same
+                // time limit from the start.
+                let deadline = tokio::time::Instant::now() + limit;
+                tokio::spawn(async move {
+                    if tokio::time::timeout_at(deadline, task).await.is_err() {
+                        abort.abort();
+                    }
+                });
+                Ok(response)
+            }
+            Ok(Ok(Err(code))) => {
+                abort.abort();
+                Err(RunError::Failed(format!("{code:?}")))
+            }
+            // The instance ended without answering: its result says why.
+            Ok(Err(_)) => match task.await {
+                Ok(Ok(())) => Err(RunError::Failed(
+                    "the handler returned without a response".into(),
+                )),
+                Ok(Err(error)) => Err(failure(error)),
+                Err(join) => Err(RunError::Trap(join.to_string())),
+            },
+            Err(_) => {
+                abort.abort();
+                Err(RunError::Timeout(limit))
+            }
+        }
+    }
+}
+
+/// The metrics a run reports to.
+pub struct RunMeters {
+    /// Instantiation time of this function.
+    pub instantiate: Histogram,
+    /// Instances alive now.
+    pub live: Gauge,
+    /// Outbound requests of this function refused.
+    pub refused: Counter,
+}
+
+/// Counts an instance as alive until its store is dropped.
+struct Live(Gauge);
+
+impl Live {
+    fn new(gauge: Gauge) -> Live {
+        gauge.inc();
+        Live(gauge)
+    }
+}
+
+impl Drop for Live {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+/// The host interfaces a function gets: the `wasi:http/proxy` world, and the parts of
+/// `wasi:cli` that Rust's `std` imports on `wasm32-wasip2` and that grant nothing (an empty
+/// environment, `exit` as a trap, no terminals). The compiler allows exactly these imports.
+fn link_proxy_world(linker: &mut Linker<FunctionState>) -> wasmtime::Result<()> {
+    use wasmtime_wasi::cli::{WasiCli, WasiCliView};
+    use wasmtime_wasi::p2::bindings::cli;
+    wasmtime_wasi_http::p2::add_to_linker_async(linker)?;
+    cli::environment::add_to_linker::<FunctionState, WasiCli>(linker, FunctionState::cli)?;
+    cli::exit::add_to_linker::<FunctionState, WasiCli>(linker, FunctionState::cli)?;
+    cli::terminal_input::add_to_linker::<FunctionState, WasiCli>(linker, FunctionState::cli)?;
+    cli::terminal_output::add_to_linker::<FunctionState, WasiCli>(linker, FunctionState::cli)?;
+    cli::terminal_stdin::add_to_linker::<FunctionState, WasiCli>(linker, FunctionState::cli)?;
+    cli::terminal_stdout::add_to_linker::<FunctionState, WasiCli>(linker, FunctionState::cli)?;
+    cli::terminal_stderr::add_to_linker::<FunctionState, WasiCli>(linker, FunctionState::cli)?;
+    Ok(())
+}
+
+/// One function of the active bundle, linked and ready to instantiate.
+pub struct Function {
+    pub plan: FunctionPlan,
+    pre: ProxyPre<FunctionState>,
+    /// The origins it may call, as this region resolves them.
+    outbound: Arc<Vec<OriginPlan>>,
+}
+
+/// What a function's instance owns for the length of one request.
+pub struct FunctionState {
+    wasi: WasiCtx,
+    http: WasiHttpCtx,
+    table: ResourceTable,
+    outbound: Outbound,
+    memory: MemoryLimit,
+    live: Option<Live>,
+}
+
+impl WasiView for FunctionState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl WasiHttpView for FunctionState {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: &mut self.outbound,
+        }
+    }
+}
+
+/// The per-function memory limit; records that it was hit, to tell the trap that
+/// follows from other traps.
+struct MemoryLimit {
+    limit: usize,
+    hit: Arc<AtomicBool>,
+}
+
+impl ResourceLimiter for MemoryLimit {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired > self.limit {
+            self.hit.store(true, Ordering::Relaxed);
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        Ok(desired <= 1 << 20)
+    }
+}
+
+/// A function's outbound HTTP: to its declared origins, through the node's origin client
+/// (so `--resolve` and `--origin-ca` apply), and nowhere else.
+struct Outbound {
+    allowed: Arc<Vec<OriginPlan>>,
+    origins: Origins,
+    function: String,
+    refused: Counter,
+}
+
+impl Outbound {
+    /// The declared origin a request is for: named by the origin's name
+    /// (`http://api/path`) or by its endpoint's host and port.
+    fn origin_for(&self, uri: &Uri) -> Option<&OriginPlan> {
+        let host = uri.host()?;
+        self.allowed.iter().find(|origin| {
+            origin.name.eq_ignore_ascii_case(host)
+                || (origin
+                    .host
+                    .eq_ignore_ascii_case(host.trim_matches(['[', ']']))
+                    && uri.port_u16().unwrap_or(origin.port) == origin.port)
+        })
+    }
+}
+
+type SendFuture = Box<
+    dyn Future<
+            Output = wasmtime_wasi_http::Result<(
+                Response<WasiBody>,
+                Box<dyn Future<Output = wasmtime_wasi_http::Result<()>> + Send>,
+            )>,
+        > + Send,
+>;
+
+impl WasiHttpHooks for Outbound {
+    fn send_request(
+        &mut self,
+        request: Request<WasiBody>,
+        _options: Option<RequestOptions>,
+        _fut: Box<dyn Future<Output = wasmtime_wasi_http::Result<()>> + Send>,
+    ) -> SendFuture {
+        let Some(origin) = self.origin_for(request.uri()).cloned() else {
+            tracing::warn!(
+                target: "edgepack::functions",
+                function = %self.function,
+                uri = %request.uri(),
+                "outbound request refused: not an origin the function may call"
+            );
+            self.refused.inc();
+            return Box::new(async { Err(HttpError::HttpRequestDenied) });
+        };
+        let origins = self.origins.clone();
+        Box::new(async move {
+            let (mut parts, body) = request.into_parts();
+            let body = Limited::new(body, MAX_OUTBOUND_BODY)
+                .collect()
+                .await
+                .map_err(|_| HttpError::HttpRequestBodySize(None))?
+                .to_bytes();
+            let path_and_query = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+            parts.uri = proxy::origin_uri(&origin, path_and_query)
+                .map_err(|_| HttpError::HttpRequestUriInvalid)?;
+            proxy::strip_hop_by_hop(&mut parts.headers);
+            if let Some(authority) = parts.uri.authority()
+                && let Ok(host) = HeaderValue::from_str(authority.as_str())
+            {
+                parts.headers.insert(header::HOST, host);
+            }
+            parts.headers.remove(header::CONTENT_LENGTH);
+            let timeout = Duration::from_millis(origin.response_timeout_ms.max(1));
+            let response = origins
+                .send(Request::from_parts(parts, Full::new(body)), timeout)
+                .await
+                .map_err(|error| match error {
+                    UpstreamError::Timeout => HttpError::ConnectionTimeout,
+                    UpstreamError::Connect(_) => HttpError::ConnectionRefused,
+                    UpstreamError::Protocol(_) => HttpError::HttpProtocolError,
+                })?;
+            let response = response.map(|body| body.map_err(HttpError::from).boxed_unsync());
+            let done: Box<dyn Future<Output = wasmtime_wasi_http::Result<()>> + Send> =
+                Box::new(async { Ok(()) });
+            Ok((response, done))
+        })
+    }
+}
+
+/// Feeds `Hash` output into sha256, for a digest stable across processes.
+struct Sha256Hasher(Sha256);
+
+impl Hasher for Sha256Hasher {
+    fn finish(&self) -> u64 {
+        let digest = self.0.clone().finalize();
+        u64::from_le_bytes(digest[..8].try_into().unwrap_or_default())
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        self.0.update(bytes);
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
