@@ -19,7 +19,7 @@ use sha2::{Digest, Sha256};
 use wasmtime::component::{Component, Linker, ResourceTable};
 use wasmtime::{
     Config, Engine, InstanceAllocationStrategy, OptLevel, PoolingAllocationConfig, ResourceLimiter,
-    Store, Trap,
+    Store, Trap, UpdateDeadline,
 };
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
@@ -387,9 +387,20 @@ impl FunctionEngine {
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|state| &mut state.memory);
-        // Ticks of 1 ms: the first may be almost over, so one more.
-        store.set_epoch_deadline(plan.timeout_ms.max(1) + 1);
-        store.epoch_deadline_trap();
+        // Every epoch tick, a running instance yields to the other tasks of its worker
+        // thread (a spinning function holds up no one), and past its time limit it traps.
+        let started = Instant::now();
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_callback(move |_| {
+            if started.elapsed() >= limit {
+                Ok(UpdateDeadline::Interrupt)
+            } else {
+                Ok(UpdateDeadline::YieldCustom(
+                    1,
+                    Box::pin(tokio::task::yield_now()),
+                ))
+            }
+        });
         let scheme = if https { Scheme::Https } else { Scheme::Http };
         let (sender, receiver) = tokio::sync::oneshot::channel();
         let prepared = store
@@ -403,9 +414,11 @@ impl FunctionEngine {
         let (req, out) = prepared.map_err(|e| RunError::Failed(format!("{e:#}")))?;
         let pre = function.pre.clone();
         let task = tokio::spawn(async move {
-            let started = Instant::now();
+            let instantiating = Instant::now();
             let proxy = pre.instantiate_async(&mut store).await?;
-            meters.instantiate.observe(started.elapsed().as_secs_f64());
+            meters
+                .instantiate
+                .observe(instantiating.elapsed().as_secs_f64());
             store.data_mut().live = Some(Live::new(meters.live));
             proxy
                 .wasi_http_incoming_handler()
