@@ -159,26 +159,31 @@ pub fn policy_bundle(
     edgepack_compiler::pipeline::region_bundle(path, region, release, key).expect("builds")
 }
 
+/// A copy of the example policy (its files and their subdirectories) at `target`.
+pub fn copy_example(target: &std::path::Path) {
+    let source = workspace_root().join("examples/global-api");
+    std::fs::create_dir_all(target).expect("mkdir");
+    for entry in std::fs::read_dir(&source).expect("the example").flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            let sub = target.join(entry.file_name());
+            std::fs::create_dir_all(&sub).expect("mkdir");
+            for file in std::fs::read_dir(&path).expect("subdir").flatten() {
+                std::fs::copy(file.path(), sub.join(file.file_name())).expect("copy");
+            }
+        } else {
+            std::fs::copy(&path, target.join(entry.file_name())).expect("copy");
+        }
+    }
+}
+
 /// Copies of the example with one more WAF rule each, its literal differing: `count`
 /// policies with as many different modules (WAF automata are compiled), under `dir`.
 pub fn example_variants(dir: &std::path::Path, count: usize) -> Vec<PathBuf> {
-    let source = workspace_root().join("examples/global-api");
     (0..count)
         .map(|i| {
             let target = dir.join(format!("variant-{i}"));
-            std::fs::create_dir_all(&target).expect("mkdir");
-            for entry in std::fs::read_dir(&source).expect("the example").flatten() {
-                let path = entry.path();
-                if path.is_dir() {
-                    let sub = target.join(entry.file_name());
-                    std::fs::create_dir_all(&sub).expect("mkdir");
-                    for file in std::fs::read_dir(&path).expect("subdir").flatten() {
-                        std::fs::copy(file.path(), sub.join(file.file_name())).expect("copy");
-                    }
-                } else {
-                    std::fs::copy(&path, target.join(entry.file_name())).expect("copy");
-                }
-            }
+            copy_example(&target);
             let waf = target.join("waf.kdl");
             let text = std::fs::read_to_string(&waf).expect("read");
             let rule = format!(

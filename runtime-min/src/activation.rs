@@ -176,7 +176,7 @@ pub struct Loader {
     /// the same policy, a rollback to one served before) skips compilation.
     pub modules: Arc<ModuleCache>,
     /// Runs the bundles' edge functions.
-    pub functions: FunctionHost,
+    pub functions: Arc<FunctionHost>,
 }
 
 /// The last few compiled modules, by the sha256 of their Wasm, at the best tier built.
@@ -228,12 +228,12 @@ impl Loader {
             require_expiry,
             limits,
             modules: Arc::default(),
-            functions: FunctionHost::default(),
+            functions: Arc::default(),
         }
     }
 
     /// The node's limits for edge functions, and where compiled ones are kept.
-    pub fn with_functions(mut self, functions: FunctionHost) -> Loader {
+    pub fn with_functions(mut self, functions: Arc<FunctionHost>) -> Loader {
         self.functions = functions;
         self
     }

@@ -41,6 +41,9 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Where a function finds the claims of the token the node verified, as JSON.
 pub const IDENTITY_HEADER: &str = "edgepack-identity";
+
+/// Function responses up to this size are sent whole; longer ones stream.
+const FUNCTION_BUFFER: usize = 64 << 10;
 /// The body of every response the node sends.
 pub type Body = http_body_util::combinators::BoxBody<Bytes, BoxError>;
 
@@ -862,7 +865,21 @@ impl Exchange<'_> {
                     }
                 }
             }
-            None => body,
+            // A small answer goes out whole, in one write with its head, rather than head
+            // first and body after (the function writes its body after setting its
+            // response); a large one streams.
+            None => match read_up_to(body, FUNCTION_BUFFER).await {
+                Ok(Buffered::Whole(bytes)) => full(bytes),
+                Ok(Buffered::TooLarge(body)) => body,
+                Err(error) => {
+                    let name = &function.plan.name;
+                    self.record.error = Some(format!("function {name}: {error}"));
+                    return self.error(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "the function's response broke off",
+                    );
+                }
+            },
         };
         let mut response = Response::from_parts(head, body);
         if self.record.cache.is_some() {

@@ -145,13 +145,13 @@ impl Node {
                 args.require_expiry,
                 OpenLimits::default(),
             )
-            .with_functions(FunctionHost::new(
+            .with_functions(Arc::new(FunctionHost::new(
                 FunctionLimits {
                     instances: args.function_instances,
                     memory_max: args.function_memory_max,
                 },
                 args.state_dir.clone(),
-            )),
+            ))),
             state,
             bundle_path: args.bundle.clone(),
             fixed_region: args.region.clone(),

@@ -1,10 +1,9 @@
 //! What every example handler needs: read a request body up to a limit, answer with JSON.
 
-use std::io::{Read, Write};
-
 use wasip2::http::types::{
     Fields, IncomingRequest, OutgoingBody, OutgoingResponse, ResponseOutparam,
 };
+use wasip2::io::streams::StreamError;
 
 /// Why a body could not be read.
 #[derive(Debug)]
@@ -28,14 +27,19 @@ pub fn read_body(request: &IncomingRequest, limit: usize) -> Result<Vec<u8>, Bod
     let mut bytes = Vec::new();
     {
         let stream = body.stream().map_err(|()| BodyError::Unreadable)?;
-        // One byte past the limit tells "exactly at the limit" from "over it".
-        stream
-            .take(limit as u64 + 1)
-            .read_to_end(&mut bytes)
-            .map_err(|_| BodyError::Unreadable)?;
-    }
-    if bytes.len() > limit {
-        return Err(BodyError::TooLarge);
+        // Ask for everything that may come (one byte past the limit tells "at the limit"
+        // from "over it"): a small body arrives in one call to the host.
+        loop {
+            let wanted = (limit + 1 - bytes.len()) as u64;
+            match stream.blocking_read(wanted) {
+                Ok(chunk) => bytes.extend_from_slice(&chunk),
+                Err(StreamError::Closed) => break,
+                Err(StreamError::LastOperationFailed(_)) => return Err(BodyError::Unreadable),
+            }
+            if bytes.len() > limit {
+                return Err(BodyError::TooLarge);
+            }
+        }
     }
     Ok(bytes)
 }
@@ -58,10 +62,14 @@ pub fn respond_json(out: ResponseOutparam, status: u16, value: &serde_json::Valu
     let outgoing = response.body().expect("a new response has a body");
     ResponseOutparam::set(out, Ok(response));
     {
-        let mut stream = outgoing.write().expect("a new body has a stream");
-        // The client may have gone; nothing is left to tell it then.
-        let _ = stream.write_all(body.as_bytes());
-        let _ = stream.flush();
+        let stream = outgoing.write().expect("a new body has a stream");
+        // At most 4096 bytes per call, as WASI allows. The client may have gone; nothing is
+        // left to tell it then.
+        for chunk in body.as_bytes().chunks(4096) {
+            if stream.blocking_write_and_flush(chunk).is_err() {
+                break;
+            }
+        }
     }
     let _ = OutgoingBody::finish(outgoing, None);
 }
