@@ -5,6 +5,7 @@
 //! directory, the node reloads (as on a file-system event), and the clock stops at the swap,
 //! from when requests get the new version.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
@@ -13,6 +14,7 @@ use edgepack_benches::{example_bundle, example_variants, policy_bundle};
 use edgepack_bundles::bundle::{self, OpenLimits};
 use edgepack_runtime_min::activation::{Floor, Loader};
 use edgepack_runtime_min::config::NodeArgs;
+use edgepack_runtime_min::functions::FunctionHost;
 use edgepack_runtime_min::host::{PolicyEngine, Tier};
 use edgepack_runtime_min::node::{Node, Trigger};
 use edgepack_runtime_min::ratelimit::RateLimits;
@@ -24,7 +26,12 @@ fn phases(c: &mut Criterion) {
     let opened = bundle::open(&bytes, &[public], &limits).expect("opens");
     let wasm = opened.files["policy.wasm"].clone();
     let engine = PolicyEngine::with_time_limit(Duration::from_millis(50)).expect("engine");
-    let loader = Loader::new(engine.clone(), vec![public], false, limits);
+    // One functions engine for every loader here, as a node has: the example's functions
+    // are compiled once, and each `prepare` finds them compiled (a new policy, the same
+    // functions), as a new release usually does.
+    let functions = Arc::new(FunctionHost::default());
+    let loader =
+        Loader::new(engine.clone(), vec![public], false, limits).with_functions(functions.clone());
     let floor = Floor {
         mark: None,
         allow_same: true,
@@ -49,6 +56,7 @@ fn phases(c: &mut Criterion) {
         b.iter(|| {
             // A fresh loader has compiled nothing yet.
             Loader::new(engine.clone(), vec![public], false, limits)
+                .with_functions(functions.clone())
                 .prepare(&bytes, &floor, 1, &ratelimits)
                 .expect("prepares")
         })

@@ -336,7 +336,10 @@ impl Loader {
             (Vec::new(), None)
         } else {
             let engine = self.functions.engine()?;
-            (engine.prepare(&plan, &opened.files)?, Some(engine))
+            (
+                engine.prepare(&plan, &opened.files, &manifest.files)?,
+                Some(engine),
+            )
         };
         let limiters = ratelimits.for_plan(&plan.ratelimits);
         Ok(Active {

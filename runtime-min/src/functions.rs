@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use edgepack_bundles::bundle::FileEntry;
 use edgepack_bundles::plan::{FunctionPlan, OriginPlan, RegionPlan};
 use http::{HeaderValue, Request, Response, Uri, header};
 use http_body_util::{BodyExt, Full, Limited};
@@ -233,10 +234,12 @@ impl FunctionEngine {
     }
 
     /// Compiles (or finds compiled) and links every function of a plan, by function id.
+    /// `digests` are the verified manifest's entries, whose sha256 keys the compiled form.
     pub fn prepare(
         &self,
         plan: &RegionPlan,
         files: &std::collections::BTreeMap<String, Vec<u8>>,
+        digests: &[FileEntry],
     ) -> Result<Vec<Arc<Function>>, PrepareError> {
         plan.functions
             .iter()
@@ -254,7 +257,13 @@ impl FunctionEngine {
                         max: self.limits.memory_max,
                     });
                 }
-                let pre = self.pre(&function.name, bytes)?;
+                // The opener checked every file against its manifest entry; hashing
+                // again is only for a file the manifest does not list.
+                let digest = digests
+                    .iter()
+                    .find(|entry| entry.path == function.file)
+                    .map_or_else(|| hex(&Sha256::digest(bytes)), |entry| entry.sha256.clone());
+                let pre = self.pre(&function.name, bytes, digest)?;
                 // One instance now, so a component that cannot start within its limits is
                 // refused with the bundle rather than failing each request.
                 self.start(&pre, function.memory_bytes)
@@ -278,8 +287,12 @@ impl FunctionEngine {
 
     /// The linked component for these bytes: from memory, from the state directory, or
     /// compiled now (and then stored in both).
-    fn pre(&self, name: &str, bytes: &[u8]) -> Result<ProxyPre<FunctionState>, PrepareError> {
-        let digest = hex(&Sha256::digest(bytes));
+    fn pre(
+        &self,
+        name: &str,
+        bytes: &[u8],
+        digest: String,
+    ) -> Result<ProxyPre<FunctionState>, PrepareError> {
         if let Some(pre) = self
             .lock()
             .iter()
