@@ -9,21 +9,25 @@ fn the_example_passes_its_tests_and_names_what_they_miss() {
     let out = edgepack(&["test", "examples/global-api"], &root());
     let stdout = text(&out.stdout);
     assert_eq!(out.status.code(), Some(0), "{stdout}{}", text(&out.stderr));
-    // 8 tests; `region=` limits one to eu-west: 7 × 5 regions + 1.
-    assert!(stdout.contains("36 passed, 0 failed"), "{stdout}");
+    // 10 tests; `region=` limits one to eu-west: 9 × 5 regions + 1.
+    assert!(stdout.contains("46 passed, 0 failed"), "{stdout}");
     assert!(
         stdout.contains("ok    eu-west       SQL injection is blocked in the EU  (tests.kdl:12)"),
         "{stdout}"
     );
     assert!(stdout.contains("not covered by any test:"), "{stdout}");
     assert!(
-        stdout.contains("route POST /api/ml/* (edgepack.kdl:"),
+        stdout.contains("route POST /api/ml/batch/* (edgepack.kdl:"),
         "{stdout}"
     );
     assert!(stdout.contains("WAF rule xss (waf.kdl:22)"), "{stdout}");
     assert!(
         !stdout.contains("route GET,HEAD /api/data/*"),
         "a tested route is covered: {stdout}"
+    );
+    assert!(
+        !stdout.contains("route POST /api/ml/* "),
+        "a function route is tested through the function: {stdout}"
     );
 }
 
@@ -47,7 +51,7 @@ fn a_failing_test_prints_the_decision_and_exits_one() {
     );
     assert!(stdout.contains("expected status 200, got 451"), "{stdout}");
     assert!(stdout.contains("decision: 451"), "{stdout}");
-    assert!(stdout.contains("7 passed, 1 failed"), "{stdout}");
+    assert!(stdout.contains("9 passed, 1 failed"), "{stdout}");
 
     let out = edgepack(
         &["test", &policy, "--region", "us-east", "--format", "json"],
