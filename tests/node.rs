@@ -547,21 +547,25 @@ fn wait_for_version(edge: &Edge, version: u64) -> e2e::Reply {
     reply
 }
 
-/// Offers a bundle, waits until the node has looked at it, and checks it kept `serving`.
+/// Offers a bundle, waits until the node has refused it, and checks it kept `serving`.
+/// The refusal is found by the bundle's sha256: the file event and the SIGHUP may each
+/// log one for the same file, in either order with the previous offer's.
 fn offer_refused(edge: &Edge, bytes: &[u8], reason: &str, serving: u64) {
-    let before = edge.node.log_count("bundle refused");
+    let sha256 = edgepack_bundles::bundle::sha256_hex(bytes);
+    let refusal_of = |log: &str| -> Option<String> {
+        log.lines()
+            .find(|l| l.contains("bundle refused") && l.contains(&sha256))
+            .map(str::to_string)
+    };
     e2e::install(bytes, &edge.bundles, "eu-west");
     edge.node.signal("HUP");
     let deadline = Instant::now() + Duration::from_secs(20);
-    while edge.node.log_count("bundle refused") == before && Instant::now() < deadline {
+    while refusal_of(&edge.node.log()).is_none() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));
     }
     let log = edge.node.log();
-    let refusal = log
-        .lines()
-        .filter(|l| l.contains("bundle refused"))
-        .nth(before)
-        .unwrap_or_else(|| panic!("no refusal logged for {reason}:\n{log}"));
+    let refusal =
+        refusal_of(&log).unwrap_or_else(|| panic!("no refusal logged for {reason}:\n{log}"));
     let label = format!(r#""reason":"{reason}""#);
     assert!(refusal.contains(&label), "expected {label}: {refusal}");
     let reply = get(&edge.url("/api/health"), &[DE]);
