@@ -131,6 +131,10 @@ pub struct NodeArgs {
     #[arg(long, value_name = "BYTES", default_value_t = 1 << 30)]
     pub function_memory_max: u64,
 
+    /// Threads serving requests (default: one per CPU).
+    #[arg(long, value_name = "COUNT")]
+    pub workers: Option<usize>,
+
     /// On SIGTERM, how long requests in flight may take to finish.
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
     pub drain_timeout: Duration,

@@ -8,11 +8,12 @@ use edgepack_runtime_min::config::NodeArgs;
 
 fn main() -> ExitCode {
     let args = NodeArgs::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .thread_name("edgepack-worker")
-        .build()
-    {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.enable_all().thread_name("edgepack-worker");
+    if let Some(workers) = args.workers {
+        builder.worker_threads(workers.max(1));
+    }
+    let runtime = match builder.build() {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("edgepack-node: cannot start the runtime: {error}");
