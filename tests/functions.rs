@@ -95,6 +95,10 @@ struct Edge {
 
 impl Edge {
     fn start(region: &str, bundle: &[u8]) -> Edge {
+        Edge::start_with(region, bundle, &[])
+    }
+
+    fn start_with(region: &str, bundle: &[u8], extra: &[&str]) -> Edge {
         let fixture = fixture();
         let dir = tempfile::tempdir_in(&fixture.dir).expect("tempdir");
         let bundles = dir.path().join("bundles");
@@ -102,7 +106,9 @@ impl Edge {
         std::fs::create_dir_all(&bundles).expect("mkdir");
         e2e::install(bundle, &bundles, region);
         let origin = Origin::start(&fixture.pki, &["api.internal"], dir.path());
-        let node = NodeProcess::start(&args(&bundles, &state, &origin));
+        let mut node_args = args(&bundles, &state, &origin);
+        node_args.extend(extra.iter().map(|a| a.to_string()));
+        let node = NodeProcess::start(&node_args);
         Edge {
             node,
             origin,
@@ -449,5 +455,33 @@ fn compiled_functions_survive_a_restart_and_a_bad_one_is_rebuilt() {
     assert!(
         std::fs::read(&files[0]).expect("read").len() > 1000,
         "and kept again"
+    );
+}
+
+#[test]
+fn past_its_instance_limit_the_node_answers_503_and_recovers() {
+    let edge = Edge::start_with("local", &fixture().probe, &["--function-instances", "1"]);
+    let url = edge.url("/fn/sleep");
+    let sleeping = std::thread::spawn(move || get(&url, &[]).status);
+    // Once the sleeping instance holds the only slot, the next request finds none free.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while edge.metric("edgepack_function_instances") < 1.0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the sleeper never started"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let busy = get(&edge.url("/fn/echo"), &[]);
+    assert_eq!(busy.status, 503, "{}", busy.body);
+    assert!(busy.json()["request_id"].is_string());
+    assert_eq!(sleeping.join().expect("thread"), 504);
+    assert_eq!(
+        get(&edge.url("/fn/echo"), &[]).status,
+        200,
+        "the slot is free again"
+    );
+    assert!(
+        edge.metric("edgepack_function_errors_total{function=\"probe\",kind=\"capacity\"}") >= 1.0
     );
 }

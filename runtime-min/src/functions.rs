@@ -482,7 +482,10 @@ impl FunctionEngine {
                 RunError::Memory(plan.memory_bytes)
             } else if error.downcast_ref::<Trap>() == Some(&Trap::Interrupt) {
                 RunError::Timeout(limit)
-            } else if format!("{error:#}").contains("pooling allocator") {
+            } else if error
+                .chain()
+                .any(|cause| cause.is::<wasmtime::PoolConcurrencyLimitError>())
+            {
                 RunError::Capacity(format!("{error:#}"))
             } else {
                 RunError::Trap(format!("{error:#}"))
