@@ -290,6 +290,7 @@ fn traps_timeouts_and_memory_limits_fail_one_request_only() {
         ("/fn/trap", 500, "trap"),
         ("/fn/spin", 504, "timeout"),
         ("/fn/sleep", 504, "timeout"),
+        ("/fn/stall", 504, "timeout"),
         ("/fn/grow", 500, "memory"),
     ];
     for (path, status, kind) in cases {
@@ -317,7 +318,7 @@ fn traps_timeouts_and_memory_limits_fail_one_request_only() {
     }
     assert_eq!(
         edge.metric("edgepack_function_errors_total{function=\"probe\",kind=\"timeout\"}"),
-        2.0
+        3.0
     );
 
     // A spinning instance holds no one else up.

@@ -420,10 +420,13 @@ impl FunctionEngine {
         https: bool,
         origins: Origins,
         meters: RunMeters,
-    ) -> Result<Response<HyperOutgoingBody>, RunError> {
+    ) -> Result<Response<FunctionBody>, RunError> {
         let plan = &function.plan;
         let limit = Duration::from_millis(plan.timeout_ms.max(1));
         let memory_hit = Arc::new(AtomicBool::new(false));
+        // Set before the instance goes when it did not end well, so a body it leaves
+        // unfinished ends in an error, not in what looks like a complete answer.
+        let cut_off = Arc::new(AtomicBool::new(false));
         let state = FunctionState::new(
             Outbound {
                 allowed: function.outbound.clone(),
@@ -464,6 +467,7 @@ impl FunctionEngine {
             });
         let (req, out) = prepared.map_err(|e| RunError::Failed(format!("{e:#}")))?;
         let pre = function.pre.clone();
+        let ended_badly = cut_off.clone();
         let task = tokio::spawn(async move {
             let instantiating = Instant::now();
             let proxy = pre.instantiate_async(&mut store).await?;
@@ -471,10 +475,15 @@ impl FunctionEngine {
                 .instantiate
                 .observe(instantiating.elapsed().as_secs_f64());
             store.data_mut().live = Some(Live::new(meters.live));
-            proxy
+            let handled = proxy
                 .wasi_http_incoming_handler()
                 .call_handle(&mut store, req, out)
-                .await
+                .await;
+            if handled.is_err() {
+                ended_badly.store(true, Ordering::Release);
+            }
+            drop(store);
+            handled
         });
         let abort = task.abort_handle();
         let failure = |error: wasmtime::Error| -> RunError {
@@ -496,12 +505,17 @@ impl FunctionEngine {
                 // The instance lives on while it writes the body, bounded by the same
                 // time limit from the start.
                 let deadline = tokio::time::Instant::now() + limit;
+                let stopped = cut_off.clone();
                 tokio::spawn(async move {
                     if tokio::time::timeout_at(deadline, task).await.is_err() {
+                        stopped.store(true, Ordering::Release);
                         abort.abort();
                     }
                 });
-                Ok(response)
+                Ok(response.map(|body| FunctionBody {
+                    body: Mutex::new(body),
+                    cut_off,
+                }))
             }
             Ok(Ok(Err(code))) => {
                 abort.abort();
@@ -520,6 +534,50 @@ impl FunctionEngine {
                 Err(RunError::Timeout(limit))
             }
         }
+    }
+}
+
+/// A function's response body, as the node sends it.
+///
+/// wasi:http ends a body its instance dropped unfinished as if it were complete; this one
+/// ends it in an error when the instance trapped or was stopped. It is also `Sync`, as the
+/// node's bodies are: polling takes `&mut self`, which reaches the inner body unlocked.
+pub struct FunctionBody {
+    body: Mutex<HyperOutgoingBody>,
+    cut_off: Arc<AtomicBool>,
+}
+
+/// Why a function's body ended early.
+pub type BodyError = Box<dyn std::error::Error + Send + Sync>;
+
+impl http_body::Body for FunctionBody {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, BodyError>>> {
+        let this = self.get_mut();
+        let body = this
+            .body
+            .get_mut()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match std::pin::Pin::new(body).poll_frame(cx) {
+            std::task::Poll::Ready(None) if this.cut_off.load(Ordering::Acquire) => {
+                std::task::Poll::Ready(Some(Err(BodyError::from(
+                    "the function stopped before finishing its body",
+                ))))
+            }
+            polled => polled
+                .map_err(|code| BodyError::from(format!("the function's body failed: {code:?}"))),
+        }
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body
+            .lock()
+            .map_or_else(|_| http_body::SizeHint::default(), |body| body.size_hint())
     }
 }
 

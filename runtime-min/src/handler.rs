@@ -35,7 +35,6 @@ use crate::metrics::{
 };
 use crate::node::Node;
 use crate::proxy::{self, UpstreamError};
-use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -855,14 +854,7 @@ impl Exchange<'_> {
             Some((key, route)) => {
                 match store_response(self.node, &self.active, &head, body, key, route).await {
                     Ok((body, _)) => body,
-                    Err(error) => {
-                        let name = &function.plan.name;
-                        self.record.error = Some(format!("function {name}: {error}"));
-                        return self.error(
-                            StatusCode::INTERNAL_SERVER_ERROR,
-                            "the function's response broke off",
-                        );
-                    }
+                    Err(error) => return self.function_broke_off(function, started, &error),
                 }
             }
             // A small answer goes out whole, in one write with its head, rather than head
@@ -871,14 +863,7 @@ impl Exchange<'_> {
             None => match read_up_to(body, FUNCTION_BUFFER).await {
                 Ok(Buffered::Whole(bytes)) => full(bytes),
                 Ok(Buffered::TooLarge(body)) => body,
-                Err(error) => {
-                    let name = &function.plan.name;
-                    self.record.error = Some(format!("function {name}: {error}"));
-                    return self.error(
-                        StatusCode::INTERNAL_SERVER_ERROR,
-                        "the function's response broke off",
-                    );
-                }
+                Err(error) => return self.function_broke_off(function, started, &error),
             },
         };
         let mut response = Response::from_parts(head, body);
@@ -888,6 +873,51 @@ impl Exchange<'_> {
                 .insert("x-cache", HeaderValue::from_static("MISS"));
         }
         response
+    }
+
+    /// A function's body ended in an error before the node sent anything: stopped at its
+    /// time limit (504) or failed (500).
+    fn function_broke_off(
+        &mut self,
+        function: &Function,
+        started: Instant,
+        error: &BoxError,
+    ) -> Response<Body> {
+        let name = &function.plan.name;
+        self.record.error = Some(format!("function {name}: {error}"));
+        let timed_out = started.elapsed() >= Duration::from_millis(function.plan.timeout_ms);
+        tracing::warn!(
+            target: "edgepack::functions",
+            function = %name,
+            request_id = %self.id,
+            kind = if timed_out { "timeout" } else { "error" },
+            error = %error,
+            "function failed"
+        );
+        if timed_out {
+            self.count_function_error(function, "timeout");
+            self.error(
+                StatusCode::GATEWAY_TIMEOUT,
+                "the function did not answer in time",
+            )
+        } else {
+            self.count_function_error(function, "error");
+            self.error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "the function's response broke off",
+            )
+        }
+    }
+
+    fn count_function_error(&self, function: &Function, kind: &'static str) {
+        self.node
+            .metrics
+            .function_errors
+            .get_or_create(&FunctionErrorLabels {
+                function: function.plan.name.clone(),
+                kind,
+            })
+            .inc();
     }
 
     fn route_action(&self, route: u32) -> Option<&ActionPlan> {
@@ -1284,7 +1314,7 @@ async fn run_function(
         .run(function, request, https, node.origins.clone(), meters)
         .await;
     match result {
-        Ok(response) => Ok(response.map(|body| FunctionBody(std::sync::Mutex::new(body)).boxed())),
+        Ok(response) => Ok(response.map(BodyExt::boxed)),
         Err(error) => {
             node.metrics
                 .function_errors
@@ -1461,39 +1491,6 @@ async fn read_up_to(mut body: Body, limit: usize) -> Result<Buffered, BoxError> 
         }
     }
     Ok(Buffered::Whole(buffer.freeze()))
-}
-
-/// A function's response body. It is `Send` but not `Sync`, and the node's bodies are both;
-/// polling takes `&mut self`, which reaches the body without locking.
-struct FunctionBody(std::sync::Mutex<HyperOutgoingBody>);
-
-impl HttpBody for FunctionBody {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let body = self
-            .get_mut()
-            .0
-            .get_mut()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        Pin::new(body)
-            .poll_frame(cx)
-            .map_err(|code| BoxError::from(format!("the function's body failed: {code:?}")))
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.0
-            .lock()
-            .map_or_else(|_| SizeHint::default(), |body| body.size_hint())
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.0.lock().is_ok_and(|body| body.is_end_stream())
-    }
 }
 
 /// A body that yields `head` and then the rest of `rest`.

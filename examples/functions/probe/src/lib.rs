@@ -1,6 +1,7 @@
 //! `probe`: a handler that does what its path asks, including what a sandbox must stop —
-//! trap, spin past its time limit, sleep past it, allocate past its memory limit, call an
-//! origin — so the node's end-to-end tests can watch each limit at work.
+//! trap, spin past its time limit, sleep past it, stall in the middle of its body, allocate
+//! past its memory limit, call an origin — so the node's end-to-end tests can watch each
+//! limit at work.
 
 use std::io::Read;
 
@@ -8,7 +9,8 @@ use handler_io::{header, read_body, respond_error, respond_json};
 use serde_json::json;
 use wasip2::http::outgoing_handler;
 use wasip2::http::types::{
-    Fields, IncomingRequest, OutgoingBody, OutgoingRequest, ResponseOutparam, Scheme,
+    Fields, IncomingRequest, OutgoingBody, OutgoingRequest, OutgoingResponse, ResponseOutparam,
+    Scheme,
 };
 
 wasip2::http::proxy::export!(Probe);
@@ -47,6 +49,15 @@ impl wasip2::exports::http::incoming_handler::Guest for Probe {
                 wasip2::clocks::monotonic_clock::subscribe_duration(60_000_000_000).block();
                 respond_json(out, 200, &json!({ "slept": true }));
             }
+            "stall" => {
+                // Answers, writes a little of the body, then never finishes it.
+                let response = OutgoingResponse::new(Fields::new());
+                let body = response.body().expect("a new response has a body");
+                ResponseOutparam::set(out, Ok(response));
+                let stream = body.write().expect("a new body has a stream");
+                let _ = stream.blocking_write_and_flush(b"{\"partial\":");
+                wasip2::clocks::monotonic_clock::subscribe_duration(60_000_000_000).block();
+            }
             "grow" => {
                 let mut hoard: Vec<Vec<u8>> = Vec::new();
                 for _ in 0..1024 {
@@ -55,7 +66,11 @@ impl wasip2::exports::http::incoming_handler::Guest for Probe {
                 respond_json(out, 200, &json!({ "grew_mib": hoard.len() }));
             }
             "fetch" => fetch(out, query),
-            _ => respond_error(out, 404, "ask for echo, trap, spin, sleep, grow or fetch"),
+            _ => respond_error(
+                out,
+                404,
+                "ask for echo, trap, spin, sleep, stall, grow or fetch",
+            ),
         }
     }
 }
