@@ -17,9 +17,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use clap::Parser;
-use edgepack_benches::{copy_example, policy_bundle};
-use edgepack_bundles::bundle;
+use edgepack_benches::{copy_example, node_args, one_worker_runtime, policy_bundle};
 use edgepack_runtime_min::config::NodeArgs;
 use edgepack_runtime_min::node::Node;
 use http_body_util::{BodyExt, Full};
@@ -54,23 +52,7 @@ fn main() {
     std::fs::write(&entry, text.replacen(limited, &unlimited, 1)).expect("write the policy");
     let key = ed25519_dalek::SigningKey::from_bytes(&[7; 32]);
     let bytes = policy_bundle(&policy, "eu-west", 1, &key);
-    let bundle_path = dir.path().join("eu-west.edgepack");
-    let trust = dir.path().join("bench.pub");
-    std::fs::write(&bundle_path, &bytes).expect("write the bundle");
-    std::fs::write(&trust, bundle::keys::public_key_text(&key.verifying_key()))
-        .expect("write the key");
-    let args = NodeArgs::parse_from([
-        "edgepack-node".as_ref(),
-        "--bundle".as_ref(),
-        bundle_path.as_os_str(),
-        "--trust".as_ref(),
-        trust.as_os_str(),
-        "--listen".as_ref(),
-        "127.0.0.1:0".as_ref(),
-        "--admin".as_ref(),
-        "127.0.0.1:0".as_ref(),
-        "--no-access-log".as_ref(),
-    ]);
+    let args = node_args(dir.path(), "eu-west", &bytes, &key);
     let node = Node::new(&args).expect("a node");
     assert!(node.start(), "the bundle activates");
     let node = Arc::new(node);
@@ -82,8 +64,8 @@ fn main() {
         "  store setup before it:        {setup_median:>8.2} µs median  {setup_p99:>8.2} µs p99"
     );
 
-    let server = runtime();
-    let client = runtime();
+    let server = one_worker_runtime();
+    let client = one_worker_runtime();
     let (addr, stop, serving) = serve(&node, &args, &server);
     let (static_first, function_first) = client.block_on(async {
         let static_first = first_byte_latencies(addr, Route::Static).await;
@@ -177,14 +159,6 @@ fn percentiles(values: &mut [f64]) -> (f64, f64) {
     values.sort_by(f64::total_cmp);
     let at = |q: f64| values[((values.len() - 1) as f64 * q).round() as usize];
     (at(0.5), at(0.99))
-}
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .expect("a runtime")
 }
 
 type Serving = (

@@ -195,3 +195,44 @@ pub fn example_variants(dir: &std::path::Path, count: usize) -> Vec<PathBuf> {
         })
         .collect()
 }
+
+/// The settings of a node in a bench's process: `bundle` (signed by `key`) written to
+/// `dir` as `<region>.edgepack` with the public key beside it, ports of its own, access log
+/// off.
+pub fn node_args(
+    dir: &std::path::Path,
+    region: &str,
+    bundle: &[u8],
+    key: &ed25519_dalek::SigningKey,
+) -> edgepack_runtime_min::config::NodeArgs {
+    use clap::Parser;
+    let bundle_path = dir.join(format!("{region}.edgepack"));
+    let trust = dir.join("bench.pub");
+    std::fs::write(&bundle_path, bundle).expect("write the bundle");
+    std::fs::write(
+        &trust,
+        edgepack_bundles::bundle::keys::public_key_text(&key.verifying_key()),
+    )
+    .expect("write the key");
+    edgepack_runtime_min::config::NodeArgs::parse_from([
+        "edgepack-node".as_ref(),
+        "--bundle".as_ref(),
+        bundle_path.as_os_str(),
+        "--trust".as_ref(),
+        trust.as_os_str(),
+        "--listen".as_ref(),
+        "127.0.0.1:0".as_ref(),
+        "--admin".as_ref(),
+        "127.0.0.1:0".as_ref(),
+        "--no-access-log".as_ref(),
+    ])
+}
+
+/// A tokio runtime with one worker thread: a bench's server, or its load generator.
+pub fn one_worker_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("a runtime")
+}

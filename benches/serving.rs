@@ -8,9 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use clap::Parser;
-use edgepack_benches::example_bundle;
-use edgepack_bundles::bundle;
+use edgepack_benches::{example_bundle, node_args, one_worker_runtime};
 use edgepack_runtime_min::config::NodeArgs;
 use edgepack_runtime_min::node::Node;
 use http_body_util::{BodyExt, Empty};
@@ -23,25 +21,9 @@ const ROUNDS: usize = 3;
 fn main() {
     let dir = tempfile::tempdir().expect("temp dir");
     let (bytes, key) = example_bundle("eu-west", 1);
-    let bundle_path = dir.path().join("eu-west.edgepack");
-    let trust = dir.path().join("bench.pub");
-    std::fs::write(&bundle_path, &bytes).expect("write the bundle");
-    std::fs::write(&trust, bundle::keys::public_key_text(&key.verifying_key()))
-        .expect("write the key");
-    let args = NodeArgs::parse_from([
-        "edgepack-node".as_ref(),
-        "--bundle".as_ref(),
-        bundle_path.as_os_str(),
-        "--trust".as_ref(),
-        trust.as_os_str(),
-        "--listen".as_ref(),
-        "127.0.0.1:0".as_ref(),
-        "--admin".as_ref(),
-        "127.0.0.1:0".as_ref(),
-        "--no-access-log".as_ref(),
-    ]);
-    let server = runtime();
-    let client = runtime();
+    let args = node_args(dir.path(), "eu-west", &bytes, &key);
+    let server = one_worker_runtime();
+    let client = one_worker_runtime();
     let mut with_policy = Vec::new();
     let mut without = Vec::new();
     let mut decide_us = Vec::new();
@@ -72,14 +54,6 @@ fn main() {
         "  decide step in the node:     {:>9.2} µs mean (median of rounds)",
         median(&mut decide_us)
     );
-}
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .expect("a runtime")
 }
 
 /// One round: a fresh node, loaded for `ROUND`; requests per second and the mean time of

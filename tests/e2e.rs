@@ -379,6 +379,35 @@ async fn origin_answer(
         .expect("a response"))
 }
 
+/// `edgepack-node` arguments for a node on its own directories: trusting `keys`, its origins
+/// (`origin_hosts`, as `host:port`) sent to the test `origin` signed by `pki`'s CA, then
+/// `extra`.
+pub fn node_args(
+    bundles: &Path,
+    state: &Path,
+    keys: &Keys,
+    pki: &Pki,
+    origin: &Origin,
+    origin_hosts: &[&str],
+    extra: &[&str],
+) -> Vec<String> {
+    let mut args: Vec<String> = vec![
+        "--bundle".into(),
+        bundles.display().to_string(),
+        "--trust".into(),
+        keys.public.display().to_string(),
+        "--state-dir".into(),
+        state.display().to_string(),
+        "--origin-ca".into(),
+        pki.ca_file.display().to_string(),
+        "--log-format".into(),
+        "json".into(),
+    ];
+    args.extend(origin.resolve_args(origin_hosts));
+    args.extend(extra.iter().map(|a| a.to_string()));
+    args
+}
+
 /// An `edgepack-node` process, its addresses, and what it has written so far.
 pub struct NodeProcess {
     child: Child,

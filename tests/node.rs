@@ -119,21 +119,15 @@ fn hosts() -> Vec<&'static str> {
 
 fn node_args(bundles: &Path, state: &Path, origin: &Origin, extra: &[&str]) -> Vec<String> {
     let fixture = fixture();
-    let mut args: Vec<String> = vec![
-        "--bundle".into(),
-        bundles.display().to_string(),
-        "--trust".into(),
-        fixture.keys.public.display().to_string(),
-        "--state-dir".into(),
-        state.display().to_string(),
-        "--origin-ca".into(),
-        fixture.pki.ca_file.display().to_string(),
-        "--log-format".into(),
-        "json".into(),
-    ];
-    args.extend(origin.resolve_args(&API_HOSTS));
-    args.extend(extra.iter().map(|a| a.to_string()));
-    args
+    e2e::node_args(
+        bundles,
+        state,
+        &fixture.keys,
+        &fixture.pki,
+        origin,
+        &API_HOSTS,
+        extra,
+    )
 }
 
 fn example(region: &str) -> &'static [u8] {

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use edgepack_bundles::bundle::FileEntry;
+use edgepack_bundles::bundle::{self, FileEntry};
 use edgepack_bundles::plan::{FunctionPlan, OriginPlan, RegionPlan};
 use http::{HeaderValue, Request, Response, Uri, header};
 use http_body_util::{BodyExt, Full, Limited};
@@ -196,7 +196,7 @@ impl FunctionEngine {
         let compatibility = {
             let mut hasher = Sha256Hasher(Sha256::new());
             std::hash::Hash::hash(&engine.precompile_compatibility_hash(), &mut hasher);
-            hex(&hasher.0.finalize()[..16])
+            bundle::hex(&hasher.0.finalize()[..16])
         };
         let cache_dir = match state_dir {
             Some(dir) => {
@@ -262,7 +262,7 @@ impl FunctionEngine {
                 let digest = digests
                     .iter()
                     .find(|entry| entry.path == function.file)
-                    .map_or_else(|| hex(&Sha256::digest(bytes)), |entry| entry.sha256.clone());
+                    .map_or_else(|| bundle::sha256_hex(bytes), |entry| entry.sha256.clone());
                 let pre = self.pre(&function.name, bytes, digest)?;
                 // One instance now, so a component that cannot start within its limits is
                 // refused with the bundle rather than failing each request.
@@ -411,8 +411,8 @@ impl FunctionEngine {
         }
     }
 
-    /// Runs `function` on `request` in a fresh instance. Returns the response (its body
-    /// streams from the instance) and how long instantiation took.
+    /// Runs `function` on `request` in a fresh instance and returns its response, whose
+    /// body streams from the instance; instantiation time and live instances go to `meters`.
     pub async fn run(
         &self,
         function: &Function,
@@ -836,8 +836,4 @@ impl Hasher for Sha256Hasher {
     fn write(&mut self, bytes: &[u8]) {
         self.0.update(bytes);
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

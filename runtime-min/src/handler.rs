@@ -758,13 +758,7 @@ impl Exchange<'_> {
             }
             None => incoming.map_err(BoxError::from).boxed(),
         };
-        let mut response = Response::from_parts(head, body);
-        if self.record.cache.is_some() {
-            response
-                .headers_mut()
-                .insert("x-cache", HeaderValue::from_static("MISS"));
-        }
-        response
+        self.marked_miss(Response::from_parts(head, body))
     }
 
     /// The request a function sees: the decision's header edits and residency transforms
@@ -825,16 +819,7 @@ impl Exchange<'_> {
         let response = match result {
             Ok(response) => response,
             Err(error) => {
-                let name = &function.plan.name;
-                self.record.error = Some(format!("function {name}: {error}"));
-                tracing::warn!(
-                    target: "edgepack::functions",
-                    function = %name,
-                    request_id = %self.id,
-                    kind = error.kind(),
-                    error = %error,
-                    "function failed"
-                );
+                self.function_failed(function, error.kind(), &error);
                 return match error {
                     RunError::Timeout(_) => self.error(
                         StatusCode::GATEWAY_TIMEOUT,
@@ -866,13 +851,7 @@ impl Exchange<'_> {
                 Err(error) => return self.function_broke_off(function, started, &error),
             },
         };
-        let mut response = Response::from_parts(head, body);
-        if self.record.cache.is_some() {
-            response
-                .headers_mut()
-                .insert("x-cache", HeaderValue::from_static("MISS"));
-        }
-        response
+        self.marked_miss(Response::from_parts(head, body))
     }
 
     /// A function's body ended in an error before the node sent anything: stopped at its
@@ -883,25 +862,16 @@ impl Exchange<'_> {
         started: Instant,
         error: &BoxError,
     ) -> Response<Body> {
-        let name = &function.plan.name;
-        self.record.error = Some(format!("function {name}: {error}"));
         let timed_out = started.elapsed() >= Duration::from_millis(function.plan.timeout_ms);
-        tracing::warn!(
-            target: "edgepack::functions",
-            function = %name,
-            request_id = %self.id,
-            kind = if timed_out { "timeout" } else { "error" },
-            error = %error,
-            "function failed"
-        );
+        let kind = if timed_out { "timeout" } else { "error" };
+        count_function_error(self.node, &function.plan.name, kind);
+        self.function_failed(function, kind, error);
         if timed_out {
-            self.count_function_error(function, "timeout");
             self.error(
                 StatusCode::GATEWAY_TIMEOUT,
                 "the function did not answer in time",
             )
         } else {
-            self.count_function_error(function, "error");
             self.error(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "the function's response broke off",
@@ -909,15 +879,23 @@ impl Exchange<'_> {
         }
     }
 
-    fn count_function_error(&self, function: &Function, kind: &'static str) {
-        self.node
-            .metrics
-            .function_errors
-            .get_or_create(&FunctionErrorLabels {
-                function: function.plan.name.clone(),
-                kind,
-            })
-            .inc();
+    /// Notes a failed function run in the access log and the event log, with its request id.
+    fn function_failed(
+        &mut self,
+        function: &Function,
+        kind: &'static str,
+        error: &dyn std::fmt::Display,
+    ) {
+        let name = &function.plan.name;
+        self.record.error = Some(format!("function {name}: {error}"));
+        tracing::warn!(
+            target: "edgepack::functions",
+            function = %name,
+            request_id = %self.id,
+            kind,
+            error = %error,
+            "function failed"
+        );
     }
 
     fn route_action(&self, route: u32) -> Option<&ActionPlan> {
@@ -936,6 +914,11 @@ impl Exchange<'_> {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         );
+        self.marked_miss(response)
+    }
+
+    /// A response fetched because the cache had none carries `x-cache: MISS`.
+    fn marked_miss(&self, mut response: Response<Body>) -> Response<Body> {
         if self.record.cache.is_some() {
             response
                 .headers_mut()
@@ -1316,16 +1299,20 @@ async fn run_function(
     match result {
         Ok(response) => Ok(response.map(BodyExt::boxed)),
         Err(error) => {
-            node.metrics
-                .function_errors
-                .get_or_create(&FunctionErrorLabels {
-                    function: name.clone(),
-                    kind: error.kind(),
-                })
-                .inc();
+            count_function_error(node, name, error.kind());
             Err(error)
         }
     }
+}
+
+fn count_function_error(node: &Node, function: &str, kind: &'static str) {
+    node.metrics
+        .function_errors
+        .get_or_create(&FunctionErrorLabels {
+            function: function.to_string(),
+            kind,
+        })
+        .inc();
 }
 
 async fn fetch(
