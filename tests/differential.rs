@@ -16,6 +16,7 @@ use edgepack_compiler::pipeline;
 use edgepack_compiler::plan::{HostPlan, RegionPlan, SegmentPlan};
 use edgepack_runtime_min::host::{HostError, PolicyEngine, PolicyInstance, Tier};
 use proptest::prelude::*;
+use proptest::strategy::ValueTree;
 use proptest::test_runner::{Config, TestRunner};
 
 /// Compiles every region of the policy at `path`; `None` when it does not check clean.
@@ -110,6 +111,10 @@ const PAYLOADS: &[&str] = &[
     "normal value",
     "ÜnÏcödé",
     "./a/../b//c/./",
+    "%u003cscript%U003E%uff1c%uFF5E%u12%u",
+    "\\u003cimg\\x3e\\74\\101\\4012\\n\\q\\u12\\x4\\",
+    "\\3c script\\00003e\\ff1c\\0000ff1c\\\nx\\41\t\\",
+    "\u{ff1c}\u{1f600}\u{10ffff}\u{20ac}\u{e9}",
     "",
 ];
 
@@ -121,6 +126,7 @@ fn payload() -> impl Strategy<Value = Vec<u8>> {
             .prop_map(|p| percent_encode(&percent_encode(p.as_bytes()))),
         2 => proptest::collection::vec(any::<u8>(), 0..40),
         2 => "[a-zA-Z0-9 _.%&;<>=+'\"/-]{0,30}".prop_map(String::into_bytes),
+        2 => "[a-fuxU0-9%\\\\ \n\u{e9}\u{ff1c}\u{1f600}]{0,24}".prop_map(String::into_bytes),
     ]
 }
 
@@ -457,6 +463,10 @@ const DECODINGS: &[&str] = &[
     "normalize-path",
     "compress-whitespace",
     "remove-nulls",
+    "url-decode-uni",
+    "utf8-url-decode-uni",
+    "js-decode",
+    "css-decode",
 ];
 
 const PARTS: &[&str] = &[
@@ -719,5 +729,78 @@ fn arbitrary_requests_agree() {
             compare(plan, &evaluator, &mut instance.borrow_mut(), &request)
         })
         .unwrap_or_else(|e| panic!("region {}: {e}", plan.region));
+    }
+}
+
+/// Every decoding, run by the module, gives exactly the reference's bytes: for each input,
+/// a rule whose pattern is the reference output spelled byte by byte must fire, and fire
+/// alone among rules written for the other inputs.
+#[test]
+fn decodings_match_the_reference_byte_for_byte() {
+    use edgepack_compiler::plan::DecodingPlan;
+    let engine = PolicyEngine::new().expect("engine");
+    let mut runner = TestRunner::new(Config {
+        failure_persistence: None,
+        ..Config::default()
+    });
+    let mut inputs: Vec<Vec<u8>> = PAYLOADS.iter().map(|p| p.as_bytes().to_vec()).collect();
+    for _ in 0..40 {
+        let tree = payload()
+            .new_tree(&mut runner)
+            .expect("a generated payload");
+        inputs.push(tree.current());
+    }
+    let decodings = [
+        ("url-decode", DecodingPlan::UrlDecode),
+        ("url-decode-uni", DecodingPlan::UrlDecodeUni),
+        ("utf8-url-decode-uni", DecodingPlan::Utf8UrlDecodeUni),
+        ("js-decode", DecodingPlan::JsDecode),
+        ("css-decode", DecodingPlan::CssDecode),
+        ("html-entity-decode", DecodingPlan::HtmlEntityDecode),
+        ("normalize-path", DecodingPlan::NormalizePath),
+        ("compress-whitespace", DecodingPlan::CompressWhitespace),
+        ("remove-nulls", DecodingPlan::RemoveNulls),
+    ];
+    for (name, plan_decoding) in decodings {
+        let expected: Vec<Vec<u8>> = inputs
+            .iter()
+            .map(|i| edgepack_compiler::decodings::apply(&[plan_decoding], i))
+            .collect();
+        let mut kdl = String::from(
+            "edgepack 1\nregion \"r\" zone=\"GLOBAL\"\nwaf threshold=1 body-limit=\"64KiB\" {\n",
+        );
+        for (i, bytes) in expected.iter().enumerate() {
+            let exact: String = bytes.iter().map(|b| format!("\\x{b:02x}")).collect();
+            kdl.push_str(&format!(
+                "    rule \"r{i}\" score=1 {{ in \"body\"; decode \"{name}\"; regex #\"^{exact}$\"#; }}\n"
+            ));
+        }
+        kdl.push_str("}\nroute \"/*\" {\n    respond 200\n}\n");
+        let dir = tempdir();
+        std::fs::write(dir.join("edgepack.kdl"), &kdl).expect("write policy");
+        let mut regions =
+            compile_policy(&dir, &engine, Tier::Optimized).expect("the decoding policy compiles");
+        let _ = std::fs::remove_dir_all(&dir);
+        let (plan, instance) = &mut regions[0];
+        for (i, input) in inputs.iter().enumerate() {
+            let request = Request::new("POST", "/x")
+                .header("content-type", "application/octet-stream")
+                .body(input.clone());
+            let decision = instance.decide(&request).expect("a decision");
+            // Inputs with the same output fire each other's rules: all must be among them.
+            let wanted: Vec<u32> = expected
+                .iter()
+                .enumerate()
+                .filter(|(_, e)| **e == expected[i])
+                .map(|(k, _)| plan.waf.as_ref().expect("waf").rules[k].id)
+                .collect();
+            assert_eq!(
+                decision.rules,
+                wanted,
+                "{name} of {:?}: the module's output differs from {:?}",
+                String::from_utf8_lossy(input),
+                String::from_utf8_lossy(&expected[i])
+            );
+        }
     }
 }

@@ -201,6 +201,8 @@ pub enum PartPlan {
     Cookies,
     Cookie(String),
     Body,
+    CookieNames,
+    HeaderNames,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -211,6 +213,11 @@ pub enum DecodingPlan {
     NormalizePath,
     CompressWhitespace,
     RemoveNulls,
+    UrlDecodeUni,
+    /// `utf8toUnicode` then `urlDecodeUni`, in one pass.
+    Utf8UrlDecodeUni,
+    JsDecode,
+    CssDecode,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]

@@ -17,6 +17,10 @@ pub fn apply(chain: &[DecodingPlan], value: &[u8]) -> Vec<u8> {
             DecodingPlan::NormalizePath => normalize_path(&out),
             DecodingPlan::CompressWhitespace => compress_whitespace(&out),
             DecodingPlan::RemoveNulls => out.into_iter().filter(|b| *b != 0).collect(),
+            DecodingPlan::UrlDecodeUni => url_decode_uni(&out, false),
+            DecodingPlan::Utf8UrlDecodeUni => url_decode_uni(&out, true),
+            DecodingPlan::JsDecode => js_decode(&out),
+            DecodingPlan::CssDecode => css_decode(&out),
         };
     }
     out
@@ -48,6 +52,205 @@ pub fn url_decode(value: &[u8]) -> Vec<u8> {
         }
         out.push(if b == b'+' { b' ' } else { b });
         i += 1;
+    }
+    out
+}
+
+/// ModSecurity's `urlDecodeUni` (without a unicode map): `url_decode`, and `%uHHHH` (either
+/// case) becomes the low byte of the code, plus 0x20 for full-width ASCII (`%uFF01`–`%uFF5E`).
+/// With `utf8`, first ModSecurity's `utf8toUnicode`: each valid multi-byte UTF-8 sequence is
+/// read as its `%u` form, fused into the same pass so the output is never longer; invalid
+/// UTF-8 stays as it is.
+pub fn url_decode_uni(value: &[u8], utf8: bool) -> Vec<u8> {
+    let mut out = Vec::with_capacity(value.len());
+    let mut i = 0;
+    while i < value.len() {
+        let b = value[i];
+        if utf8 && let Some((code, len)) = utf8_char(&value[i..]) {
+            if code < 0x1_0000 {
+                out.push(unicode_low_byte(code));
+            } else {
+                // `%u` takes four of the code's five or six hex digits; the rest stay text.
+                let digits = if code < 0x10_0000 { 5 } else { 6 };
+                out.push((code >> (4 * (digits - 4))) as u8);
+                for k in (0..digits - 4).rev() {
+                    out.push(b"0123456789abcdef"[((code >> (4 * k)) & 0xF) as usize]);
+                }
+            }
+            i += len;
+            continue;
+        }
+        if b == b'%'
+            && i + 5 < value.len()
+            && (value[i + 1] | 0x20) == b'u'
+            && let (Some(a), Some(b2), Some(c), Some(d)) = (
+                hex(value[i + 2]),
+                hex(value[i + 3]),
+                hex(value[i + 4]),
+                hex(value[i + 5]),
+            )
+        {
+            let code = u32::from(a) << 12 | u32::from(b2) << 8 | u32::from(c) << 4 | u32::from(d);
+            out.push(unicode_low_byte(code));
+            i += 6;
+            continue;
+        }
+        if b == b'%'
+            && i + 2 < value.len()
+            && let (Some(h), Some(l)) = (hex(value[i + 1]), hex(value[i + 2]))
+        {
+            out.push(h << 4 | l);
+            i += 3;
+            continue;
+        }
+        out.push(if b == b'+' { b' ' } else { b });
+        i += 1;
+    }
+    out
+}
+
+/// The byte ModSecurity keeps of a 16-bit code: the low one, full-width ASCII shifted down.
+fn unicode_low_byte(code: u32) -> u8 {
+    let low = (code & 0xFF) as u8;
+    if code >> 8 == 0xFF && (1..0x5F).contains(&low) {
+        low + 0x20
+    } else {
+        low
+    }
+}
+
+/// A valid multi-byte UTF-8 sequence at the start of `bytes` (not overlong, not a
+/// surrogate): its code point and length.
+fn utf8_char(bytes: &[u8]) -> Option<(u32, usize)> {
+    let lead = *bytes.first()?;
+    let (len, init) = match lead {
+        0xC0..=0xDF => (2, u32::from(lead & 0x1F)),
+        0xE0..=0xEF => (3, u32::from(lead & 0x0F)),
+        0xF0..=0xF7 => (4, u32::from(lead & 0x07)),
+        _ => return None,
+    };
+    let mut code = init;
+    for k in 1..len {
+        let c = *bytes.get(k)?;
+        if c & 0xC0 != 0x80 {
+            return None;
+        }
+        code = code << 6 | u32::from(c & 0x3F);
+    }
+    let min = [0, 0, 0x80, 0x800, 0x1_0000][len];
+    (code >= min && code <= 0x10_FFFF && !(0xD800..=0xDFFF).contains(&code)).then_some((code, len))
+}
+
+/// ModSecurity's `jsDecode`: `\uHHHH` (low byte, full-width ASCII shifted down), `\xHH`,
+/// octal `\OOO` (at most one byte), `\a \b \f \n \r \t \v`, and `\C` for any other C;
+/// a backslash at the very end stays.
+pub fn js_decode(value: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(value.len());
+    let mut i = 0;
+    let octal = |b: u8| (b'0'..=b'7').contains(&b);
+    while i < value.len() {
+        let b = value[i];
+        if b != b'\\' || i + 1 >= value.len() {
+            out.push(b);
+            i += 1;
+            continue;
+        }
+        let next = value[i + 1];
+        if next == b'u'
+            && i + 5 < value.len()
+            && let (Some(a), Some(b2), Some(c), Some(d)) = (
+                hex(value[i + 2]),
+                hex(value[i + 3]),
+                hex(value[i + 4]),
+                hex(value[i + 5]),
+            )
+        {
+            let code = u32::from(a) << 12 | u32::from(b2) << 8 | u32::from(c) << 4 | u32::from(d);
+            out.push(unicode_low_byte(code));
+            i += 6;
+        } else if next == b'x'
+            && i + 3 < value.len()
+            && let (Some(h), Some(l)) = (hex(value[i + 2]), hex(value[i + 3]))
+        {
+            out.push(h << 4 | l);
+            i += 4;
+        } else if octal(next) {
+            let mut n = 1;
+            while n < 3 && i + 1 + n < value.len() && octal(value[i + 1 + n]) {
+                n += 1;
+            }
+            if n == 3 && next > b'3' {
+                n = 2;
+            }
+            let code = value[i + 1..i + 1 + n]
+                .iter()
+                .fold(0u32, |acc, d| acc * 8 + u32::from(d - b'0'));
+            out.push(code as u8);
+            i += 1 + n;
+        } else {
+            out.push(match next {
+                b'a' => 0x07,
+                b'b' => 0x08,
+                b'f' => 0x0C,
+                b'n' => b'\n',
+                b'r' => b'\r',
+                b't' => b'\t',
+                b'v' => 0x0B,
+                other => other,
+            });
+            i += 2;
+        }
+    }
+    out
+}
+
+/// ModSecurity's `cssDecode`: `\` and one to six hex digits become a byte (the last two
+/// digits; full-width ASCII shifted down when the code is `FFxx`), one whitespace after them
+/// is dropped; `\` before a newline or at the end disappears; `\C` is C.
+pub fn css_decode(value: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(value.len());
+    let mut i = 0;
+    while i < value.len() {
+        if value[i] != b'\\' {
+            out.push(value[i]);
+            i += 1;
+            continue;
+        }
+        i += 1;
+        if i >= value.len() {
+            break;
+        }
+        let mut n = 0;
+        while n < 6 && i + n < value.len() && hex(value[i + n]).is_some() {
+            n += 1;
+        }
+        if n == 0 {
+            if value[i] != b'\n' {
+                out.push(value[i]);
+            }
+            i += 1;
+            continue;
+        }
+        let digit = |k: usize| u32::from(hex(value[i + k]).unwrap_or(0));
+        let byte = if n == 1 {
+            digit(0)
+        } else {
+            digit(n - 2) << 4 | digit(n - 1)
+        };
+        // Four digits, or five or six with leading zeros, are a 16-bit code: `FFxx` is
+        // full-width ASCII.
+        let sixteen_bit = n == 4
+            || (n == 5 && value[i] == b'0')
+            || (n == 6 && value[i] == b'0' && value[i + 1] == b'0');
+        let full_width = sixteen_bit
+            && (value[i + n - 3] | 0x20) == b'f'
+            && (value[i + n - 4] | 0x20) == b'f'
+            && (1..0x5F).contains(&byte);
+        out.push(if full_width { byte + 0x20 } else { byte } as u8);
+        i += n;
+        if i < value.len() && is_space(value[i]) {
+            i += 1;
+        }
     }
     out
 }
@@ -183,6 +386,28 @@ pub fn compress_whitespace(value: &[u8]) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn modsecurity_decodings() {
+        assert_eq!(
+            url_decode_uni(b"%u0041%uff1c%U003e%u12%41+", false),
+            b"A<>%u12A "
+        );
+        assert_eq!(
+            url_decode_uni("é<%uFF1C".as_bytes(), true),
+            [0xE9, b'<', b'<']
+        );
+        assert_eq!(url_decode_uni("😀".as_bytes(), true), [0x60, b'0']);
+        assert_eq!(url_decode_uni(&[0xC3, b'A'], true), [0xC3, b'A']);
+        assert_eq!(
+            js_decode(br"\u003cs\x3e\74\101\4012\n\q\"),
+            b"<s><A 12\nq\\"
+        );
+        assert_eq!(
+            css_decode(b"\\3c script\\00003e\\ff1c\\\nx\\"),
+            b"<script><x"
+        );
+    }
 
     #[test]
     fn url_decoding() {

@@ -460,6 +460,8 @@ pub fn part_values<'r>(part: &PartPlan, req: &'r ParsedRequest) -> Vec<&'r [u8]>
             .map(|(_, v)| v.as_slice())
             .collect(),
         PartPlan::Cookies => req.cookies.iter().map(|(_, v)| v.as_slice()).collect(),
+        PartPlan::CookieNames => req.cookies.iter().map(|(n, _)| n.as_slice()).collect(),
+        PartPlan::HeaderNames => req.headers.iter().map(|(n, _)| n.as_slice()).collect(),
         PartPlan::Cookie(name) => req
             .cookies
             .iter()

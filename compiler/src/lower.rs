@@ -604,6 +604,8 @@ fn part(part: &p::RequestPart) -> PartPlan {
         p::RequestPart::Query => PartPlan::Query,
         p::RequestPart::Args => PartPlan::Args,
         p::RequestPart::ArgNames => PartPlan::ArgNames,
+        p::RequestPart::CookieNames => PartPlan::CookieNames,
+        p::RequestPart::HeaderNames => PartPlan::HeaderNames,
         p::RequestPart::Headers => PartPlan::Headers,
         p::RequestPart::Header(h) => PartPlan::Header(h.clone()),
         p::RequestPart::Cookies => PartPlan::Cookies,
@@ -620,6 +622,10 @@ fn decoding(d: p::Decoding) -> DecodingPlan {
         p::Decoding::NormalizePath => DecodingPlan::NormalizePath,
         p::Decoding::CompressWhitespace => DecodingPlan::CompressWhitespace,
         p::Decoding::RemoveNulls => DecodingPlan::RemoveNulls,
+        p::Decoding::UrlDecodeUni => DecodingPlan::UrlDecodeUni,
+        p::Decoding::Utf8UrlDecodeUni => DecodingPlan::Utf8UrlDecodeUni,
+        p::Decoding::JsDecode => DecodingPlan::JsDecode,
+        p::Decoding::CssDecode => DecodingPlan::CssDecode,
     }
 }
 

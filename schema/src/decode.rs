@@ -713,12 +713,20 @@ fn decode_waf(cx: &mut Ctx, file: FileId, node: &KdlNode) -> Option<Waf> {
         .and_then(|v| cx.size(v, "automaton-budget=\"1MiB\""))
         .unwrap_or(Spanned::new(DEFAULT_AUTOMATON_BUDGET, r.name_span));
     let mut rules = Vec::new();
+    let mut imports = Vec::new();
     for child in r.children() {
         match child.name().value() {
             "rule" => rules.extend(defined(cx, "WAF rule", child, |cx| {
                 decode_waf_rule(cx, file, child, automaton_budget.value)
             })),
-            _ => unknown_child(cx, file, child, "`waf`", &["rule"]),
+            "import" => {
+                if let Some(request) = decode_waf_import(cx, file, child, automaton_budget.value) {
+                    let (imported, report) = crate::modsecurity::import(cx, &request);
+                    rules.extend(imported);
+                    imports.push(report);
+                }
+            }
+            _ => unknown_child(cx, file, child, "`waf`", &["rule", "import"]),
         }
     }
     r.finish(cx);
@@ -729,6 +737,57 @@ fn decode_waf(cx: &mut Ctx, file: FileId, node: &KdlNode) -> Option<Waf> {
         body_overflow,
         automaton_budget,
         rules,
+        imports,
+        span: r.span,
+    })
+}
+
+const IMPORT_EXAMPLE: &str =
+    "import \"modsecurity\" path=\"/usr/share/modsecurity-crs/rules\" paranoia=1";
+
+/// `import "modsecurity" path=… paranoia=… setup=…`: a rule set read at build time. Its
+/// paths may be absolute: rule sets are installed system-wide, outside the policy.
+fn decode_waf_import(
+    cx: &mut Ctx,
+    file: FileId,
+    node: &KdlNode,
+    budget: u64,
+) -> Option<crate::modsecurity::ImportRequest> {
+    let mut r = NodeReader::new(cx, file, node);
+    let kind = r
+        .req_arg(cx, 0, "the rule set's format", IMPORT_EXAMPLE)
+        .and_then(|v| cx.choice(v, "rule set format", &[("modsecurity", ())]));
+    let path = r
+        .req_prop("path", IMPORT_EXAMPLE)
+        .and_then(|v| cx.string(v, IMPORT_EXAMPLE));
+    let setup = r
+        .prop("setup")
+        .and_then(|v| cx.string(v, "setup=\"/etc/modsecurity/crs/crs-setup.conf\""));
+    let paranoia = r
+        .prop("paranoia")
+        .and_then(|v| cx.int_in::<u8>(v, "paranoia", 1, 4, "paranoia=1"))
+        .map_or(1, |p| p.value);
+    r.no_children(cx);
+    r.finish(cx);
+    kind?;
+    let base = cx
+        .file_dirs
+        .get(file.0 as usize)
+        .cloned()
+        .unwrap_or_default();
+    let resolve = |written: &str| {
+        let p = std::path::Path::new(written);
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            base.join(p)
+        }
+    };
+    Some(crate::modsecurity::ImportRequest {
+        path: resolve(&path?.value),
+        setup: setup.map(|s| resolve(&s.value)),
+        paranoia,
+        budget,
         span: r.span,
     })
 }
@@ -846,6 +905,8 @@ const PARTS: &[&str] = &[
     "header:NAME",
     "cookies",
     "cookie:NAME",
+    "cookie-names",
+    "header-names",
     "body",
 ];
 
@@ -858,6 +919,8 @@ fn request_part(cx: &mut Ctx, val: Val<'_>) -> Option<Spanned<RequestPart>> {
         "arg-names" => RequestPart::ArgNames,
         "headers" => RequestPart::Headers,
         "cookies" => RequestPart::Cookies,
+        "cookie-names" => RequestPart::CookieNames,
+        "header-names" => RequestPart::HeaderNames,
         "body" => RequestPart::Body,
         other => {
             if let Some(name) = other.strip_prefix("header:") {

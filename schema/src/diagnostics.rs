@@ -665,6 +665,42 @@ pub fn test_expects_nothing(span: Span) -> Diagnostic {
         .help("add `expect status=…` (and optionally `route=`, `rule=`, `cache-ttl=`)")
 }
 
+pub fn import_unreadable(span: Span, path: &str, error: &str) -> Diagnostic {
+    Diagnostic::error(
+        "edgepack::import::unreadable",
+        format!("cannot read the rule set at `{path}`: {error}"),
+    )
+    .label(span, "imported here")
+    .help("`path` names a directory of ModSecurity `*.conf` files or one file; Debian's `modsecurity-crs` package installs the CRS in /usr/share/modsecurity-crs/rules")
+}
+
+pub fn import_empty(span: Span, path: &str) -> Diagnostic {
+    Diagnostic::error(
+        "edgepack::import::empty",
+        format!("`{path}` holds no `*.conf` rule files"),
+    )
+    .label(span, "imported here")
+    .help("point `path` at the directory holding the rule set's `REQUEST-*.conf` files")
+}
+
+pub fn import_rule_skipped(span: Span, id: &str, reason: &str) -> Diagnostic {
+    Diagnostic::warning(
+        "edgepack::import::rule-skipped",
+        format!("rule {id} is not in the bundle: {reason}"),
+    )
+    .label(span, reason.to_string())
+    .help("the rest of the rule set is imported; `edgepack inspect` lists every rule left out, and `docs/waf.md` says what the import supports")
+}
+
+pub fn import_response_rules(span: Span, count: usize) -> Diagnostic {
+    Diagnostic::warning(
+        "edgepack::import::response-rules",
+        format!("{count} rules of the set read responses and are not imported"),
+    )
+    .label(span, "imported here")
+    .help("edgepack's WAF reads requests; response rules (RESPONSE-*.conf, phases 3 and 4) have nothing to run on")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

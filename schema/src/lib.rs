@@ -18,9 +18,11 @@ pub mod diagnostics;
 pub mod fmt;
 pub mod keys;
 mod load;
+mod modsecurity;
 pub mod pattern;
 pub mod policy;
 mod reader;
+pub mod seclang;
 pub mod source;
 pub mod units;
 mod validate;
@@ -31,6 +33,7 @@ use std::path::Path;
 pub use decode::HTTP_METHODS;
 pub use diagnostic::{Diagnostic, Severity};
 pub use load::{ENTRY_FILE, LoadError};
+pub use modsecurity::{SkippedRule, WafImport};
 pub use policy::Policy;
 pub use source::{FileId, Sources, Span, Spanned};
 
@@ -58,8 +61,11 @@ impl Checked {
 /// or one `.kdl` file). Mistakes in the policy are diagnostics; only a policy that cannot be
 /// read at all is an `Err`.
 pub fn check(path: &Path) -> Result<Checked, LoadError> {
-    let (loaded, mut ctx) = load::load(path)?;
+    let (mut loaded, mut ctx) = load::load(path)?;
     let policy = decode::decode(&loaded, &mut ctx);
+    for (path, name, relative, text) in std::mem::take(&mut ctx.read_during_decode) {
+        loaded.sources.add(&path, name, relative, text);
+    }
     validate::validate(&policy, &ctx.partially_defined, &mut ctx.diags);
     let mut diagnostics = ctx.diags;
     diagnostic::sort(&mut diagnostics);

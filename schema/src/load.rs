@@ -88,6 +88,7 @@ pub(crate) fn load(path: &Path) -> Result<(Loaded, Ctx), LoadError> {
             root,
             file_dirs: Vec::new(),
             partially_defined: Default::default(),
+            read_during_decode: Vec::new(),
         },
         sources: Sources::new(),
         docs: Vec::new(),

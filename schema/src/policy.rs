@@ -206,6 +206,8 @@ pub struct Waf {
     /// Largest automaton one pattern may compile to, in bytes.
     pub automaton_budget: Spanned<u64>,
     pub rules: Vec<WafRule>,
+    /// Rule sets imported into `rules`, with what each left out.
+    pub imports: Vec<crate::modsecurity::WafImport>,
     pub span: Span,
 }
 
@@ -236,6 +238,10 @@ pub enum RequestPart {
     Header(String),
     /// Every cookie value.
     Cookies,
+    /// Every cookie name.
+    CookieNames,
+    /// Every header name (lower-case).
+    HeaderNames,
     /// One cookie's value.
     Cookie(String),
     /// The body, up to the WAF's body limit.
@@ -252,6 +258,8 @@ impl RequestPart {
             RequestPart::Headers => "headers".into(),
             RequestPart::Header(h) => format!("header:{h}"),
             RequestPart::Cookies => "cookies".into(),
+            RequestPart::CookieNames => "cookie-names".into(),
+            RequestPart::HeaderNames => "header-names".into(),
             RequestPart::Cookie(c) => format!("cookie:{c}"),
             RequestPart::Body => "body".into(),
         }
@@ -268,16 +276,24 @@ pub enum Decoding {
     NormalizePath,
     CompressWhitespace,
     RemoveNulls,
+    UrlDecodeUni,
+    Utf8UrlDecodeUni,
+    JsDecode,
+    CssDecode,
 }
 
 impl Decoding {
-    pub const ALL: [(&'static str, Decoding); 6] = [
+    pub const ALL: [(&'static str, Decoding); 10] = [
         ("url-decode", Decoding::UrlDecode),
         ("lowercase", Decoding::Lowercase),
         ("html-entity-decode", Decoding::HtmlEntityDecode),
         ("normalize-path", Decoding::NormalizePath),
         ("compress-whitespace", Decoding::CompressWhitespace),
         ("remove-nulls", Decoding::RemoveNulls),
+        ("url-decode-uni", Decoding::UrlDecodeUni),
+        ("utf8-url-decode-uni", Decoding::Utf8UrlDecodeUni),
+        ("js-decode", Decoding::JsDecode),
+        ("css-decode", Decoding::CssDecode),
     ];
 
     pub fn as_str(&self) -> &'static str {

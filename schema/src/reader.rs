@@ -30,6 +30,9 @@ pub(crate) struct Ctx {
     /// (kind, name) of definitions that had errors of their own: references to them are
     /// not reported again as undefined.
     pub partially_defined: std::collections::HashSet<(&'static str, String)>,
+    /// Files read while decoding (imported rule sets), to be added to the policy's sources
+    /// in this order: (path, name, relative, text).
+    pub read_during_decode: Vec<(PathBuf, String, String, String)>,
 }
 
 /// A raw value and where it was written.
@@ -278,6 +281,31 @@ fn type_name(value: &KdlValue) -> &'static str {
 }
 
 impl Ctx {
+    /// Registers a file read while decoding, so diagnostics can point into it; its id
+    /// follows the files loaded before decoding.
+    pub fn add_source(
+        &mut self,
+        path: &Path,
+        name: String,
+        relative: String,
+        text: String,
+    ) -> FileId {
+        let id = FileId(u32::try_from(self.file_dirs.len()).unwrap_or(u32::MAX));
+        self.file_dirs.push(
+            path.parent()
+                .map(Path::to_path_buf)
+                .unwrap_or_else(|| self.root.clone()),
+        );
+        self.read_during_decode
+            .push((path.to_path_buf(), name, relative, text));
+        id
+    }
+
+    /// Whether a file read while decoding is registered already.
+    pub fn has_source(&self, path: &Path) -> bool {
+        self.read_during_decode.iter().any(|(p, ..)| p == path)
+    }
+
     pub fn string(&mut self, val: Val<'_>, example: &str) -> Option<Spanned<String>> {
         match val.value {
             KdlValue::String(s) => Some(Spanned::new(s.clone(), val.span)),

@@ -25,6 +25,8 @@ const DIRTY_HTML: u32 = 2;
 const DIRTY_SPACE: u32 = 4;
 const DIRTY_NULL: u32 = 8;
 const DIRTY_PATH: u32 = 16;
+const DIRTY_UTF8: u32 = 32;
+const DIRTY_BACKSLASH: u32 = 64;
 
 /// The largest automaton one pattern or prefilter may become.
 const PATTERN_BUDGET: usize = 8 << 20;
@@ -41,6 +43,9 @@ fn dirty_mask(d: DecodingPlan) -> u32 {
         DecodingPlan::RemoveNulls => DIRTY_NULL,
         DecodingPlan::NormalizePath => DIRTY_PATH,
         DecodingPlan::Lowercase => 0,
+        DecodingPlan::UrlDecodeUni => DIRTY_URL,
+        DecodingPlan::Utf8UrlDecodeUni => DIRTY_URL | DIRTY_UTF8,
+        DecodingPlan::JsDecode | DecodingPlan::CssDecode => DIRTY_BACKSLASH,
     }
 }
 
@@ -66,6 +71,15 @@ fn markers(mask: u32) -> Vec<(Vec<u8>, u32)> {
     if mask & DIRTY_PATH != 0 {
         out.push((b"//".to_vec(), DIRTY_PATH));
         out.push((b"/.".to_vec(), DIRTY_PATH));
+    }
+    if mask & DIRTY_UTF8 != 0 {
+        // Lead bytes of multi-byte UTF-8 sequences.
+        for b in 0xC0u8..=0xF7 {
+            out.push((vec![b], DIRTY_UTF8));
+        }
+    }
+    if mask & DIRTY_BACKSLASH != 0 {
+        out.push((b"\\".to_vec(), DIRTY_BACKSLASH));
     }
     out
 }
@@ -417,7 +431,11 @@ impl Fns {
         funcs.define(self.dfa, dfa_body());
         for (d, index) in &self.decoders {
             let body = match d {
-                DecodingPlan::UrlDecode => url_decode_body(t.hex_values),
+                DecodingPlan::UrlDecode => url_decode_body(t.hex_values, false, false),
+                DecodingPlan::UrlDecodeUni => url_decode_body(t.hex_values, true, false),
+                DecodingPlan::Utf8UrlDecodeUni => url_decode_body(t.hex_values, true, true),
+                DecodingPlan::JsDecode => js_decode_body(t.hex_values),
+                DecodingPlan::CssDecode => css_decode_body(t.hex_values),
                 DecodingPlan::Lowercase => lowercase_body(),
                 DecodingPlan::HtmlEntityDecode => html_decode_body(t, util),
                 DecodingPlan::NormalizePath => normalize_path_body(),
@@ -463,6 +481,8 @@ impl Fns {
                     let (list, value_field) = match other {
                         PartPlan::Args => (req::ARGS, 8),
                         PartPlan::ArgNames => (req::ARGS, 0),
+                        PartPlan::HeaderNames => (req::HEADERS, 0),
+                        PartPlan::CookieNames => (req::COOKIES, 0),
                         PartPlan::Headers | PartPlan::Header(_) => (req::HEADERS, 8),
                         _ => (req::COOKIES, 8),
                     };
@@ -1101,7 +1121,36 @@ fn compress_body() -> wasm_encoder::Function {
     a.finish()
 }
 
-fn url_decode_body(hex_values: u32) -> wasm_encoder::Function {
+/// Pushes the hex value of the byte at `local + offset` (16 or more if not a hex digit).
+fn hex_at(a: &mut Asm, hex_values: u32, local: u32, offset: u32) {
+    a.load8(local, offset);
+    a.i().i32_load8_u(mem(hex_values, 0));
+}
+
+/// Pushes `low` plus 0x20 when `full_width` (a 16-bit code `FFxx` with `xx` in 1..=0x5E):
+/// the byte ModSecurity keeps of a `%u`/`\u` code. `top` holds the code's high byte.
+fn unicode_low_byte(a: &mut Asm, top: u32, low: u32) {
+    a.get(low);
+    a.get(top).c(0xFF);
+    a.i().i32_eq();
+    a.get(low).c(1);
+    a.i().i32_sub();
+    a.c(0x5E);
+    a.i().i32_lt_u().i32_and();
+    a.c(5);
+    a.i().i32_shl().i32_add();
+}
+
+/// Pushes the lower-case hex digit of the nibble on the stack.
+fn hex_digit(a: &mut Asm, nibble: u32) {
+    a.get(nibble);
+    a.c(48).c(87).get(nibble).c(10);
+    a.i().i32_lt_u().select().i32_add();
+}
+
+/// `url-decode`; with `uni`, `%uHHHH` too (`url-decode-uni`); with `utf8`, valid multi-byte
+/// UTF-8 read as its `%u` form first (`utf8-url-decode-uni`). See `decodings::url_decode_uni`.
+fn url_decode_body(hex_values: u32, uni: bool, utf8: bool) -> wasm_encoder::Function {
     let (src, len, dst) = (0, 1, 2);
     let mut a = Asm::new(3);
     let end = a.local(I32);
@@ -1109,6 +1158,12 @@ fn url_decode_body(hex_values: u32) -> wasm_encoder::Function {
     let b = a.local(I32);
     let h = a.local(I32);
     let l = a.local(I32);
+    let h2 = a.local(I32);
+    let l2 = a.local(I32);
+    let n = a.local(I32);
+    let code = a.local(I32);
+    let ok = a.local(I32);
+    let c = a.local(I32);
     a.get(src).get(len);
     a.i().i32_add();
     a.set(end);
@@ -1117,7 +1172,147 @@ fn url_decode_body(hex_values: u32) -> wasm_encoder::Function {
     a.get(src).get(end);
     a.i().i32_ge_u().br_if(1);
     a.load8(src, 0).set(b);
+    if utf8 {
+        // A lead byte 0xC0..=0xF7 with all its continuation bytes present.
+        a.get(b).c(0xC0);
+        a.i().i32_sub();
+        a.c(0x38);
+        a.i().i32_lt_u();
+        a.if_(); // depth 1
+        a.c(2);
+        a.get(b).c(0xE0);
+        a.i().i32_ge_u().i32_add();
+        a.get(b).c(0xF0);
+        a.i().i32_ge_u().i32_add();
+        a.set(n);
+        a.get(b).c(0x7F).get(n);
+        a.i().i32_shr_u().i32_and();
+        a.set(code);
+        a.get(src).get(n);
+        a.i().i32_add();
+        a.get(end);
+        a.i().i32_le_u();
+        a.if_(); // depth 2
+        a.set_c(ok, 1);
+        for k in 1..4u32 {
+            a.get(n).c(k);
+            a.i().i32_gt_u();
+            a.if_();
+            a.load8(src, k).set(c);
+            a.get(ok);
+            a.get(c).c(0xC0);
+            a.i().i32_and();
+            a.c(0x80);
+            a.i().i32_eq().i32_and();
+            a.set(ok);
+            a.get(code).c(6);
+            a.i().i32_shl();
+            a.get(c).c(0x3F);
+            a.i().i32_and().i32_or();
+            a.set(code);
+            a.end();
+        }
+        // Not overlong, at most U+10FFFF, not a surrogate.
+        a.get(ok);
+        a.get(code);
+        a.c(0x80).c(0x800).get(n).c(2);
+        a.i().i32_eq().select();
+        a.c(0x1_0000).get(n).c(4);
+        a.i().i32_lt_u().select();
+        a.i().i32_ge_u().i32_and();
+        a.get(code).c(0x11_0000);
+        a.i().i32_lt_u().i32_and();
+        a.get(code).c(0xD800);
+        a.i().i32_sub();
+        a.c(0x800);
+        a.i().i32_ge_u().i32_and();
+        a.if_(); // depth 3
+        a.get(code).c(0x1_0000);
+        a.i().i32_lt_u();
+        a.if_(); // depth 4
+        a.get(code).c(8);
+        a.i().i32_shr_u();
+        a.set(h);
+        a.get(code).c(0xFF);
+        a.i().i32_and();
+        a.set(l);
+        emit_byte(&mut a, out, |a| unicode_low_byte(a, h, l));
+        a.else_();
+        // `%u` takes four of five or six hex digits; the rest stay as text.
+        a.get(code).c(0x10_0000);
+        a.i().i32_ge_u();
+        a.set(h);
+        emit_byte(&mut a, out, |a| {
+            a.get(code).c(4).get(h).c(2);
+            a.i().i32_shl().i32_add().i32_shr_u();
+        });
+        a.get(h);
+        a.if_();
+        a.get(code).c(4);
+        a.i().i32_shr_u();
+        a.c(15);
+        a.i().i32_and();
+        a.set(l);
+        emit_byte(&mut a, out, |a| hex_digit(a, l));
+        a.end();
+        a.get(code).c(15);
+        a.i().i32_and();
+        a.set(l);
+        emit_byte(&mut a, out, |a| hex_digit(a, l));
+        a.end();
+        a.get(src).get(n);
+        a.i().i32_add();
+        a.set(src);
+        a.i().br(3);
+        a.end().end().end();
+    }
     a.block();
+    if uni {
+        // `%uHHHH`
+        a.get(b).c(b'%' as u32);
+        a.i().i32_eq();
+        a.get(src).c(5);
+        a.i().i32_add();
+        a.get(end);
+        a.i().i32_lt_u().i32_and();
+        a.if_();
+        hex_at(&mut a, hex_values, src, 2);
+        a.set(h);
+        hex_at(&mut a, hex_values, src, 3);
+        a.set(l);
+        hex_at(&mut a, hex_values, src, 4);
+        a.set(h2);
+        hex_at(&mut a, hex_values, src, 5);
+        a.set(l2);
+        a.load8(src, 1).c(0x20);
+        a.i().i32_or();
+        a.c(b'u' as u32);
+        a.i().i32_eq();
+        a.get(h).get(l);
+        a.i().i32_or();
+        a.get(h2);
+        a.i().i32_or();
+        a.get(l2);
+        a.i().i32_or();
+        a.c(16);
+        a.i().i32_lt_u().i32_and();
+        a.if_();
+        a.get(h).c(4);
+        a.i().i32_shl();
+        a.get(l);
+        a.i().i32_or();
+        a.set(h);
+        a.get(h2).c(4);
+        a.i().i32_shl();
+        a.get(l2);
+        a.i().i32_or();
+        a.set(l);
+        emit_byte(&mut a, out, |a| unicode_low_byte(a, h, l));
+        a.inc(src, 6);
+        a.i().br(3);
+        a.end();
+        a.end();
+    }
     // `%XX` with two hex digits
     a.get(b).c(b'%' as u32);
     a.i().i32_eq();
@@ -1126,11 +1321,9 @@ fn url_decode_body(hex_values: u32) -> wasm_encoder::Function {
     a.get(end);
     a.i().i32_lt_u().i32_and();
     a.if_();
-    a.load8(src, 1);
-    a.i().i32_load8_u(mem(hex_values, 0));
+    hex_at(&mut a, hex_values, src, 1);
     a.set(h);
-    a.load8(src, 2);
-    a.i().i32_load8_u(mem(hex_values, 0));
+    hex_at(&mut a, hex_values, src, 2);
     a.set(l);
     a.get(h).get(l);
     a.i().i32_or();
@@ -1154,6 +1347,330 @@ fn url_decode_body(hex_values: u32) -> wasm_encoder::Function {
         a.i().i32_eq().select();
     });
     a.inc(src, 1);
+    a.i().br(0);
+    a.end().end();
+    a.get(out).get(dst);
+    a.i().i32_sub();
+    a.finish()
+}
+
+/// `js-decode`; see `decodings::js_decode`.
+fn js_decode_body(hex_values: u32) -> wasm_encoder::Function {
+    let (src, len, dst) = (0, 1, 2);
+    let mut a = Asm::new(3);
+    let end = a.local(I32);
+    let out = a.local(I32);
+    let b = a.local(I32);
+    let nx = a.local(I32);
+    let h = a.local(I32);
+    let l = a.local(I32);
+    let h2 = a.local(I32);
+    let l2 = a.local(I32);
+    let code = a.local(I32);
+    let n = a.local(I32);
+    a.get(src).get(len);
+    a.i().i32_add();
+    a.set(end);
+    a.get(dst).set(out);
+    a.block().loop_();
+    a.get(src).get(end);
+    a.i().i32_ge_u().br_if(1);
+    a.load8(src, 0).set(b);
+    a.get(b).c(b'\\' as u32);
+    a.i().i32_eq();
+    a.get(src).c(1);
+    a.i().i32_add();
+    a.get(end);
+    a.i().i32_lt_u().i32_and();
+    a.if_(); // depth 1
+    a.load8(src, 1).set(nx);
+    // `\uHHHH`
+    a.get(nx).c(b'u' as u32);
+    a.i().i32_eq();
+    a.get(src).c(5);
+    a.i().i32_add();
+    a.get(end);
+    a.i().i32_lt_u().i32_and();
+    a.if_(); // depth 2
+    hex_at(&mut a, hex_values, src, 2);
+    a.set(h);
+    hex_at(&mut a, hex_values, src, 3);
+    a.set(l);
+    hex_at(&mut a, hex_values, src, 4);
+    a.set(h2);
+    hex_at(&mut a, hex_values, src, 5);
+    a.set(l2);
+    a.get(h).get(l);
+    a.i().i32_or();
+    a.get(h2);
+    a.i().i32_or();
+    a.get(l2);
+    a.i().i32_or();
+    a.c(16);
+    a.i().i32_lt_u();
+    a.if_(); // depth 3
+    a.get(h).c(4);
+    a.i().i32_shl();
+    a.get(l);
+    a.i().i32_or();
+    a.set(h);
+    a.get(h2).c(4);
+    a.i().i32_shl();
+    a.get(l2);
+    a.i().i32_or();
+    a.set(l);
+    emit_byte(&mut a, out, |a| unicode_low_byte(a, h, l));
+    a.inc(src, 6);
+    a.i().br(3);
+    a.end().end();
+    // `\xHH`
+    a.get(nx).c(b'x' as u32);
+    a.i().i32_eq();
+    a.get(src).c(3);
+    a.i().i32_add();
+    a.get(end);
+    a.i().i32_lt_u().i32_and();
+    a.if_(); // depth 2
+    hex_at(&mut a, hex_values, src, 2);
+    a.set(h);
+    hex_at(&mut a, hex_values, src, 3);
+    a.set(l);
+    a.get(h).get(l);
+    a.i().i32_or();
+    a.c(16);
+    a.i().i32_lt_u();
+    a.if_(); // depth 3
+    emit_byte(&mut a, out, |a| {
+        a.get(h).c(4);
+        a.i().i32_shl();
+        a.get(l);
+        a.i().i32_or();
+    });
+    a.inc(src, 4);
+    a.i().br(3);
+    a.end().end();
+    // Octal: one to three digits, a third only while the value stays one byte.
+    a.get(nx).c(b'0' as u32);
+    a.i().i32_sub();
+    a.c(8);
+    a.i().i32_lt_u();
+    a.if_(); // depth 2
+    a.get(nx).c(b'0' as u32);
+    a.i().i32_sub();
+    a.set(code);
+    a.set_c(n, 1);
+    a.get(src).c(2);
+    a.i().i32_add();
+    a.get(end);
+    a.i().i32_lt_u();
+    a.if_(); // depth 3
+    a.load8(src, 2).c(b'0' as u32);
+    a.i().i32_sub();
+    a.tee(h);
+    a.c(8);
+    a.i().i32_lt_u();
+    a.if_(); // depth 4
+    a.get(code).c(3);
+    a.i().i32_shl();
+    a.get(h);
+    a.i().i32_or();
+    a.set(code);
+    a.set_c(n, 2);
+    a.get(src).c(3);
+    a.i().i32_add();
+    a.get(end);
+    a.i().i32_lt_u();
+    a.get(nx).c(b'3' as u32);
+    a.i().i32_le_u().i32_and();
+    a.if_(); // depth 5
+    a.load8(src, 3).c(b'0' as u32);
+    a.i().i32_sub();
+    a.tee(h);
+    a.c(8);
+    a.i().i32_lt_u();
+    a.if_(); // depth 6
+    a.get(code).c(3);
+    a.i().i32_shl();
+    a.get(h);
+    a.i().i32_or();
+    a.set(code);
+    a.set_c(n, 3);
+    a.end().end().end().end();
+    emit_byte(&mut a, out, |a| {
+        a.get(code);
+    });
+    a.get(src).get(n);
+    a.i().i32_add();
+    a.c(1);
+    a.i().i32_add();
+    a.set(src);
+    a.i().br(2);
+    a.end();
+    // `\C`: named control characters, anything else itself.
+    emit_byte(&mut a, out, |a| {
+        a.get(nx);
+        for (letter, byte) in [
+            (b'a', 0x07u32),
+            (b'b', 0x08),
+            (b'f', 0x0C),
+            (b'n', 0x0A),
+            (b'r', 0x0D),
+            (b't', 0x09),
+            (b'v', 0x0B),
+        ] {
+            a.set(code);
+            a.c(byte).get(code).get(nx).c(u32::from(letter));
+            a.i().i32_eq().select();
+        }
+    });
+    a.inc(src, 2);
+    a.i().br(1);
+    a.end();
+    emit_byte(&mut a, out, |a| {
+        a.get(b);
+    });
+    a.inc(src, 1);
+    a.i().br(0);
+    a.end().end();
+    a.get(out).get(dst);
+    a.i().i32_sub();
+    a.finish()
+}
+
+/// `css-decode`; see `decodings::css_decode`.
+fn css_decode_body(hex_values: u32) -> wasm_encoder::Function {
+    let (src, len, dst) = (0, 1, 2);
+    let mut a = Asm::new(3);
+    let end = a.local(I32);
+    let out = a.local(I32);
+    let b = a.local(I32);
+    let n = a.local(I32);
+    let at = a.local(I32);
+    let byte = a.local(I32);
+    let wide = a.local(I32);
+    a.get(src).get(len);
+    a.i().i32_add();
+    a.set(end);
+    a.get(dst).set(out);
+    a.block().loop_();
+    a.get(src).get(end);
+    a.i().i32_ge_u().br_if(1);
+    a.load8(src, 0).set(b);
+    a.get(b).c(b'\\' as u32);
+    a.i().i32_ne();
+    a.if_();
+    emit_byte(&mut a, out, |a| {
+        a.get(b);
+    });
+    a.inc(src, 1);
+    a.i().br(1);
+    a.end();
+    a.inc(src, 1);
+    // A backslash at the end disappears.
+    a.get(src).get(end);
+    a.i().i32_ge_u().br_if(1);
+    // Up to six hex digits.
+    a.set_c(n, 0);
+    a.block().loop_();
+    a.get(n).c(6);
+    a.i().i32_ge_u().br_if(1);
+    a.get(src).get(n);
+    a.i().i32_add();
+    a.tee(at);
+    a.get(end);
+    a.i().i32_ge_u().br_if(1);
+    hex_at(&mut a, hex_values, at, 0);
+    a.c(16);
+    a.i().i32_ge_u().br_if(1);
+    a.inc(n, 1);
+    a.i().br(0);
+    a.end().end();
+    a.get(n);
+    a.i().i32_eqz();
+    a.if_();
+    // `\` before a newline disappears with it; `\C` is C.
+    a.load8(src, 0).set(b);
+    a.get(b).c(b'\n' as u32);
+    a.i().i32_ne();
+    a.if_();
+    emit_byte(&mut a, out, |a| {
+        a.get(b);
+    });
+    a.end();
+    a.inc(src, 1);
+    a.i().br(1);
+    a.end();
+    // The last two digits (one when there is one), `FFxx` full-width when the code is
+    // 16 bits: four digits, or five or six with leading zeros.
+    a.get(src).get(n);
+    a.i().i32_add();
+    a.set(at);
+    a.get(n).c(1);
+    a.i().i32_eq();
+    a.if_();
+    hex_at(&mut a, hex_values, src, 0);
+    a.set(byte);
+    a.else_();
+    a.get(at).c(2);
+    a.i().i32_sub();
+    a.set(at);
+    hex_at(&mut a, hex_values, at, 0);
+    a.c(4);
+    a.i().i32_shl();
+    hex_at(&mut a, hex_values, at, 1);
+    a.i().i32_or();
+    a.set(byte);
+    a.end();
+    a.get(n).c(4);
+    a.i().i32_eq();
+    a.get(n).c(5);
+    a.i().i32_eq();
+    a.load8(src, 0).c(b'0' as u32);
+    a.i().i32_eq().i32_and().i32_or();
+    a.get(n).c(6);
+    a.i().i32_eq();
+    a.load8(src, 0).c(b'0' as u32);
+    a.i().i32_eq().i32_and();
+    a.load8(src, 1).c(b'0' as u32);
+    a.i().i32_eq().i32_and().i32_or();
+    a.set(wide);
+    a.get(wide);
+    a.if_();
+    // `at` is at the last two digits; the two before them must be `FF`.
+    a.get(at).c(2);
+    a.i().i32_sub();
+    a.set(at);
+    hex_at(&mut a, hex_values, at, 0);
+    a.c(15);
+    a.i().i32_eq();
+    hex_at(&mut a, hex_values, at, 1);
+    a.c(15);
+    a.i().i32_eq().i32_and();
+    a.set(wide);
+    a.end();
+    emit_byte(&mut a, out, |a| {
+        a.get(byte);
+        a.get(wide);
+        a.get(byte).c(1);
+        a.i().i32_sub();
+        a.c(0x5E);
+        a.i().i32_lt_u().i32_and();
+        a.c(5);
+        a.i().i32_shl().i32_add();
+    });
+    a.get(src).get(n);
+    a.i().i32_add();
+    a.set(src);
+    // One whitespace after the digits is part of the escape.
+    a.get(src).get(end);
+    a.i().i32_lt_u();
+    a.if_();
+    a.load8(src, 0).set(b);
+    is_space(&mut a, b);
+    a.if_();
+    a.inc(src, 1);
+    a.end();
+    a.end();
     a.i().br(0);
     a.end().end();
     a.get(out).get(dst);

@@ -1,0 +1,886 @@
+//! Importing a ModSecurity rule set (the OWASP Core Rule Set) at build time: SecLang files
+//! in, edgepack WAF rules out, and a list of every rule that could not be carried over.
+//!
+//! The rule files are read the way ModSecurity reads them, in order, with one difference:
+//! what depends only on configuration is decided here, once. Rules that read nothing but
+//! `TX` variables set by configuration (the CRS's paranoia-level gates, its initialization,
+//! disabled optional features) are evaluated now: their `setvar`s and `skipAfter`s shape
+//! which rules follow, and the rules themselves leave nothing in the bundle. A rule that
+//! reads the request becomes an edgepack rule when its variables, operator and
+//! transformations have an exact counterpart; otherwise it is listed with the reason, and
+//! the build warns. Anomaly scores come from the rule's own `setvar`s, so the policy's
+//! `threshold` plays the part of the CRS's blocking evaluation.
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+
+use crate::diagnostics as diag;
+use crate::policy::{Decoding, Matcher, RequestPart, WafRule};
+use crate::reader::{Ctx, read_bounded};
+use crate::seclang::{self, Action, Directive, Variable};
+use crate::source::{FileId, Span, Spanned};
+use crate::waf_regex::{self, RegexProblem};
+
+/// What a `waf { import "modsecurity" … }` node asks for.
+pub(crate) struct ImportRequest {
+    /// The directory of rule files (every `*.conf`, in name order) or one file.
+    pub path: PathBuf,
+    /// A setup file read first (`crs-setup.conf`), if any.
+    pub setup: Option<PathBuf>,
+    pub paranoia: u8,
+    /// Largest automaton one pattern may compile to.
+    pub budget: u64,
+    /// Where the node was written: diagnostics about the import as a whole point here.
+    pub span: Span,
+}
+
+/// A rule of the imported set that is not in the bundle, and why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SkippedRule {
+    pub id: String,
+    pub reason: String,
+    pub span: Span,
+}
+
+/// What one import brought in, for `inspect`, the build's summary and the docs.
+#[derive(Debug)]
+pub struct WafImport {
+    pub path: String,
+    pub paranoia: u8,
+    /// Ids of the rules carried over.
+    pub compiled: Vec<String>,
+    /// Request rules at this paranoia level that are not carried over.
+    pub skipped: Vec<SkippedRule>,
+    /// Rules decided at build time from configuration alone (gates, initialization).
+    pub resolved: usize,
+    /// Rules that read responses, which edgepack's WAF does not see.
+    pub response_rules: usize,
+    pub span: Span,
+}
+
+/// The CRS's default anomaly scores by severity, used when a rule's `setvar` names a score
+/// the configuration does not set.
+const SEVERITY_SCORES: &[(&str, u32)] =
+    &[("critical", 5), ("error", 4), ("warning", 3), ("notice", 2)];
+
+/// Paranoia-level variables the import's own `paranoia` decides.
+const PARANOIA_VARS: &[&str] = &[
+    "paranoia_level",
+    "executing_paranoia_level",
+    "detection_paranoia_level",
+    "blocking_paranoia_level",
+];
+
+/// Reads the rule set and returns the rules to add to the WAF.
+pub(crate) fn import(cx: &mut Ctx, request: &ImportRequest) -> (Vec<WafRule>, WafImport) {
+    let mut files = Vec::new();
+    if let Some(setup) = &request.setup {
+        files.push(setup.clone());
+    }
+    match rule_files(&request.path) {
+        Ok(found) if found.is_empty() => cx.diags.push(diag::import_empty(
+            request.span,
+            &request.path.display().to_string(),
+        )),
+        Ok(found) => files.extend(found),
+        Err(reason) => cx.diags.push(diag::import_unreadable(
+            request.span,
+            &request.path.display().to_string(),
+            &reason,
+        )),
+    }
+    let mut importer = Importer {
+        env: HashMap::new(),
+        dynamic: HashSet::new(),
+        budget: request.budget,
+        rules: Vec::new(),
+        report: WafImport {
+            path: request.path.display().to_string(),
+            paranoia: request.paranoia,
+            compiled: Vec::new(),
+            skipped: Vec::new(),
+            resolved: 0,
+            response_rules: 0,
+            span: request.span,
+        },
+    };
+    for (name, value) in [
+        ("crs_setup_version", "334".to_string()),
+        ("critical_anomaly_score", "5".into()),
+        ("error_anomaly_score", "4".into()),
+        ("warning_anomaly_score", "3".into()),
+        ("notice_anomaly_score", "2".into()),
+    ] {
+        importer.env.insert(name.into(), value);
+    }
+    for var in PARANOIA_VARS {
+        importer
+            .env
+            .insert((*var).into(), request.paranoia.to_string());
+    }
+    for path in files {
+        let text = match read_bounded(&path) {
+            Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
+            Err(problem) => {
+                let reason = match problem {
+                    crate::reader::ReadProblem::TooLarge => "it is too large".into(),
+                    crate::reader::ReadProblem::Io(reason) => reason,
+                };
+                cx.diags.push(diag::import_unreadable(
+                    request.span,
+                    &path.display().to_string(),
+                    &reason,
+                ));
+                continue;
+            }
+        };
+        let shown = path.display().to_string();
+        let file = cx.add_source(&path, shown.clone(), shown, text.clone());
+        importer.file(cx, file, &path, &text);
+    }
+    for skipped in &importer.report.skipped {
+        cx.diags.push(diag::import_rule_skipped(
+            skipped.span,
+            &skipped.id,
+            &skipped.reason,
+        ));
+    }
+    if importer.report.response_rules > 0 {
+        cx.diags.push(diag::import_response_rules(
+            request.span,
+            importer.report.response_rules,
+        ));
+    }
+    (importer.rules, importer.report)
+}
+
+fn rule_files(path: &Path) -> Result<Vec<PathBuf>, String> {
+    let meta = std::fs::metadata(path).map_err(|e| crate::reader::io_reason(&e))?;
+    if !meta.is_dir() {
+        return Ok(vec![path.to_path_buf()]);
+    }
+    let mut files: Vec<PathBuf> = std::fs::read_dir(path)
+        .map_err(|e| crate::reader::io_reason(&e))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "conf"))
+        .collect();
+    files.sort();
+    Ok(files)
+}
+
+struct Importer {
+    /// `TX` variables set by configuration, by lower-cased name.
+    env: HashMap<String, String>,
+    /// `TX` variables that rules reading the request set: their values are only known per
+    /// request, so rules reading them are not decided at build time.
+    dynamic: HashSet<String>,
+    budget: u64,
+    rules: Vec<WafRule>,
+    report: WafImport,
+}
+
+/// One `SecRule` (or `SecAction`) of a chain, with its parts parsed.
+struct Link<'d> {
+    directive: &'d Directive,
+    variables: Vec<Variable>,
+    operator: seclang::Operator,
+    actions: Vec<Action>,
+}
+
+impl Link<'_> {
+    fn action(&self, name: &str) -> Option<&str> {
+        self.actions
+            .iter()
+            .find(|a| a.name == name)
+            .and_then(|a| a.value.as_deref())
+    }
+
+    fn has(&self, name: &str) -> bool {
+        self.actions.iter().any(|a| a.name == name)
+    }
+
+    fn arg_span(&self, file: FileId, index: usize) -> Span {
+        let range = self
+            .directive
+            .args
+            .get(index)
+            .map_or(self.directive.span.clone(), |a| a.span.clone());
+        Span::new(file, range.start, range.end)
+    }
+}
+
+/// Whether a statically evaluated condition holds, or cannot be known at build time.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Static {
+    True,
+    False,
+    Unknown,
+}
+
+impl Importer {
+    fn file(&mut self, cx: &mut Ctx, file: FileId, path: &Path, text: &str) {
+        let directives = seclang::directives(text);
+        let response_file = path
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with("RESPONSE-"));
+        let mut skip_until: Option<String> = None;
+        let mut skip_count = 0usize;
+        let mut i = 0;
+        while i < directives.len() {
+            let d = &directives[i];
+            i += 1;
+            if d.name.eq_ignore_ascii_case("SecMarker") {
+                let marker = d.args.first().map(|a| a.text.as_str()).unwrap_or("");
+                if skip_until.as_deref() == Some(marker) {
+                    skip_until = None;
+                }
+                continue;
+            }
+            let is_rule = d.name.eq_ignore_ascii_case("SecRule");
+            if !is_rule && !d.name.eq_ignore_ascii_case("SecAction") {
+                continue;
+            }
+            // A rule and the rules chained to it.
+            let mut chain = vec![link(d, is_rule)];
+            while chain.last().is_some_and(|l| l.has("chain")) && i < directives.len() {
+                let next = &directives[i];
+                if !next.name.eq_ignore_ascii_case("SecRule") {
+                    break;
+                }
+                chain.push(link(next, true));
+                i += 1;
+            }
+            if skip_until.is_some() {
+                continue;
+            }
+            if skip_count > 0 {
+                skip_count -= 1;
+                continue;
+            }
+            let head = &chain[0];
+            let phase = head.action("phase").unwrap_or("2");
+            if response_file || matches!(phase, "3" | "4" | "response") {
+                if is_detection(&chain) {
+                    self.report.response_rules += 1;
+                }
+                continue;
+            }
+            if matches!(phase, "5" | "logging") {
+                continue;
+            }
+            match self.decide(&chain) {
+                Static::True => {
+                    self.report.resolved += 1;
+                    self.apply_setvars(&chain);
+                    if let Some(marker) = head.action("skipafter") {
+                        skip_until = Some(marker.to_string());
+                    }
+                    if let Some(n) = head.action("skip").and_then(|n| n.parse().ok()) {
+                        skip_count = n;
+                    }
+                    if is_detection(&chain) || head.has("deny") || head.has("drop") {
+                        let id = head.action("id").unwrap_or("?").to_string();
+                        self.report.skipped.push(SkippedRule {
+                            id,
+                            reason: "with this configuration it would refuse every request".into(),
+                            span: head.arg_span(file, 0),
+                        });
+                    }
+                }
+                Static::False => self.report.resolved += 1,
+                Static::Unknown => self.request_rule(cx, file, path, &chain),
+            }
+        }
+    }
+
+    /// Decides a chain from configuration alone, when every link can be.
+    fn decide(&self, chain: &[Link<'_>]) -> Static {
+        let mut result = Static::True;
+        for l in chain {
+            match self.decide_link(l) {
+                Static::False => return Static::False,
+                Static::Unknown => result = Static::Unknown,
+                Static::True => {}
+            }
+        }
+        result
+    }
+
+    fn decide_link(&self, l: &Link<'_>) -> Static {
+        if !l.directive.name.eq_ignore_ascii_case("SecRule") {
+            return Static::True;
+        }
+        let mut values = Vec::new();
+        for v in &l.variables {
+            if v.name != "TX" || v.exclude || v.selector_is_regex {
+                return Static::Unknown;
+            }
+            let Some(name) = v.selector.as_ref().map(|s| s.to_ascii_lowercase()) else {
+                return Static::Unknown;
+            };
+            if self.dynamic.contains(&name) {
+                return Static::Unknown;
+            }
+            let value = self.env.get(&name);
+            if v.count {
+                values.push(usize::from(value.is_some()).to_string());
+            } else if let Some(value) = value {
+                values.push(value.clone());
+            }
+        }
+        let Some(argument) = self.expand(&l.operator.argument) else {
+            return Static::Unknown;
+        };
+        let mut matched = false;
+        for value in &values {
+            let Some(hit) = evaluate(&l.operator.name, &argument, value) else {
+                return Static::Unknown;
+            };
+            if hit != l.operator.negated {
+                matched = true;
+            }
+        }
+        if matched { Static::True } else { Static::False }
+    }
+
+    /// Expands `%{tx.name}` macros from configuration; `None` if one is not known now.
+    fn expand(&self, text: &str) -> Option<String> {
+        let mut out = String::new();
+        let mut rest = text;
+        while let Some(at) = rest.find("%{") {
+            out.push_str(&rest[..at]);
+            let end = rest[at..].find('}')? + at;
+            let name = rest[at + 2..end].to_ascii_lowercase();
+            let name = name.strip_prefix("tx.")?;
+            if self.dynamic.contains(name) {
+                return None;
+            }
+            out.push_str(self.env.get(name)?);
+            rest = &rest[end + 1..];
+        }
+        out.push_str(rest);
+        Some(out)
+    }
+
+    fn apply_setvars(&mut self, chain: &[Link<'_>]) {
+        for l in chain {
+            for a in l.actions.iter().filter(|a| a.name == "setvar") {
+                let Some(spec) = a.value.as_deref() else {
+                    continue;
+                };
+                self.setvar(spec);
+            }
+        }
+    }
+
+    fn setvar(&mut self, spec: &str) {
+        let (deleted, spec) = match spec.strip_prefix('!') {
+            Some(rest) => (true, rest),
+            None => (false, spec),
+        };
+        let (name, value) = spec.split_once('=').unwrap_or((spec, "1"));
+        let name = name.trim().to_ascii_lowercase();
+        let Some(name) = name.strip_prefix("tx.").map(str::to_string) else {
+            return;
+        };
+        if PARANOIA_VARS.contains(&name.as_str()) {
+            return;
+        }
+        if deleted {
+            self.env.remove(&name);
+            return;
+        }
+        let (op, value) = match value.chars().next() {
+            Some(c @ ('+' | '-')) => (Some(c), &value[1..]),
+            _ => (None, value),
+        };
+        let Some(value) = self.expand(value) else {
+            self.dynamic.insert(name);
+            return;
+        };
+        let value = match op {
+            None => value,
+            Some(op) => {
+                let current: i64 = self.env.get(&name).map_or(0, |v| number(v));
+                let delta = number(&value);
+                if op == '+' {
+                    current.saturating_add(delta).to_string()
+                } else {
+                    current.saturating_sub(delta).to_string()
+                }
+            }
+        };
+        self.env.insert(name, value);
+    }
+
+    /// A rule that reads the request: carried over, or listed with the reason.
+    fn request_rule(&mut self, cx: &mut Ctx, file: FileId, path: &Path, chain: &[Link<'_>]) {
+        let head = &chain[0];
+        let id = head.action("id").unwrap_or("?").to_string();
+        // What a rule reading the request sets is known only per request from now on.
+        for l in chain {
+            for a in l.actions.iter().filter(|a| a.name == "setvar") {
+                if let Some(name) = a
+                    .value
+                    .as_deref()
+                    .map(|v| v.trim_start_matches('!'))
+                    .and_then(|v| v.split('=').next())
+                    .and_then(|v| {
+                        v.trim()
+                            .to_ascii_lowercase()
+                            .strip_prefix("tx.")
+                            .map(str::to_string)
+                    })
+                {
+                    self.dynamic.insert(name);
+                }
+            }
+        }
+        if !is_detection(chain) {
+            // Bookkeeping (per-request `TX` values, logging, engine settings, the CRS's own
+            // score sums): nothing to detect.
+            return;
+        }
+        // Links decided true at build time drop out; what remains must be one condition.
+        let live: Vec<&Link<'_>> = chain
+            .iter()
+            .filter(|l| self.decide_link(l) != Static::True)
+            .collect();
+        let score = self.score(chain);
+        match live.as_slice() {
+            [only] => match self.lower(cx, file, path, only, &id, score) {
+                Ok(rule) => {
+                    self.report.compiled.push(id);
+                    self.rules.push(rule);
+                }
+                Err((reason, span)) => self.report.skipped.push(SkippedRule { id, reason, span }),
+            },
+            _ => self.report.skipped.push(SkippedRule {
+                id,
+                reason: format!(
+                    "a chain of {} conditions on the request (chained rules are not supported yet)",
+                    live.len()
+                ),
+                span: head.arg_span(file, 0),
+            }),
+        }
+    }
+
+    /// The anomaly score a rule adds: its `setvar`s on `…anomaly_score…` variables.
+    fn score(&self, chain: &[Link<'_>]) -> u32 {
+        let mut score = 0u32;
+        for l in chain {
+            for a in l.actions.iter().filter(|a| a.name == "setvar") {
+                let Some((name, value)) = a.value.as_deref().and_then(|v| v.split_once("=+"))
+                else {
+                    continue;
+                };
+                if !name.to_ascii_lowercase().contains("anomaly_score") {
+                    continue;
+                }
+                let points = self.expand(value).map_or(0, |v| number(&v));
+                score = score.saturating_add(u32::try_from(points.max(0)).unwrap_or(0));
+            }
+        }
+        if score == 0 {
+            // A detection rule without a known score counts by its severity.
+            let severity = chain[0]
+                .action("severity")
+                .unwrap_or("")
+                .to_ascii_lowercase();
+            score = SEVERITY_SCORES
+                .iter()
+                .find(|(name, _)| *name == severity)
+                .map_or(0, |(_, s)| *s);
+        }
+        score
+    }
+
+    fn lower(
+        &self,
+        cx: &mut Ctx,
+        file: FileId,
+        path: &Path,
+        l: &Link<'_>,
+        id: &str,
+        score: u32,
+    ) -> Result<WafRule, (String, Span)> {
+        let vars_span = l.arg_span(file, 0);
+        let op_span = l.arg_span(file, 1);
+        let actions_span = l.arg_span(file, 2);
+        let parts = parts(&l.variables).map_err(|reason| (reason, vars_span))?;
+        let mut decode = decodings(&l.actions).map_err(|reason| (reason, actions_span))?;
+        if l.operator.negated {
+            return Err((format!("negated operator `!@{}`", l.operator.name), op_span));
+        }
+        let argument = self.expand(&l.operator.argument).ok_or_else(|| {
+            (
+                "its operator's argument depends on the request".to_string(),
+                op_span,
+            )
+        })?;
+        let name = l.operator.name.to_ascii_lowercase();
+        let matchers = match name.as_str() {
+            "rx" => vec![regex(&argument, self.budget).map_err(|r| (r, op_span))?],
+            "pm" | "pmf" | "pmfromfile" => {
+                let words: Vec<String> = if name == "pm" {
+                    argument.split_whitespace().map(str::to_string).collect()
+                } else {
+                    let mut words = Vec::new();
+                    for data in argument.split_whitespace() {
+                        let data_path = path.parent().unwrap_or(Path::new(".")).join(data);
+                        words.extend(read_phrases(cx, &data_path).map_err(|r| (r, op_span))?);
+                    }
+                    words
+                };
+                // `@pm` ignores case: match the lower-cased value against lower-cased words.
+                if decode.last() != Some(&Decoding::Lowercase) {
+                    decode.push(Decoding::Lowercase);
+                }
+                let mut words: Vec<String> =
+                    words.into_iter().map(|w| w.to_ascii_lowercase()).collect();
+                words.sort();
+                words.dedup();
+                if words.is_empty() {
+                    return Err(("its phrase list is empty".into(), op_span));
+                }
+                words
+                    .into_iter()
+                    .map(|w| Matcher::Literal(Spanned::new(w, op_span)))
+                    .collect()
+            }
+            "contains" if !argument.is_empty() => {
+                vec![Matcher::Literal(Spanned::new(argument, op_span))]
+            }
+            "containsword" => vec![
+                regex(&format!(r"\b{}\b", escape(&argument)), self.budget)
+                    .map_err(|r| (r, op_span))?,
+            ],
+            "beginswith" => vec![
+                regex(&format!("^{}", escape(&argument)), self.budget).map_err(|r| (r, op_span))?,
+            ],
+            "endswith" => vec![
+                regex(&format!("{}$", escape(&argument)), self.budget).map_err(|r| (r, op_span))?,
+            ],
+            "streq" => vec![
+                regex(&format!("^{}$", escape(&argument)), self.budget)
+                    .map_err(|r| (r, op_span))?,
+            ],
+            "within" if argument.len() <= 256 => {
+                let mut pieces: Vec<String> = Vec::new();
+                for start in 0..argument.len() {
+                    for end in start + 1..=argument.len() {
+                        if let Some(piece) = argument.get(start..end) {
+                            pieces.push(escape(piece));
+                        }
+                    }
+                }
+                pieces.sort();
+                pieces.dedup();
+                vec![
+                    regex(&format!("^(?:{})$", pieces.join("|")), self.budget)
+                        .map_err(|r| (r, op_span))?,
+                ]
+            }
+            other => {
+                return Err((format!("operator `@{other}` is not supported yet"), op_span));
+            }
+        };
+        let span = Span::new(file, l.directive.span.start, l.directive.span.end);
+        Ok(WafRule {
+            id: Spanned::new(id.to_string(), span),
+            score: Spanned::new(score, span),
+            parts: parts
+                .into_iter()
+                .map(|p| Spanned::new(p, vars_span))
+                .collect(),
+            decode: decode
+                .into_iter()
+                .map(|d| Spanned::new(d, actions_span))
+                .collect(),
+            matchers,
+            span,
+        })
+    }
+}
+
+fn link(d: &Directive, is_rule: bool) -> Link<'_> {
+    let text = |i: usize| d.args.get(i).map_or("", |a| a.text.as_str());
+    if is_rule {
+        Link {
+            directive: d,
+            variables: seclang::variables(text(0)),
+            operator: seclang::operator(text(1)),
+            actions: seclang::actions(text(2)),
+        }
+    } else {
+        Link {
+            directive: d,
+            variables: Vec::new(),
+            operator: seclang::operator("@unconditionalMatch"),
+            actions: seclang::actions(text(0)),
+        }
+    }
+}
+
+/// A rule that scores the request: adds points to an anomaly score (not another score,
+/// as the CRS's sums of per-level scores do).
+fn is_detection(chain: &[Link<'_>]) -> bool {
+    chain.iter().any(|l| {
+        l.actions.iter().any(|a| {
+            a.name == "setvar"
+                && a.value.as_deref().is_some_and(|v| {
+                    let v = v.to_ascii_lowercase();
+                    v.split_once("=+").is_some_and(|(name, points)| {
+                        name.contains("anomaly_score") && !points.contains("anomaly_score_pl")
+                    })
+                })
+        })
+    })
+}
+
+fn number(text: &str) -> i64 {
+    text.trim().parse().unwrap_or(0)
+}
+
+/// Evaluates an operator on a configuration value; `None` for operators that need the
+/// request or are not known here.
+fn evaluate(operator: &str, argument: &str, value: &str) -> Option<bool> {
+    Some(match operator.to_ascii_lowercase().as_str() {
+        "eq" => number(value) == number(argument),
+        "ge" => number(value) >= number(argument),
+        "gt" => number(value) > number(argument),
+        "le" => number(value) <= number(argument),
+        "lt" => number(value) < number(argument),
+        "streq" => value == argument,
+        "contains" => value.contains(argument),
+        "beginswith" => value.starts_with(argument),
+        "endswith" => value.ends_with(argument),
+        "within" => argument.contains(value),
+        "unconditionalmatch" => true,
+        "rx" => regex_automata::meta::Regex::new(argument)
+            .ok()?
+            .is_match(value),
+        _ => return None,
+    })
+}
+
+/// The request parts a target list reads.
+fn parts(variables: &[Variable]) -> Result<Vec<RequestPart>, String> {
+    let mut out = Vec::new();
+    for v in variables.iter().filter(|v| !v.exclude) {
+        if v.count {
+            return Err(format!("`&{}` counts members (not supported yet)", v.name));
+        }
+        let selector = v.selector.as_deref().filter(|_| !v.selector_is_regex);
+        if v.selector_is_regex {
+            return Err(format!(
+                "`{}` selects members by a regex (not supported yet)",
+                v.name
+            ));
+        }
+        let found: Vec<RequestPart> = match (v.name.as_str(), selector) {
+            ("ARGS", None) => vec![RequestPart::Args],
+            ("ARGS_NAMES", None) => vec![RequestPart::ArgNames],
+            ("REQUEST_COOKIES", None) => vec![RequestPart::Cookies],
+            ("REQUEST_COOKIES", Some(name)) => vec![RequestPart::Cookie(name.to_string())],
+            ("REQUEST_COOKIES_NAMES", None) => vec![RequestPart::CookieNames],
+            ("REQUEST_HEADERS", None) => vec![RequestPart::Headers],
+            ("REQUEST_HEADERS", Some(name)) => {
+                vec![RequestPart::Header(name.to_ascii_lowercase())]
+            }
+            ("REQUEST_HEADERS_NAMES", None) => vec![RequestPart::HeaderNames],
+            ("REQUEST_FILENAME", None) => vec![RequestPart::Path],
+            ("QUERY_STRING", None) => vec![RequestPart::Query],
+            ("REQUEST_BODY", None) => vec![RequestPart::Body],
+            // Parsed only for XML and multipart bodies, which edgepack does not parse:
+            // empty for every request edgepack sees, as in ModSecurity without those parsers.
+            ("XML", _) | ("FILES", _) | ("FILES_NAMES", _) => Vec::new(),
+            (name, Some(sel)) => {
+                return Err(format!("`{name}:{sel}` is not supported yet"));
+            }
+            (name, None) => return Err(format!("variable `{name}` is not supported yet")),
+        };
+        for p in found {
+            if !out.contains(&p) {
+                out.push(p);
+            }
+        }
+    }
+    if out.is_empty() {
+        return Err(
+            "it reads only XML or multipart file data, which edgepack does not parse".into(),
+        );
+    }
+    Ok(out)
+}
+
+/// The decodings a rule's `t:` actions ask for, in order (`t:none` starts over).
+fn decodings(actions: &[Action]) -> Result<Vec<Decoding>, String> {
+    let mut out = Vec::new();
+    let names: Vec<String> = actions
+        .iter()
+        .filter(|a| a.name == "t")
+        .map(|a| a.value.as_deref().unwrap_or("").to_string())
+        .collect();
+    let mut i = 0;
+    while i < names.len() {
+        let name = &names[i];
+        i += 1;
+        let decoding = match name.to_ascii_lowercase().as_str() {
+            "none" => {
+                out.clear();
+                continue;
+            }
+            // `utf8toUnicode` writes `%uHHHH` forms that only `urlDecodeUni` reads back:
+            // the pair is one decoding, which never lengthens a value.
+            "utf8tounicode"
+                if names
+                    .get(i)
+                    .is_some_and(|n| n.eq_ignore_ascii_case("urlDecodeUni")) =>
+            {
+                i += 1;
+                Decoding::Utf8UrlDecodeUni
+            }
+            "urldecodeuni" => Decoding::UrlDecodeUni,
+            "jsdecode" => Decoding::JsDecode,
+            "cssdecode" => Decoding::CssDecode,
+            "lowercase" => Decoding::Lowercase,
+            "urldecode" => Decoding::UrlDecode,
+            "htmlentitydecode" => Decoding::HtmlEntityDecode,
+            "compresswhitespace" => Decoding::CompressWhitespace,
+            "removenulls" => Decoding::RemoveNulls,
+            "normalizepath" | "normalisepath" => Decoding::NormalizePath,
+            _ => return Err(format!("transformation `t:{name}` is not supported yet")),
+        };
+        out.push(decoding);
+    }
+    Ok(out)
+}
+
+/// Reads a `@pmFromFile` phrase file: one phrase per line, `#` comments.
+fn read_phrases(cx: &mut Ctx, path: &Path) -> Result<Vec<String>, String> {
+    let bytes = read_bounded(path).map_err(|e| match e {
+        crate::reader::ReadProblem::TooLarge => format!("{} is too large", path.display()),
+        crate::reader::ReadProblem::Io(reason) => format!("{}: {reason}", path.display()),
+    })?;
+    let text = String::from_utf8_lossy(&bytes).into_owned();
+    let shown = path.display().to_string();
+    if !cx.has_source(path) {
+        cx.add_source(path, shown.clone(), shown, text.clone());
+    }
+    Ok(text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(str::to_string)
+        .collect())
+}
+
+/// `text` as a regex matching it literally.
+fn escape(text: &str) -> String {
+    regex_syntax::escape(text)
+}
+
+/// A ModSecurity (PCRE) pattern as an edgepack WAF pattern, checked against the budget.
+/// ModSecurity compiles `@rx` with dot-all and multi-line set, so the translation does too;
+/// a `{` that does not start a repetition is a literal in PCRE and is escaped.
+fn regex(pattern: &str, budget: u64) -> Result<Matcher, String> {
+    let translated = format!("(?sm){}", escape_braces(pattern));
+    match waf_regex::check_pattern(&translated, budget) {
+        Ok(()) => Ok(Matcher::Regex(Spanned::new(
+            translated,
+            Span::new(FileId(0), 0, 0),
+        ))),
+        Err(RegexProblem::Invalid { reason, .. }) => Err(format!("regex: {reason}")),
+        Err(RegexProblem::TooLarge) => Err(format!(
+            "its pattern's automaton exceeds the budget of {budget} bytes"
+        )),
+    }
+}
+
+fn escape_braces(pattern: &str) -> String {
+    let bytes = pattern.as_bytes();
+    let mut out = String::with_capacity(pattern.len());
+    let mut i = 0;
+    let mut in_class = false;
+    while i < bytes.len() {
+        let c = bytes[i];
+        match c {
+            b'\\' => {
+                let end = (i + 2).min(bytes.len());
+                out.push_str(&pattern[i..end]);
+                i = end;
+                continue;
+            }
+            b'[' if !in_class => in_class = true,
+            b']' if in_class => in_class = false,
+            b'{' if !in_class && !is_repetition(&bytes[i..]) => {
+                out.push_str("\\{");
+                i += 1;
+                continue;
+            }
+            b'}' if !in_class => {
+                // A `}` closing a repetition was copied with it; any other is literal.
+                out.push_str("\\}");
+                i += 1;
+                continue;
+            }
+            _ => {}
+        }
+        if c == b'{' && !in_class {
+            let close = pattern[i..].find('}').map_or(bytes.len(), |e| i + e + 1);
+            out.push_str(&pattern[i..close]);
+            i = close;
+            continue;
+        }
+        let len = utf8_len(c);
+        let end = (i + len).min(bytes.len());
+        out.push_str(&pattern[i..end]);
+        i = end;
+    }
+    out
+}
+
+fn utf8_len(first: u8) -> usize {
+    match first {
+        0xF0.. => 4,
+        0xE0.. => 3,
+        0xC0.. => 2,
+        _ => 1,
+    }
+}
+
+/// `{n}`, `{n,}` or `{n,m}` at the start of `rest`.
+fn is_repetition(rest: &[u8]) -> bool {
+    let Some(close) = rest.iter().position(|b| *b == b'}') else {
+        return false;
+    };
+    let inner = &rest[1..close];
+    let mut parts = inner.splitn(2, |b| *b == b',');
+    let first = parts.next().unwrap_or(&[]);
+    let second = parts.next();
+    !first.is_empty()
+        && first.iter().all(u8::is_ascii_digit)
+        && second.is_none_or(|s| s.iter().all(u8::is_ascii_digit))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn braces_that_are_not_repetitions_become_literals() {
+        assert_eq!(escape_braces(r"^\(\s*\)\s+{"), r"^\(\s*\)\s+\{");
+        assert_eq!(escape_braces(r"a{2,3}b{x}"), r"a{2,3}b\{x\}");
+        assert_eq!(escape_braces(r"[{}]\{"), r"[{}]\{");
+    }
+
+    #[test]
+    fn configuration_values_are_evaluated() {
+        assert_eq!(evaluate("lt", "2", "1"), Some(true));
+        assert_eq!(evaluate("eq", "0", "1"), Some(false));
+        assert_eq!(evaluate("within", "GET HEAD", "HEAD"), Some(true));
+        assert_eq!(evaluate("detectSQLi", "", "x"), None);
+    }
+}
