@@ -177,6 +177,16 @@ pub struct WafPlan {
     pub body_limit: u32,
     pub block_oversized_bodies: bool,
     pub rules: Vec<WafRulePlan>,
+    /// Rules of imported rule sets that are not in the module, and why (for `inspect`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub left_out: Vec<LeftOutRulePlan>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeftOutRulePlan {
+    pub name: String,
+    pub reason: String,
+    pub source: Source,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -354,6 +354,16 @@ impl<'p> Lowering<'p> {
                 body_limit: u32::try_from(waf.body_limit.value).unwrap_or(u32::MAX),
                 block_oversized_bodies: waf.body_overflow.value == p::BodyOverflow::Block,
                 rules,
+                left_out: waf
+                    .imports
+                    .iter()
+                    .flat_map(|import| &import.skipped)
+                    .map(|skipped| LeftOutRulePlan {
+                        name: skipped.id.clone(),
+                        reason: skipped.reason.clone(),
+                        source: self.source(skipped.span),
+                    })
+                    .collect(),
             },
             names,
         ))

@@ -683,12 +683,17 @@ pub fn import_empty(span: Span, path: &str) -> Diagnostic {
     .help("point `path` at the directory holding the rule set's `REQUEST-*.conf` files")
 }
 
-pub fn import_rule_skipped(span: Span, id: &str, reason: &str) -> Diagnostic {
+pub fn import_rules_skipped(span: Span, ids: &[&str], reason: &str) -> Diagnostic {
+    let (noun, verb) = if ids.len() == 1 {
+        ("rule", "is")
+    } else {
+        ("rules", "are")
+    };
     Diagnostic::warning(
         "edgepack::import::rule-skipped",
-        format!("rule {id} is not in the bundle: {reason}"),
+        format!("{noun} {} {verb} not in the bundle: {reason}", ids.join(", ")),
     )
-    .label(span, reason.to_string())
+    .label(span, format!("{} {noun} left out", ids.len()))
     .help("the rest of the rule set is imported; `edgepack inspect` lists every rule left out, and `docs/waf.md` says what the import supports")
 }
 

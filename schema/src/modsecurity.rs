@@ -138,12 +138,17 @@ pub(crate) fn import(cx: &mut Ctx, request: &ImportRequest) -> (Vec<WafRule>, Wa
         let file = cx.add_source(&path, shown.clone(), shown, text.clone());
         importer.file(cx, file, &path, &text);
     }
+    // One warning per reason, at the import: the rule files are not the user's to edit.
+    let mut by_reason: Vec<(&str, Vec<&str>)> = Vec::new();
     for skipped in &importer.report.skipped {
-        cx.diags.push(diag::import_rule_skipped(
-            skipped.span,
-            &skipped.id,
-            &skipped.reason,
-        ));
+        match by_reason.iter_mut().find(|(r, _)| *r == skipped.reason) {
+            Some((_, ids)) => ids.push(&skipped.id),
+            None => by_reason.push((&skipped.reason, vec![&skipped.id])),
+        }
+    }
+    for (reason, ids) in by_reason {
+        cx.diags
+            .push(diag::import_rules_skipped(request.span, &ids, reason));
     }
     if importer.report.response_rules > 0 {
         cx.diags.push(diag::import_response_rules(
@@ -197,6 +202,23 @@ impl Link<'_> {
 
     fn has(&self, name: &str) -> bool {
         self.actions.iter().any(|a| a.name == name)
+    }
+
+    /// Where the rule's `id:` action is written (short, unlike a CRS pattern's line): where
+    /// warnings about the rule point.
+    fn id_span(&self, file: FileId, text: &str) -> Span {
+        let range = self.directive.span.clone();
+        let written = text.get(range.clone()).unwrap_or("");
+        match written.find("id:") {
+            Some(at) => {
+                let digits = written[at + 3..]
+                    .bytes()
+                    .take_while(u8::is_ascii_digit)
+                    .count();
+                Span::new(file, range.start + at, range.start + at + 3 + digits)
+            }
+            None => Span::new(file, range.start, range.start + self.directive.name.len()),
+        }
     }
 
     fn arg_span(&self, file: FileId, index: usize) -> Span {
@@ -283,12 +305,12 @@ impl Importer {
                         self.report.skipped.push(SkippedRule {
                             id,
                             reason: "with this configuration it would refuse every request".into(),
-                            span: head.arg_span(file, 0),
+                            span: head.id_span(file, text),
                         });
                     }
                 }
                 Static::False => self.report.resolved += 1,
-                Static::Unknown => self.request_rule(cx, file, path, &chain),
+                Static::Unknown => self.request_rule(cx, file, path, text, &chain),
             }
         }
     }
@@ -414,7 +436,14 @@ impl Importer {
     }
 
     /// A rule that reads the request: carried over, or listed with the reason.
-    fn request_rule(&mut self, cx: &mut Ctx, file: FileId, path: &Path, chain: &[Link<'_>]) {
+    fn request_rule(
+        &mut self,
+        cx: &mut Ctx,
+        file: FileId,
+        path: &Path,
+        text: &str,
+        chain: &[Link<'_>],
+    ) {
         let head = &chain[0];
         let id = head.action("id").unwrap_or("?").to_string();
         // What a rule reading the request sets is known only per request from now on.
@@ -453,7 +482,11 @@ impl Importer {
                     self.report.compiled.push(id);
                     self.rules.push(rule);
                 }
-                Err((reason, span)) => self.report.skipped.push(SkippedRule { id, reason, span }),
+                Err(reason) => self.report.skipped.push(SkippedRule {
+                    id,
+                    reason,
+                    span: head.id_span(file, text),
+                }),
             },
             _ => self.report.skipped.push(SkippedRule {
                 id,
@@ -461,7 +494,7 @@ impl Importer {
                     "a chain of {} conditions on the request (chained rules are not supported yet)",
                     live.len()
                 ),
-                span: head.arg_span(file, 0),
+                span: head.id_span(file, text),
             }),
         }
     }
@@ -504,24 +537,21 @@ impl Importer {
         l: &Link<'_>,
         id: &str,
         score: u32,
-    ) -> Result<WafRule, (String, Span)> {
+    ) -> Result<WafRule, String> {
         let vars_span = l.arg_span(file, 0);
         let op_span = l.arg_span(file, 1);
         let actions_span = l.arg_span(file, 2);
-        let parts = parts(&l.variables).map_err(|reason| (reason, vars_span))?;
-        let mut decode = decodings(&l.actions).map_err(|reason| (reason, actions_span))?;
+        let parts = parts(&l.variables)?;
+        let mut decode = decodings(&l.actions)?;
         if l.operator.negated {
-            return Err((format!("negated operator `!@{}`", l.operator.name), op_span));
+            return Err(format!("negated operator `!@{}`", l.operator.name));
         }
-        let argument = self.expand(&l.operator.argument).ok_or_else(|| {
-            (
-                "its operator's argument depends on the request".to_string(),
-                op_span,
-            )
-        })?;
+        let argument = self
+            .expand(&l.operator.argument)
+            .ok_or("its operator's argument depends on the request")?;
         let name = l.operator.name.to_ascii_lowercase();
         let matchers = match name.as_str() {
-            "rx" => vec![regex(&argument, self.budget).map_err(|r| (r, op_span))?],
+            "rx" => vec![regex(&argument, self.budget)?],
             "pm" | "pmf" | "pmfromfile" => {
                 let words: Vec<String> = if name == "pm" {
                     argument.split_whitespace().map(str::to_string).collect()
@@ -529,7 +559,7 @@ impl Importer {
                     let mut words = Vec::new();
                     for data in argument.split_whitespace() {
                         let data_path = path.parent().unwrap_or(Path::new(".")).join(data);
-                        words.extend(read_phrases(cx, &data_path).map_err(|r| (r, op_span))?);
+                        words.extend(read_phrases(cx, &data_path)?);
                     }
                     words
                 };
@@ -542,7 +572,7 @@ impl Importer {
                 words.sort();
                 words.dedup();
                 if words.is_empty() {
-                    return Err(("its phrase list is empty".into(), op_span));
+                    return Err("its phrase list is empty".into());
                 }
                 words
                     .into_iter()
@@ -552,20 +582,10 @@ impl Importer {
             "contains" if !argument.is_empty() => {
                 vec![Matcher::Literal(Spanned::new(argument, op_span))]
             }
-            "containsword" => vec![
-                regex(&format!(r"\b{}\b", escape(&argument)), self.budget)
-                    .map_err(|r| (r, op_span))?,
-            ],
-            "beginswith" => vec![
-                regex(&format!("^{}", escape(&argument)), self.budget).map_err(|r| (r, op_span))?,
-            ],
-            "endswith" => vec![
-                regex(&format!("{}$", escape(&argument)), self.budget).map_err(|r| (r, op_span))?,
-            ],
-            "streq" => vec![
-                regex(&format!("^{}$", escape(&argument)), self.budget)
-                    .map_err(|r| (r, op_span))?,
-            ],
+            "containsword" => vec![regex(&format!(r"\b{}\b", escape(&argument)), self.budget)?],
+            "beginswith" => vec![regex(&format!("^{}", escape(&argument)), self.budget)?],
+            "endswith" => vec![regex(&format!("{}$", escape(&argument)), self.budget)?],
+            "streq" => vec![regex(&format!("^{}$", escape(&argument)), self.budget)?],
             "within" if argument.len() <= 256 => {
                 let mut pieces: Vec<String> = Vec::new();
                 for start in 0..argument.len() {
@@ -577,13 +597,10 @@ impl Importer {
                 }
                 pieces.sort();
                 pieces.dedup();
-                vec![
-                    regex(&format!("^(?:{})$", pieces.join("|")), self.budget)
-                        .map_err(|r| (r, op_span))?,
-                ]
+                vec![regex(&format!("^(?:{})$", pieces.join("|")), self.budget)?]
             }
             other => {
-                return Err((format!("operator `@{other}` is not supported yet"), op_span));
+                return Err(format!("operator `@{other}` is not supported yet"));
             }
         };
         let span = Span::new(file, l.directive.span.start, l.directive.span.end);

@@ -211,6 +211,22 @@ pub struct Waf {
     pub span: Span,
 }
 
+impl Waf {
+    /// The rule ids `disable` and `exclude` may name: the WAF's rules, and imported rules
+    /// left out of the bundle (naming one of those is allowed and changes nothing).
+    pub fn nameable_rule_ids(&self) -> Vec<&str> {
+        self.rules
+            .iter()
+            .map(|r| r.id.value.as_str())
+            .chain(
+                self.imports
+                    .iter()
+                    .flat_map(|i| i.skipped.iter().map(|s| s.id.as_str())),
+            )
+            .collect()
+    }
+}
+
 #[derive(Debug)]
 pub struct WafRule {
     pub id: Name,

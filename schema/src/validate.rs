@@ -196,11 +196,7 @@ impl<'p> Validator<'p, '_> {
                         "a region can only adjust the policy's `waf`: define one at the top level",
                     )),
                     Some(policy_waf) => {
-                        let ids: Vec<&str> = policy_waf
-                            .rules
-                            .iter()
-                            .map(|r| r.id.value.as_str())
-                            .collect();
+                        let ids = policy_waf.nameable_rule_ids();
                         for id in &waf.disable {
                             if !ids.contains(&id.value.as_str()) {
                                 self.undefined("WAF rule", id, &ids, None);
@@ -384,7 +380,7 @@ impl<'p> Validator<'p, '_> {
             let ids: Vec<&str> = policy
                 .waf
                 .as_ref()
-                .map(|w| w.rules.iter().map(|r| r.id.value.as_str()).collect())
+                .map(|w| w.nameable_rule_ids())
                 .unwrap_or_default();
             for id in &route.waf.exclude {
                 if !ids.contains(&id.value.as_str()) {

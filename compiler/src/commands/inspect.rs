@@ -10,7 +10,7 @@ use edgepack_bundles::bundle::{self, Manifest, OpenLimits};
 use edgepack_bundles::time::utc;
 use serde::Serialize;
 
-use crate::plan::{ActionPlan, RegionPlan};
+use crate::plan::{ActionPlan, LeftOutRulePlan, RegionPlan};
 use crate::{Exit, Output};
 
 /// Show a bundle's manifest, files, signers, routes and WAF rules.
@@ -36,6 +36,8 @@ struct Report<'a> {
     signed_by: Vec<&'a str>,
     routes: Vec<Item>,
     waf_rules: Vec<Item>,
+    /// Rules of imported rule sets left out of the module, with the reason.
+    waf_rules_left_out: Vec<&'a LeftOutRulePlan>,
 }
 
 #[derive(Serialize)]
@@ -127,6 +129,10 @@ pub fn run(args: &InspectArgs) -> Output {
                 signed_by: signatures.iter().map(|s| s.key_id.as_str()).collect(),
                 routes,
                 waf_rules,
+                waf_rules_left_out: plan
+                    .iter()
+                    .flat_map(|p| p.waf.iter().flat_map(|w| &w.left_out))
+                    .collect(),
             };
             out.stdout = serde_json::to_string_pretty(&report).unwrap_or_default();
             out.stdout.push('\n');
@@ -183,6 +189,16 @@ pub fn run(args: &InspectArgs) -> Output {
                         "  #{:<3} {:<36} {:<40} {}",
                         r.id, r.name, r.detail, r.source
                     );
+                }
+                if !waf.left_out.is_empty() {
+                    let _ = writeln!(
+                        o,
+                        "\nimported WAF rules not in the bundle ({}):",
+                        waf.left_out.len()
+                    );
+                    for r in &waf.left_out {
+                        let _ = writeln!(o, "  {:<12} {:<72} {}", r.name, r.reason, r.source);
+                    }
                 }
             }
         }
