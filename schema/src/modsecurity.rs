@@ -801,9 +801,10 @@ fn escape(text: &str) -> String {
 
 /// A ModSecurity (PCRE) pattern as an edgepack WAF pattern, checked against the budget.
 /// ModSecurity compiles `@rx` with dot-all and multi-line set, so the translation does too;
-/// a `{` that does not start a repetition is a literal in PCRE and is escaped.
+/// what PCRE reads as literal characters (a `{` that starts no repetition, `\<`, `\>`) is
+/// written so Rust reads it the same.
 fn regex(pattern: &str, budget: u64) -> Result<Matcher, String> {
-    let translated = format!("(?sm){}", escape_braces(pattern));
+    let translated = format!("(?sm){}", pcre_literals(pattern));
     match waf_regex::check_pattern(&translated, budget) {
         Ok(()) => Ok(Matcher::Regex(Spanned::new(
             translated,
@@ -816,7 +817,7 @@ fn regex(pattern: &str, budget: u64) -> Result<Matcher, String> {
     }
 }
 
-fn escape_braces(pattern: &str) -> String {
+fn pcre_literals(pattern: &str) -> String {
     let bytes = pattern.as_bytes();
     let mut out = String::with_capacity(pattern.len());
     let mut i = 0;
@@ -824,6 +825,12 @@ fn escape_braces(pattern: &str) -> String {
     while i < bytes.len() {
         let c = bytes[i];
         match c {
+            // PCRE reads `\<` and `\>` as the characters; Rust as word boundaries.
+            b'\\' if matches!(bytes.get(i + 1), Some(b'<' | b'>')) => {
+                out.push(char::from(bytes[i + 1]));
+                i += 2;
+                continue;
+            }
             b'\\' => {
                 let end = (i + 2).min(bytes.len());
                 out.push_str(&pattern[i..end]);
@@ -887,10 +894,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn braces_that_are_not_repetitions_become_literals() {
-        assert_eq!(escape_braces(r"^\(\s*\)\s+{"), r"^\(\s*\)\s+\{");
-        assert_eq!(escape_braces(r"a{2,3}b{x}"), r"a{2,3}b\{x\}");
-        assert_eq!(escape_braces(r"[{}]\{"), r"[{}]\{");
+    fn pcre_literals_stay_literals() {
+        assert_eq!(pcre_literals(r"^\(\s*\)\s+{"), r"^\(\s*\)\s+\{");
+        assert_eq!(pcre_literals(r"a{2,3}b{x}"), r"a{2,3}b\{x\}");
+        assert_eq!(pcre_literals(r"[{}]\{"), r"[{}]\{");
+        assert_eq!(pcre_literals(r"[^\<\>]\<x"), r"[^<>]<x");
     }
 
     #[test]

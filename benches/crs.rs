@@ -1,0 +1,121 @@
+//! What importing the OWASP Core Rule Set costs, at paranoia levels 1 and 2: rules carried
+//! over and left out, build time (check, then lower + generate + optimize), module and bundle
+//! size; then, for paranoia level 1, the matching strategy each imported pattern got.
+//!
+//! `cargo bench -p edgepack-benches --bench crs [-- --rules DIR]`: the rules default to where
+//! Debian's `modsecurity-crs` installs them. Prints Markdown for `docs/waf.md`.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use edgepack_compiler::codegen::automata;
+use edgepack_compiler::pipeline::{self, Release};
+use edgepack_compiler::plan::MatcherPlan;
+
+/// The budget the WAF gives each pattern's automaton by default (`automaton-budget`).
+const BUDGET: usize = 1 << 20;
+/// Prefilter literals are cut to this many bytes, as in the code generator.
+const LITERAL_LEN: usize = 8;
+
+fn main() {
+    let mut args = std::env::args().skip_while(|a| a != "--rules").skip(1);
+    let rules = args.next().map_or_else(
+        || PathBuf::from("/usr/share/modsecurity-crs/rules"),
+        PathBuf::from,
+    );
+    if !rules.is_dir() {
+        eprintln!(
+            "no rule set at {} (apt install modsecurity-crs, or pass --rules DIR)",
+            rules.display()
+        );
+        std::process::exit(2);
+    }
+    let key = ed25519_dalek::SigningKey::from_bytes(&[7; 32]);
+    println!("| Paranoia level | Rules imported | Left out | Check | Compile | Module | Bundle |");
+    println!("|---|---|---|---|---|---|---|");
+    let mut level_one = None;
+    for paranoia in [1, 2] {
+        let dir = tempfile::tempdir().expect("temp dir");
+        std::fs::write(
+            dir.path().join("edgepack.kdl"),
+            format!(
+                "edgepack 1\nregion \"local\" zone=\"GLOBAL\"\nwaf {{\n    import \"modsecurity\" path=\"{}\" paranoia={paranoia}\n}}\nroute \"/*\" {{\n    respond 200\n}}\n",
+                rules.display()
+            ),
+        )
+        .expect("write policy");
+        let started = Instant::now();
+        let checked = edgepack_schema::check(dir.path()).expect("readable");
+        let check_time = started.elapsed();
+        let policy = checked.policy.as_ref().expect("the import checks clean");
+        let waf = policy.waf.as_ref().expect("a waf");
+        let left_out: usize = waf.imports.iter().map(|i| i.skipped.len()).sum();
+        let started = Instant::now();
+        let plan = pipeline::plans(policy, &checked, &[])
+            .expect("the region")
+            .remove(0);
+        let compiled = pipeline::compile(plan).expect("compiles");
+        let compile_time = started.elapsed();
+        let bundle = pipeline::region_bundle(
+            dir.path(),
+            "local",
+            Release {
+                version: 1,
+                created: 0,
+                expires: None,
+            },
+            &key,
+        )
+        .expect("bundle");
+        println!(
+            "| {paranoia} | {} | {left_out} | {:.2} s | {:.2} s | {} KiB | {} KiB |",
+            waf.rules.len(),
+            check_time.as_secs_f64(),
+            compile_time.as_secs_f64(),
+            compiled.wasm.len() / 1024,
+            bundle.len() / 1024
+        );
+        if paranoia == 1 {
+            level_one = Some(compiled.plan);
+        }
+    }
+    let Some(plan) = level_one else { return };
+    println!();
+    println!("| Rule | Parts | Strategy |");
+    println!("|---|---|---|");
+    for rule in plan.waf.iter().flat_map(|w| &w.rules) {
+        let mut strategies = Vec::new();
+        for matcher in &rule.matchers {
+            match matcher {
+                MatcherPlan::Literal(_) => {}
+                MatcherPlan::Regex(pattern) => {
+                    let size = automata::pattern_dfa(pattern, BUDGET)
+                        .map(|d| (d.next.len() * 4 + 2 * 256 + d.eoi_match.len()).div_ceil(1024))
+                        .unwrap_or(0);
+                    strategies.push(match automata::required_literals(pattern, LITERAL_LEN) {
+                        Some(literals) => format!(
+                            "DFA of {size} KiB, run when one of {} literals occurs",
+                            literals.len()
+                        ),
+                        None => format!("DFA of {size} KiB, run on every value"),
+                    });
+                }
+            }
+        }
+        let literals = rule
+            .matchers
+            .iter()
+            .filter(|m| matches!(m, MatcherPlan::Literal(_)))
+            .count();
+        if literals > 0 {
+            strategies.push(format!("{literals} phrases, found by the prefilter alone"));
+        }
+        let parts: Vec<String> = rule.parts.iter().map(|p| format!("{p:?}")).collect();
+        println!(
+            "| {} | {} | {} |",
+            rule.name,
+            parts.join(", "),
+            strategies.join("; ")
+        );
+    }
+}
