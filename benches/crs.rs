@@ -88,6 +88,11 @@ fn main() {
         for matcher in &rule.matchers {
             match matcher {
                 MatcherPlan::Literal(_) => {}
+                MatcherPlan::Detect(kind) => {
+                    strategies.push(format!(
+                        "libinjection ({kind:?}), the node's `detect`, run on every value"
+                    ));
+                }
                 MatcherPlan::Regex(pattern) => {
                     let size = automata::pattern_dfa(pattern, BUDGET)
                         .map(|d| (d.next.len() * 4 + 2 * 256 + d.eoi_match.len()).div_ceil(1024))

@@ -487,9 +487,10 @@ fn waf_rule() -> impl Strategy<Value = String> {
         proptest::collection::vec(proptest::sample::select(DECODINGS), 0..4),
         proptest::sample::subsequence(REGEXES, 0..3),
         proptest::sample::subsequence(LITERALS, 0..2),
+        proptest::sample::subsequence(&["sqli", "xss"][..], 0..2),
         1u32..6,
     )
-        .prop_map(|(parts, decode, regexes, literals, score)| {
+        .prop_map(|(parts, decode, regexes, literals, detectors, score)| {
             let mut rule = format!("score={score} {{ in");
             for p in parts {
                 rule.push_str(&format!(" \"{p}\""));
@@ -508,7 +509,10 @@ fn waf_rule() -> impl Strategy<Value = String> {
             for l in literals {
                 rule.push_str(&format!(" literal \"{l}\";"));
             }
-            if !rule.contains("regex") && !rule.contains("literal") {
+            for d in detectors {
+                rule.push_str(&format!(" detect \"{d}\";"));
+            }
+            if !rule.contains("regex") && !rule.contains("literal") && !rule.contains("detect") {
                 rule.push_str(" literal \"x\";");
             }
             rule.push_str(" }");

@@ -1,7 +1,7 @@
 //! The ABI between a compiled policy module and its host (ABI version 1).
 //!
-//! A policy module imports nothing and exports its memory, `decide`, and globals saying where
-//! the request and decision blocks live. The host writes a request block (see `wire`) at
+//! A policy module exports its memory, `decide`, and globals saying where the request and
+//! decision blocks live, and imports nothing unless its WAF uses libinjection (`import`). The host writes a request block (see `wire`) at
 //! `request_base`, calls `decide(len)`, and reads the decision block at `decision_base`.
 //! The code generator and the node both use these constants; docs/abi.md describes them.
 
@@ -25,6 +25,16 @@ pub mod export {
     pub const DECISION_BASE: &str = "decision_base";
     /// How many body bytes the policy inspects: the host writes at most this many.
     pub const BODY_LIMIT: &str = "body_limit";
+}
+
+/// The host functions a policy module may import. A module imports only what its policy
+/// uses: most import nothing.
+pub mod import {
+    pub const MODULE: &str = "edgepack";
+    /// `detect(kind: i32, ptr: i32, len: i32) -> i32`: 1 when libinjection finds `kind`
+    /// (`DetectKind::code`: 0 SQL injection, 1 XSS) in the `len` bytes at `ptr` of the
+    /// module's memory, else 0. See `crate::detect`.
+    pub const DETECT: &str = "detect";
 }
 
 /// A module's request buffer holds this much besides the body bytes it inspects.

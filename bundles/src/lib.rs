@@ -9,6 +9,7 @@
 
 pub mod abi;
 pub mod bundle;
+pub mod detect;
 pub mod plan;
 pub mod request;
 pub mod time;

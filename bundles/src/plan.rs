@@ -234,6 +234,8 @@ pub enum DecodingPlan {
 pub enum MatcherPlan {
     Regex(String),
     Literal(String),
+    /// libinjection, through the host's `detect` import.
+    Detect(crate::detect::DetectKind),
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

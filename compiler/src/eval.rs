@@ -30,6 +30,7 @@ pub struct Evaluator<'p> {
 enum CompiledMatcher {
     Regex(Box<Regex>),
     Literal(Vec<u8>),
+    Detect(edgepack_bundles::detect::DetectKind),
 }
 
 impl<'p> Evaluator<'p> {
@@ -49,6 +50,7 @@ impl<'p> Evaluator<'p> {
                                 .expect("validated: WAF patterns compile"),
                         )),
                         MatcherPlan::Literal(l) => CompiledMatcher::Literal(l.as_bytes().to_vec()),
+                        MatcherPlan::Detect(kind) => CompiledMatcher::Detect(*kind),
                     })
                     .collect()
             })
@@ -414,6 +416,9 @@ impl<'p> Evaluator<'p> {
                     CompiledMatcher::Regex(r) => r.is_match(&decoded),
                     CompiledMatcher::Literal(l) => {
                         decoded.windows(l.len()).any(|w| w == l.as_slice())
+                    }
+                    CompiledMatcher::Detect(kind) => {
+                        edgepack_bundles::detect::detect(*kind, &decoded)
                     }
                 });
                 if hit {

@@ -339,6 +339,10 @@ impl<'p> Lowering<'p> {
                     .map(|m| match m {
                         p::Matcher::Regex(r) => MatcherPlan::Regex(r.value.clone()),
                         p::Matcher::Literal(l) => MatcherPlan::Literal(l.value.clone()),
+                        p::Matcher::Detect(d) => MatcherPlan::Detect(match d.value {
+                            p::Detector::Sqli => edgepack_bundles::detect::DetectKind::Sqli,
+                            p::Detector::Xss => edgepack_bundles::detect::DetectKind::Xss,
+                        }),
                     })
                     .collect(),
                 source: self.source(rule.id.span),

@@ -31,6 +31,22 @@ fn the_example_passes_its_tests_and_names_what_they_miss() {
     );
 }
 
+/// The CRS variant runs the API's tests and its own through the node, whose module imports
+/// libinjection's `detect` (rule 942100).
+#[test]
+fn the_crs_example_passes_its_tests() {
+    let out = edgepack(&["test", "examples/global-api-crs"], &root());
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}{}", text(&out.stderr));
+    // The API's 46, and 4 of its own in each of 5 regions.
+    assert!(stdout.contains("66 passed, 0 failed"), "{stdout}");
+    assert!(
+        stdout
+            .contains("ok    sa-east       SQL injection without quotes is found by libinjection"),
+        "{stdout}"
+    );
+}
+
 #[test]
 fn a_failing_test_prints_the_decision_and_exits_one() {
     let dir = tempfile::tempdir().expect("temp dir");

@@ -13,8 +13,8 @@ use edgepack_bundles::abi::{self, Decision, DecisionError, export};
 use edgepack_bundles::request::RequestParts;
 use edgepack_bundles::wire::{self, EncodeError, Limits};
 use wasmtime::{
-    Config, Engine, Instance, Memory, Module, OptLevel, RegallocAlgorithm, Store, StoreLimits,
-    StoreLimitsBuilder, Strategy, TypedFunc,
+    Caller, Config, Engine, Extern, Func, Instance, Memory, Module, OptLevel, RegallocAlgorithm,
+    Store, StoreLimits, StoreLimitsBuilder, Strategy, TypedFunc, ValType,
 };
 
 /// The largest memory a policy module may declare.
@@ -153,8 +153,24 @@ impl PolicyEngine {
                 return Err(HostError::MissingExport(name));
             }
         }
-        if module.imports().len() != 0 {
-            return Err(HostError::Compile("a policy module imports nothing".into()));
+        for import in module.imports() {
+            let known = import.module() == abi::import::MODULE
+                && import.name() == abi::import::DETECT
+                && import.ty().func().is_some_and(|f| {
+                    f.params().len() == 3
+                        && f.params().all(|p| matches!(p, ValType::I32))
+                        && f.results().len() == 1
+                        && f.results().all(|r| matches!(r, ValType::I32))
+                });
+            if !known {
+                return Err(HostError::Compile(format!(
+                    "a policy module imports only `{}.{}`, not `{}.{}`",
+                    abi::import::MODULE,
+                    abi::import::DETECT,
+                    import.module(),
+                    import.name()
+                )));
+            }
         }
         Ok(PolicyModule {
             engine: engine.clone(),
@@ -192,7 +208,13 @@ impl PolicyModule {
             // Instantiation runs no start function, but bound it all the same.
             store.set_epoch_deadline(ticks);
         }
-        let instance = Instance::new(&mut store, &self.module, &[])
+        // The only import a module may have (checked at compile): libinjection.
+        let imports: Vec<Extern> = self
+            .module
+            .imports()
+            .map(|_| Func::wrap(&mut store, detect).into())
+            .collect();
+        let instance = Instance::new(&mut store, &self.module, &imports)
             .map_err(|e| HostError::Instantiate(format!("{e:#}")))?;
         let memory = instance
             .get_memory(&mut store, export::MEMORY)
@@ -243,6 +265,26 @@ impl PolicyModule {
             body_limit,
             limits: Limits::default(),
         })
+    }
+}
+
+/// The module's `detect(kind, ptr, len)` import: libinjection over bytes of its memory. Out
+/// of range arguments find nothing (the module only passes its own values).
+fn detect(mut caller: Caller<'_, StoreLimits>, kind: i32, ptr: i32, len: i32) -> i32 {
+    let Some(Extern::Memory(memory)) = caller.get_export(export::MEMORY) else {
+        return 0;
+    };
+    let (Some(kind), Ok(start), Ok(len)) = (
+        edgepack_bundles::detect::DetectKind::from_code(kind as u32),
+        usize::try_from(ptr as u32),
+        usize::try_from(len as u32),
+    ) else {
+        return 0;
+    };
+    let data = memory.data(&caller);
+    match start.checked_add(len).and_then(|end| data.get(start..end)) {
+        Some(value) => i32::from(edgepack_bundles::detect::detect(kind, value)),
+        None => 0,
     }
 }
 

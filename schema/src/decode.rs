@@ -795,7 +795,7 @@ fn decode_waf_import(
 const RULE_EXAMPLE: &str = "rule \"sqli\" score=5 { in \"args\"; decode \"url-decode\" \"lowercase\"; regex #\"union\\s+select\"# }";
 
 fn decode_waf_rule(cx: &mut Ctx, file: FileId, node: &KdlNode, budget: u64) -> Option<WafRule> {
-    const KNOWN: &[&str] = &["in", "decode", "regex", "literal"];
+    const KNOWN: &[&str] = &["in", "decode", "regex", "literal", "detect"];
     let mut r = NodeReader::new(cx, file, node);
     let id = name_arg(cx, &mut r, "a rule id", RULE_EXAMPLE);
     let score = r
@@ -866,6 +866,22 @@ fn decode_waf_rule(cx: &mut Ctx, file: FileId, node: &KdlNode, budget: u64) -> O
                     }
                 }
             }
+            "detect" => {
+                const EXAMPLE: &str = "detect \"sqli\" \"xss\"";
+                let mut c = NodeReader::new(cx, file, child);
+                let vals = c.req_rest_args(cx, 0, "detectors", EXAMPLE);
+                c.no_children(cx);
+                c.finish(cx);
+                for val in vals {
+                    if let Some(d) = cx.choice(
+                        val,
+                        "detector",
+                        &[("sqli", Detector::Sqli), ("xss", Detector::Xss)],
+                    ) {
+                        matchers.push(Matcher::Detect(d));
+                    }
+                }
+            }
             _ => unknown_child(cx, file, child, "a WAF rule", KNOWN),
         }
     }
@@ -873,7 +889,10 @@ fn decode_waf_rule(cx: &mut Ctx, file: FileId, node: &KdlNode, budget: u64) -> O
         cx.diags
             .push(diag::missing_child(r.name_span, "rule", "in", RULE_EXAMPLE));
     }
-    if !children_named(&r, "regex") && !children_named(&r, "literal") {
+    if !children_named(&r, "regex")
+        && !children_named(&r, "literal")
+        && !children_named(&r, "detect")
+    {
         cx.diags.push(diag::missing_child(
             r.name_span,
             "rule",

@@ -15,7 +15,7 @@ use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use crate::diagnostics as diag;
-use crate::policy::{Decoding, Matcher, RequestPart, WafRule};
+use crate::policy::{Decoding, Detector, Matcher, RequestPart, WafRule};
 use crate::reader::{Ctx, read_bounded};
 use crate::seclang::{self, Action, Directive, Variable};
 use crate::source::{FileId, Span, Spanned};
@@ -599,6 +599,8 @@ impl Importer {
                 pieces.dedup();
                 vec![regex(&format!("^(?:{})$", pieces.join("|")), self.budget)?]
             }
+            "detectsqli" => vec![Matcher::Detect(Spanned::new(Detector::Sqli, op_span))],
+            "detectxss" => vec![Matcher::Detect(Spanned::new(Detector::Xss, op_span))],
             other => {
                 return Err(format!("operator `@{other}` is not supported yet"));
             }

@@ -326,6 +326,15 @@ pub enum Matcher {
     Regex(Spanned<String>),
     /// A byte string that must occur.
     Literal(Spanned<String>),
+    /// libinjection's detector: `"sqli"` or `"xss"` (ModSecurity's `@detectSQLi`/`@detectXSS`).
+    Detect(Spanned<Detector>),
+}
+
+/// What a `detect` matcher looks for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Detector {
+    Sqli,
+    Xss,
 }
 
 #[derive(Debug)]

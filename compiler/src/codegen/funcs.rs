@@ -2,12 +2,15 @@
 //! before their bodies exist) and the final encoding with `wasm-encoder`.
 
 use wasm_encoder::{
-    CodeSection, ConstExpr, DataSection, ExportKind, ExportSection, Function, FunctionSection,
-    GlobalSection, GlobalType, MemorySection, MemoryType, Module, TypeSection, ValType,
+    CodeSection, ConstExpr, DataSection, EntityType, ExportKind, ExportSection, Function,
+    FunctionSection, GlobalSection, GlobalType, ImportSection, MemorySection, MemoryType, Module,
+    TypeSection, ValType,
 };
 
 pub struct Funcs {
     types: Vec<(Vec<ValType>, Vec<ValType>)>,
+    /// Imported functions (module, name, type): they take the first indices.
+    imports: Vec<(&'static str, &'static str, u32)>,
     decls: Vec<u32>,
     bodies: Vec<Option<Function>>,
 }
@@ -16,28 +19,48 @@ impl Funcs {
     pub fn new() -> Funcs {
         Funcs {
             types: Vec::new(),
+            imports: Vec::new(),
             decls: Vec::new(),
             bodies: Vec::new(),
         }
     }
 
-    /// Declares a function; returns its index.
-    pub fn declare(&mut self, params: &[ValType], results: &[ValType]) -> u32 {
+    fn type_index(&mut self, params: &[ValType], results: &[ValType]) -> u32 {
         let signature = (params.to_vec(), results.to_vec());
-        let ty = match self.types.iter().position(|t| *t == signature) {
+        match self.types.iter().position(|t| *t == signature) {
             Some(i) => i as u32,
             None => {
                 self.types.push(signature);
                 self.types.len() as u32 - 1
             }
-        };
+        }
+    }
+
+    /// Imports a host function; returns its index. Imports come before any declared
+    /// function, whose indices follow them.
+    pub fn import(
+        &mut self,
+        module: &'static str,
+        name: &'static str,
+        params: &[ValType],
+        results: &[ValType],
+    ) -> u32 {
+        assert!(self.decls.is_empty(), "imports are declared first");
+        let ty = self.type_index(params, results);
+        self.imports.push((module, name, ty));
+        self.imports.len() as u32 - 1
+    }
+
+    /// Declares a function; returns its index.
+    pub fn declare(&mut self, params: &[ValType], results: &[ValType]) -> u32 {
+        let ty = self.type_index(params, results);
         self.decls.push(ty);
         self.bodies.push(None);
-        self.decls.len() as u32 - 1
+        (self.imports.len() + self.decls.len()) as u32 - 1
     }
 
     pub fn define(&mut self, index: u32, body: Function) {
-        self.bodies[index as usize] = Some(body);
+        self.bodies[index as usize - self.imports.len()] = Some(body);
     }
 }
 
@@ -60,6 +83,13 @@ pub fn encode(funcs: Funcs, parts: ModuleParts) -> Vec<u8> {
             .function(params.iter().copied(), results.iter().copied());
     }
     module.section(&types);
+    if !funcs.imports.is_empty() {
+        let mut imports = ImportSection::new();
+        for (module_name, name, ty) in &funcs.imports {
+            imports.import(module_name, name, EntityType::Function(*ty));
+        }
+        module.section(&imports);
+    }
     let mut functions = FunctionSection::new();
     for ty in &funcs.decls {
         functions.function(*ty);

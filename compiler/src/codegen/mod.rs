@@ -3,7 +3,8 @@
 //! The policy lives in data: route tries, automata, country sets, ranges and per-route
 //! records laid out in one data segment; a small amount of generated code walks them. Code
 //! is emitted only for what the plan uses (no geo, no geo code; no WAF, no WAF code), and
-//! table addresses are constants in the code. The module imports nothing, keeps no state
+//! table addresses are constants in the code. The module imports nothing (but the host's
+//! libinjection `detect` when a WAF rule uses it), keeps no state
 //! between calls (everything it writes it resets first), and never allocates.
 //!
 //! Generation is in three steps: lay out every table ([`Data`]), fix the addresses of the
@@ -98,11 +99,20 @@ pub fn emit(plan: &RegionPlan) -> Result<Vec<u8>, CodegenError> {
 
     // 3. Functions.
     let mut funcs = Funcs::new();
+    // Imports take the first function indices: declared before anything else.
+    let detect = waf_tables.as_ref().filter(|t| t.uses_detect).map(|_| {
+        funcs.import(
+            abi::import::MODULE,
+            abi::import::DETECT,
+            &[I32, I32, I32],
+            &[I32],
+        )
+    });
     let util = Util::declare(&mut funcs);
     let route_fns = routes::Fns::declare(&mut funcs);
     let waf_fns = waf_tables
         .as_ref()
-        .map(|t| waf::Fns::declare(&mut funcs, t));
+        .map(|t| waf::Fns::declare(&mut funcs, t, detect));
     let decide = funcs.declare(&[I32], &[I32]);
     util.define(&mut funcs, &layout, &common);
     route_fns.define(&mut funcs, &layout, &route_tables, &util);

@@ -13,6 +13,7 @@
 use std::collections::HashMap;
 
 use edgepack_bundles::abi::{dec, req};
+use edgepack_bundles::detect::DetectKind;
 
 use super::asm::{Asm, Data, I32, I64, mem};
 use super::automata::{self, LiteralAction, PatternDfa, Prefilter, PrefilterLiteral};
@@ -27,6 +28,12 @@ const DIRTY_NULL: u32 = 8;
 const DIRTY_PATH: u32 = 16;
 const DIRTY_UTF8: u32 = 32;
 const DIRTY_BACKSLASH: u32 = 64;
+/// Set for every value: a group whose mask holds it always decodes (a `detect` matcher
+/// needs the decoded bytes themselves, lower-casing included).
+const DIRTY_ALWAYS: u32 = 1 << 31;
+/// Table entries of `detect` matchers hold this plus the detector's code where a pattern's
+/// holds its DFA's address (data addresses never come near it).
+const DETECT_BASE: u32 = 0xFFFF_FF00;
 
 /// The largest automaton one pattern or prefilter may become.
 const PATTERN_BUDGET: usize = 8 << 20;
@@ -127,6 +134,8 @@ pub struct Tables {
     hex_values: u32,
     entity_names: Vec<(u32, u32, u8)>,
     decoders_used: Vec<DecodingPlan>,
+    /// Whether some rule uses libinjection: the module then imports `detect`.
+    pub uses_detect: bool,
 }
 
 fn write_dfa(data: &mut Data, dfa: &PatternDfa, folds: bool) -> u32 {
@@ -211,6 +220,7 @@ impl Tables {
             rule: u32,
             regex: String,
             literals: Option<Vec<Vec<u8>>>,
+            detect: Option<DetectKind>,
         }
         let mut patterns: Vec<Pattern> = Vec::new();
         let mut decoders_used: Vec<DecodingPlan> = Vec::new();
@@ -218,6 +228,15 @@ impl Tables {
         let mut folds: HashMap<String, bool> = HashMap::new();
         for rule in &waf.rules {
             for matcher in &rule.matchers {
+                if let MatcherPlan::Detect(kind) = matcher {
+                    patterns.push(Pattern {
+                        rule: rule.id,
+                        regex: String::new(),
+                        literals: None,
+                        detect: Some(*kind),
+                    });
+                    continue;
+                }
                 let (regex, literals) = match matcher {
                     MatcherPlan::Regex(r) => {
                         (r.clone(), automata::required_literals(r, LITERAL_LEN))
@@ -229,6 +248,7 @@ impl Tables {
                             Some(vec![bytes[..bytes.len().min(LITERAL_LEN)].to_vec()]),
                         )
                     }
+                    MatcherPlan::Detect(_) => unreachable!("handled above"),
                 };
                 *folds.entry(regex.clone()).or_default() |=
                     rule.decode.contains(&DecodingPlan::Lowercase);
@@ -236,6 +256,7 @@ impl Tables {
                     rule: rule.id,
                     regex,
                     literals,
+                    detect: None,
                 });
             }
             for d in &rule.decode {
@@ -268,7 +289,7 @@ impl Tables {
         };
         let hit_words = (patterns.len() as u32).div_ceil(64).max(1);
         let mut dfas: HashMap<String, u32> = HashMap::new();
-        for pattern in &patterns {
+        for pattern in patterns.iter().filter(|p| p.detect.is_none()) {
             if !dfas.contains_key(&pattern.regex) {
                 let dfa = automata::pattern_dfa(&pattern.regex, PATTERN_BUDGET)?;
                 let desc = write_dfa(data, &dfa, folds[&pattern.regex]);
@@ -291,6 +312,7 @@ impl Tables {
             let mut chains: Vec<Vec<DecodingPlan>> = Vec::new();
             let mut table = vec![0u32; patterns.len() * 4];
             let mut always: Vec<Vec<u32>> = Vec::new();
+            let mut detecting: Vec<bool> = Vec::new();
             for (index, pattern) in patterns.iter().enumerate() {
                 let rule = &waf.rules[pattern.rule as usize];
                 let group = if rule.parts.contains(&part) {
@@ -299,9 +321,11 @@ impl Tables {
                         None => {
                             chains.push(rule.decode.clone());
                             always.push(Vec::new());
+                            detecting.push(false);
                             chains.len() - 1
                         }
                     };
+                    detecting[g] |= pattern.detect.is_some();
                     if pattern.literals.is_none() {
                         always[g].push(index as u32);
                     }
@@ -309,21 +333,24 @@ impl Tables {
                 } else {
                     edgepack_bundles::abi::NONE
                 };
-                table[index * 4..index * 4 + 4].copy_from_slice(&[
-                    group,
-                    pattern.rule,
-                    dfas[&pattern.regex],
-                    0,
-                ]);
+                let matcher = match pattern.detect {
+                    Some(kind) => DETECT_BASE + kind.code(),
+                    None => dfas[&pattern.regex],
+                };
+                table[index * 4..index * 4 + 4].copy_from_slice(&[group, pattern.rule, matcher, 0]);
             }
             let groups = chains
                 .into_iter()
                 .zip(always)
-                .map(|(chain, list)| {
+                .zip(detecting)
+                .map(|((chain, list), detects)| {
                     let mut words = vec![list.len() as u32];
                     words.extend(&list);
+                    // Folding lower-case into byte classes serves DFAs, not detectors.
+                    let always_decode = detects && chain.contains(&DecodingPlan::Lowercase);
                     GroupTables {
-                        dirty: chain.iter().fold(0, |m, d| m | dirty_mask(*d)),
+                        dirty: chain.iter().fold(0, |m, d| m | dirty_mask(*d))
+                            | if always_decode { DIRTY_ALWAYS } else { 0 },
                         chain,
                         always_count: list.len() as u32,
                         always: data.words(&words),
@@ -373,6 +400,7 @@ impl Tables {
             hex_values,
             entity_names,
             decoders_used,
+            uses_detect: patterns.iter().any(|p| p.detect.is_some()),
         })
     }
 }
@@ -395,11 +423,16 @@ pub struct Fns {
     run_always: u32,
     dfa: u32,
     decoders: Vec<(DecodingPlan, u32)>,
+    /// The imported `detect`, when some rule uses it.
+    detect: Option<u32>,
 }
 
 impl Fns {
-    pub fn declare(funcs: &mut Funcs, t: &Tables) -> Fns {
+    /// `detect` is the index of the imported `detect` function, which the module must
+    /// import (first) when `t.uses_detect`.
+    pub fn declare(funcs: &mut Funcs, t: &Tables, detect: Option<u32>) -> Fns {
         Fns {
+            detect,
             waf: funcs.declare(&[I32], &[I32]),
             scans: t
                 .parts
@@ -590,6 +623,9 @@ impl Fns {
             any_hit(&mut a, layout.hits);
             a.set(any);
         }
+        a.get(dirty).c(DIRTY_ALWAYS);
+        a.i().i32_or();
+        a.set(dirty);
         if t.path_marker {
             // A leading `.` may be a relative `./` or `../` that path normalization removes.
             a.get(len);
@@ -719,8 +755,31 @@ impl Fns {
             .i32_and()
             .i32_eqz()
             .br_if(0);
-        a.load(entry, 8).get(ptr).get(len).get(fold);
-        a.i().call(self.dfa);
+        match self.detect {
+            Some(detect) => {
+                let matcher = a.local(I32);
+                let hit = a.local(I32);
+                a.load(entry, 8).set(matcher);
+                a.get(matcher).c(DETECT_BASE);
+                a.i().i32_ge_u();
+                a.if_();
+                a.get(matcher).c(DETECT_BASE);
+                a.i().i32_sub();
+                a.get(ptr).get(len);
+                a.i().call(detect);
+                a.set(hit);
+                a.else_();
+                a.get(matcher).get(ptr).get(len).get(fold);
+                a.i().call(self.dfa);
+                a.set(hit);
+                a.end();
+                a.get(hit);
+            }
+            None => {
+                a.load(entry, 8).get(ptr).get(len).get(fold);
+                a.i().call(self.dfa);
+            }
+        }
         a.if_();
         a.get(rule).c(1);
         a.i().i32_store8(mem(layout.fired, 0));
