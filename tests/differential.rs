@@ -112,6 +112,7 @@ const PAYLOADS: &[&str] = &[
     "ÜnÏcödé",
     "./a/../b//c/./",
     "%u003cscript%U003E%uff1c%uFF5E%u12%u",
+    "W\"h'o^a\\mi ;, (x) , /bin/SH\t\r\n\u{a0}end",
     "\\u003cimg\\x3e\\74\\101\\4012\\n\\q\\u12\\x4\\",
     "\\3c script\\00003e\\ff1c\\0000ff1c\\\nx\\41\t\\",
     "\u{ff1c}\u{1f600}\u{10ffff}\u{20ac}\u{e9}",
@@ -467,6 +468,9 @@ const DECODINGS: &[&str] = &[
     "utf8-url-decode-uni",
     "js-decode",
     "css-decode",
+    "cmd-line",
+    "remove-whitespace",
+    "normalize-path-win",
 ];
 
 const PARTS: &[&str] = &[
@@ -754,21 +758,25 @@ fn decodings_match_the_reference_byte_for_byte() {
             .expect("a generated payload");
         inputs.push(tree.current());
     }
-    let decodings = [
-        ("url-decode", DecodingPlan::UrlDecode),
-        ("url-decode-uni", DecodingPlan::UrlDecodeUni),
-        ("utf8-url-decode-uni", DecodingPlan::Utf8UrlDecodeUni),
-        ("js-decode", DecodingPlan::JsDecode),
-        ("css-decode", DecodingPlan::CssDecode),
-        ("html-entity-decode", DecodingPlan::HtmlEntityDecode),
-        ("normalize-path", DecodingPlan::NormalizePath),
-        ("compress-whitespace", DecodingPlan::CompressWhitespace),
-        ("remove-nulls", DecodingPlan::RemoveNulls),
+    use DecodingPlan::*;
+    let decodings: [(&str, &[DecodingPlan]); 12] = [
+        ("url-decode", &[UrlDecode]),
+        ("url-decode-uni", &[UrlDecodeUni]),
+        ("utf8-url-decode-uni", &[Utf8UrlDecodeUni]),
+        ("js-decode", &[JsDecode]),
+        ("css-decode", &[CssDecode]),
+        ("cmd-line", &[CmdLine]),
+        ("remove-whitespace", &[RemoveWhitespace]),
+        ("normalize-path-win", &[BackslashToSlash, NormalizePath]),
+        ("html-entity-decode", &[HtmlEntityDecode]),
+        ("normalize-path", &[NormalizePath]),
+        ("compress-whitespace", &[CompressWhitespace]),
+        ("remove-nulls", &[RemoveNulls]),
     ];
     for (name, plan_decoding) in decodings {
         let expected: Vec<Vec<u8>> = inputs
             .iter()
-            .map(|i| edgepack_compiler::decodings::apply(&[plan_decoding], i))
+            .map(|i| edgepack_compiler::decodings::apply(plan_decoding, i))
             .collect();
         let mut kdl = String::from(
             "edgepack 1\nregion \"r\" zone=\"GLOBAL\"\nwaf threshold=1 body-limit=\"64KiB\" {\n",

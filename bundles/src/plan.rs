@@ -228,6 +228,11 @@ pub enum DecodingPlan {
     Utf8UrlDecodeUni,
     JsDecode,
     CssDecode,
+    /// ModSecurity's `cmdLine`.
+    CmdLine,
+    RemoveWhitespace,
+    /// `\` to `/` (the first half of `normalizePathWin`).
+    BackslashToSlash,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]

@@ -21,6 +21,15 @@ pub fn apply(chain: &[DecodingPlan], value: &[u8]) -> Vec<u8> {
             DecodingPlan::Utf8UrlDecodeUni => url_decode_uni(&out, true),
             DecodingPlan::JsDecode => js_decode(&out),
             DecodingPlan::CssDecode => css_decode(&out),
+            DecodingPlan::CmdLine => cmd_line(&out),
+            DecodingPlan::RemoveWhitespace => out
+                .into_iter()
+                .filter(|b| !is_space(*b) && *b != 0xA0)
+                .collect(),
+            DecodingPlan::BackslashToSlash => out
+                .into_iter()
+                .map(|b| if b == b'\\' { b'/' } else { b })
+                .collect(),
         };
     }
     out
@@ -255,6 +264,36 @@ pub fn css_decode(value: &[u8]) -> Vec<u8> {
     out
 }
 
+/// ModSecurity's `cmdLine`: deletes `"` `'` `\\` `^`, turns runs of space, `,`, `;`, tab, CR
+/// and LF into one space, drops a space before `/` or `(`, and lower-cases the rest.
+pub fn cmd_line(value: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(value.len());
+    let mut space = false;
+    for &b in value {
+        match b {
+            b'"' | b'\'' | b'\\' | b'^' => {}
+            b' ' | b',' | b';' | b'\t' | b'\r' | b'\n' => {
+                if !space {
+                    out.push(b' ');
+                    space = true;
+                }
+            }
+            b'/' | b'(' => {
+                if space {
+                    out.pop();
+                }
+                space = false;
+                out.push(b);
+            }
+            _ => {
+                out.push(b.to_ascii_lowercase());
+                space = false;
+            }
+        }
+    }
+    out
+}
+
 /// Named entities `&lt;` `&gt;` `&amp;` `&quot;` `&apos;` `&nbsp;` (with their `;`), and
 /// numeric ones `&#DDD;` / `&#xHH;` (the `;` optional; at most 7 decimal or 6 hex digits).
 /// A numeric value up to 255 becomes that byte; a larger valid scalar value its UTF-8
@@ -389,6 +428,10 @@ mod tests {
 
     #[test]
     fn modsecurity_decodings() {
+        assert_eq!(
+            cmd_line(b"C\\A^T  '/E'tc\"/pa\"ss,;wd (x)"),
+            b"cat/etc/pass wd(x)"
+        );
         assert_eq!(
             url_decode_uni(b"%u0041%uff1c%U003e%u12%41+", false),
             b"A<>%u12A "

@@ -332,7 +332,7 @@ impl<'p> Lowering<'p> {
                 name: rule.id.value.clone(),
                 score: rule.score.value,
                 parts: rule.parts.iter().map(|p| part(&p.value)).collect(),
-                decode: rule.decode.iter().map(|d| decoding(d.value)).collect(),
+                decode: rule.decode.iter().flat_map(|d| decoding(d.value)).collect(),
                 matchers: rule
                     .matchers
                     .iter()
@@ -628,8 +628,9 @@ fn part(part: &p::RequestPart) -> PartPlan {
     }
 }
 
-fn decoding(d: p::Decoding) -> DecodingPlan {
-    match d {
+/// The plan's decoding steps for one written decoding (`normalize-path-win` is two).
+fn decoding(d: p::Decoding) -> Vec<DecodingPlan> {
+    vec![match d {
         p::Decoding::UrlDecode => DecodingPlan::UrlDecode,
         p::Decoding::Lowercase => DecodingPlan::Lowercase,
         p::Decoding::HtmlEntityDecode => DecodingPlan::HtmlEntityDecode,
@@ -640,7 +641,12 @@ fn decoding(d: p::Decoding) -> DecodingPlan {
         p::Decoding::Utf8UrlDecodeUni => DecodingPlan::Utf8UrlDecodeUni,
         p::Decoding::JsDecode => DecodingPlan::JsDecode,
         p::Decoding::CssDecode => DecodingPlan::CssDecode,
-    }
+        p::Decoding::CmdLine => DecodingPlan::CmdLine,
+        p::Decoding::RemoveWhitespace => DecodingPlan::RemoveWhitespace,
+        p::Decoding::NormalizePathWin => {
+            return vec![DecodingPlan::BackslashToSlash, DecodingPlan::NormalizePath];
+        }
+    }]
 }
 
 /// Splits a redirect target into literal text and captures.

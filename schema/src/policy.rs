@@ -296,10 +296,13 @@ pub enum Decoding {
     Utf8UrlDecodeUni,
     JsDecode,
     CssDecode,
+    CmdLine,
+    RemoveWhitespace,
+    NormalizePathWin,
 }
 
 impl Decoding {
-    pub const ALL: [(&'static str, Decoding); 10] = [
+    pub const ALL: [(&'static str, Decoding); 13] = [
         ("url-decode", Decoding::UrlDecode),
         ("lowercase", Decoding::Lowercase),
         ("html-entity-decode", Decoding::HtmlEntityDecode),
@@ -310,6 +313,9 @@ impl Decoding {
         ("utf8-url-decode-uni", Decoding::Utf8UrlDecodeUni),
         ("js-decode", Decoding::JsDecode),
         ("css-decode", Decoding::CssDecode),
+        ("cmd-line", Decoding::CmdLine),
+        ("remove-whitespace", Decoding::RemoveWhitespace),
+        ("normalize-path-win", Decoding::NormalizePathWin),
     ];
 
     pub fn as_str(&self) -> &'static str {

@@ -28,6 +28,8 @@ const DIRTY_NULL: u32 = 8;
 const DIRTY_PATH: u32 = 16;
 const DIRTY_UTF8: u32 = 32;
 const DIRTY_BACKSLASH: u32 = 64;
+const DIRTY_COMMAND: u32 = 128;
+const DIRTY_ANY_SPACE: u32 = 256;
 /// Set for every value: a group whose mask holds it always decodes (a `detect` matcher
 /// needs the decoded bytes themselves, lower-casing included).
 const DIRTY_ALWAYS: u32 = 1 << 31;
@@ -53,7 +55,18 @@ fn dirty_mask(d: DecodingPlan) -> u32 {
         DecodingPlan::UrlDecodeUni => DIRTY_URL,
         DecodingPlan::Utf8UrlDecodeUni => DIRTY_URL | DIRTY_UTF8,
         DecodingPlan::JsDecode | DecodingPlan::CssDecode => DIRTY_BACKSLASH,
+        DecodingPlan::BackslashToSlash => DIRTY_BACKSLASH,
+        DecodingPlan::CmdLine => DIRTY_COMMAND,
+        DecodingPlan::RemoveWhitespace => DIRTY_ANY_SPACE,
     }
+}
+
+/// Whether a chain's output is lower case: a value its other decodings leave alone is then
+/// the lower-cased value, which folded byte classes match without decoding.
+fn lowercases(chain: &[DecodingPlan]) -> bool {
+    chain
+        .iter()
+        .any(|d| matches!(d, DecodingPlan::Lowercase | DecodingPlan::CmdLine))
 }
 
 /// Literals that mark a value as needing a decoding.
@@ -87,6 +100,16 @@ fn markers(mask: u32) -> Vec<(Vec<u8>, u32)> {
     }
     if mask & DIRTY_BACKSLASH != 0 {
         out.push((b"\\".to_vec(), DIRTY_BACKSLASH));
+    }
+    if mask & DIRTY_COMMAND != 0 {
+        for b in b"\"'\\^ ,;\t\r\n" {
+            out.push((vec![*b], DIRTY_COMMAND));
+        }
+    }
+    if mask & DIRTY_ANY_SPACE != 0 {
+        for b in [b' ', 9, 10, 11, 12, 13, 0xA0] {
+            out.push((vec![b], DIRTY_ANY_SPACE));
+        }
     }
     out
 }
@@ -250,8 +273,7 @@ impl Tables {
                     }
                     MatcherPlan::Detect(_) => unreachable!("handled above"),
                 };
-                *folds.entry(regex.clone()).or_default() |=
-                    rule.decode.contains(&DecodingPlan::Lowercase);
+                *folds.entry(regex.clone()).or_default() |= lowercases(&rule.decode);
                 patterns.push(Pattern {
                     rule: rule.id,
                     regex,
@@ -347,7 +369,7 @@ impl Tables {
                     let mut words = vec![list.len() as u32];
                     words.extend(&list);
                     // Folding lower-case into byte classes serves DFAs, not detectors.
-                    let always_decode = detects && chain.contains(&DecodingPlan::Lowercase);
+                    let always_decode = detects && lowercases(&chain);
                     GroupTables {
                         dirty: chain.iter().fold(0, |m, d| m | dirty_mask(*d))
                             | if always_decode { DIRTY_ALWAYS } else { 0 },
@@ -469,6 +491,9 @@ impl Fns {
                 DecodingPlan::Utf8UrlDecodeUni => url_decode_body(t.hex_values, true, true),
                 DecodingPlan::JsDecode => js_decode_body(t.hex_values),
                 DecodingPlan::CssDecode => css_decode_body(t.hex_values),
+                DecodingPlan::CmdLine => cmd_line_body(),
+                DecodingPlan::RemoveWhitespace => remove_whitespace_body(),
+                DecodingPlan::BackslashToSlash => backslash_to_slash_body(),
                 DecodingPlan::Lowercase => lowercase_body(),
                 DecodingPlan::HtmlEntityDecode => html_decode_body(t, util),
                 DecodingPlan::NormalizePath => normalize_path_body(),
@@ -672,7 +697,7 @@ impl Fns {
             a.if_();
             // Clean: the decodings leave the value as it is, up to lower-casing, which the
             // folded byte classes apply.
-            let fold = u32::from(g.chain.contains(&DecodingPlan::Lowercase));
+            let fold = u32::from(lowercases(&g.chain));
             if prefilter.is_some() {
                 run_hits(&mut a, any, ptr, len, layout.hits, fold);
             }
@@ -1118,6 +1143,96 @@ fn lowercase_body() -> wasm_encoder::Function {
             a.i().i32_lt_u().select();
         });
     })
+}
+
+fn backslash_to_slash_body() -> wasm_encoder::Function {
+    byte_loop(|a, b, out| {
+        emit_byte(a, out, |a| {
+            a.c(b'/' as u32).get(b).get(b).c(b'\\' as u32);
+            a.i().i32_eq().select();
+        });
+    })
+}
+
+/// Whitespace (`is_space`) and the non-breaking space 0xA0 go.
+fn remove_whitespace_body() -> wasm_encoder::Function {
+    byte_loop(|a, b, out| {
+        is_space(a, b);
+        a.get(b).c(0xA0);
+        a.i().i32_eq().i32_or().i32_eqz();
+        a.if_();
+        emit_byte(a, out, |a| {
+            a.get(b);
+        });
+        a.end();
+    })
+}
+
+/// `cmd-line`; see `decodings::cmd_line`.
+fn cmd_line_body() -> wasm_encoder::Function {
+    let (src, len, dst) = (0, 1, 2);
+    let mut a = Asm::new(3);
+    let end = a.local(I32);
+    let out = a.local(I32);
+    let b = a.local(I32);
+    let space = a.local(I32);
+    let is = |a: &mut Asm, b: u32, set: &[u8]| {
+        a.c(0);
+        for c in set {
+            a.get(b).c(u32::from(*c));
+            a.i().i32_eq().i32_or();
+        }
+    };
+    a.get(src).get(len);
+    a.i().i32_add();
+    a.set(end);
+    a.get(dst).set(out);
+    a.block().loop_();
+    a.get(src).get(end);
+    a.i().i32_ge_u().br_if(1);
+    a.load8(src, 0).set(b);
+    a.inc(src, 1);
+    // Deleted.
+    is(&mut a, b, b"\"'\\^");
+    a.i().br_if(0);
+    // Separators: one space for a run.
+    is(&mut a, b, b" ,;\t\r\n");
+    a.if_();
+    a.get(space);
+    a.i().i32_eqz();
+    a.if_();
+    emit_byte(&mut a, out, |a| {
+        a.c(u32::from(b' '));
+    });
+    a.set_c(space, 1);
+    a.end();
+    a.i().br(1);
+    a.end();
+    // A space before `/` or `(` goes.
+    is(&mut a, b, b"/(");
+    a.get(space);
+    a.i().i32_and();
+    a.if_();
+    a.get(out).c(1);
+    a.i().i32_sub();
+    a.set(out);
+    a.end();
+    a.set_c(space, 0);
+    emit_byte(&mut a, out, |a| {
+        // b | 0x20 when b is A..=Z
+        a.get(b).c(0x20);
+        a.i().i32_or();
+        a.get(b);
+        a.get(b).c(b'A' as u32);
+        a.i().i32_sub();
+        a.c(26);
+        a.i().i32_lt_u().select();
+    });
+    a.i().br(0);
+    a.end().end();
+    a.get(out).get(dst);
+    a.i().i32_sub();
+    a.finish()
 }
 
 fn remove_nulls_body() -> wasm_encoder::Function {
