@@ -113,7 +113,9 @@ fn main() {
             .filter(|m| matches!(m, MatcherPlan::Literal(_)))
             .count();
         if literals > 0 {
-            strategies.push(format!("{literals} phrases, found by the prefilter alone"));
+            strategies.push(format!(
+                "{literals} phrases in the prefilter, each confirmed by its own small DFA"
+            ));
         }
         let parts: Vec<String> = rule.parts.iter().map(|p| format!("{p:?}")).collect();
         println!(

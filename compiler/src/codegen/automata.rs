@@ -199,12 +199,39 @@ pub fn prefilter(
         .map(|l| l.bytes.to_ascii_lowercase())
         .collect();
     // Byte classes: every byte that occurs in a literal (lower-cased) is its own class, as is
-    // its upper-case form's folding; all other bytes share class 0.
+    // its upper-case form's folding; all other bytes share class 0. Bytes that occur only as
+    // whole one-byte literals with the same actions (decoding markers such as UTF-8 lead
+    // bytes) behave alike from every state, so they share one class: rows stay narrow.
+    let mut in_longer = [false; 256];
+    let mut alone: HashMap<u8, Vec<(u8, u32)>> = HashMap::new();
+    for (literal, original) in folded.iter().zip(literals) {
+        match literal.as_slice() {
+            [b] => alone.entry(*b).or_default().push(match original.action {
+                LiteralAction::Pattern(p) => (0, p),
+                LiteralAction::Dirty(bits) => (1, bits),
+            }),
+            longer => longer.iter().for_each(|b| in_longer[*b as usize] = true),
+        }
+    }
+    let mut shared: HashMap<Vec<(u8, u32)>, u8> = HashMap::new();
     let mut class_of = [0u8; 256];
     let mut classes = 1u32;
     for literal in &folded {
         for &b in literal {
             if class_of[b as usize] == 0 {
+                let signature = (!in_longer[b as usize])
+                    .then(|| alone.get(&b))
+                    .flatten()
+                    .map(|actions| {
+                        let mut actions = actions.clone();
+                        actions.sort_unstable();
+                        actions.dedup();
+                        actions
+                    });
+                if let Some(class) = signature.as_ref().and_then(|s| shared.get(s)) {
+                    class_of[b as usize] = *class;
+                    continue;
+                }
                 if classes > 255 {
                     return Err(AutomatonError::Build {
                         pattern: "<prefilter>".into(),
@@ -212,6 +239,9 @@ pub fn prefilter(
                     });
                 }
                 class_of[b as usize] = classes as u8;
+                if let Some(signature) = signature {
+                    shared.insert(signature, classes as u8);
+                }
                 classes += 1;
             }
         }

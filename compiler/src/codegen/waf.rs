@@ -208,6 +208,16 @@ fn write_prefilter(data: &mut Data, p: &Prefilter) -> PrefilterTables {
         let classes = data.bytes(&p.classes);
         let bytes: Vec<u8> = p.next.iter().map(|s| *s as u8).collect();
         (1, classes, data.bytes(&bytes))
+    } else if p.states <= 65536 {
+        // Half the size of 32-bit entries, for a multiply per byte: large literal sets
+        // (an imported CRS's phrase lists) stay cache-friendlier.
+        let classes = data.bytes(&p.classes);
+        data.align(2);
+        let mut bytes = Vec::with_capacity(p.next.len() * 2);
+        for s in &p.next {
+            bytes.extend_from_slice(&(*s as u16).to_le_bytes());
+        }
+        (3, classes, data.bytes(&bytes))
     } else {
         let classes = data.bytes(&p.classes);
         let words: Vec<u32> = p.next.iter().map(|s| s * p.stride).collect();
@@ -1012,9 +1022,10 @@ fn prefilter_body(p: &PrefilterTables) -> wasm_encoder::Function {
     let action = a.local(I32);
     let n = a.local(I32);
     let id = a.local(I32);
-    // Width 2: states are byte offsets (state * stride * 2); width 4: state * stride.
+    // Width 2: states are byte offsets (state * stride * 2); width 4: state * stride;
+    // widths 1 and 3: state indices.
     let scale = match p.width {
-        1 => 1,
+        1 | 3 => 1,
         2 => p.stride * 2,
         _ => p.stride,
     };
@@ -1043,6 +1054,18 @@ fn prefilter_body(p: &PrefilterTables) -> wasm_encoder::Function {
             a.i()
                 .i32_load8_u(mem(p.classes, 0))
                 .i32_add()
+                .i32_load16_u(mem(p.table, 1));
+        }
+        3 => {
+            // s = table16[s * stride + classes[byte]]
+            a.get(s).c(p.stride);
+            a.i().i32_mul();
+            a.load8(ptr, 0);
+            a.i()
+                .i32_load8_u(mem(p.classes, 0))
+                .i32_add()
+                .i32_const(1)
+                .i32_shl()
                 .i32_load16_u(mem(p.table, 1));
         }
         _ => {
