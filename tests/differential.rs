@@ -482,6 +482,11 @@ const PARTS: &[&str] = &[
     "header:referer",
     "cookies",
     "cookie:session",
+    "cookie-names",
+    "header-names",
+    "uri",
+    "query-args",
+    "query-arg-names",
     "body",
 ];
 

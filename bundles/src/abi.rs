@@ -58,7 +58,8 @@ pub mod req {
     pub const PEER: u32 = 12;
     /// (offset, length) of the raw path, without the query.
     pub const PATH: u32 = 28;
-    /// (offset, length) of the raw query, without `?`.
+    /// (offset, length) of the raw query, without `?`. It follows the path after a `?`,
+    /// so the path's offset with both lengths plus one spans the URI.
     pub const QUERY: u32 = 36;
     /// (offset, length) of the host: lower case, no port, no trailing dot.
     pub const HOST: u32 = 44;

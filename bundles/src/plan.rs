@@ -213,6 +213,11 @@ pub enum PartPlan {
     Body,
     CookieNames,
     HeaderNames,
+    /// The path and, when there is one, `?` and the query.
+    Uri,
+    /// The query's arguments only (the first `query_arg_count` of `Args`).
+    QueryArgs,
+    QueryArgNames,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]

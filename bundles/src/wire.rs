@@ -229,6 +229,8 @@ pub fn encode(
     let (off, len) = w.bytes(parts.path())?;
     w.put_u32_at(req::PATH as usize, off);
     w.put_u32_at(req::PATH as usize + 4, len);
+    // The query follows the path after a `?`: path, `?` and query read as one are the URI.
+    w.bytes(b"?")?;
     let (off, len) = w.bytes(parts.query())?;
     w.put_u32_at(req::QUERY as usize, off);
     w.put_u32_at(req::QUERY as usize + 4, len);
@@ -895,6 +897,16 @@ pub struct ParsedRequest {
 }
 
 impl ParsedRequest {
+    /// The path and, when there is one, `?` and the query: the request target's URI.
+    pub fn uri(&self) -> Vec<u8> {
+        let mut uri = self.path.clone();
+        if !self.query.is_empty() {
+            uri.push(b'?');
+            uri.extend_from_slice(&self.query);
+        }
+        uri
+    }
+
     /// The first value of a header (name in lower case).
     pub fn header(&self, name: &[u8]) -> Option<&[u8]> {
         self.headers

@@ -7,6 +7,7 @@
 //! state and calls nothing. The phases run in the fixed order of docs/abi.md: geo → route →
 //! CORS preflight → WAF → JWT → rate limit → cache → action.
 
+use std::borrow::Cow;
 use std::cmp::Ordering;
 use std::net::IpAddr;
 
@@ -411,7 +412,7 @@ impl<'p> Evaluator<'p> {
         let matchers = &self.matchers[rule.id as usize];
         for part in &rule.parts {
             for value in part_values(part, req) {
-                let decoded = decodings::apply(&rule.decode, value);
+                let decoded = decodings::apply(&rule.decode, &value);
                 let hit = matchers.iter().any(|m| match m {
                     CompiledMatcher::Regex(r) => r.is_match(&decoded),
                     CompiledMatcher::Literal(l) => {
@@ -450,8 +451,12 @@ fn contains(net: &IpNet, ip: IpAddr) -> bool {
 }
 
 /// The values a part gives, in request order.
-pub fn part_values<'r>(part: &PartPlan, req: &'r ParsedRequest) -> Vec<&'r [u8]> {
-    match part {
+pub fn part_values<'r>(part: &PartPlan, req: &'r ParsedRequest) -> Vec<Cow<'r, [u8]>> {
+    let query_args = || req.args.iter().take(req.query_arg_count);
+    let borrowed: Vec<&[u8]> = match part {
+        PartPlan::Uri => return vec![Cow::Owned(req.uri())],
+        PartPlan::QueryArgs => query_args().map(|(_, v)| v.as_slice()).collect(),
+        PartPlan::QueryArgNames => query_args().map(|(n, _)| n.as_slice()).collect(),
         PartPlan::Path => vec![req.path.as_slice()],
         PartPlan::Query => vec![req.query.as_slice()],
         PartPlan::Body => vec![req.body.as_slice()],
@@ -473,7 +478,8 @@ pub fn part_values<'r>(part: &PartPlan, req: &'r ParsedRequest) -> Vec<&'r [u8]>
             .filter(|(n, _)| n == name.as_bytes())
             .map(|(_, v)| v.as_slice())
             .collect(),
-    }
+    };
+    borrowed.into_iter().map(Cow::Borrowed).collect()
 }
 
 /// The rank of the best of a route's hosts matching `host`: exact (2, 0), wildcard (1,

@@ -783,8 +783,10 @@ fn decode_waf_import(
             base.join(p)
         }
     };
+    let path = path?;
     Some(crate::modsecurity::ImportRequest {
-        path: resolve(&path?.value),
+        path: resolve(&path.value),
+        written: path.value.clone(),
         setup: setup.map(|s| resolve(&s.value)),
         paranoia,
         budget,
@@ -926,6 +928,9 @@ const PARTS: &[&str] = &[
     "cookie:NAME",
     "cookie-names",
     "header-names",
+    "uri",
+    "query-args",
+    "query-arg-names",
     "body",
 ];
 
@@ -940,6 +945,9 @@ fn request_part(cx: &mut Ctx, val: Val<'_>) -> Option<Spanned<RequestPart>> {
         "cookies" => RequestPart::Cookies,
         "cookie-names" => RequestPart::CookieNames,
         "header-names" => RequestPart::HeaderNames,
+        "uri" => RequestPart::Uri,
+        "query-args" => RequestPart::QueryArgs,
+        "query-arg-names" => RequestPart::QueryArgNames,
         "body" => RequestPart::Body,
         other => {
             if let Some(name) = other.strip_prefix("header:") {

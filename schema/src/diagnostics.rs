@@ -698,9 +698,14 @@ pub fn import_rules_skipped(span: Span, ids: &[&str], reason: &str) -> Diagnosti
 }
 
 pub fn import_response_rules(span: Span, count: usize) -> Diagnostic {
+    let what = if count == 1 {
+        "1 rule of the set reads responses and is".to_string()
+    } else {
+        format!("{count} rules of the set read responses and are")
+    };
     Diagnostic::warning(
         "edgepack::import::response-rules",
-        format!("{count} rules of the set read responses and are not imported"),
+        format!("{what} not imported"),
     )
     .label(span, "imported here")
     .help("edgepack's WAF reads requests; response rules (RESPONSE-*.conf, phases 3 and 4) have nothing to run on")

@@ -25,6 +25,8 @@ use crate::waf_regex::{self, RegexProblem};
 pub(crate) struct ImportRequest {
     /// The directory of rule files (every `*.conf`, in name order) or one file.
     pub path: PathBuf,
+    /// `path` as the policy wrote it: what messages show.
+    pub written: String,
     /// A setup file read first (`crs-setup.conf`), if any.
     pub setup: Option<PathBuf>,
     pub paranoia: u8,
@@ -78,14 +80,13 @@ pub(crate) fn import(cx: &mut Ctx, request: &ImportRequest) -> (Vec<WafRule>, Wa
         files.push(setup.clone());
     }
     match rule_files(&request.path) {
-        Ok(found) if found.is_empty() => cx.diags.push(diag::import_empty(
-            request.span,
-            &request.path.display().to_string(),
-        )),
+        Ok(found) if found.is_empty() => cx
+            .diags
+            .push(diag::import_empty(request.span, &request.written)),
         Ok(found) => files.extend(found),
         Err(reason) => cx.diags.push(diag::import_unreadable(
             request.span,
-            &request.path.display().to_string(),
+            &request.written,
             &reason,
         )),
     }
@@ -95,7 +96,7 @@ pub(crate) fn import(cx: &mut Ctx, request: &ImportRequest) -> (Vec<WafRule>, Wa
         budget: request.budget,
         rules: Vec::new(),
         report: WafImport {
-            path: request.path.display().to_string(),
+            path: request.written.clone(),
             paranoia: request.paranoia,
             compiled: Vec::new(),
             skipped: Vec::new(),
@@ -126,15 +127,13 @@ pub(crate) fn import(cx: &mut Ctx, request: &ImportRequest) -> (Vec<WafRule>, Wa
                     crate::reader::ReadProblem::TooLarge => "it is too large".into(),
                     crate::reader::ReadProblem::Io(reason) => reason,
                 };
-                cx.diags.push(diag::import_unreadable(
-                    request.span,
-                    &path.display().to_string(),
-                    &reason,
-                ));
+                let shown = cx.shown_path(&path);
+                cx.diags
+                    .push(diag::import_unreadable(request.span, &shown, &reason));
                 continue;
             }
         };
-        let shown = path.display().to_string();
+        let shown = cx.shown_path(&path);
         let file = cx.add_source(&path, shown.clone(), shown, text.clone());
         importer.file(cx, file, &path, &text);
     }
@@ -710,6 +709,10 @@ fn parts(variables: &[Variable]) -> Result<Vec<RequestPart>, String> {
             }
             ("REQUEST_HEADERS_NAMES", None) => vec![RequestPart::HeaderNames],
             ("REQUEST_FILENAME", None) => vec![RequestPart::Path],
+            // As received, in origin form (edgepack sees no absolute-form targets).
+            ("REQUEST_URI", None) | ("REQUEST_URI_RAW", None) => vec![RequestPart::Uri],
+            ("ARGS_GET", None) => vec![RequestPart::QueryArgs],
+            ("ARGS_GET_NAMES", None) => vec![RequestPart::QueryArgNames],
             ("QUERY_STRING", None) => vec![RequestPart::Query],
             ("REQUEST_BODY", None) => vec![RequestPart::Body],
             // Parsed only for XML and multipart bodies, which edgepack does not parse:
@@ -787,7 +790,7 @@ fn read_phrases(cx: &mut Ctx, path: &Path) -> Result<Vec<String>, String> {
         crate::reader::ReadProblem::Io(reason) => format!("{}: {reason}", path.display()),
     })?;
     let text = String::from_utf8_lossy(&bytes).into_owned();
-    let shown = path.display().to_string();
+    let shown = cx.shown_path(path);
     if !cx.has_source(path) {
         cx.add_source(path, shown.clone(), shown, text.clone());
     }

@@ -258,6 +258,12 @@ pub enum RequestPart {
     CookieNames,
     /// Every header name (lower-case).
     HeaderNames,
+    /// The path and, when there is one, `?` and the query, as received.
+    Uri,
+    /// Every query argument value (not body arguments).
+    QueryArgs,
+    /// Every query argument name.
+    QueryArgNames,
     /// One cookie's value.
     Cookie(String),
     /// The body, up to the WAF's body limit.
@@ -276,6 +282,9 @@ impl RequestPart {
             RequestPart::Cookies => "cookies".into(),
             RequestPart::CookieNames => "cookie-names".into(),
             RequestPart::HeaderNames => "header-names".into(),
+            RequestPart::Uri => "uri".into(),
+            RequestPart::QueryArgs => "query-args".into(),
+            RequestPart::QueryArgNames => "query-arg-names".into(),
             RequestPart::Cookie(c) => format!("cookie:{c}"),
             RequestPart::Body => "body".into(),
         }

@@ -301,6 +301,20 @@ impl Ctx {
         id
     }
 
+    /// How plans and messages name a file read while decoding: relative to the policy
+    /// directory when inside it (the same on every checkout), else as the absolute path
+    /// (a rule set installed system-wide).
+    pub fn shown_path(&self, path: &Path) -> String {
+        match path.strip_prefix(&self.root) {
+            Ok(inside) => inside
+                .components()
+                .map(|c| c.as_os_str().to_string_lossy().into_owned())
+                .collect::<Vec<_>>()
+                .join("/"),
+            Err(_) => path.display().to_string(),
+        }
+    }
+
     /// Whether a file read while decoding is registered already.
     pub fn has_source(&self, path: &Path) -> bool {
         self.read_during_decode.iter().any(|(p, ..)| p == path)

@@ -545,10 +545,24 @@ impl Fns {
                 PartPlan::Path => single(&mut a, req::PATH),
                 PartPlan::Query => single(&mut a, req::QUERY),
                 PartPlan::Body => single(&mut a, req::BODY),
+                PartPlan::Uri => {
+                    // The path, and `?` and the query after it when there is a query.
+                    a.c(r).load_abs(r + req::PATH);
+                    a.i().i32_add();
+                    a.load_abs(r + req::PATH + 4);
+                    a.load_abs(r + req::QUERY + 4);
+                    a.c(1);
+                    a.i().i32_add();
+                    a.c(0);
+                    a.load_abs(r + req::QUERY + 4);
+                    a.i().select().i32_add();
+                    a.get(enabled);
+                    a.i().call(scan);
+                }
                 other => {
                     let (list, value_field) = match other {
-                        PartPlan::Args => (req::ARGS, 8),
-                        PartPlan::ArgNames => (req::ARGS, 0),
+                        PartPlan::Args | PartPlan::QueryArgs => (req::ARGS, 8),
+                        PartPlan::ArgNames | PartPlan::QueryArgNames => (req::ARGS, 0),
                         PartPlan::HeaderNames => (req::HEADERS, 0),
                         PartPlan::CookieNames => (req::COOKIES, 0),
                         PartPlan::Headers | PartPlan::Header(_) => (req::HEADERS, 8),
@@ -557,7 +571,12 @@ impl Fns {
                     a.c(r).load_abs(r + list);
                     a.i().i32_add();
                     a.set(base);
-                    a.load_abs(r + list + 4).set(n);
+                    if matches!(other, PartPlan::QueryArgs | PartPlan::QueryArgNames) {
+                        // Query arguments come first: only that many.
+                        a.load_abs(r + req::QUERY_ARGS).set(n);
+                    } else {
+                        a.load_abs(r + list + 4).set(n);
+                    }
                     a.block().loop_();
                     a.get(n);
                     a.i().i32_eqz().br_if(1);
