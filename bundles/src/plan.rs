@@ -218,6 +218,26 @@ pub enum PartPlan {
     /// The query's arguments only (the first `query_arg_count` of `Args`).
     QueryArgs,
     QueryArgNames,
+    /// A list part (`Args`, `Headers`, `Cookies`) without the members these names pick.
+    Except(Box<PartPlan>, Vec<NameFilter>),
+}
+
+/// Picks members of a list part by name.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum NameFilter {
+    Exact(String),
+    Containing(String),
+}
+
+impl NameFilter {
+    pub fn picks(&self, name: &[u8]) -> bool {
+        match self {
+            NameFilter::Exact(n) => name == n.as_bytes(),
+            NameFilter::Containing(n) => {
+                n.is_empty() || name.windows(n.len()).any(|w| w == n.as_bytes())
+            }
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]

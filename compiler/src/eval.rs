@@ -455,6 +455,17 @@ pub fn part_values<'r>(part: &PartPlan, req: &'r ParsedRequest) -> Vec<Cow<'r, [
     let query_args = || req.args.iter().take(req.query_arg_count);
     let borrowed: Vec<&[u8]> = match part {
         PartPlan::Uri => return vec![Cow::Owned(req.uri())],
+        PartPlan::Except(base, filters) => {
+            let list = match **base {
+                PartPlan::Args => &req.args,
+                PartPlan::Headers => &req.headers,
+                _ => &req.cookies,
+            };
+            list.iter()
+                .filter(|(name, _)| !filters.iter().any(|f| f.picks(name)))
+                .map(|(_, v)| v.as_slice())
+                .collect()
+        }
         PartPlan::QueryArgs => query_args().map(|(_, v)| v.as_slice()).collect(),
         PartPlan::QueryArgNames => query_args().map(|(n, _)| n.as_slice()).collect(),
         PartPlan::Path => vec![req.path.as_slice()],

@@ -612,8 +612,8 @@ impl<'p> Lowering<'p> {
     }
 }
 
-fn part(part: &p::RequestPart) -> PartPlan {
-    match part {
+fn part(written: &p::RequestPart) -> PartPlan {
+    match written {
         p::RequestPart::Path => PartPlan::Path,
         p::RequestPart::Query => PartPlan::Query,
         p::RequestPart::Args => PartPlan::Args,
@@ -623,6 +623,14 @@ fn part(part: &p::RequestPart) -> PartPlan {
         p::RequestPart::Uri => PartPlan::Uri,
         p::RequestPart::QueryArgs => PartPlan::QueryArgs,
         p::RequestPart::QueryArgNames => PartPlan::QueryArgNames,
+        p::RequestPart::Except(base, exact, containing) => PartPlan::Except(
+            Box::new(part(base)),
+            exact
+                .iter()
+                .map(|n| NameFilter::Exact(n.clone()))
+                .chain(containing.iter().map(|n| NameFilter::Containing(n.clone())))
+                .collect(),
+        ),
         p::RequestPart::Headers => PartPlan::Headers,
         p::RequestPart::Header(h) => PartPlan::Header(h.clone()),
         p::RequestPart::Cookies => PartPlan::Cookies,

@@ -38,8 +38,12 @@ fn the_crs_example_passes_its_tests() {
     let out = edgepack(&["test", "examples/global-api-crs"], &root());
     let stdout = text(&out.stdout);
     assert_eq!(out.status.code(), Some(0), "{stdout}{}", text(&out.stderr));
-    // The API's 46, and 4 of its own in each of 5 regions.
-    assert!(stdout.contains("66 passed, 0 failed"), "{stdout}");
+    // The API's 46, and 6 of its own in each of 5 regions.
+    assert!(stdout.contains("76 passed, 0 failed"), "{stdout}");
+    assert!(
+        stdout.contains("ok    au-southeast  analytics cookies are left out as the CRS says"),
+        "{stdout}"
+    );
     assert!(
         stdout
             .contains("ok    sa-east       SQL injection without quotes is found by libinjection"),

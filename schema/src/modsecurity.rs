@@ -683,8 +683,47 @@ fn evaluate(operator: &str, argument: &str, value: &str) -> Option<bool> {
     })
 }
 
-/// The request parts a target list reads.
+/// The request parts a target list reads, its exclusions (`!REQUEST_COOKIES:/__utm/`)
+/// applied.
 fn parts(variables: &[Variable]) -> Result<Vec<RequestPart>, String> {
+    // Left-out members per list: (exact names, names containing).
+    let mut except: HashMap<&str, (Vec<String>, Vec<String>)> = HashMap::new();
+    for v in variables.iter().filter(|v| v.exclude) {
+        let list = match v.name.as_str() {
+            "REQUEST_COOKIES" => "cookies",
+            "REQUEST_HEADERS" => "headers",
+            "ARGS" => "args",
+            // Lists edgepack does not parse have nothing to leave out.
+            "XML" | "FILES" | "FILES_NAMES" => continue,
+            other => return Err(format!("the exclusion `!{other}` is not supported yet")),
+        };
+        let Some(selector) = v.selector.clone() else {
+            return Err(format!("the exclusion `!{}` leaves nothing", v.name));
+        };
+        let entry = except.entry(list).or_default();
+        let literal_regex = v.selector_is_regex
+            && !selector.is_empty()
+            && selector
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+        match (v.selector_is_regex, list) {
+            (false, "headers") => entry.0.push(selector.to_ascii_lowercase()),
+            (false, _) => entry.0.push(selector),
+            (true, _) if literal_regex => entry.1.push(selector),
+            (true, _) => {
+                return Err(format!(
+                    "the exclusion `!{}:/{selector}/` selects by a regex (not supported yet)",
+                    v.name
+                ));
+            }
+        }
+    }
+    let excluded = |list: &str, part: RequestPart| match except.get(list) {
+        Some((exact, containing)) => {
+            RequestPart::Except(Box::new(part), exact.clone(), containing.clone())
+        }
+        None => part,
+    };
     let mut out = Vec::new();
     for v in variables.iter().filter(|v| !v.exclude) {
         if v.count {
@@ -698,12 +737,12 @@ fn parts(variables: &[Variable]) -> Result<Vec<RequestPart>, String> {
             ));
         }
         let found: Vec<RequestPart> = match (v.name.as_str(), selector) {
-            ("ARGS", None) => vec![RequestPart::Args],
+            ("ARGS", None) => vec![excluded("args", RequestPart::Args)],
             ("ARGS_NAMES", None) => vec![RequestPart::ArgNames],
-            ("REQUEST_COOKIES", None) => vec![RequestPart::Cookies],
+            ("REQUEST_COOKIES", None) => vec![excluded("cookies", RequestPart::Cookies)],
             ("REQUEST_COOKIES", Some(name)) => vec![RequestPart::Cookie(name.to_string())],
             ("REQUEST_COOKIES_NAMES", None) => vec![RequestPart::CookieNames],
-            ("REQUEST_HEADERS", None) => vec![RequestPart::Headers],
+            ("REQUEST_HEADERS", None) => vec![excluded("headers", RequestPart::Headers)],
             ("REQUEST_HEADERS", Some(name)) => {
                 vec![RequestPart::Header(name.to_ascii_lowercase())]
             }

@@ -264,6 +264,10 @@ pub enum RequestPart {
     QueryArgs,
     /// Every query argument name.
     QueryArgNames,
+    /// A list part (`Args`, `Headers`, `Cookies`) without some members (imported rules'
+    /// `!REQUEST_COOKIES:/__utm/`): names equal to the first list, or containing one of the
+    /// second.
+    Except(Box<RequestPart>, Vec<String>, Vec<String>),
     /// One cookie's value.
     Cookie(String),
     /// The body, up to the WAF's body limit.
@@ -285,6 +289,11 @@ impl RequestPart {
             RequestPart::Uri => "uri".into(),
             RequestPart::QueryArgs => "query-args".into(),
             RequestPart::QueryArgNames => "query-arg-names".into(),
+            RequestPart::Except(base, exact, containing) => {
+                let mut names: Vec<String> = exact.iter().map(|n| format!("`{n}`")).collect();
+                names.extend(containing.iter().map(|n| format!("names containing `{n}`")));
+                format!("{} except {}", base.describe(), names.join(", "))
+            }
             RequestPart::Cookie(c) => format!("cookie:{c}"),
             RequestPart::Body => "body".into(),
         }

@@ -318,6 +318,10 @@ impl CommonTables {
 pub(crate) struct Util {
     /// `memeq(a, b, len) -> i32`
     pub memeq: u32,
+    /// `name_is(ptr, len, name, name_len) -> i32`: the bytes are exactly the name.
+    pub name_is: u32,
+    /// `name_has(ptr, len, needle, needle_len) -> i32`: the bytes contain the needle.
+    pub name_has: u32,
     /// `find_header(name, len) -> record address or 0`
     pub find_header: u32,
     /// `ip_in_list(ip, list) -> i32`
@@ -336,6 +340,8 @@ impl Util {
     fn declare(funcs: &mut Funcs) -> Util {
         Util {
             memeq: funcs.declare(&[I32, I32, I32], &[I32]),
+            name_is: funcs.declare(&[I32, I32, I32, I32], &[I32]),
+            name_has: funcs.declare(&[I32, I32, I32, I32], &[I32]),
             find_header: funcs.declare(&[I32, I32], &[I32]),
             ip_in_list: funcs.declare(&[I32, I32], &[I32]),
             client_ip: funcs.declare(&[I32], &[I32]),
@@ -347,12 +353,57 @@ impl Util {
 
     fn define(&self, funcs: &mut Funcs, layout: &Layout, t: &CommonTables) {
         funcs.define(self.memeq, memeq());
+        funcs.define(self.name_is, self.name_is_body());
+        funcs.define(self.name_has, self.name_has_body());
         funcs.define(self.find_header, self.find_header_body(layout));
         funcs.define(self.ip_in_list, ip_in_list());
         funcs.define(self.client_ip, self.client_ip_body(layout, t));
         funcs.define(self.country, self.country_body(layout, t));
         funcs.define(self.origin_allowed, self.origin_allowed_body(layout, t));
         funcs.define(self.location, self.location_body(layout, t));
+    }
+
+    fn name_is_body(&self) -> wasm_encoder::Function {
+        let (ptr, len, name, name_len) = (0, 1, 2, 3);
+        let mut a = Asm::new(4);
+        a.get(len).get(name_len);
+        a.i().i32_ne();
+        a.if_();
+        a.ret_c(0);
+        a.end();
+        a.get(ptr).get(name).get(len);
+        a.i().call(self.memeq);
+        a.finish()
+    }
+
+    fn name_has_body(&self) -> wasm_encoder::Function {
+        let (ptr, len, needle, needle_len) = (0, 1, 2, 3);
+        let mut a = Asm::new(4);
+        let last = a.local(I32);
+        // Every start from ptr to ptr + len - needle_len.
+        a.get(len).get(needle_len);
+        a.i().i32_lt_u();
+        a.if_();
+        a.ret_c(0);
+        a.end();
+        a.get(ptr).get(len);
+        a.i().i32_add();
+        a.get(needle_len);
+        a.i().i32_sub();
+        a.set(last);
+        a.block().loop_();
+        a.get(ptr).get(last);
+        a.i().i32_gt_u().br_if(1);
+        a.get(ptr).get(needle).get(needle_len);
+        a.i().call(self.memeq);
+        a.if_();
+        a.ret_c(1);
+        a.end();
+        a.inc(ptr, 1);
+        a.i().br(0);
+        a.end().end();
+        a.c(0);
+        a.finish()
     }
 
     fn find_header_body(&self, layout: &Layout) -> wasm_encoder::Function {

@@ -138,6 +138,8 @@ struct PartTables {
     part: PartPlan,
     /// Header or cookie name to filter on.
     name: Option<(u32, u32)>,
+    /// Members left out by name: (exact, address, length) of each.
+    except: Vec<(bool, u32, u32)>,
     /// Per pattern number: (group in this part or NONE, rule, DFA descriptor, 0).
     patterns: u32,
     groups: Vec<GroupTables>,
@@ -395,9 +397,22 @@ impl Tables {
                 }
                 _ => None,
             };
+            let except = match &part {
+                PartPlan::Except(_, filters) => filters
+                    .iter()
+                    .map(|f| match f {
+                        NameFilter::Exact(n) => (true, data.bytes(n.as_bytes()), n.len() as u32),
+                        NameFilter::Containing(n) => {
+                            (false, data.bytes(n.as_bytes()), n.len() as u32)
+                        }
+                    })
+                    .collect(),
+                _ => Vec::new(),
+            };
             parts.push(PartTables {
                 part,
                 name,
+                except,
                 patterns: data.words(&table),
                 groups,
             });
@@ -560,7 +575,11 @@ impl Fns {
                     a.i().call(scan);
                 }
                 other => {
-                    let (list, value_field) = match other {
+                    let listed = match other {
+                        PartPlan::Except(base, _) => base.as_ref(),
+                        other => other,
+                    };
+                    let (list, value_field) = match listed {
                         PartPlan::Args | PartPlan::QueryArgs => (req::ARGS, 8),
                         PartPlan::ArgNames | PartPlan::QueryArgNames => (req::ARGS, 0),
                         PartPlan::HeaderNames => (req::HEADERS, 0),
@@ -595,6 +614,17 @@ impl Fns {
                         a.end();
                     } else {
                         a.set_c(item, 1);
+                    }
+                    for (exact, name, len) in &part.except {
+                        // item &= !(the member's name is or contains this name)
+                        a.get(item);
+                        a.c(r).load(base, 0);
+                        a.i().i32_add();
+                        a.load(base, 4).c(*name).c(*len);
+                        a.i()
+                            .call(if *exact { util.name_is } else { util.name_has });
+                        a.i().i32_eqz().i32_and();
+                        a.set(item);
                     }
                     a.get(item);
                     a.if_();
