@@ -550,7 +550,7 @@ impl Importer {
             .ok_or("its operator's argument depends on the request")?;
         let name = l.operator.name.to_ascii_lowercase();
         let matchers = match name.as_str() {
-            "rx" => vec![regex(&argument, self.budget)?],
+            "rx" => regex(&argument, self.budget, op_span)?,
             "pm" | "pmf" | "pmfromfile" => {
                 let words: Vec<String> = if name == "pm" {
                     argument.split_whitespace().map(str::to_string).collect()
@@ -581,10 +581,10 @@ impl Importer {
             "contains" if !argument.is_empty() => {
                 vec![Matcher::Literal(Spanned::new(argument, op_span))]
             }
-            "containsword" => vec![regex(&format!(r"\b{}\b", escape(&argument)), self.budget)?],
-            "beginswith" => vec![regex(&format!("^{}", escape(&argument)), self.budget)?],
-            "endswith" => vec![regex(&format!("{}$", escape(&argument)), self.budget)?],
-            "streq" => vec![regex(&format!("^{}$", escape(&argument)), self.budget)?],
+            "containsword" => regex(&format!(r"\b{}\b", escape(&argument)), self.budget, op_span)?,
+            "beginswith" => regex(&format!("^{}", escape(&argument)), self.budget, op_span)?,
+            "endswith" => regex(&format!("{}$", escape(&argument)), self.budget, op_span)?,
+            "streq" => regex(&format!("^{}$", escape(&argument)), self.budget, op_span)?,
             "within" if argument.len() <= 256 => {
                 let mut pieces: Vec<String> = Vec::new();
                 for start in 0..argument.len() {
@@ -596,7 +596,7 @@ impl Importer {
                 }
                 pieces.sort();
                 pieces.dedup();
-                vec![regex(&format!("^(?:{})$", pieces.join("|")), self.budget)?]
+                regex(&format!("^(?:{})$", pieces.join("|")), self.budget, op_span)?
             }
             "detectsqli" => vec![Matcher::Detect(Spanned::new(Detector::Sqli, op_span))],
             "detectxss" => vec![Matcher::Detect(Spanned::new(Detector::Xss, op_span))],
@@ -846,22 +846,136 @@ fn escape(text: &str) -> String {
     regex_syntax::escape(text)
 }
 
-/// A ModSecurity (PCRE) pattern as an edgepack WAF pattern, checked against the budget.
+/// A ModSecurity (PCRE) pattern as edgepack WAF patterns, checked against the budget.
 /// ModSecurity compiles `@rx` with dot-all and multi-line set, so the translation does too;
 /// what PCRE reads as literal characters (a `{` that starts no repetition, `\<`, `\>`) is
-/// written so Rust reads it the same.
-fn regex(pattern: &str, budget: u64) -> Result<Matcher, String> {
+/// written so Rust reads it the same. A pattern whose automaton does not fit is split at
+/// its largest alternation into patterns that each fit, any of which matching (see
+/// [`split_to_fit`]).
+fn regex(pattern: &str, budget: u64, span: Span) -> Result<Vec<Matcher>, String> {
     let translated = format!("(?sm){}", pcre_literals(pattern));
+    let matcher = |p: String| Matcher::Regex(Spanned::new(p, span));
     match waf_regex::check_pattern(&translated, budget) {
-        Ok(()) => Ok(Matcher::Regex(Spanned::new(
-            translated,
-            Span::new(FileId(0), 0, 0),
-        ))),
+        Ok(()) => Ok(vec![matcher(translated)]),
         Err(RegexProblem::Invalid { reason, .. }) => Err(format!("regex: {reason}")),
-        Err(RegexProblem::TooLarge) => Err(format!(
-            "its pattern's automaton exceeds the budget of {budget} bytes"
-        )),
+        Err(RegexProblem::TooLarge) => match split_to_fit(&translated, budget) {
+            Some(pieces) => Ok(pieces.into_iter().map(matcher).collect()),
+            None => Err(format!(
+                "its pattern's automaton exceeds the budget of {budget} bytes, even split at its alternations"
+            )),
+        },
     }
+}
+
+/// Most pieces one pattern may be split into.
+const MAX_PIECES: usize = 8;
+
+/// Splits a pattern whose automaton is too large into patterns whose automata fit: the
+/// largest alternation reachable through concatenations and groups (not repetitions) is cut
+/// in two, and each half rebuilt in its context. `C(a|b)D` matches somewhere exactly when
+/// `CaD` or `CbD` does, so "any piece matches" is the pattern's own answer; the pieces also
+/// yield narrower required literals for the prefilter. `None` when no split fits.
+fn split_to_fit(pattern: &str, budget: u64) -> Option<Vec<String>> {
+    use regex_syntax::hir::Hir;
+    let hir = regex_syntax::ParserBuilder::new()
+        .unicode(false)
+        .utf8(false)
+        .build()
+        .parse(pattern)
+        .ok()?;
+    let mut done: Vec<String> = Vec::new();
+    let mut todo: Vec<Hir> = vec![hir];
+    let mut cuts = 0;
+    while let Some(hir) = todo.pop() {
+        let (left, right) = halves(&hir)?;
+        cuts += 1;
+        let mut fitted = 0;
+        for half in [left, right] {
+            let text = half.to_string();
+            match waf_regex::check_pattern(&text, budget) {
+                Ok(()) => {
+                    done.push(text);
+                    fitted += 1;
+                }
+                Err(RegexProblem::TooLarge) => todo.push(half),
+                Err(RegexProblem::Invalid { .. }) => return None,
+            }
+        }
+        // When neither half of the first cut fits, the size comes from repetitions around
+        // the alternation, not from it: more cuts will not help, and each try costs a
+        // determinization up to the budget.
+        if (cuts == 1 && fitted == 0) || done.len() + todo.len() > MAX_PIECES {
+            return None;
+        }
+    }
+    done.sort();
+    Some(done)
+}
+
+/// `hir` with its largest reachable alternation cut in two; `None` if it has none with two
+/// or more branches.
+fn halves(
+    hir: &regex_syntax::hir::Hir,
+) -> Option<(regex_syntax::hir::Hir, regex_syntax::hir::Hir)> {
+    use regex_syntax::hir::{Hir, HirKind};
+    // The size of the largest alternation below each node, to pick the path to it.
+    fn largest(hir: &Hir) -> usize {
+        match hir.kind() {
+            HirKind::Alternation(branches) => branches
+                .len()
+                .max(branches.iter().map(largest).max().unwrap_or(0)),
+            HirKind::Concat(parts) => parts.iter().map(largest).max().unwrap_or(0),
+            HirKind::Capture(c) => largest(&c.sub),
+            _ => 0,
+        }
+    }
+    fn cut(hir: &Hir) -> Option<(Hir, Hir)> {
+        match hir.kind() {
+            HirKind::Alternation(branches)
+                if branches.len() >= 2
+                    && branches.len() >= branches.iter().map(largest).max().unwrap_or(0) =>
+            {
+                let middle = branches.len() / 2;
+                Some((
+                    Hir::alternation(branches[..middle].to_vec()),
+                    Hir::alternation(branches[middle..].to_vec()),
+                ))
+            }
+            HirKind::Alternation(branches) => {
+                let at = (0..branches.len()).max_by_key(|i| largest(&branches[*i]))?;
+                let (l, r) = cut(&branches[at])?;
+                let with = |piece: Hir| {
+                    let mut all = branches.clone();
+                    all[at] = piece;
+                    Hir::alternation(all)
+                };
+                Some((with(l), with(r)))
+            }
+            HirKind::Concat(parts) => {
+                let at = (0..parts.len()).max_by_key(|i| largest(&parts[*i]))?;
+                let (l, r) = cut(&parts[at])?;
+                let with = |piece: Hir| {
+                    let mut all = parts.clone();
+                    all[at] = piece;
+                    Hir::concat(all)
+                };
+                Some((with(l), with(r)))
+            }
+            HirKind::Capture(c) => {
+                let (l, r) = cut(&c.sub)?;
+                let with = |piece: Hir| {
+                    Hir::capture(regex_syntax::hir::Capture {
+                        index: c.index,
+                        name: c.name.clone(),
+                        sub: Box::new(piece),
+                    })
+                };
+                Some((with(l), with(r)))
+            }
+            _ => None,
+        }
+    }
+    (largest(hir) >= 2).then(|| cut(hir)).flatten()
 }
 
 fn pcre_literals(pattern: &str) -> String {
@@ -946,6 +1060,31 @@ mod tests {
         assert_eq!(pcre_literals(r"a{2,3}b{x}"), r"a{2,3}b\{x\}");
         assert_eq!(pcre_literals(r"[{}]\{"), r"[{}]\{");
         assert_eq!(pcre_literals(r"[^\<\>]\<x"), r"[^<>]<x");
+    }
+
+    #[test]
+    fn a_pattern_too_large_for_one_automaton_is_split_at_its_alternation() {
+        let budget = 256 << 10;
+        let pattern = r"(?s)x(?:a.{1,12}b|c.{1,12}d)y";
+        assert_eq!(
+            waf_regex::check_pattern(pattern, budget),
+            Err(RegexProblem::TooLarge)
+        );
+        let pieces = split_to_fit(pattern, budget).expect("the halves fit");
+        assert_eq!(pieces.len(), 2);
+        let matches = |text: &str| {
+            pieces.iter().any(|p| {
+                regex_automata::meta::Regex::builder()
+                    .syntax(waf_regex::syntax_config())
+                    .build(p)
+                    .expect("a piece compiles")
+                    .is_match(text)
+            })
+        };
+        assert!(matches("..xa123by.."));
+        assert!(matches("xc1234567890dy"));
+        assert!(!matches("xa1234567890123by"));
+        assert!(!matches("xcd y"));
     }
 
     #[test]
