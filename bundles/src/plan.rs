@@ -197,7 +197,79 @@ pub struct WafRulePlan {
     pub parts: Vec<PartPlan>,
     pub decode: Vec<DecodingPlan>,
     pub matchers: Vec<MatcherPlan>,
+    /// The rule's condition holds when some value matches none of the matchers.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub negated: bool,
+    /// The condition compares the number of values instead (no matchers).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub count: Option<CountPlan>,
+    /// Conditions that must hold as well (an imported ModSecurity chain).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub and: Vec<WafConditionPlan>,
     pub source: Source,
+}
+
+/// One more condition of a rule: as the rule's own, over its own parts and decodings.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct WafConditionPlan {
+    pub parts: Vec<PartPlan>,
+    pub decode: Vec<DecodingPlan>,
+    pub matchers: Vec<MatcherPlan>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub negated: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub count: Option<CountPlan>,
+}
+
+/// "The number of values is `op` `value`".
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CountPlan {
+    pub op: CountOp,
+    pub value: u32,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CountOp {
+    Eq,
+    Ne,
+    Lt,
+    Le,
+    Gt,
+    Ge,
+}
+
+impl CountOp {
+    pub fn holds(self, count: u32, value: u32) -> bool {
+        match self {
+            CountOp::Eq => count == value,
+            CountOp::Ne => count != value,
+            CountOp::Lt => count < value,
+            CountOp::Le => count <= value,
+            CountOp::Gt => count > value,
+            CountOp::Ge => count >= value,
+        }
+    }
+}
+
+impl WafRulePlan {
+    /// The rule's own condition followed by its further ones.
+    pub fn conditions(&self) -> Vec<WafConditionPlan> {
+        let own = WafConditionPlan {
+            parts: self.parts.clone(),
+            decode: self.decode.clone(),
+            matchers: self.matchers.clone(),
+            negated: self.negated,
+            count: self.count,
+        };
+        std::iter::once(own)
+            .chain(self.and.iter().cloned())
+            .collect()
+    }
+
+    /// Whether the rule is more than one condition of values matching.
+    pub fn is_compound(&self) -> bool {
+        self.negated || self.count.is_some() || !self.and.is_empty()
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]

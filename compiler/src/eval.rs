@@ -24,7 +24,8 @@ use crate::plan::*;
 pub struct Evaluator<'p> {
     plan: &'p RegionPlan,
     /// For each WAF rule, its matchers.
-    matchers: Vec<Vec<CompiledMatcher>>,
+    /// Per rule, per condition: its compiled matchers.
+    matchers: Vec<Vec<Vec<CompiledMatcher>>>,
     trusted: Vec<IpNet>,
 }
 
@@ -41,17 +42,24 @@ impl<'p> Evaluator<'p> {
             .iter()
             .flat_map(|w| &w.rules)
             .map(|rule| {
-                rule.matchers
+                rule.conditions()
                     .iter()
-                    .map(|m| match m {
-                        MatcherPlan::Regex(pattern) => CompiledMatcher::Regex(Box::new(
-                            Regex::builder()
-                                .syntax(edgepack_schema::waf_regex::syntax_config())
-                                .build(pattern)
-                                .expect("validated: WAF patterns compile"),
-                        )),
-                        MatcherPlan::Literal(l) => CompiledMatcher::Literal(l.as_bytes().to_vec()),
-                        MatcherPlan::Detect(kind) => CompiledMatcher::Detect(*kind),
+                    .map(|c| {
+                        c.matchers
+                            .iter()
+                            .map(|m| match m {
+                                MatcherPlan::Regex(pattern) => CompiledMatcher::Regex(Box::new(
+                                    Regex::builder()
+                                        .syntax(edgepack_schema::waf_regex::syntax_config())
+                                        .build(pattern)
+                                        .expect("validated: WAF patterns compile"),
+                                )),
+                                MatcherPlan::Literal(l) => {
+                                    CompiledMatcher::Literal(l.as_bytes().to_vec())
+                                }
+                                MatcherPlan::Detect(kind) => CompiledMatcher::Detect(*kind),
+                            })
+                            .collect()
                     })
                     .collect()
             })
@@ -408,27 +416,52 @@ impl<'p> Evaluator<'p> {
     }
 
     /// The first value of the rule's parts that one of its matchers matches, after decoding.
+    /// Whether every condition of the rule holds; the value its own condition found (for a
+    /// count, the count).
     fn rule_matches(&self, rule: &WafRulePlan, req: &ParsedRequest) -> Option<Vec<u8>> {
-        let matchers = &self.matchers[rule.id as usize];
-        for part in &rule.parts {
-            for value in part_values(part, req) {
-                let decoded = decodings::apply(&rule.decode, &value);
-                let hit = matchers.iter().any(|m| match m {
-                    CompiledMatcher::Regex(r) => r.is_match(&decoded),
-                    CompiledMatcher::Literal(l) => {
-                        decoded.windows(l.len()).any(|w| w == l.as_slice())
-                    }
-                    CompiledMatcher::Detect(kind) => {
-                        edgepack_bundles::detect::detect(*kind, &decoded)
-                    }
-                });
-                if hit {
-                    return Some(value.to_vec());
-                }
-            }
+        let mut found = None;
+        for (condition, matchers) in rule
+            .conditions()
+            .iter()
+            .zip(&self.matchers[rule.id as usize])
+        {
+            let value = condition_holds(condition, matchers, req)?;
+            found.get_or_insert(value);
         }
-        None
+        found
     }
+}
+
+/// The first value a condition finds: one its matchers match (or, negated, one they all
+/// miss); for a count, the count, when the comparison holds.
+fn condition_holds(
+    condition: &WafConditionPlan,
+    matchers: &[CompiledMatcher],
+    req: &ParsedRequest,
+) -> Option<Vec<u8>> {
+    let values = condition
+        .parts
+        .iter()
+        .flat_map(|part| part_values(part, req));
+    if let Some(count) = condition.count {
+        let n = u32::try_from(values.count()).unwrap_or(u32::MAX);
+        return count
+            .op
+            .holds(n, count.value)
+            .then(|| n.to_string().into_bytes());
+    }
+    for value in values {
+        let decoded = decodings::apply(&condition.decode, &value);
+        let hit = matchers.iter().any(|m| match m {
+            CompiledMatcher::Regex(r) => r.is_match(&decoded),
+            CompiledMatcher::Literal(l) => decoded.windows(l.len()).any(|w| w == l.as_slice()),
+            CompiledMatcher::Detect(kind) => edgepack_bundles::detect::detect(*kind, &decoded),
+        });
+        if hit != condition.negated {
+            return Some(value.to_vec());
+        }
+    }
+    None
 }
 
 /// What `explain` shows besides the decision.

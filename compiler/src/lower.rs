@@ -327,25 +327,30 @@ impl<'p> Lowering<'p> {
             .iter()
             .filter(|r| !disabled.contains(&r.id.value.as_str()))
             .enumerate()
-            .map(|(id, rule)| WafRulePlan {
-                id: id as u32,
-                name: rule.id.value.clone(),
-                score: rule.score.value,
-                parts: rule.parts.iter().map(|p| part(&p.value)).collect(),
-                decode: rule.decode.iter().flat_map(|d| decoding(d.value)).collect(),
-                matchers: rule
-                    .matchers
-                    .iter()
-                    .map(|m| match m {
-                        p::Matcher::Regex(r) => MatcherPlan::Regex(r.value.clone()),
-                        p::Matcher::Literal(l) => MatcherPlan::Literal(l.value.clone()),
-                        p::Matcher::Detect(d) => MatcherPlan::Detect(match d.value {
-                            p::Detector::Sqli => edgepack_bundles::detect::DetectKind::Sqli,
-                            p::Detector::Xss => edgepack_bundles::detect::DetectKind::Xss,
-                        }),
-                    })
-                    .collect(),
-                source: self.source(rule.id.span),
+            .map(|(id, rule)| {
+                let own = condition(
+                    &rule.parts,
+                    &rule.decode,
+                    &rule.matchers,
+                    rule.negated,
+                    rule.count,
+                );
+                WafRulePlan {
+                    id: id as u32,
+                    name: rule.id.value.clone(),
+                    score: rule.score.value,
+                    parts: own.parts,
+                    decode: own.decode,
+                    matchers: own.matchers,
+                    negated: own.negated,
+                    count: own.count,
+                    and: rule
+                        .and
+                        .iter()
+                        .map(|c| condition(&c.parts, &c.decode, &c.matchers, c.negated, c.count))
+                        .collect(),
+                    source: self.source(rule.id.span),
+                }
             })
             .collect();
         let names = rules.iter().map(|r| r.name.clone()).collect();
@@ -636,6 +641,43 @@ fn part(written: &p::RequestPart) -> PartPlan {
         p::RequestPart::Cookies => PartPlan::Cookies,
         p::RequestPart::Cookie(c) => PartPlan::Cookie(c.clone()),
         p::RequestPart::Body => PartPlan::Body,
+    }
+}
+
+/// One condition of a WAF rule as the plan holds it.
+fn condition(
+    parts: &[edgepack_schema::Spanned<p::RequestPart>],
+    decode: &[edgepack_schema::Spanned<p::Decoding>],
+    matchers: &[p::Matcher],
+    negated: bool,
+    count: Option<p::Count>,
+) -> WafConditionPlan {
+    WafConditionPlan {
+        parts: parts.iter().map(|p| part(&p.value)).collect(),
+        decode: decode.iter().flat_map(|d| decoding(d.value)).collect(),
+        matchers: matchers
+            .iter()
+            .map(|m| match m {
+                p::Matcher::Regex(r) => MatcherPlan::Regex(r.value.clone()),
+                p::Matcher::Literal(l) => MatcherPlan::Literal(l.value.clone()),
+                p::Matcher::Detect(d) => MatcherPlan::Detect(match d.value {
+                    p::Detector::Sqli => edgepack_bundles::detect::DetectKind::Sqli,
+                    p::Detector::Xss => edgepack_bundles::detect::DetectKind::Xss,
+                }),
+            })
+            .collect(),
+        negated,
+        count: count.map(|c| CountPlan {
+            op: match c.op {
+                p::Comparison::Eq => CountOp::Eq,
+                p::Comparison::Ne => CountOp::Ne,
+                p::Comparison::Lt => CountOp::Lt,
+                p::Comparison::Le => CountOp::Le,
+                p::Comparison::Gt => CountOp::Gt,
+                p::Comparison::Ge => CountOp::Ge,
+            },
+            value: c.value,
+        }),
     }
 }
 

@@ -61,10 +61,13 @@ pub fn verify(plan: &RegionPlan) -> Result<(), Vec<String>> {
                 rule.id == i as u32,
                 format!("WAF rule {i} has id {}", rule.id),
             );
-            check(
-                !rule.parts.is_empty() && !rule.matchers.is_empty(),
-                format!("WAF rule {} reads nothing or matches nothing", rule.name),
-            );
+            for condition in rule.conditions() {
+                check(
+                    !condition.parts.is_empty()
+                        && condition.count.is_some() == condition.matchers.is_empty(),
+                    format!("WAF rule {} reads nothing or matches nothing", rule.name),
+                );
+            }
         }
     }
     if let Some(geo) = &plan.geo {

@@ -92,6 +92,13 @@ impl RequestParts for View<'_> {
     }
 
     fn for_each_header(&self, f: &mut dyn FnMut(&[u8], &[u8])) {
+        // HTTP/2 carries the host as `:authority`: the policy sees it as the `host` header
+        // an HTTP/1.1 request would have sent (as nginx shows it to ModSecurity).
+        if !self.parts.headers.contains_key(header::HOST)
+            && let Some(authority) = self.parts.uri.authority()
+        {
+            f(b"host", authority.as_str().as_bytes());
+        }
         for (name, value) in &self.parts.headers {
             f(name.as_str().as_bytes(), value.as_bytes());
         }

@@ -909,6 +909,9 @@ fn decode_waf_rule(cx: &mut Ctx, file: FileId, node: &KdlNode, budget: u64) -> O
         parts,
         decode,
         matchers,
+        negated: false,
+        count: None,
+        and: Vec::new(),
         span: r.span,
     })
 }

@@ -15,7 +15,9 @@ use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use crate::diagnostics as diag;
-use crate::policy::{Decoding, Detector, Matcher, RequestPart, WafRule};
+use crate::policy::{
+    Comparison, Count, Decoding, Detector, Matcher, RequestPart, WafCondition, WafRule,
+};
 use crate::reader::{Ctx, read_bounded};
 use crate::seclang::{self, Action, Directive, Variable};
 use crate::source::{FileId, Span, Spanned};
@@ -475,24 +477,31 @@ impl Importer {
             .filter(|l| self.decide_link(l) != Static::True)
             .collect();
         let score = self.score(chain);
-        match live.as_slice() {
-            [only] => match self.lower(cx, file, path, only, &id, score) {
-                Ok(rule) => {
-                    self.report.compiled.push(id);
-                    self.rules.push(rule);
-                }
-                Err(reason) => self.report.skipped.push(SkippedRule {
-                    id,
-                    reason,
-                    span: head.id_span(file, text),
-                }),
-            },
-            _ => self.report.skipped.push(SkippedRule {
+        let conditions: Result<Vec<WafCondition>, String> = live
+            .iter()
+            .map(|l| self.condition(cx, file, path, l))
+            .collect();
+        match conditions {
+            Ok(mut conditions) if !conditions.is_empty() => {
+                let own = conditions.remove(0);
+                let span = Span::new(file, head.directive.span.start, head.directive.span.end);
+                self.report.compiled.push(id.clone());
+                self.rules.push(WafRule {
+                    id: Spanned::new(id, span),
+                    score: Spanned::new(score, span),
+                    parts: own.parts,
+                    decode: own.decode,
+                    matchers: own.matchers,
+                    negated: own.negated,
+                    count: own.count,
+                    and: conditions,
+                    span,
+                });
+            }
+            Ok(_) => {}
+            Err(reason) => self.report.skipped.push(SkippedRule {
                 id,
-                reason: format!(
-                    "a chain of {} conditions on the request (chained rules are not supported yet)",
-                    live.len()
-                ),
+                reason,
                 span: head.id_span(file, text),
             }),
         }
@@ -528,27 +537,58 @@ impl Importer {
         score
     }
 
-    fn lower(
+    /// One link of a chain as a condition on the request.
+    fn condition(
         &self,
         cx: &mut Ctx,
         file: FileId,
         path: &Path,
         l: &Link<'_>,
-        id: &str,
-        score: u32,
-    ) -> Result<WafRule, String> {
+    ) -> Result<WafCondition, String> {
         let vars_span = l.arg_span(file, 0);
         let op_span = l.arg_span(file, 1);
         let actions_span = l.arg_span(file, 2);
-        let parts = parts(&l.variables)?;
-        let mut decode = decodings(&l.actions)?;
-        if l.operator.negated {
-            return Err(format!("negated operator `!@{}`", l.operator.name));
-        }
+        let counting = l.variables.iter().any(|v| v.count && !v.exclude);
+        let spanned_parts = |parts: Vec<RequestPart>| {
+            parts
+                .into_iter()
+                .map(|p| Spanned::new(p, vars_span))
+                .collect::<Vec<_>>()
+        };
         let argument = self
             .expand(&l.operator.argument)
             .ok_or("its operator's argument depends on the request")?;
         let name = l.operator.name.to_ascii_lowercase();
+        if counting {
+            // `&VAR @op N`: the number of values, compared with a number.
+            let parts = parts(&l.variables, true)?;
+            let op = match (name.as_str(), l.operator.negated) {
+                ("eq", false) | ("ne", true) => Comparison::Eq,
+                ("eq", true) | ("ne", false) => Comparison::Ne,
+                ("lt", false) | ("ge", true) => Comparison::Lt,
+                ("le", false) | ("gt", true) => Comparison::Le,
+                ("gt", false) | ("le", true) => Comparison::Gt,
+                ("ge", false) | ("lt", true) => Comparison::Ge,
+                (other, _) => {
+                    return Err(format!(
+                        "a count compared by `@{other}` is not supported yet"
+                    ));
+                }
+            };
+            let value = argument
+                .trim()
+                .parse()
+                .map_err(|_| format!("a count compared with `{argument}`"))?;
+            return Ok(WafCondition {
+                parts: spanned_parts(parts),
+                decode: Vec::new(),
+                matchers: Vec::new(),
+                negated: false,
+                count: Some(Count { op, value }),
+            });
+        }
+        let parts = parts(&l.variables, false)?;
+        let mut decode = decodings(&l.actions)?;
         let matchers = match name.as_str() {
             "rx" => regex(&argument, self.budget, op_span)?,
             "pm" | "pmf" | "pmfromfile" => {
@@ -598,26 +638,40 @@ impl Importer {
                 pieces.dedup();
                 regex(&format!("^(?:{})$", pieces.join("|")), self.budget, op_span)?
             }
+            // A byte outside the allowed ranges (`1-255`, `32-126,9,10`).
+            "validatebyterange" => {
+                let mut allowed = String::new();
+                for range in argument.split([',', ' ']).filter(|r| !r.trim().is_empty()) {
+                    let (low, high) = range.trim().split_once('-').unwrap_or((range, range));
+                    let byte = |b: &str| b.trim().parse::<u8>().ok();
+                    let (Some(low), Some(high)) = (byte(low), byte(high)) else {
+                        return Err(format!("a byte range `{range}` that is not one"));
+                    };
+                    allowed.push_str(&format!("\\x{low:02x}-\\x{high:02x}"));
+                }
+                regex(&format!("(?-u:[^{allowed}])"), self.budget, op_span)?
+            }
+            // A `%` not followed by two hex digits.
+            "validateurlencoding" => regex(
+                "%(?:[^0-9A-Fa-f]|[0-9A-Fa-f][^0-9A-Fa-f]|[0-9A-Fa-f]?\\z)",
+                self.budget,
+                op_span,
+            )?,
             "detectsqli" => vec![Matcher::Detect(Spanned::new(Detector::Sqli, op_span))],
             "detectxss" => vec![Matcher::Detect(Spanned::new(Detector::Xss, op_span))],
             other => {
                 return Err(format!("operator `@{other}` is not supported yet"));
             }
         };
-        let span = Span::new(file, l.directive.span.start, l.directive.span.end);
-        Ok(WafRule {
-            id: Spanned::new(id.to_string(), span),
-            score: Spanned::new(score, span),
-            parts: parts
-                .into_iter()
-                .map(|p| Spanned::new(p, vars_span))
-                .collect(),
+        Ok(WafCondition {
+            parts: spanned_parts(parts),
             decode: decode
                 .into_iter()
                 .map(|d| Spanned::new(d, actions_span))
                 .collect(),
             matchers,
-            span,
+            negated: l.operator.negated,
+            count: None,
         })
     }
 }
@@ -685,7 +739,7 @@ fn evaluate(operator: &str, argument: &str, value: &str) -> Option<bool> {
 
 /// The request parts a target list reads, its exclusions (`!REQUEST_COOKIES:/__utm/`)
 /// applied.
-fn parts(variables: &[Variable]) -> Result<Vec<RequestPart>, String> {
+fn parts(variables: &[Variable], counting: bool) -> Result<Vec<RequestPart>, String> {
     // Left-out members per list: (exact names, names containing).
     let mut except: HashMap<&str, (Vec<String>, Vec<String>)> = HashMap::new();
     for v in variables.iter().filter(|v| v.exclude) {
@@ -726,8 +780,8 @@ fn parts(variables: &[Variable]) -> Result<Vec<RequestPart>, String> {
     };
     let mut out = Vec::new();
     for v in variables.iter().filter(|v| !v.exclude) {
-        if v.count {
-            return Err(format!("`&{}` counts members (not supported yet)", v.name));
+        if v.count != counting {
+            return Err("its variables mix counts and values".into());
         }
         let selector = v.selector.as_deref().filter(|_| !v.selector_is_regex);
         if v.selector_is_regex {
@@ -998,8 +1052,47 @@ fn pcre_literals(pattern: &str) -> String {
                 i = end;
                 continue;
             }
-            b'[' if !in_class => in_class = true,
+            b'[' if !in_class => {
+                // A `]` right after `[` or `[^` is a member in PCRE.
+                in_class = true;
+                out.push('[');
+                i += 1;
+                if bytes.get(i) == Some(&b'^') {
+                    out.push('^');
+                    i += 1;
+                }
+                if bytes.get(i) == Some(&b']') {
+                    out.push_str("\\]");
+                    i += 1;
+                }
+                continue;
+            }
             b']' if in_class => in_class = false,
+            // Inside a class PCRE reads `[` (but for `[:alpha:]`), `&&`, `--` and `~~` as
+            // members; Rust as nested classes and set operations.
+            b'[' if bytes.get(i + 1) != Some(&b':') => {
+                out.push_str("\\[");
+                i += 1;
+                continue;
+            }
+            b'[' => {
+                // `[:alpha:]`: copied whole, its `]` does not close the class.
+                let close = pattern[i..].find(":]").map_or(bytes.len(), |e| i + e + 2);
+                out.push_str(&pattern[i..close]);
+                i = close;
+                continue;
+            }
+            b'&' | b'~' if in_class => {
+                out.push('\\');
+                out.push(char::from(c));
+                i += 1;
+                continue;
+            }
+            b'-' if in_class && bytes.get(i + 1) == Some(&b'-') => {
+                out.push_str("\\-");
+                i += 1;
+                continue;
+            }
             b'{' if !in_class && !is_repetition(&bytes[i..]) => {
                 out.push_str("\\{");
                 i += 1;
@@ -1060,6 +1153,11 @@ mod tests {
         assert_eq!(pcre_literals(r"a{2,3}b{x}"), r"a{2,3}b\{x\}");
         assert_eq!(pcre_literals(r"[{}]\{"), r"[{}]\{");
         assert_eq!(pcre_literals(r"[^\<\>]\<x"), r"[^<>]<x");
+        assert_eq!(
+            pcre_literals(r"[]a[&&~--][:alpha:]]"),
+            r"[\]a\[\&\&\~\--][:alpha:]]"
+        );
+        assert_eq!(pcre_literals(r"[[:alpha:]{]{x}"), r"[[:alpha:]{]\{x\}");
     }
 
     #[test]

@@ -234,7 +234,40 @@ pub struct WafRule {
     pub parts: Vec<Spanned<RequestPart>>,
     pub decode: Vec<Spanned<Decoding>>,
     pub matchers: Vec<Matcher>,
+    /// The condition holds when some value matches none of the matchers (imported `!@rx`).
+    pub negated: bool,
+    /// The condition compares the number of values instead (imported `&VAR @eq N`).
+    pub count: Option<Count>,
+    /// Further conditions that must hold too (an imported chain).
+    pub and: Vec<WafCondition>,
     pub span: Span,
+}
+
+/// A further condition of an imported rule.
+#[derive(Debug)]
+pub struct WafCondition {
+    pub parts: Vec<Spanned<RequestPart>>,
+    pub decode: Vec<Spanned<Decoding>>,
+    pub matchers: Vec<Matcher>,
+    pub negated: bool,
+    pub count: Option<Count>,
+}
+
+/// "The number of values is `op` `value`".
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Count {
+    pub op: Comparison,
+    pub value: u32,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Comparison {
+    Eq,
+    Ne,
+    Lt,
+    Le,
+    Gt,
+    Ge,
 }
 
 /// A part of a request the WAF can read.

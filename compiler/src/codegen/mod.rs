@@ -38,7 +38,8 @@ pub struct Layout {
     /// Prefilter hit bits for the value as received, and for a decoded copy.
     pub hits: u32,
     pub hits_decoded: u32,
-    /// One byte per WAF rule: fired in this request.
+    /// One byte per WAF rule (fired in this request), then per further condition of a
+    /// compound rule.
     pub fired: u32,
     pub scratch_a: u32,
     pub scratch_b: u32,
@@ -71,12 +72,12 @@ pub fn emit(plan: &RegionPlan) -> Result<Vec<u8>, CodegenError> {
     };
     let decision = area(dec::SIZE);
     let hit_bytes = waf_tables.as_ref().map_or(0, |w| w.hit_words * 8);
-    let rule_count = plan.waf.as_ref().map_or(0, |w| w.rules.len() as u32);
+    let slot_count = waf_tables.as_ref().map_or(0, |w| w.slot_count);
     let layout = Layout {
         decision,
         hits: area(hit_bytes),
         hits_decoded: area(hit_bytes),
-        fired: area(rule_count),
+        fired: area(slot_count),
         scratch_a: if waf_tables.is_some() {
             area(request_capacity)
         } else {

@@ -61,6 +61,14 @@ fn dirty_mask(d: DecodingPlan) -> u32 {
     }
 }
 
+/// Whether a part is a list of members (arguments, headers, cookies) rather than one value.
+fn is_list(part: &PartPlan) -> bool {
+    !matches!(
+        part,
+        PartPlan::Path | PartPlan::Query | PartPlan::Body | PartPlan::Uri
+    )
+}
+
 /// Whether a chain's output is lower case: a value its other decodings leave alone is then
 /// the lower-cased value, which folded byte classes match without decoding.
 fn lowercases(chain: &[DecodingPlan]) -> bool {
@@ -140,6 +148,11 @@ struct PartTables {
     name: Option<(u32, u32)>,
     /// Members left out by name: (exact, address, length) of each.
     except: Vec<(bool, u32, u32)>,
+    /// Negated conditions reading this part: (per-value slot, result slot). After each
+    /// value, a per-value slot still clear means the value matched none of the matchers.
+    negations: Vec<(u32, u32)>,
+    /// Whether some count condition reads this part: its values are counted.
+    counted: bool,
     /// Per pattern number: (group in this part or NONE, rule, DFA descriptor, 0).
     patterns: u32,
     groups: Vec<GroupTables>,
@@ -161,6 +174,12 @@ pub struct Tables {
     decoders_used: Vec<DecodingPlan>,
     /// Whether some rule uses libinjection: the module then imports `detect`.
     pub uses_detect: bool,
+    /// Fired bytes: one per rule, then those of compound rules' further conditions.
+    pub slot_count: u32,
+    /// Count conditions: (parts, comparison, result slot).
+    counts: Vec<(Vec<PartPlan>, CountPlan, u32)>,
+    /// Compound rules: (rule, the slots that must all be set).
+    compounds: Vec<(u32, Vec<u32>)>,
 }
 
 fn write_dfa(data: &mut Data, dfa: &PatternDfa, folds: bool) -> u32 {
@@ -253,51 +272,95 @@ impl Tables {
         // prefilter serves every part, and its hit bits are pattern numbers.
         struct Pattern {
             rule: u32,
+            /// The fired byte a match sets.
+            slot: u32,
+            parts: Vec<PartPlan>,
+            decode: Vec<DecodingPlan>,
             regex: String,
             literals: Option<Vec<Vec<u8>>>,
             detect: Option<DetectKind>,
         }
+        // Fired bytes ("slots"): one per rule, its own condition's result for a plain rule;
+        // compound rules (negated, counting, chained) take more, and their slots are
+        // combined once every part is read.
+        let mut slot_count = waf.rules.len() as u32;
+        let mut alloc = || {
+            slot_count += 1;
+            slot_count - 1
+        };
+        let mut negations: Vec<(Vec<PartPlan>, u32, u32)> = Vec::new();
+        let mut counts: Vec<(Vec<PartPlan>, CountPlan, u32)> = Vec::new();
+        let mut compounds: Vec<(u32, Vec<u32>)> = Vec::new();
         let mut patterns: Vec<Pattern> = Vec::new();
         let mut decoders_used: Vec<DecodingPlan> = Vec::new();
         let mut dirty_all = 0;
         let mut folds: HashMap<String, bool> = HashMap::new();
         for rule in &waf.rules {
-            for matcher in &rule.matchers {
-                if let MatcherPlan::Detect(kind) = matcher {
-                    patterns.push(Pattern {
-                        rule: rule.id,
-                        regex: String::new(),
-                        literals: None,
-                        detect: Some(*kind),
-                    });
+            let mut needed = Vec::new();
+            for (index, condition) in rule.conditions().into_iter().enumerate() {
+                let holds = if index == 0 && !condition.negated && condition.count.is_none() {
+                    rule.id
+                } else {
+                    alloc()
+                };
+                needed.push(holds);
+                if let Some(count) = condition.count {
+                    counts.push((condition.parts.clone(), count, holds));
                     continue;
                 }
-                let (regex, literals) = match matcher {
-                    MatcherPlan::Regex(r) => {
-                        (r.clone(), automata::required_literals(r, LITERAL_LEN))
-                    }
-                    MatcherPlan::Literal(l) => {
-                        let bytes = l.as_bytes();
-                        (
-                            regex_syntax::escape(l),
-                            Some(vec![bytes[..bytes.len().min(LITERAL_LEN)].to_vec()]),
-                        )
-                    }
-                    MatcherPlan::Detect(_) => unreachable!("handled above"),
+                let slot = if condition.negated {
+                    let per_value = alloc();
+                    negations.push((condition.parts.clone(), per_value, holds));
+                    per_value
+                } else {
+                    holds
                 };
-                *folds.entry(regex.clone()).or_default() |= lowercases(&rule.decode);
-                patterns.push(Pattern {
-                    rule: rule.id,
-                    regex,
-                    literals,
-                    detect: None,
-                });
-            }
-            for d in &rule.decode {
-                dirty_all |= dirty_mask(*d);
-                if !decoders_used.contains(d) {
-                    decoders_used.push(*d);
+                for matcher in &condition.matchers {
+                    if let MatcherPlan::Detect(kind) = matcher {
+                        patterns.push(Pattern {
+                            rule: rule.id,
+                            slot,
+                            parts: condition.parts.clone(),
+                            decode: condition.decode.clone(),
+                            regex: String::new(),
+                            literals: None,
+                            detect: Some(*kind),
+                        });
+                        continue;
+                    }
+                    let (regex, literals) = match matcher {
+                        MatcherPlan::Regex(r) => {
+                            (r.clone(), automata::required_literals(r, LITERAL_LEN))
+                        }
+                        MatcherPlan::Literal(l) => {
+                            let bytes = l.as_bytes();
+                            (
+                                regex_syntax::escape(l),
+                                Some(vec![bytes[..bytes.len().min(LITERAL_LEN)].to_vec()]),
+                            )
+                        }
+                        MatcherPlan::Detect(_) => unreachable!("handled above"),
+                    };
+                    *folds.entry(regex.clone()).or_default() |= lowercases(&condition.decode);
+                    patterns.push(Pattern {
+                        rule: rule.id,
+                        slot,
+                        parts: condition.parts.clone(),
+                        decode: condition.decode.clone(),
+                        regex,
+                        literals,
+                        detect: None,
+                    });
                 }
+                for d in &condition.decode {
+                    dirty_all |= dirty_mask(*d);
+                    if !decoders_used.contains(d) {
+                        decoders_used.push(*d);
+                    }
+                }
+            }
+            if rule.is_compound() {
+                compounds.push((rule.id, needed));
             }
         }
         let mut literals: Vec<PrefilterLiteral> = Vec::new();
@@ -332,11 +395,14 @@ impl Tables {
         }
 
         let mut part_keys: Vec<PartPlan> = Vec::new();
-        for rule in &waf.rules {
-            for part in &rule.parts {
-                if !part_keys.contains(part) {
-                    part_keys.push(part.clone());
-                }
+        let condition_parts = patterns
+            .iter()
+            .flat_map(|p| &p.parts)
+            .chain(negations.iter().flat_map(|n| &n.0))
+            .chain(counts.iter().flat_map(|c| &c.0));
+        for part in condition_parts {
+            if !part_keys.contains(part) {
+                part_keys.push(part.clone());
             }
         }
         let mut parts = Vec::new();
@@ -348,12 +414,11 @@ impl Tables {
             let mut always: Vec<Vec<u32>> = Vec::new();
             let mut detecting: Vec<bool> = Vec::new();
             for (index, pattern) in patterns.iter().enumerate() {
-                let rule = &waf.rules[pattern.rule as usize];
-                let group = if rule.parts.contains(&part) {
-                    let g = match chains.iter().position(|c| *c == rule.decode) {
+                let group = if pattern.parts.contains(&part) {
+                    let g = match chains.iter().position(|c| *c == pattern.decode) {
                         Some(g) => g,
                         None => {
-                            chains.push(rule.decode.clone());
+                            chains.push(pattern.decode.clone());
                             always.push(Vec::new());
                             detecting.push(false);
                             chains.len() - 1
@@ -371,7 +436,12 @@ impl Tables {
                     Some(kind) => DETECT_BASE + kind.code(),
                     None => dfas[&pattern.regex],
                 };
-                table[index * 4..index * 4 + 4].copy_from_slice(&[group, pattern.rule, matcher, 0]);
+                table[index * 4..index * 4 + 4].copy_from_slice(&[
+                    group,
+                    pattern.rule,
+                    matcher,
+                    pattern.slot,
+                ]);
             }
             let groups = chains
                 .into_iter()
@@ -410,6 +480,12 @@ impl Tables {
                 _ => Vec::new(),
             };
             parts.push(PartTables {
+                negations: negations
+                    .iter()
+                    .filter(|(parts, ..)| parts.contains(&part))
+                    .map(|(_, per_value, holds)| (*per_value, *holds))
+                    .collect(),
+                counted: counts.iter().any(|(parts, ..)| parts.contains(&part)),
                 part,
                 name,
                 except,
@@ -448,6 +524,9 @@ impl Tables {
             entity_names,
             decoders_used,
             uses_detect: patterns.iter().any(|p| p.detect.is_some()),
+            slot_count,
+            counts,
+            compounds,
         })
     }
 }
@@ -541,8 +620,14 @@ impl Fns {
         let rule = a.local(I32);
         let count = a.local(I32);
         let score = a.local(I32);
+        // The number of values of each counted part.
+        let counters: Vec<Option<u32>> = t
+            .parts
+            .iter()
+            .map(|p| p.counted.then(|| a.local(I32)))
+            .collect();
         a.load(rec, super::routes::R_WAF_RULES).set(enabled);
-        a.c(layout.fired).c(0).c(t.rule_count);
+        a.c(layout.fired).c(0).c(t.slot_count);
         a.i().memory_fill(0);
         a.c(layout.hits).c(0).c(t.hit_words * 8);
         a.i().memory_fill(0);
@@ -550,6 +635,9 @@ impl Fns {
         a.i().memory_fill(0);
         for (i, part) in t.parts.iter().enumerate() {
             let scan = self.scans[i];
+            if let (Some(counter), false) = (counters[i], is_list(&part.part)) {
+                a.set_c(counter, 1);
+            }
             let single = |a: &mut Asm, field: u32| {
                 a.c(r).load_abs(r + field);
                 a.i().i32_add();
@@ -632,6 +720,9 @@ impl Fns {
                     a.i().i32_add();
                     a.load(base, value_field + 4).get(enabled);
                     a.i().call(scan);
+                    if let Some(counter) = counters[i] {
+                        a.inc(counter, 1);
+                    }
                     a.end();
                     a.inc(base, 16);
                     a.get(n).c(1);
@@ -641,6 +732,43 @@ impl Fns {
                     a.end().end();
                 }
             }
+        }
+        // Count conditions: the values of their parts, compared.
+        for (parts, check, slot) in &t.counts {
+            a.c(0);
+            for part in parts {
+                let at = t.parts.iter().position(|p| p.part == *part);
+                if let Some(counter) = at.and_then(|at| counters[at]) {
+                    a.get(counter);
+                    a.i().i32_add();
+                }
+            }
+            a.c(check.value);
+            match check.op {
+                CountOp::Eq => a.i().i32_eq(),
+                CountOp::Ne => a.i().i32_ne(),
+                CountOp::Lt => a.i().i32_lt_u(),
+                CountOp::Le => a.i().i32_le_u(),
+                CountOp::Gt => a.i().i32_gt_u(),
+                CountOp::Ge => a.i().i32_ge_u(),
+            };
+            a.set(item);
+            a.c(*slot).get(item);
+            a.i().i32_store8(mem(layout.fired, 0));
+        }
+        // Compound rules fire when all their conditions hold and the route runs them.
+        for (compound, slots) in &t.compounds {
+            a.get(enabled).c(compound >> 3);
+            a.i().i32_add().i32_load8_u(mem(0, 0));
+            a.c(compound & 7);
+            a.i().i32_shr_u().i32_const(1).i32_and();
+            for slot in slots {
+                a.c(*slot);
+                a.i().i32_load8_u(mem(layout.fired, 0)).i32_and();
+            }
+            a.set(item);
+            a.c(*compound).get(item);
+            a.i().i32_store8(mem(layout.fired, 0));
         }
         // Fired rules, ascending, and the score.
         a.set_c(rule, 0).set_c(count, 0).set_c(score, 0);
@@ -811,11 +939,23 @@ impl Fns {
             clear(&mut a, layout.hits);
             a.end();
         }
+        // Negated conditions: a value that matched none of the matchers makes them hold;
+        // the per-value slot starts clear for the next value.
+        for (per_value, holds) in &part.negations {
+            a.c(*per_value);
+            a.i().i32_load8_u(mem(layout.fired, 0)).i32_eqz();
+            a.if_();
+            a.c(*holds).c(1);
+            a.i().i32_store8(mem(layout.fired, 0));
+            a.end();
+            a.c(*per_value).c(0);
+            a.i().i32_store8(mem(layout.fired, 0));
+        }
         a.finish()
     }
 
-    /// Runs one pattern (its table entry at local `entry`) unless its rule already fired or
-    /// is not enabled on the route; marks the rule fired on a match.
+    /// Runs one pattern (its table entry at local `entry`) unless its slot is already set or
+    /// its rule is not enabled on the route; sets the slot on a match.
     fn try_pattern(&self, a: &mut Asm, layout: &Layout, l: PatternLocals) {
         let PatternLocals {
             entry,
@@ -825,9 +965,11 @@ impl Fns {
             enabled,
         } = l;
         let rule = a.local(I32);
+        let slot = a.local(I32);
         a.block();
         a.load(entry, 4).set(rule);
-        a.get(rule);
+        a.load(entry, 12).set(slot);
+        a.get(slot);
         a.i().i32_load8_u(mem(layout.fired, 0)).br_if(0);
         a.get(enabled).get(rule).c(3);
         a.i().i32_shr_u().i32_add().i32_load8_u(mem(0, 0));
@@ -865,7 +1007,7 @@ impl Fns {
             }
         }
         a.if_();
-        a.get(rule).c(1);
+        a.get(slot).c(1);
         a.i().i32_store8(mem(layout.fired, 0));
         a.end();
         a.end();
