@@ -46,20 +46,13 @@ pub struct SkippedRule {
     pub span: Span,
 }
 
-/// What one import brought in, for `inspect`, the build's summary and the docs.
+/// What one import left out: the plan lists it for `inspect`, the build warns of it.
 #[derive(Debug)]
 pub struct WafImport {
-    pub path: String,
-    pub paranoia: u8,
-    /// Ids of the rules carried over.
-    pub compiled: Vec<String>,
     /// Request rules at this paranoia level that are not carried over.
     pub skipped: Vec<SkippedRule>,
-    /// Rules decided at build time from configuration alone (gates, initialization).
-    pub resolved: usize,
     /// Rules that read responses, which edgepack's WAF does not see.
     pub response_rules: usize,
-    pub span: Span,
 }
 
 /// The CRS's default anomaly scores by severity, used when a rule's `setvar` names a score
@@ -98,13 +91,8 @@ pub(crate) fn import(cx: &mut Ctx, request: &ImportRequest) -> (Vec<WafRule>, Wa
         budget: request.budget,
         rules: Vec::new(),
         report: WafImport {
-            path: request.written.clone(),
-            paranoia: request.paranoia,
-            compiled: Vec::new(),
             skipped: Vec::new(),
-            resolved: 0,
             response_rules: 0,
-            span: request.span,
         },
     };
     for (name, value) in [
@@ -293,7 +281,6 @@ impl Importer {
             }
             match self.decide(&chain) {
                 Static::True => {
-                    self.report.resolved += 1;
                     self.apply_setvars(&chain);
                     if let Some(marker) = head.action("skipafter") {
                         skip_until = Some(marker.to_string());
@@ -310,7 +297,8 @@ impl Importer {
                         });
                     }
                 }
-                Static::False => self.report.resolved += 1,
+                // Never holds with this configuration: nothing to carry over.
+                Static::False => {}
                 Static::Unknown => self.request_rule(cx, file, path, text, &chain),
             }
         }
@@ -485,7 +473,6 @@ impl Importer {
             Ok(mut conditions) if !conditions.is_empty() => {
                 let own = conditions.remove(0);
                 let span = Span::new(file, head.directive.span.start, head.directive.span.end);
-                self.report.compiled.push(id.clone());
                 self.rules.push(WafRule {
                     id: Spanned::new(id, span),
                     score: Spanned::new(score, span),
