@@ -485,6 +485,9 @@ const PARTS: &[&str] = &[
     "cookie-names",
     "header-names",
     "uri",
+    "method",
+    "protocol",
+    "request-line",
     "query-args",
     "query-arg-names",
     "body",
@@ -822,9 +825,9 @@ fn decodings_match_the_reference_byte_for_byte() {
     }
 }
 
-/// Imported rules that are more than "a value matches": a negated operator, a count of
-/// values, a chain of two conditions. The module and the evaluator agree on targeted and
-/// random requests, and each fires exactly when ModSecurity's rule would.
+/// Imported rules that are more than "a value matches" (a negated operator, a count of
+/// values, a chain of two conditions) and one on the method: the module and the evaluator
+/// agree on targeted and random requests, and each fires exactly when ModSecurity's would.
 #[test]
 fn compound_imported_rules_agree_and_fire_as_modsecurity_would() {
     let engine = PolicyEngine::new().expect("engine");
@@ -840,6 +843,7 @@ fn compound_imported_rules_agree_and_fire_as_modsecurity_would() {
             .expect("an imported rule")
     };
     let (negated, counted, chained) = (id("900140"), id("900150"), id("900160"));
+    let method = id("900110");
     let targeted: Vec<(Request, Vec<u32>)> = vec![
         (
             Request::new("GET", "/x").header("content-length", "12"),
@@ -868,6 +872,7 @@ fn compound_imported_rules_agree_and_fire_as_modsecurity_would() {
             Request::new("GET", "/x").header("user-agent", "a bar"),
             vec![],
         ),
+        (Request::new("TRACE", "/x"), vec![method]),
     ];
     for (request, fired) in &targeted {
         compare(plan, &evaluator, instance, request).unwrap_or_else(|e| panic!("{e}"));

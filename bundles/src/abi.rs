@@ -58,8 +58,8 @@ pub mod req {
     pub const PEER: u32 = 12;
     /// (offset, length) of the raw path, without the query.
     pub const PATH: u32 = 28;
-    /// (offset, length) of the raw query, without `?`. It follows the path after a `?`,
-    /// so the path's offset with both lengths plus one spans the URI.
+    /// (offset, length) of the raw query, without `?`. When there is one it follows the
+    /// path after a `?`, so the path's offset with both lengths plus one spans the URI.
     pub const QUERY: u32 = 36;
     /// (offset, length) of the host: lower case, no port, no trailing dot.
     pub const HOST: u32 = 44;
@@ -84,6 +84,13 @@ pub mod req {
     pub const QUERY_ARGS: u32 = 104;
     /// The method code named by `Access-Control-Request-Method` (0 when absent or unknown).
     pub const PREFLIGHT_METHOD: u32 = 108;
+    /// (offset, length) of the request line as text: method, space, path, `?` and query
+    /// (when there is one), space, protocol. The path and query fields point into it.
+    pub const REQUEST_LINE: u32 = 112;
+    /// Length of the method at the start of the request line.
+    pub const METHOD_LEN: u32 = 120;
+    /// Length of the protocol at the end of the request line.
+    pub const PROTOCOL_LEN: u32 = 124;
     pub const HEADER_SIZE: u32 = 128;
 }
 

@@ -287,6 +287,12 @@ pub enum PartPlan {
     HeaderNames,
     /// The path and, when there is one, `?` and the query.
     Uri,
+    /// The method as received.
+    Method,
+    /// `HTTP/1.1`, `HTTP/2.0`.
+    Protocol,
+    /// Method, URI and protocol, separated by spaces.
+    RequestLine,
     /// The query's arguments only (the first `query_arg_count` of `Args`).
     QueryArgs,
     QueryArgNames,

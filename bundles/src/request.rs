@@ -9,6 +9,8 @@ use std::net::{IpAddr, Ipv6Addr};
 /// What the policy engine needs to know about a request.
 pub trait RequestParts {
     fn method(&self) -> &str;
+    /// The protocol as a request line names it: `HTTP/1.1`, `HTTP/2.0`.
+    fn protocol(&self) -> &str;
     /// The path as received, percent-encoded, without the query.
     fn path(&self) -> &[u8];
     /// The query as received, without the `?`.
@@ -29,6 +31,7 @@ pub trait RequestParts {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Request {
     pub method: String,
+    pub protocol: String,
     pub path: Vec<u8>,
     pub query: Vec<u8>,
     pub host: Vec<u8>,
@@ -48,6 +51,7 @@ impl Request {
         };
         Request {
             method: method.to_string(),
+            protocol: "HTTP/1.1".to_string(),
             path: path.as_bytes().to_vec(),
             query: query.as_bytes().to_vec(),
             host: b"localhost".to_vec(),
@@ -84,6 +88,10 @@ impl Request {
 impl RequestParts for Request {
     fn method(&self) -> &str {
         &self.method
+    }
+
+    fn protocol(&self) -> &str {
+        &self.protocol
     }
 
     fn path(&self) -> &[u8] {

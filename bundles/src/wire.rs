@@ -226,14 +226,25 @@ pub fn encode(
     let peer = ip_bytes(parts.peer());
     w.buf[req::PEER as usize..req::PEER as usize + 16].copy_from_slice(&peer);
 
+    // The request line, with the path and the query inside it: method, space, path, `?`
+    // and query when there is one (so the path's offset spans the URI), space, protocol.
+    let (line, method_len) = w.bytes(parts.method().as_bytes())?;
+    w.bytes(b" ")?;
     let (off, len) = w.bytes(parts.path())?;
     w.put_u32_at(req::PATH as usize, off);
     w.put_u32_at(req::PATH as usize + 4, len);
-    // The query follows the path after a `?`: path, `?` and query read as one are the URI.
-    w.bytes(b"?")?;
+    if !parts.query().is_empty() {
+        w.bytes(b"?")?;
+    }
     let (off, len) = w.bytes(parts.query())?;
     w.put_u32_at(req::QUERY as usize, off);
     w.put_u32_at(req::QUERY as usize + 4, len);
+    w.bytes(b" ")?;
+    let (_, protocol_len) = w.bytes(parts.protocol().as_bytes())?;
+    w.put_u32_at(req::REQUEST_LINE as usize, line);
+    w.put_u32_at(req::REQUEST_LINE as usize + 4, w.pos as u32 - line);
+    w.put_u32_at(req::METHOD_LEN as usize, method_len);
+    w.put_u32_at(req::PROTOCOL_LEN as usize, protocol_len);
     let host_start = w.pos;
     let (off, len) = w.bytes(normalized_host(parts.host()))?;
     w.buf[host_start..w.pos].make_ascii_lowercase();
@@ -882,6 +893,10 @@ pub struct ParsedRequest {
     pub peer: [u8; 16],
     pub path: Vec<u8>,
     pub query: Vec<u8>,
+    /// Method, path and query, protocol, as one line.
+    pub request_line: Vec<u8>,
+    pub method_len: usize,
+    pub protocol_len: usize,
     pub host: Vec<u8>,
     pub segments: Vec<Vec<u8>>,
     pub headers: Vec<Pair>,
@@ -981,6 +996,9 @@ pub fn decode(block: &[u8]) -> Result<ParsedRequest, DecodeError> {
         peer,
         path: field(req::PATH)?,
         query: field(req::QUERY)?,
+        request_line: field(req::REQUEST_LINE)?,
+        method_len: u32_at(req::METHOD_LEN as usize)? as usize,
+        protocol_len: u32_at(req::PROTOCOL_LEN as usize)? as usize,
         host: field(req::HOST)?,
         segments,
         headers: pairs(req::HEADERS)?,

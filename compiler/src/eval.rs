@@ -488,6 +488,15 @@ pub fn part_values<'r>(part: &PartPlan, req: &'r ParsedRequest) -> Vec<Cow<'r, [
     let query_args = || req.args.iter().take(req.query_arg_count);
     let borrowed: Vec<&[u8]> = match part {
         PartPlan::Uri => return vec![Cow::Owned(req.uri())],
+        PartPlan::RequestLine => vec![req.request_line.as_slice()],
+        PartPlan::Method => vec![req.request_line.get(..req.method_len).unwrap_or_default()],
+        PartPlan::Protocol => {
+            let line = &req.request_line;
+            vec![
+                line.get(line.len().saturating_sub(req.protocol_len)..)
+                    .unwrap_or_default(),
+            ]
+        }
         PartPlan::Except(base, filters) => {
             let list = match **base {
                 PartPlan::Args => &req.args,

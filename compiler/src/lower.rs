@@ -626,6 +626,9 @@ fn part(written: &p::RequestPart) -> PartPlan {
         p::RequestPart::CookieNames => PartPlan::CookieNames,
         p::RequestPart::HeaderNames => PartPlan::HeaderNames,
         p::RequestPart::Uri => PartPlan::Uri,
+        p::RequestPart::Method => PartPlan::Method,
+        p::RequestPart::Protocol => PartPlan::Protocol,
+        p::RequestPart::RequestLine => PartPlan::RequestLine,
         p::RequestPart::QueryArgs => PartPlan::QueryArgs,
         p::RequestPart::QueryArgNames => PartPlan::QueryArgNames,
         p::RequestPart::Except(base, exact, containing) => PartPlan::Except(

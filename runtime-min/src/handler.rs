@@ -68,6 +68,16 @@ impl RequestParts for View<'_> {
         self.parts.method.as_str()
     }
 
+    fn protocol(&self) -> &str {
+        match self.parts.version {
+            http::Version::HTTP_09 => "HTTP/0.9",
+            http::Version::HTTP_10 => "HTTP/1.0",
+            http::Version::HTTP_2 => "HTTP/2.0",
+            http::Version::HTTP_3 => "HTTP/3.0",
+            _ => "HTTP/1.1",
+        }
+    }
+
     fn path(&self) -> &[u8] {
         self.parts.uri.path().as_bytes()
     }

@@ -792,6 +792,9 @@ fn parts(variables: &[Variable], counting: bool) -> Result<Vec<RequestPart>, Str
             // As received, in origin form (edgepack sees no absolute-form targets).
             ("REQUEST_URI", None) | ("REQUEST_URI_RAW", None) => vec![RequestPart::Uri],
             ("ARGS_GET", None) => vec![RequestPart::QueryArgs],
+            ("REQUEST_METHOD", None) => vec![RequestPart::Method],
+            ("REQUEST_PROTOCOL", None) => vec![RequestPart::Protocol],
+            ("REQUEST_LINE", None) => vec![RequestPart::RequestLine],
             ("ARGS_GET_NAMES", None) => vec![RequestPart::QueryArgNames],
             ("QUERY_STRING", None) => vec![RequestPart::Query],
             ("REQUEST_BODY", None) => vec![RequestPart::Body],

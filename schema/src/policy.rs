@@ -293,6 +293,12 @@ pub enum RequestPart {
     HeaderNames,
     /// The path and, when there is one, `?` and the query, as received.
     Uri,
+    /// The method.
+    Method,
+    /// The protocol: `HTTP/1.1`, `HTTP/2.0`.
+    Protocol,
+    /// Method, URI and protocol, separated by spaces.
+    RequestLine,
     /// Every query argument value (not body arguments).
     QueryArgs,
     /// Every query argument name.
@@ -320,6 +326,9 @@ impl RequestPart {
             RequestPart::CookieNames => "cookie-names".into(),
             RequestPart::HeaderNames => "header-names".into(),
             RequestPart::Uri => "uri".into(),
+            RequestPart::Method => "method".into(),
+            RequestPart::Protocol => "protocol".into(),
+            RequestPart::RequestLine => "request-line".into(),
             RequestPart::QueryArgs => "query-args".into(),
             RequestPart::QueryArgNames => "query-arg-names".into(),
             RequestPart::Except(base, exact, containing) => {

@@ -65,7 +65,13 @@ fn dirty_mask(d: DecodingPlan) -> u32 {
 fn is_list(part: &PartPlan) -> bool {
     !matches!(
         part,
-        PartPlan::Path | PartPlan::Query | PartPlan::Body | PartPlan::Uri
+        PartPlan::Path
+            | PartPlan::Query
+            | PartPlan::Body
+            | PartPlan::Uri
+            | PartPlan::Method
+            | PartPlan::Protocol
+            | PartPlan::RequestLine
     )
 }
 
@@ -648,6 +654,24 @@ impl Fns {
                 PartPlan::Path => single(&mut a, req::PATH),
                 PartPlan::Query => single(&mut a, req::QUERY),
                 PartPlan::Body => single(&mut a, req::BODY),
+                PartPlan::RequestLine => single(&mut a, req::REQUEST_LINE),
+                PartPlan::Method => {
+                    a.c(r).load_abs(r + req::REQUEST_LINE);
+                    a.i().i32_add();
+                    a.load_abs(r + req::METHOD_LEN).get(enabled);
+                    a.i().call(scan);
+                }
+                PartPlan::Protocol => {
+                    // The last bytes of the request line.
+                    a.c(r).load_abs(r + req::REQUEST_LINE);
+                    a.i().i32_add();
+                    a.load_abs(r + req::REQUEST_LINE + 4);
+                    a.i().i32_add();
+                    a.load_abs(r + req::PROTOCOL_LEN);
+                    a.i().i32_sub();
+                    a.load_abs(r + req::PROTOCOL_LEN).get(enabled);
+                    a.i().call(scan);
+                }
                 PartPlan::Uri => {
                     // The path, and `?` and the query after it when there is a query.
                     a.c(r).load_abs(r + req::PATH);
