@@ -113,6 +113,7 @@ const PAYLOADS: &[&str] = &[
     "./a/../b//c/./",
     "%u003cscript%U003E%uff1c%uFF5E%u12%u",
     "W\"h'o^a\\mi ;, (x) , /bin/SH\t\r\n\u{a0}end",
+    "UNION/**/SELECT/*a*/1/*/b*/c*//*",
     "\\u003cimg\\x3e\\74\\101\\4012\\n\\q\\u12\\x4\\",
     "\\3c script\\00003e\\ff1c\\0000ff1c\\\nx\\41\t\\",
     "\u{ff1c}\u{1f600}\u{10ffff}\u{20ac}\u{e9}",
@@ -471,6 +472,7 @@ const DECODINGS: &[&str] = &[
     "cmd-line",
     "remove-whitespace",
     "normalize-path-win",
+    "replace-comments",
 ];
 
 const PARTS: &[&str] = &[
@@ -767,7 +769,7 @@ fn decodings_match_the_reference_byte_for_byte() {
         inputs.push(tree.current());
     }
     use DecodingPlan::*;
-    let decodings: [(&str, &[DecodingPlan]); 12] = [
+    let decodings: [(&str, &[DecodingPlan]); 13] = [
         ("url-decode", &[UrlDecode]),
         ("url-decode-uni", &[UrlDecodeUni]),
         ("utf8-url-decode-uni", &[Utf8UrlDecodeUni]),
@@ -775,6 +777,7 @@ fn decodings_match_the_reference_byte_for_byte() {
         ("css-decode", &[CssDecode]),
         ("cmd-line", &[CmdLine]),
         ("remove-whitespace", &[RemoveWhitespace]),
+        ("replace-comments", &[ReplaceComments]),
         ("normalize-path-win", &[BackslashToSlash, NormalizePath]),
         ("html-entity-decode", &[HtmlEntityDecode]),
         ("normalize-path", &[NormalizePath]),

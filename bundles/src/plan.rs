@@ -334,6 +334,8 @@ pub enum DecodingPlan {
     /// ModSecurity's `cmdLine`.
     CmdLine,
     RemoveWhitespace,
+    /// ModSecurity's `replaceComments`: each `/* … */` (or unterminated `/* …`) to a space.
+    ReplaceComments,
     /// `\` to `/` (the first half of `normalizePathWin`).
     BackslashToSlash,
 }

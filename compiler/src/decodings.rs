@@ -22,6 +22,7 @@ pub fn apply(chain: &[DecodingPlan], value: &[u8]) -> Vec<u8> {
             DecodingPlan::JsDecode => js_decode(&out),
             DecodingPlan::CssDecode => css_decode(&out),
             DecodingPlan::CmdLine => cmd_line(&out),
+            DecodingPlan::ReplaceComments => replace_comments(&out),
             DecodingPlan::RemoveWhitespace => out
                 .into_iter()
                 .filter(|b| !is_space(*b) && *b != 0xA0)
@@ -264,6 +265,34 @@ pub fn css_decode(value: &[u8]) -> Vec<u8> {
     out
 }
 
+/// ModSecurity's `replaceComments`: each C comment `/* … */` becomes one space, and so does
+/// an unterminated `/* …` at the end.
+pub fn replace_comments(value: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(value.len());
+    let mut in_comment = false;
+    let mut i = 0;
+    while i < value.len() {
+        let pair = |a: u8, b: u8| value[i] == a && value.get(i + 1) == Some(&b);
+        if !in_comment && pair(b'/', b'*') {
+            in_comment = true;
+            i += 2;
+        } else if in_comment && pair(b'*', b'/') {
+            in_comment = false;
+            out.push(b' ');
+            i += 2;
+        } else {
+            if !in_comment {
+                out.push(value[i]);
+            }
+            i += 1;
+        }
+    }
+    if in_comment {
+        out.push(b' ');
+    }
+    out
+}
+
 /// ModSecurity's `cmdLine`: deletes `"` `'` `\\` `^`, turns runs of space, `,`, `;`, tab, CR
 /// and LF into one space, drops a space before `/` or `(`, and lower-cases the rest.
 pub fn cmd_line(value: &[u8]) -> Vec<u8> {
@@ -428,6 +457,11 @@ mod tests {
 
     #[test]
     fn modsecurity_decodings() {
+        assert_eq!(
+            replace_comments(b"UNION/**/SELECT/*x*/1/*"),
+            b"UNION SELECT 1 "
+        );
+        assert_eq!(replace_comments(b"a/*/b*/c"), b"a c");
         assert_eq!(
             cmd_line(b"C\\A^T  '/E'tc\"/pa\"ss,;wd (x)"),
             b"cat/etc/pass wd(x)"

@@ -699,6 +699,7 @@ fn decoding(d: p::Decoding) -> Vec<DecodingPlan> {
         p::Decoding::CssDecode => DecodingPlan::CssDecode,
         p::Decoding::CmdLine => DecodingPlan::CmdLine,
         p::Decoding::RemoveWhitespace => DecodingPlan::RemoveWhitespace,
+        p::Decoding::ReplaceComments => DecodingPlan::ReplaceComments,
         p::Decoding::NormalizePathWin => {
             return vec![DecodingPlan::BackslashToSlash, DecodingPlan::NormalizePath];
         }

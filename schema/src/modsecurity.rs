@@ -853,6 +853,7 @@ fn decodings(actions: &[Action]) -> Result<Vec<Decoding>, String> {
             "cmdline" => Decoding::CmdLine,
             "removewhitespace" => Decoding::RemoveWhitespace,
             "normalizepathwin" => Decoding::NormalizePathWin,
+            "replacecomments" => Decoding::ReplaceComments,
             "lowercase" => Decoding::Lowercase,
             "urldecode" => Decoding::UrlDecode,
             "htmlentitydecode" => Decoding::HtmlEntityDecode,

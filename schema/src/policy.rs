@@ -359,10 +359,11 @@ pub enum Decoding {
     CmdLine,
     RemoveWhitespace,
     NormalizePathWin,
+    ReplaceComments,
 }
 
 impl Decoding {
-    pub const ALL: [(&'static str, Decoding); 13] = [
+    pub const ALL: [(&'static str, Decoding); 14] = [
         ("url-decode", Decoding::UrlDecode),
         ("lowercase", Decoding::Lowercase),
         ("html-entity-decode", Decoding::HtmlEntityDecode),
@@ -376,6 +377,7 @@ impl Decoding {
         ("cmd-line", Decoding::CmdLine),
         ("remove-whitespace", Decoding::RemoveWhitespace),
         ("normalize-path-win", Decoding::NormalizePathWin),
+        ("replace-comments", Decoding::ReplaceComments),
     ];
 
     pub fn as_str(&self) -> &'static str {

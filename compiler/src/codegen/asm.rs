@@ -109,6 +109,12 @@ impl Asm {
         self
     }
 
+    /// An `if` whose arms each leave one `i32`.
+    pub fn if_with_result(&mut self) -> &mut Self {
+        self.i().if_(BlockType::Result(I32));
+        self
+    }
+
     pub fn else_(&mut self) -> &mut Self {
         self.i().else_();
         self

@@ -30,6 +30,7 @@ const DIRTY_UTF8: u32 = 32;
 const DIRTY_BACKSLASH: u32 = 64;
 const DIRTY_COMMAND: u32 = 128;
 const DIRTY_ANY_SPACE: u32 = 256;
+const DIRTY_COMMENT: u32 = 512;
 /// Set for every value: a group whose mask holds it always decodes (a `detect` matcher
 /// needs the decoded bytes themselves, lower-casing included).
 const DIRTY_ALWAYS: u32 = 1 << 31;
@@ -58,6 +59,7 @@ fn dirty_mask(d: DecodingPlan) -> u32 {
         DecodingPlan::BackslashToSlash => DIRTY_BACKSLASH,
         DecodingPlan::CmdLine => DIRTY_COMMAND,
         DecodingPlan::RemoveWhitespace => DIRTY_ANY_SPACE,
+        DecodingPlan::ReplaceComments => DIRTY_COMMENT,
     }
 }
 
@@ -119,6 +121,9 @@ fn markers(mask: u32) -> Vec<(Vec<u8>, u32)> {
         for b in b"\"'\\^ ,;\t\r\n" {
             out.push((vec![*b], DIRTY_COMMAND));
         }
+    }
+    if mask & DIRTY_COMMENT != 0 {
+        out.push((b"/*".to_vec(), DIRTY_COMMENT));
     }
     if mask & DIRTY_ANY_SPACE != 0 {
         for b in [b' ', 9, 10, 11, 12, 13, 0xA0] {
@@ -603,6 +608,7 @@ impl Fns {
                 DecodingPlan::CssDecode => css_decode_body(t.hex_values),
                 DecodingPlan::CmdLine => cmd_line_body(),
                 DecodingPlan::RemoveWhitespace => remove_whitespace_body(),
+                DecodingPlan::ReplaceComments => replace_comments_body(),
                 DecodingPlan::BackslashToSlash => backslash_to_slash_body(),
                 DecodingPlan::Lowercase => lowercase_body(),
                 DecodingPlan::HtmlEntityDecode => html_decode_body(t, util),
@@ -1404,6 +1410,74 @@ fn remove_whitespace_body() -> wasm_encoder::Function {
         });
         a.end();
     })
+}
+
+/// `replace-comments`; see `decodings::replace_comments`.
+fn replace_comments_body() -> wasm_encoder::Function {
+    let (src, len, dst) = (0, 1, 2);
+    let mut a = Asm::new(3);
+    let end = a.local(I32);
+    let out = a.local(I32);
+    let b = a.local(I32);
+    let inside = a.local(I32);
+    // Pushes whether the bytes at src are `first` then `second`.
+    let pair = |a: &mut Asm, first: u8, second: u8| {
+        a.get(b).c(u32::from(first));
+        a.i().i32_eq();
+        a.get(src).c(1);
+        a.i().i32_add();
+        a.get(end);
+        a.i().i32_lt_u().i32_and();
+        a.if_with_result();
+        a.load8(src, 1).c(u32::from(second));
+        a.i().i32_eq();
+        a.else_();
+        a.c(0);
+        a.end();
+    };
+    a.get(src).get(len);
+    a.i().i32_add();
+    a.set(end);
+    a.get(dst).set(out);
+    a.block().loop_();
+    a.get(src).get(end);
+    a.i().i32_ge_u().br_if(1);
+    a.load8(src, 0).set(b);
+    a.get(inside);
+    a.if_();
+    pair(&mut a, b'*', b'/');
+    a.if_();
+    a.set_c(inside, 0);
+    emit_byte(&mut a, out, |a| {
+        a.c(u32::from(b' '));
+    });
+    a.inc(src, 2);
+    a.i().br(2);
+    a.end();
+    a.inc(src, 1);
+    a.i().br(1);
+    a.end();
+    pair(&mut a, b'/', b'*');
+    a.if_();
+    a.set_c(inside, 1);
+    a.inc(src, 2);
+    a.i().br(1);
+    a.end();
+    emit_byte(&mut a, out, |a| {
+        a.get(b);
+    });
+    a.inc(src, 1);
+    a.i().br(0);
+    a.end().end();
+    a.get(inside);
+    a.if_();
+    emit_byte(&mut a, out, |a| {
+        a.c(u32::from(b' '));
+    });
+    a.end();
+    a.get(out).get(dst);
+    a.i().i32_sub();
+    a.finish()
 }
 
 /// `cmd-line`; see `decodings::cmd_line`.
