@@ -48,22 +48,7 @@ fn hex(b: u8) -> Option<u8> {
 /// `%XX` (either case) becomes the byte, `+` a space; a `%` not followed by two hex digits
 /// stays as it is.
 pub fn url_decode(value: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(value.len());
-    let mut i = 0;
-    while i < value.len() {
-        let b = value[i];
-        if b == b'%'
-            && i + 2 < value.len()
-            && let (Some(h), Some(l)) = (hex(value[i + 1]), hex(value[i + 2]))
-        {
-            out.push(h << 4 | l);
-            i += 3;
-            continue;
-        }
-        out.push(if b == b'+' { b' ' } else { b });
-        i += 1;
-    }
-    out
+    percent_decode(value, false, false)
 }
 
 /// ModSecurity's `urlDecodeUni` (without a unicode map): `url_decode`, and `%uHHHH` (either
@@ -72,6 +57,10 @@ pub fn url_decode(value: &[u8]) -> Vec<u8> {
 /// read as its `%u` form, fused into the same pass so the output is never longer; invalid
 /// UTF-8 stays as it is.
 pub fn url_decode_uni(value: &[u8], utf8: bool) -> Vec<u8> {
+    percent_decode(value, true, utf8)
+}
+
+fn percent_decode(value: &[u8], uni: bool, utf8: bool) -> Vec<u8> {
     let mut out = Vec::with_capacity(value.len());
     let mut i = 0;
     while i < value.len() {
@@ -90,17 +79,12 @@ pub fn url_decode_uni(value: &[u8], utf8: bool) -> Vec<u8> {
             i += len;
             continue;
         }
-        if b == b'%'
+        if uni
+            && b == b'%'
             && i + 5 < value.len()
             && (value[i + 1] | 0x20) == b'u'
-            && let (Some(a), Some(b2), Some(c), Some(d)) = (
-                hex(value[i + 2]),
-                hex(value[i + 3]),
-                hex(value[i + 4]),
-                hex(value[i + 5]),
-            )
+            && let Some(code) = hex4(&value[i + 2..i + 6])
         {
-            let code = u32::from(a) << 12 | u32::from(b2) << 8 | u32::from(c) << 4 | u32::from(d);
             out.push(unicode_low_byte(code));
             i += 6;
             continue;
@@ -117,6 +101,13 @@ pub fn url_decode_uni(value: &[u8], utf8: bool) -> Vec<u8> {
         i += 1;
     }
     out
+}
+
+/// The code four hex digits spell (`%uHHHH`, `\uHHHH`).
+fn hex4(digits: &[u8]) -> Option<u32> {
+    digits
+        .iter()
+        .try_fold(0u32, |code, d| Some(code << 4 | u32::from(hex(*d)?)))
 }
 
 /// The byte ModSecurity keeps of a 16-bit code: the low one, full-width ASCII shifted down.
@@ -168,14 +159,8 @@ pub fn js_decode(value: &[u8]) -> Vec<u8> {
         let next = value[i + 1];
         if next == b'u'
             && i + 5 < value.len()
-            && let (Some(a), Some(b2), Some(c), Some(d)) = (
-                hex(value[i + 2]),
-                hex(value[i + 3]),
-                hex(value[i + 4]),
-                hex(value[i + 5]),
-            )
+            && let Some(code) = hex4(&value[i + 2..i + 6])
         {
-            let code = u32::from(a) << 12 | u32::from(b2) << 8 | u32::from(c) << 4 | u32::from(d);
             out.push(unicode_low_byte(code));
             i += 6;
         } else if next == b'x'

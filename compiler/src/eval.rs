@@ -23,9 +23,8 @@ use crate::plan::*;
 /// A plan with its regexes compiled, ready to decide.
 pub struct Evaluator<'p> {
     plan: &'p RegionPlan,
-    /// For each WAF rule, its matchers.
-    /// Per rule, per condition: its compiled matchers.
-    matchers: Vec<Vec<Vec<CompiledMatcher>>>,
+    /// Per WAF rule, its conditions (its own first) with their compiled matchers.
+    conditions: Vec<Vec<(WafConditionPlan, Vec<CompiledMatcher>)>>,
     trusted: Vec<IpNet>,
 }
 
@@ -37,15 +36,16 @@ enum CompiledMatcher {
 
 impl<'p> Evaluator<'p> {
     pub fn new(plan: &'p RegionPlan) -> Evaluator<'p> {
-        let matchers = plan
+        let conditions = plan
             .waf
             .iter()
             .flat_map(|w| &w.rules)
             .map(|rule| {
                 rule.conditions()
-                    .iter()
+                    .into_iter()
                     .map(|c| {
-                        c.matchers
+                        let matchers = c
+                            .matchers
                             .iter()
                             .map(|m| match m {
                                 MatcherPlan::Regex(pattern) => CompiledMatcher::Regex(Box::new(
@@ -59,7 +59,8 @@ impl<'p> Evaluator<'p> {
                                 }
                                 MatcherPlan::Detect(kind) => CompiledMatcher::Detect(*kind),
                             })
-                            .collect()
+                            .collect();
+                        (c, matchers)
                     })
                     .collect()
             })
@@ -72,7 +73,7 @@ impl<'p> Evaluator<'p> {
             .collect();
         Evaluator {
             plan,
-            matchers,
+            conditions,
             trusted,
         }
     }
@@ -415,16 +416,11 @@ impl<'p> Evaluator<'p> {
         (best.map(|(r, _, _)| r), considered)
     }
 
-    /// The first value of the rule's parts that one of its matchers matches, after decoding.
     /// Whether every condition of the rule holds; the value its own condition found (for a
     /// count, the count).
     fn rule_matches(&self, rule: &WafRulePlan, req: &ParsedRequest) -> Option<Vec<u8>> {
         let mut found = None;
-        for (condition, matchers) in rule
-            .conditions()
-            .iter()
-            .zip(&self.matchers[rule.id as usize])
-        {
+        for (condition, matchers) in &self.conditions[rule.id as usize] {
             let value = condition_holds(condition, matchers, req)?;
             found.get_or_insert(value);
         }

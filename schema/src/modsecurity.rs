@@ -922,12 +922,7 @@ const MAX_PIECES: usize = 8;
 /// yield narrower required literals for the prefilter. `None` when no split fits.
 fn split_to_fit(pattern: &str, budget: u64) -> Option<Vec<String>> {
     use regex_syntax::hir::Hir;
-    let hir = regex_syntax::ParserBuilder::new()
-        .unicode(false)
-        .utf8(false)
-        .build()
-        .parse(pattern)
-        .ok()?;
+    let hir = waf_regex::parse(pattern).ok()?;
     let mut done: Vec<String> = Vec::new();
     let mut todo: Vec<Hir> = vec![hir];
     let mut cuts = 0;

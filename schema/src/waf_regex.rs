@@ -25,14 +25,21 @@ pub fn syntax_config() -> syntax::Config {
     syntax::Config::new().unicode(false).utf8(false)
 }
 
-/// Checks that `pattern` parses and that its unanchored DFA fits in `budget` bytes.
-pub fn check_pattern(pattern: &str, budget: u64) -> Result<(), RegexProblem> {
-    let mut parser = regex_syntax::ParserBuilder::new()
+/// Parses a WAF pattern in this dialect, for code that looks inside patterns (literal
+/// extraction, splitting).
+pub fn parse(pattern: &str) -> Result<regex_syntax::hir::Hir, Box<regex_syntax::Error>> {
+    regex_syntax::ParserBuilder::new()
         .unicode(false)
         .utf8(false)
-        .build();
-    if let Err(error) = parser.parse(pattern) {
-        let (span, reason) = match &error {
+        .build()
+        .parse(pattern)
+        .map_err(Box::new)
+}
+
+/// Checks that `pattern` parses and that its unanchored DFA fits in `budget` bytes.
+pub fn check_pattern(pattern: &str, budget: u64) -> Result<(), RegexProblem> {
+    if let Err(error) = parse(pattern) {
+        let (span, reason) = match error.as_ref() {
             regex_syntax::Error::Parse(e) => (*e.span(), e.kind().to_string()),
             regex_syntax::Error::Translate(e) => (*e.span(), e.kind().to_string()),
             other => (

@@ -390,12 +390,7 @@ pub fn minimal_literals(mut set: Vec<Vec<u8>>) -> Vec<Vec<u8>> {
 /// bytes, or `None` when there is no small such set (the pattern then always runs). Of the
 /// prefix and suffix sets, the one with fewer (then longer) literals wins.
 pub fn required_literals(pattern: &str, max_len: usize) -> Option<Vec<Vec<u8>>> {
-    let hir = regex_syntax::ParserBuilder::new()
-        .unicode(false)
-        .utf8(false)
-        .build()
-        .parse(pattern)
-        .ok()?;
+    let hir = edgepack_schema::waf_regex::parse(pattern).ok()?;
     let mut best: Option<Vec<Vec<u8>>> = None;
     // How often a set is expected to hit ordinary text, per byte: a literal's chance is the
     // product of its bytes' (letters and spaces are common, punctuation is not); each

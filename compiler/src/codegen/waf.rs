@@ -1613,6 +1613,34 @@ fn hex_at(a: &mut Asm, hex_values: u32, local: u32, offset: u32) {
     a.i().i32_load8_u(mem(hex_values, 0));
 }
 
+/// Reads the four hex digits at `local + offset` (a `%uHHHH` or `\uHHHH` code): sets `high`
+/// and `low` to the code's two bytes and pushes whether all four were hex digits (`h2` and
+/// `l2` are scratch).
+fn hex4_at(a: &mut Asm, hex_values: u32, local: u32, offset: u32, [high, low, h2, l2]: [u32; 4]) {
+    for (k, digit) in [high, low, h2, l2].into_iter().enumerate() {
+        hex_at(a, hex_values, local, offset + k as u32);
+        a.set(digit);
+    }
+    a.get(high).get(low);
+    a.i().i32_or();
+    a.get(h2);
+    a.i().i32_or();
+    a.get(l2);
+    a.i().i32_or();
+    a.c(16);
+    a.i().i32_lt_u();
+    a.get(high).c(4);
+    a.i().i32_shl();
+    a.get(low);
+    a.i().i32_or();
+    a.set(high);
+    a.get(h2).c(4);
+    a.i().i32_shl();
+    a.get(l2);
+    a.i().i32_or();
+    a.set(low);
+}
+
 /// Pushes `low` plus 0x20 when `full_width` (a 16-bit code `FFxx` with `xx` in 1..=0x5E):
 /// the byte ModSecurity keeps of a `%u`/`\u` code. `top` holds the code's high byte.
 fn unicode_low_byte(a: &mut Asm, top: u32, low: u32) {
@@ -1762,37 +1790,13 @@ fn url_decode_body(hex_values: u32, uni: bool, utf8: bool) -> wasm_encoder::Func
         a.get(end);
         a.i().i32_lt_u().i32_and();
         a.if_();
-        hex_at(&mut a, hex_values, src, 2);
-        a.set(h);
-        hex_at(&mut a, hex_values, src, 3);
-        a.set(l);
-        hex_at(&mut a, hex_values, src, 4);
-        a.set(h2);
-        hex_at(&mut a, hex_values, src, 5);
-        a.set(l2);
         a.load8(src, 1).c(0x20);
         a.i().i32_or();
         a.c(b'u' as u32);
         a.i().i32_eq();
-        a.get(h).get(l);
-        a.i().i32_or();
-        a.get(h2);
-        a.i().i32_or();
-        a.get(l2);
-        a.i().i32_or();
-        a.c(16);
-        a.i().i32_lt_u().i32_and();
+        hex4_at(&mut a, hex_values, src, 2, [h, l, h2, l2]);
+        a.i().i32_and();
         a.if_();
-        a.get(h).c(4);
-        a.i().i32_shl();
-        a.get(l);
-        a.i().i32_or();
-        a.set(h);
-        a.get(h2).c(4);
-        a.i().i32_shl();
-        a.get(l2);
-        a.i().i32_or();
-        a.set(l);
         emit_byte(&mut a, out, |a| unicode_low_byte(a, h, l));
         a.inc(src, 6);
         a.i().br(3);
@@ -1878,33 +1882,8 @@ fn js_decode_body(hex_values: u32) -> wasm_encoder::Function {
     a.get(end);
     a.i().i32_lt_u().i32_and();
     a.if_(); // depth 2
-    hex_at(&mut a, hex_values, src, 2);
-    a.set(h);
-    hex_at(&mut a, hex_values, src, 3);
-    a.set(l);
-    hex_at(&mut a, hex_values, src, 4);
-    a.set(h2);
-    hex_at(&mut a, hex_values, src, 5);
-    a.set(l2);
-    a.get(h).get(l);
-    a.i().i32_or();
-    a.get(h2);
-    a.i().i32_or();
-    a.get(l2);
-    a.i().i32_or();
-    a.c(16);
-    a.i().i32_lt_u();
+    hex4_at(&mut a, hex_values, src, 2, [h, l, h2, l2]);
     a.if_(); // depth 3
-    a.get(h).c(4);
-    a.i().i32_shl();
-    a.get(l);
-    a.i().i32_or();
-    a.set(h);
-    a.get(h2).c(4);
-    a.i().i32_shl();
-    a.get(l2);
-    a.i().i32_or();
-    a.set(l);
     emit_byte(&mut a, out, |a| unicode_low_byte(a, h, l));
     a.inc(src, 6);
     a.i().br(3);
