@@ -69,6 +69,7 @@ fn deciding_a_request_allocates_nothing() {
         mark: None,
         allow_same: false,
         region: None,
+        known_good: false,
     };
     let active = loader
         .prepare(&bundle, &floor, 1, &RateLimits::new(100))

@@ -49,6 +49,19 @@ pub struct RegionPlan {
     /// Transforms for a zone's personal data, by zone.
     pub residency: Vec<ResidencyPlan>,
     pub tests: Vec<TestPlan>,
+    /// How a node watches this bundle after swapping it in; none: it does not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<RolloutPlan>,
+}
+
+/// After a swap the node counts its requests and 5xx answers for `watch_ms`; once
+/// `min_requests` are in and errors exceed `max_error_permille` thousandths of them, it
+/// returns to the bundle it served before.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RolloutPlan {
+    pub watch_ms: u64,
+    pub max_error_permille: u32,
+    pub min_requests: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -116,6 +116,11 @@ pub fn lower(policy: &Policy, sources: &Sources, region: &Region) -> RegionPlan 
         edit_sets: l.edit_sets,
         residency,
         tests,
+        rollout: policy.rollout.as_ref().map(|r| RolloutPlan {
+            watch_ms: r.watch.value.as_millis() as u64,
+            max_error_permille: r.max_error_permille.value,
+            min_requests: r.min_requests.value,
+        }),
     }
 }
 

@@ -8,7 +8,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use edgepack_compiler::commands::{
-    build, check, dev, diff, explain, fmt, inspect, keygen, sign, test, verify,
+    build, check, dev, diff, explain, fmt, inspect, keygen, registry, sign, test, verify,
 };
 use edgepack_compiler::report::HumanStyle;
 
@@ -16,7 +16,8 @@ use edgepack_compiler::report::HumanStyle;
 ///
 /// A policy is a directory whose entry file is `edgepack.kdl`. Start with
 /// `edgepack check examples/global-api`, then `edgepack keygen --out-dir keys` and
-/// `edgepack build examples/global-api --key keys/edgepack.key --out dist`.
+/// `edgepack build examples/global-api --key keys/edgepack.key --out dist`; ship with
+/// `edgepack push dist registry.example.com/team/api:prod`.
 /// See docs/language.md for the language and docs/bundle-format.md for what ships.
 #[derive(Debug, Parser)]
 #[command(name = "edgepack", version)]
@@ -38,6 +39,8 @@ enum Command {
     Diff(diff::DiffArgs),
     Test(test::TestArgs),
     Dev(dev::DevArgs),
+    Push(registry::PushArgs),
+    Pull(registry::PullArgs),
 }
 
 fn main() -> ExitCode {
@@ -55,6 +58,8 @@ fn main() -> ExitCode {
         Command::Diff(args) => diff::run(args, style),
         Command::Test(args) => test::run(args, style),
         Command::Dev(args) => dev::run(args, style),
+        Command::Push(args) => registry::push(args),
+        Command::Pull(args) => registry::pull(args),
     };
     // A closed pipe (`edgepack check | head`) is not an error worth reporting.
     let _ = std::io::stdout().write_all(output.stdout.as_bytes());

@@ -5,7 +5,7 @@
 //! it once, the JWT keys. Only a bundle that passes all of it can be swapped in.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
@@ -50,6 +50,45 @@ pub struct Active {
     /// The header the policy reads the country from, stripped when the decision says so.
     pub country_header: Option<HeaderName>,
     pub activated_at: Instant,
+    /// Requests and errors while the bundle's rollout window is open.
+    pub watch: ErrorWatch,
+}
+
+/// A freshly swapped-in bundle's requests and 5xx answers, counted only while its rollout
+/// window is open (one relaxed load per request otherwise).
+#[derive(Debug, Default)]
+pub struct ErrorWatch {
+    open: AtomicBool,
+    requests: AtomicU64,
+    errors: AtomicU64,
+}
+
+impl ErrorWatch {
+    /// Counts one answered request.
+    pub fn count(&self, status: u16) {
+        if self.open.load(Ordering::Relaxed) {
+            self.requests.fetch_add(1, Ordering::Relaxed);
+            if status >= 500 {
+                self.errors.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    pub fn open(&self) {
+        self.open.store(true, Ordering::Relaxed);
+    }
+
+    pub fn close(&self) {
+        self.open.store(false, Ordering::Relaxed);
+    }
+
+    /// Requests and errors counted so far.
+    pub fn counts(&self) -> (u64, u64) {
+        (
+            self.requests.load(Ordering::Relaxed),
+            self.errors.load(Ordering::Relaxed),
+        )
+    }
 }
 
 impl Active {
@@ -58,6 +97,32 @@ impl Active {
             region: self.manifest.region.clone(),
             version: self.manifest.version,
             sha256: self.sha256.clone(),
+            revoked: false,
+        }
+    }
+
+    /// The same bundle for a trial run, with its own rate limiters, so golden requests
+    /// neither spend nor meet live traffic's limits.
+    pub fn for_trial(&self, generation: u64, limiters: Vec<Arc<Limiter>>) -> Active {
+        Active {
+            generation,
+            manifest: self.manifest.clone(),
+            sha256: self.sha256.clone(),
+            plan: self.plan.clone(),
+            module: ArcSwap::new(self.module.load_full()),
+            optimized: AtomicBool::new(self.optimized.load(Ordering::Acquire)),
+            // Only the optimizer reads the bytes, and a trial is never optimized.
+            wasm: Vec::new(),
+            wasm_sha256: self.wasm_sha256.clone(),
+            body_limit: self.body_limit,
+            jwt: self.jwt.clone(),
+            functions: self.functions.clone(),
+            function_engine: self.function_engine.clone(),
+            limiters,
+            route_names: self.route_names.clone(),
+            country_header: self.country_header.clone(),
+            activated_at: Instant::now(),
+            watch: ErrorWatch::default(),
         }
     }
 
@@ -113,6 +178,10 @@ pub enum Refusal {
     Expired { expires: u64 },
     #[error("the bundle has no expiry time and this node requires one")]
     NoExpiry,
+    #[error("version {version} was rolled back on this node; only a higher version is accepted")]
+    Revoked { version: u64 },
+    #[error("golden request {0}")]
+    Golden(String),
     #[error("the bundle's plan is unusable: {0}")]
     Plan(String),
     #[error(transparent)]
@@ -144,7 +213,10 @@ impl Refusal {
                 _ => "archive",
             },
             Refusal::Region { .. } => "region",
-            Refusal::NotNewer { .. } | Refusal::Replaced { .. } => "version",
+            Refusal::NotNewer { .. } | Refusal::Replaced { .. } | Refusal::Revoked { .. } => {
+                "version"
+            }
+            Refusal::Golden(_) => "golden",
             Refusal::Expired { .. } | Refusal::NoExpiry => "expiry",
             Refusal::Plan(_) => "plan",
             Refusal::Module(HostError::Abi { .. }) => "abi",
@@ -164,9 +236,13 @@ pub struct Floor {
     pub allow_same: bool,
     /// The region this node serves, once known.
     pub region: Option<String>,
+    /// The node's own record of a bundle it served (the state directory's last good one,
+    /// or the previous one on a rollback): checked like any other, except for its version.
+    pub known_good: bool,
 }
 
 /// Verifies and prepares bundles.
+#[derive(Clone)]
 pub struct Loader {
     pub engine: PolicyEngine,
     pub trusted: Vec<VerifyingKey>,
@@ -262,7 +338,12 @@ impl Loader {
             None if self.require_expiry => return Err(Refusal::NoExpiry),
             _ => {}
         }
-        if let Some(mark) = &floor.mark {
+        if let Some(mark) = floor.mark.as_ref().filter(|_| !floor.known_good) {
+            if mark.revoked && manifest.version == mark.version {
+                return Err(Refusal::Revoked {
+                    version: mark.version,
+                });
+            }
             let same = manifest.version == mark.version && opened.sha256 == mark.sha256;
             if manifest.version < mark.version || (manifest.version == mark.version && !same) {
                 return Err(if manifest.version == mark.version {
@@ -359,6 +440,7 @@ impl Loader {
             route_names,
             country_header,
             activated_at: Instant::now(),
+            watch: ErrorWatch::default(),
         })
     }
 }

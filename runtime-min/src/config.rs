@@ -13,19 +13,44 @@ use clap::Parser;
 /// The node takes no policy configuration of its own: routes, rules, limits and caching
 /// come from the bundle, which it verifies against the trusted keys, activates atomically
 /// and replaces whenever a valid bundle with a higher version appears at `--bundle` (the
-/// directory is watched; SIGHUP forces a look). A bundle that fails any check is refused,
-/// logged and counted, and the active one keeps serving. SIGTERM drains and exits 0.
+/// directory is watched; SIGHUP forces a look) or in the release `--pull` names. Before a
+/// bundle serves, its `test` blocks run against it as golden requests; after, if the bundle
+/// sets a `rollout` window, the node returns to the previous bundle when its error rate
+/// crosses the bundle's threshold. A bundle that fails any check is refused, logged and
+/// counted, and the active one keeps serving. SIGTERM drains and exits 0.
 ///
-/// Example:
+/// Examples:
 ///   edgepack-node --bundle dist/eu-west.edgepack --trust keys/ci.pub
 ///     --listen 0.0.0.0:8080 --admin 127.0.0.1:9090 --state-dir /var/lib/edgepack
+///   edgepack-node --pull registry.example.com/team/api:prod --region eu-west --poll 30s
+///     --trust keys/ci.pub --state-dir /var/lib/edgepack
 #[derive(Debug, Clone, Parser)]
 #[command(name = "edgepack-node", version)]
 pub struct NodeArgs {
     /// The bundle: a `.edgepack` file, or a directory holding one (or `<region>.edgepack`
     /// with `--region`).
-    #[arg(long, value_name = "PATH")]
-    pub bundle: PathBuf,
+    #[arg(
+        long,
+        value_name = "PATH",
+        required_unless_present = "pull",
+        conflicts_with = "pull"
+    )]
+    pub bundle: Option<PathBuf>,
+
+    /// Pull this region's bundle from a release in an OCI registry (`edgepack push`), e.g.
+    /// `registry.example.com/team/api:prod`, whenever the reference moves. Plain HTTP only
+    /// for a registry on this machine. Credentials: --registry-user and
+    /// --registry-password-file, else the Docker configuration (`~/.docker/config.json`).
+    #[arg(long, value_name = "REFERENCE", requires = "region")]
+    pub pull: Option<String>,
+
+    /// User name for the registry `--pull` reads.
+    #[arg(long, value_name = "USER", requires = "registry_password_file")]
+    pub registry_user: Option<String>,
+
+    /// File holding the password or token for `--registry-user`.
+    #[arg(long, value_name = "FILE", requires = "registry_user")]
+    pub registry_password_file: Option<PathBuf>,
 
     /// Public keys whose signatures are trusted (repeatable; see `edgepack keygen`).
     #[arg(long, value_name = "PUBLIC_KEY", required = true)]
@@ -139,9 +164,10 @@ pub struct NodeArgs {
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
     pub drain_timeout: Duration,
 
-    /// How often to look at `--bundle` even without a file-system event.
-    #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = parse_duration)]
-    pub poll_interval: Duration,
+    /// How often to look for a new bundle: at `--bundle` even without a file-system event
+    /// (default 2s), or at the `--pull` reference in the registry (default 30s).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub poll: Option<Duration>,
 
     /// Do not write the access log (one JSON line per request on stdout).
     #[arg(long)]
@@ -159,6 +185,16 @@ pub enum LogFormat {
 }
 
 impl NodeArgs {
+    /// How often to look for a new bundle.
+    pub fn poll_interval(&self) -> Duration {
+        let default = if self.pull.is_some() {
+            Duration::from_secs(30)
+        } else {
+            Duration::from_secs(2)
+        };
+        self.poll.unwrap_or(default).max(Duration::from_millis(100))
+    }
+
     /// `--resolve` as a lookup table.
     pub fn resolve_map(&self) -> HashMap<(String, u16), SocketAddr> {
         self.resolve

@@ -1168,6 +1168,7 @@ impl Exchange<'_> {
             response.extensions_mut().insert(self.decision.clone());
         }
         let status = response.status().as_u16();
+        active.watch.count(status);
         let route = active.route_name(self.decision.route).to_string();
         let elapsed = self.started.elapsed();
         self.node

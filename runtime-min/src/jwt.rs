@@ -16,6 +16,7 @@ use serde_json::Value;
 const MAX_LEEWAY_S: u64 = 300;
 
 /// A verification key with the id it may be selected by.
+#[derive(Clone)]
 struct Key {
     kid: Option<String>,
     family: AlgorithmFamily,
@@ -23,6 +24,7 @@ struct Key {
 }
 
 /// One `jwt` provider of the plan, ready to verify tokens.
+#[derive(Clone)]
 pub struct JwtVerifier {
     name: String,
     algorithms: Vec<Algorithm>,

@@ -58,6 +58,19 @@ pub struct ActivationLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RollbackLabels {
+    /// `rolled-back`, or `failed` when the previous bundle no longer verifies.
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PullLabels {
+    /// `unchanged`, `fetched` (offered for activation), `refused` (not a usable release)
+    /// or `error` (the registry did not answer).
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct FunctionLabels {
     pub function: String,
 }
@@ -96,6 +109,9 @@ pub struct Metrics {
     pub activation_seconds: Histogram,
     pub connections: Gauge,
     pub state_write_errors: Counter,
+    pub golden_requests: Counter,
+    pub rollbacks: Family<RollbackLabels, Counter>,
+    pub registry_polls: Family<PullLabels, Counter>,
     pub function_instantiate_seconds: HistogramFamily<FunctionLabels>,
     pub function_errors: Family<FunctionErrorLabels, Counter>,
     pub function_instances: Gauge,
@@ -137,6 +153,9 @@ impl Metrics {
             activation_seconds: latency_histogram(),
             connections: Gauge::default(),
             state_write_errors: Counter::default(),
+            golden_requests: Counter::default(),
+            rollbacks: Family::default(),
+            registry_polls: Family::default(),
             function_instantiate_seconds: Family::new_with_constructor(
                 instantiate_histogram as fn() -> Histogram,
             ),
@@ -224,6 +243,21 @@ impl Metrics {
             "state_write_errors",
             "Failures to record the active bundle in the state directory",
             m.state_write_errors.clone(),
+        );
+        registry.register(
+            "golden_requests",
+            "Golden requests (a bundle's tests) passed by bundles before they were activated",
+            m.golden_requests.clone(),
+        );
+        registry.register(
+            "rollbacks",
+            "Automatic returns to the previous bundle after an error rate above the threshold",
+            m.rollbacks.clone(),
+        );
+        registry.register(
+            "registry_polls",
+            "Looks at the release reference in the registry, by result",
+            m.registry_polls.clone(),
         );
         registry.register(
             "function_instantiate_duration_seconds",

@@ -11,13 +11,15 @@ use ed25519_dalek::VerifyingKey;
 use edgepack_bundles::bundle::{self, OpenLimits};
 
 use edgepack_bundles::abi::Decision;
+use edgepack_bundles::plan::RolloutPlan;
 
-use crate::activation::{Active, Floor, Loader};
+use crate::activation::{Active, Floor, Loader, Refusal};
 use crate::cache::ResponseCache;
 use crate::config::NodeArgs;
 use crate::functions::{FunctionHost, FunctionLimits};
+use crate::golden;
 use crate::host::{HostError, PolicyEngine};
-use crate::metrics::{ActivationLabels, BundleLabels, Metrics};
+use crate::metrics::{ActivationLabels, BundleLabels, Metrics, RollbackLabels};
 use crate::proxy::Origins;
 use crate::ratelimit::RateLimits;
 use crate::state::{Mark, StateDir, StateError};
@@ -38,6 +40,9 @@ pub struct Settings {
     /// `decide`: the baseline the serving bench measures the policy's cost against (never
     /// set by a flag).
     pub skip_decide: bool,
+    /// Send a bundle's `test` blocks through it before it may serve, and refuse it if one
+    /// fails (always on for `edgepack-node`; `edgepack test` runs and reports them itself).
+    pub golden_requests: bool,
 }
 
 /// Activations in this process, numbered across nodes: a worker thread keeps one policy
@@ -52,6 +57,8 @@ pub enum Trigger {
     Watch,
     Poll,
     Signal,
+    Pull,
+    Rollback,
 }
 
 impl Trigger {
@@ -61,9 +68,35 @@ impl Trigger {
             Trigger::Watch => "watch",
             Trigger::Poll => "poll",
             Trigger::Signal => "signal",
+            Trigger::Pull => "pull",
+            Trigger::Rollback => "rollback",
         }
     }
 }
+
+/// A bundle offered for activation: where it came from, and why now.
+#[derive(Debug, Clone, Copy)]
+pub struct Offer<'a> {
+    /// A path or registry reference, for the log.
+    pub origin: &'a str,
+    pub trigger: Trigger,
+    /// The node's own record of a bundle it served: the version floor does not apply.
+    known_good: bool,
+}
+
+impl<'a> Offer<'a> {
+    /// A bundle from outside the node: every rule applies.
+    pub fn outside(origin: &'a str, trigger: Trigger) -> Offer<'a> {
+        Offer {
+            origin,
+            trigger,
+            known_good: false,
+        }
+    }
+}
+
+/// Golden requests of one bundle may take this long in all.
+const GOLDEN_TIME_LIMIT: Duration = Duration::from_secs(10);
 
 /// What activation remembers between attempts.
 #[derive(Default)]
@@ -74,6 +107,10 @@ struct Control {
     region: Option<String>,
     /// The sha256 of the last refused bundle file, so polling does not refuse it again.
     last_refused: Option<String>,
+    /// The bytes of the bundle serving, and of the one it replaced (what a rollback returns
+    /// to).
+    current: Option<Arc<Vec<u8>>>,
+    previous: Option<Arc<Vec<u8>>>,
 }
 
 /// Everything a request needs, shared by all of them.
@@ -87,7 +124,8 @@ pub struct Node {
     pub origins: Origins,
     loader: Loader,
     state: StateDir,
-    bundle_path: PathBuf,
+    /// `--bundle`, when the node reads a file (else it pulls from a registry).
+    bundle_path: Option<PathBuf>,
     fixed_region: Option<String>,
     pseudonymize_key: Option<Vec<u8>>,
     control: Mutex<Control>,
@@ -96,6 +134,8 @@ pub struct Node {
     activating: Mutex<()>,
     request_prefix: u32,
     request_counter: AtomicU64,
+    /// The node itself, for the threads it starts (set by [`Node::shared`]).
+    me: std::sync::OnceLock<std::sync::Weak<Node>>,
 }
 
 /// Why the node could not start.
@@ -132,6 +172,7 @@ impl Node {
                 stand_in_origins: false,
                 expose_decisions: false,
                 skip_decide: false,
+                golden_requests: true,
             },
             replayed: std::sync::OnceLock::new(),
             active: ArcSwapOption::empty(),
@@ -159,12 +200,21 @@ impl Node {
             control: Mutex::new(Control {
                 mark,
                 region,
-                last_refused: None,
+                ..Control::default()
             }),
             activating: Mutex::new(()),
             request_prefix: u32::from_le_bytes(prefix),
             request_counter: AtomicU64::new(0),
+            me: std::sync::OnceLock::new(),
         })
+    }
+
+    /// The node, shared; only a shared node watches a new bundle's error rate (the watch
+    /// runs on a thread of its own).
+    pub fn shared(self) -> Arc<Node> {
+        let node = Arc::new(self);
+        let _ = node.me.set(Arc::downgrade(&node));
+        node
     }
 
     pub fn next_request_id(&self) -> String {
@@ -192,7 +242,9 @@ impl Node {
     /// The bundle file `--bundle` names now: the file itself, or the one bundle in the
     /// directory (`<region>.edgepack` when the region is known).
     pub fn bundle_file(&self) -> Result<PathBuf, String> {
-        let path = &self.bundle_path;
+        let Some(path) = &self.bundle_path else {
+            return Err("the node pulls its bundles from a registry".to_string());
+        };
         if !path.is_dir() {
             return Ok(path.clone());
         }
@@ -228,27 +280,32 @@ impl Node {
     /// Activates the bundle at `--bundle` on start, or the last good one from the state
     /// directory when it cannot be used. Returns whether a bundle is active.
     pub fn start(&self) -> bool {
-        let offered = self
-            .bundle_file()
-            .and_then(|path| read_bounded(&path).map(|bytes| (path, bytes)));
-        match offered {
-            Ok((path, bytes)) => {
-                if self
-                    .try_activate(&bytes, &path, Trigger::Start, true)
-                    .is_ok()
-                {
-                    return true;
+        if self.bundle_path.is_some() {
+            let offered = self
+                .bundle_file()
+                .and_then(|path| read_bounded(&path).map(|bytes| (path, bytes)));
+            match offered {
+                Ok((path, bytes)) => {
+                    let origin = path.display().to_string();
+                    let offer = Offer::outside(&origin, Trigger::Start);
+                    if self.try_activate(&bytes, &offer).is_ok() {
+                        return true;
+                    }
                 }
-            }
-            Err(message) => {
-                tracing::error!(target: "edgepack::activation", trigger = "start", error = %message, "no bundle to load");
+                Err(message) => {
+                    tracing::error!(target: "edgepack::activation", trigger = "start", error = %message, "no bundle to load");
+                }
             }
         }
         let Some(bytes) = self.state.last_good() else {
             return false;
         };
-        let path = PathBuf::from("state-dir/last-good.edgepack");
-        match self.try_activate(&bytes, &path, Trigger::Start, true) {
+        let offer = Offer {
+            origin: "state-dir/last-good.edgepack",
+            trigger: Trigger::Start,
+            known_good: true,
+        };
+        match self.try_activate(&bytes, &offer) {
             Ok(()) => {
                 tracing::warn!(target: "edgepack::activation", "serving the last good bundle from the state directory");
                 true
@@ -257,8 +314,16 @@ impl Node {
         }
     }
 
+    /// The limits every bundle is opened with.
+    pub fn open_limits(&self) -> OpenLimits {
+        self.loader.limits
+    }
+
     /// Looks at `--bundle` and activates it if it is new and valid.
     pub fn reload(&self, trigger: Trigger) {
+        if self.bundle_path.is_none() {
+            return;
+        }
         let path = match self.bundle_file() {
             Ok(path) => path,
             Err(message) => {
@@ -277,16 +342,192 @@ impl Node {
                 return;
             }
         };
-        let sha = bundle::sha256_hex(&bytes);
+        let origin = path.display().to_string();
+        let _ = self.offer(&bytes, &Offer::outside(&origin, trigger));
+    }
+
+    /// Activates bundle bytes from outside (a file, a registry) if they are new and valid;
+    /// the same bytes again are neither reactivated nor refused twice (except on SIGHUP).
+    /// Returns whether the bundle is the one serving now.
+    pub fn offer(&self, bytes: &[u8], offer: &Offer<'_>) -> bool {
+        let sha = bundle::sha256_hex(bytes);
         if self.active.load().as_ref().is_some_and(|a| a.sha256 == sha) {
-            return;
+            return true;
         }
-        if trigger != Trigger::Signal
+        if offer.trigger != Trigger::Signal
             && self.control().last_refused.as_deref() == Some(sha.as_str())
         {
-            return;
+            return false;
         }
-        let _ = self.try_activate(&bytes, &path, trigger, false);
+        self.try_activate(bytes, offer).is_ok()
+    }
+
+    /// Sends the bundle's `test` blocks through a trial node serving it (its own cache and
+    /// rate limits, origins stood in for) and refuses the bundle if any fails.
+    fn run_golden_requests(&self, active: Active) -> Result<Active, Refusal> {
+        if !self.settings.golden_requests || active.plan.tests.is_empty() {
+            return Ok(active);
+        }
+        let generation = GENERATION.fetch_add(1, Ordering::Relaxed) + 1;
+        let ratelimits = RateLimits::new(1024);
+        let trial = active.for_trial(generation, ratelimits.for_plan(&active.plan.ratelimits));
+        let plan = active.plan.clone();
+        let node = Arc::new(self.trial(trial, ratelimits));
+        // A thread of its own with its own runtime: activation runs both inside and outside
+        // async contexts.
+        let outcome = std::thread::Builder::new()
+            .name("edgepack-golden".into())
+            .spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .map_err(|e| format!("cannot start a runtime for them: {e}"))?;
+                runtime.block_on(async {
+                    let all = async {
+                        for test in &plan.tests {
+                            let result = golden::run(&node, &plan, test).await;
+                            if !result.passed() {
+                                return Err(format!(
+                                    "\"{}\" ({}) failed: {}",
+                                    test.name,
+                                    test.source,
+                                    result.failures.join("; ")
+                                ));
+                            }
+                        }
+                        Ok(())
+                    };
+                    tokio::time::timeout(GOLDEN_TIME_LIMIT, all)
+                        .await
+                        .unwrap_or_else(|_| {
+                            Err(format!(
+                                "checks took longer than {}s",
+                                GOLDEN_TIME_LIMIT.as_secs()
+                            ))
+                        })
+                })
+            })
+            .map_err(|e| Refusal::Golden(format!("checks cannot start: {e}")))?
+            .join()
+            .unwrap_or_else(|_| Err("checks crashed".to_string()));
+        match outcome {
+            Ok(()) => {
+                self.metrics
+                    .golden_requests
+                    .inc_by(active.plan.tests.len() as u64);
+                Ok(active)
+            }
+            Err(message) => Err(Refusal::Golden(message)),
+        }
+    }
+
+    /// A node that serves `active` alone, for golden requests: decisions exposed, origins
+    /// stood in for, its own cache and limits, nothing logged or recorded.
+    fn trial(&self, active: Active, ratelimits: RateLimits) -> Node {
+        Node {
+            settings: Settings {
+                access_log: false,
+                stand_in_origins: true,
+                expose_decisions: true,
+                skip_decide: false,
+                golden_requests: false,
+                ..self.settings.clone()
+            },
+            replayed: std::sync::OnceLock::new(),
+            active: ArcSwapOption::from_pointee(active),
+            metrics: Metrics::new(),
+            cache: ResponseCache::new(1 << 20, 1 << 20),
+            ratelimits,
+            origins: self.origins.clone(),
+            loader: self.loader.clone(),
+            state: StateDir::none(),
+            bundle_path: None,
+            fixed_region: self.fixed_region.clone(),
+            pseudonymize_key: self.pseudonymize_key.clone(),
+            control: Mutex::new(Control::default()),
+            activating: Mutex::new(()),
+            request_prefix: self.request_prefix,
+            request_counter: AtomicU64::new(0),
+            me: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// Watches a freshly swapped-in bundle's error rate for its rollout window, and rolls
+    /// back to the previous bundle if it crosses the bundle's threshold.
+    fn watch_errors(&self, active: Arc<Active>, rollout: RolloutPlan) {
+        let Some(node) = self.me.get().and_then(std::sync::Weak::upgrade) else {
+            return;
+        };
+        active.watch.open();
+        let window = Duration::from_millis(rollout.watch_ms);
+        let step = (window / 50).clamp(Duration::from_millis(20), Duration::from_millis(500));
+        let spawned = std::thread::Builder::new()
+            .name("edgepack-rollout".into())
+            .spawn(move || {
+                let started = Instant::now();
+                while started.elapsed() < window {
+                    std::thread::sleep(step);
+                    let serving = node
+                        .active
+                        .load()
+                        .as_ref()
+                        .is_some_and(|a| a.generation == active.generation);
+                    if !serving {
+                        active.watch.close();
+                        return;
+                    }
+                    let (requests, errors) = active.watch.counts();
+                    if requests >= rollout.min_requests
+                        && errors * 1000 > requests * u64::from(rollout.max_error_permille)
+                    {
+                        active.watch.close();
+                        node.roll_back(&active, requests, errors);
+                        return;
+                    }
+                }
+                active.watch.close();
+                let (requests, errors) = active.watch.counts();
+                tracing::info!(
+                    target: "edgepack::activation",
+                    version = active.manifest.version,
+                    requests,
+                    errors,
+                    "rollout window closed; the bundle stays"
+                );
+            });
+        if let Err(error) = spawned {
+            tracing::warn!(target: "edgepack::activation", error = %error, "cannot watch the new bundle's error rate");
+        }
+    }
+
+    /// Returns to the bundle served before `failed`, re-verified; `failed`'s version is
+    /// revoked, so only a higher version is accepted from then on.
+    fn roll_back(&self, failed: &Active, requests: u64, errors: u64) {
+        let previous = self.control().previous.clone();
+        let Some(previous) = previous else {
+            return;
+        };
+        tracing::error!(
+            target: "edgepack::activation",
+            version = failed.manifest.version,
+            requests,
+            errors,
+            "error rate above the bundle's rollout threshold; rolling back"
+        );
+        let offer = Offer {
+            origin: "previous bundle",
+            trigger: Trigger::Rollback,
+            known_good: true,
+        };
+        let result = if self.try_activate(&previous, &offer).is_ok() {
+            "rolled-back"
+        } else {
+            "failed"
+        };
+        self.metrics
+            .rollbacks
+            .get_or_create(&RollbackLabels { result })
+            .inc();
     }
 
     /// Compiles the optimized tier of a freshly activated bundle off the activation path.
@@ -318,13 +559,8 @@ impl Node {
     }
 
     /// Verifies, compiles and swaps in a bundle, or refuses it and keeps the active one.
-    fn try_activate(
-        &self,
-        bytes: &[u8],
-        path: &Path,
-        trigger: Trigger,
-        on_start: bool,
-    ) -> Result<(), ()> {
+    fn try_activate(&self, bytes: &[u8], offer: &Offer<'_>) -> Result<(), ()> {
+        let trigger = offer.trigger;
         let _one_at_a_time = self
             .activating
             .lock()
@@ -334,14 +570,16 @@ impl Node {
             let control = self.control();
             Floor {
                 mark: control.mark.clone(),
-                allow_same: on_start,
+                allow_same: trigger == Trigger::Start,
                 region: control.region.clone(),
+                known_good: offer.known_good,
             }
         };
         let generation = GENERATION.fetch_add(1, Ordering::Relaxed) + 1;
         let prepared = self
             .loader
-            .prepare(bytes, &floor, generation, &self.ratelimits);
+            .prepare(bytes, &floor, generation, &self.ratelimits)
+            .and_then(|active| self.run_golden_requests(active));
         let mut active = match prepared {
             Ok(active) => active,
             Err(refusal) => {
@@ -356,7 +594,7 @@ impl Node {
                 tracing::error!(
                     target: "edgepack::activation",
                     trigger = trigger.as_str(),
-                    bundle = %path.display(),
+                    bundle = %offer.origin,
                     sha256 = %sha,
                     reason = refusal.reason(),
                     error = %refusal,
@@ -366,26 +604,44 @@ impl Node {
                 return Err(());
             }
         };
-        let mark = active.mark();
-        {
+        let rolling_back = trigger == Trigger::Rollback;
+        let mark = match (rolling_back, floor.mark.clone()) {
+            // A rollback keeps the failed version as the mark, revoked.
+            (true, Some(failed)) => Mark {
+                revoked: true,
+                ..failed
+            },
+            // The state directory's last good bundle may sit below a revoked mark.
+            (false, Some(mark)) if offer.known_good && mark.version > active.manifest.version => {
+                mark
+            }
+            _ => active.mark(),
+        };
+        let bytes_kept = Arc::new(bytes.to_vec());
+        let watch_from = {
             let mut control = self.control();
             control.mark = Some(mark.clone());
             if self.fixed_region.is_none() {
                 control.region = Some(mark.region.clone());
             }
             control.last_refused = None;
-        }
+            let replaced = control.current.replace(bytes_kept);
+            control.previous = if rolling_back { None } else { replaced };
+            control.previous.is_some()
+        };
         self.origins.use_plan(&active.plan);
         self.metrics.bundle_info.clear();
         self.metrics
             .bundle_info
             .get_or_create(&BundleLabels {
-                region: mark.region.clone(),
-                version: mark.version.to_string(),
-                sha256: mark.sha256.clone(),
+                region: active.manifest.region.clone(),
+                version: active.manifest.version.to_string(),
+                sha256: active.sha256.clone(),
             })
             .set(1);
-        self.metrics.bundle_version.set(mark.version as i64);
+        self.metrics
+            .bundle_version
+            .set(active.manifest.version as i64);
         self.metrics
             .bundle_expires
             .set(active.manifest.expires.unwrap_or(0) as i64);
@@ -396,7 +652,14 @@ impl Node {
         // Recorded right after the swap, off the path to serving: the mark is already raised
         // in memory, and a crash before the record lands leaves the previous mark, which is
         // still below the bundle in place.
-        if let Err(error) = self.state.record(&mark, bytes) {
+        let recorded = if rolling_back {
+            self.state.record_rollback(&mark, bytes)
+        } else if offer.known_good {
+            Ok(())
+        } else {
+            self.state.record(&mark, bytes)
+        };
+        if let Err(error) = recorded {
             self.metrics.state_write_errors.inc();
             tracing::error!(
                 target: "edgepack::activation",
@@ -404,7 +667,10 @@ impl Node {
                 "cannot record the active bundle in the state directory; serving it all the same"
             );
         }
-        self.optimize_later(active);
+        if watch_from && let Some(rollout) = active.plan.rollout.clone() {
+            self.watch_errors(active.clone(), rollout);
+        }
+        self.optimize_later(active.clone());
         self.metrics.activation_seconds.observe(took.as_secs_f64());
         self.metrics
             .activations
@@ -416,11 +682,11 @@ impl Node {
         tracing::info!(
             target: "edgepack::activation",
             trigger = trigger.as_str(),
-            bundle = %path.display(),
-            region = %mark.region,
-            version = mark.version,
+            bundle = %offer.origin,
+            region = %active.manifest.region,
+            version = active.manifest.version,
             previous = previous.map(|p| p.manifest.version),
-            sha256 = %mark.sha256,
+            sha256 = %active.sha256,
             took_ms = took.as_secs_f64() * 1000.0,
             "bundle activated"
         );

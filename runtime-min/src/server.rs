@@ -23,7 +23,9 @@ use tokio_rustls::TlsAcceptor;
 use crate::config::NodeArgs;
 use crate::framing::Watched;
 use crate::handler::{Body, full};
-use crate::node::{Node, Trigger};
+use crate::metrics::PullLabels;
+use crate::node::{Node, Offer, Trigger};
+use crate::registry::{Login, Registry, RegistryError};
 
 /// Marks a request whose head carried both `Content-Length` and `Transfer-Encoding`.
 #[derive(Debug, Clone, Copy)]
@@ -33,11 +35,21 @@ pub struct AmbiguousFraming;
 pub async fn run(args: NodeArgs) -> ExitCode {
     crate::logs::init(args.log_format);
     let node = match Node::new(&args) {
-        Ok(node) => Arc::new(node),
+        Ok(node) => node.shared(),
         Err(error) => {
             eprintln!("edgepack-node: {error}");
             return ExitCode::from(2);
         }
+    };
+    let registry = match &args.pull {
+        Some(reference) => match connect_registry(reference, &args) {
+            Ok(registry) => Some(registry),
+            Err(message) => {
+                eprintln!("edgepack-node: --pull {reference}: {message}");
+                return ExitCode::from(2);
+            }
+        },
+        None => None,
     };
     let tls = match load_tls(&args) {
         Ok(tls) => Arc::new(ArcSwapOption::from(tls.map(Arc::new))),
@@ -74,6 +86,14 @@ pub async fn run(args: NodeArgs) -> ExitCode {
     tokio::spawn(serve_admin(admin, node.clone()));
     let triggers = watch_bundles(&args);
     tokio::spawn(reload_on(triggers, node.clone(), tls.clone(), args.clone()));
+    if let (Some(registry), Some(region)) = (registry, args.region.clone()) {
+        tokio::spawn(pull_releases(
+            node.clone(),
+            registry,
+            region,
+            args.poll_interval(),
+        ));
+    }
     let housekeeping = node.clone();
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(10));
@@ -389,13 +409,120 @@ fn admin_response(node: &Node, path: &str) -> Response<Body> {
     response
 }
 
-/// File-system events, a poll timer and SIGHUP, as activation triggers.
+/// A registry client for `--pull`, with the credentials the flags or the Docker
+/// configuration give.
+fn connect_registry(reference: &str, args: &NodeArgs) -> Result<Registry, String> {
+    let password = match &args.registry_password_file {
+        Some(path) => Some(
+            std::fs::read_to_string(path)
+                .map_err(|e| format!("--registry-password-file {}: {e}", path.display()))?
+                .trim_end()
+                .to_string(),
+        ),
+        None => None,
+    };
+    let login = Login {
+        username: args.registry_user.clone(),
+        password,
+    };
+    Registry::connect(reference, &login).map_err(|e| e.to_string())
+}
+
+/// A whole look at the registry (resolve, manifests, bundle) may take this long.
+const PULL_TIME_LIMIT: Duration = Duration::from_secs(120);
+
+/// Looks at the release reference every `interval` and offers this region's bundle when
+/// the reference has moved. An unreachable registry or a bad release changes nothing: the
+/// active bundle keeps serving.
+async fn pull_releases(node: Arc<Node>, registry: Registry, region: String, interval: Duration) {
+    let reference = registry.reference();
+    // The release last looked at, so an unchanged or refused one is not fetched again.
+    let mut seen: Option<String> = None;
+    let mut failing = false;
+    loop {
+        let looked = tokio::time::timeout(PULL_TIME_LIMIT, async {
+            let release = registry.resolve().await?;
+            if seen.as_deref() == Some(release.as_str()) {
+                return Ok((release, None));
+            }
+            let pulled = registry
+                .pull(&region, Some(&release), &node.open_limits())
+                .await;
+            match pulled {
+                Ok(pulled) => Ok((release, Some(Ok(pulled)))),
+                // A release that is there but unusable is not asked for again.
+                Err(
+                    error @ (RegistryError::NoRegion { .. }
+                    | RegistryError::NotARelease { .. }
+                    | RegistryError::TooLarge { .. }),
+                ) => Ok((release, Some(Err(error)))),
+                Err(error) => Err(error),
+            }
+        })
+        .await
+        .unwrap_or_else(|_| {
+            Err(RegistryError::Client(format!(
+                "no answer within {}s",
+                PULL_TIME_LIMIT.as_secs()
+            )))
+        });
+        let result = match looked {
+            Ok((_, None)) => "unchanged",
+            Ok((release, Some(pulled))) => {
+                let origin = format!("{reference}@{release}");
+                seen = Some(release);
+                match pulled {
+                    Ok(pulled) => {
+                        let node = node.clone();
+                        let _ = tokio::task::spawn_blocking(move || {
+                            node.offer(&pulled.bytes, &Offer::outside(&origin, Trigger::Pull))
+                        })
+                        .await;
+                        "fetched"
+                    }
+                    Err(error) => {
+                        tracing::error!(target: "edgepack::activation", trigger = "pull", release = %origin, error = %error, "release refused; the active bundle keeps serving");
+                        "refused"
+                    }
+                }
+            }
+            Err(error) => {
+                if !failing {
+                    tracing::warn!(target: "edgepack::node", reference = %reference, error = %error, "cannot reach the registry; the active bundle keeps serving");
+                }
+                failing = true;
+                node.metrics
+                    .registry_polls
+                    .get_or_create(&PullLabels { result: "error" })
+                    .inc();
+                tokio::time::sleep(interval).await;
+                continue;
+            }
+        };
+        if failing {
+            tracing::info!(target: "edgepack::node", reference = %reference, "the registry answers again");
+            failing = false;
+        }
+        node.metrics
+            .registry_polls
+            .get_or_create(&PullLabels { result })
+            .inc();
+        tokio::time::sleep(interval).await;
+    }
+}
+
+/// File-system events, a poll timer and SIGHUP, as activation triggers (`--bundle`); with
+/// `--pull`, SIGHUP alone (it still reloads the TLS certificate).
 fn watch_bundles(args: &NodeArgs) -> mpsc::Receiver<Trigger> {
     let (sender, receiver) = mpsc::channel(16);
-    let directory = if args.bundle.is_dir() {
-        args.bundle.clone()
+    signal_triggers(sender.clone());
+    let Some(bundle) = &args.bundle else {
+        return receiver;
+    };
+    let directory = if bundle.is_dir() {
+        bundle.clone()
     } else {
-        args.bundle
+        bundle
             .parent()
             .map(Path::to_path_buf)
             .filter(|p| !p.as_os_str().is_empty())
@@ -435,18 +562,22 @@ fn watch_bundles(args: &NodeArgs) -> mpsc::Receiver<Trigger> {
             tracing::warn!(target: "edgepack::node", error = %error, "no file-system watcher; polling only");
         }
     }
-    let poll = sender.clone();
-    let interval = args.poll_interval.max(Duration::from_millis(100));
+    let interval = args.poll_interval();
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(interval);
         tick.tick().await;
         loop {
             tick.tick().await;
-            if poll.send(Trigger::Poll).await.is_err() {
+            if sender.send(Trigger::Poll).await.is_err() {
                 return;
             }
         }
     });
+    receiver
+}
+
+/// SIGHUP as an activation trigger.
+fn signal_triggers(sender: mpsc::Sender<Trigger>) {
     tokio::spawn(async move {
         let Ok(mut hangup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
         else {
@@ -458,7 +589,6 @@ fn watch_bundles(args: &NodeArgs) -> mpsc::Receiver<Trigger> {
             }
         }
     });
-    receiver
 }
 
 /// Activates bundles as triggers arrive, one at a time, off the async workers.

@@ -1,9 +1,11 @@
 //! The node's state directory: the version high-water mark and the last good bundle, so a
 //! restart neither accepts an older bundle nor loses the one it was serving.
 //!
-//! `state.json` holds the mark (region, version, sha256 of the active bundle);
-//! `last-good.edgepack` holds that bundle. Both are written through a temporary file, fsync
-//! and rename, bundle first, so the mark never names a bundle that is not there.
+//! `state.json` holds the mark (region, version, sha256 of the highest bundle activated,
+//! and whether that version was rolled back); `last-good.edgepack` holds the bundle being
+//! served and `previous.edgepack` the one served before it, for an automatic rollback. All
+//! are written through a temporary file, fsync and rename, bundles first, so the mark never
+//! names a bundle that is not there.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -18,6 +20,9 @@ pub struct Mark {
     pub region: String,
     pub version: u64,
     pub sha256: String,
+    /// The node rolled this version back: it is never accepted again, only a higher one.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub revoked: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -40,6 +45,7 @@ pub struct StateDir {
 
 const MARK_FILE: &str = "state.json";
 const BUNDLE_FILE: &str = "last-good.edgepack";
+const PREVIOUS_FILE: &str = "previous.edgepack";
 
 impl StateDir {
     /// Opens (creating it if needed) the state directory.
@@ -53,6 +59,11 @@ impl StateDir {
         Ok(StateDir {
             dir: dir.map(Path::to_path_buf),
         })
+    }
+
+    /// No directory: nothing is kept.
+    pub fn none() -> StateDir {
+        StateDir { dir: None }
     }
 
     pub fn is_persistent(&self) -> bool {
@@ -84,12 +95,46 @@ impl StateDir {
         std::fs::read(dir.join(BUNDLE_FILE)).ok()
     }
 
-    /// Records a newly activated bundle: its bytes, then the mark.
+    /// Records a newly activated bundle: the one it replaces becomes the previous one, then
+    /// its bytes, then the mark.
     pub fn record(&self, mark: &Mark, bundle: &[u8]) -> Result<(), StateError> {
         let Some(dir) = &self.dir else {
             return Ok(());
         };
+        let current = dir.join(BUNDLE_FILE);
+        let same = std::fs::read(&current).is_ok_and(|kept| kept == bundle);
+        if current.is_file() && !same {
+            let previous = dir.join(PREVIOUS_FILE);
+            std::fs::rename(&current, &previous).map_err(|source| StateError::Io {
+                path: previous,
+                source,
+            })?;
+        }
+        write_durably(&current, bundle)?;
+        self.record_mark(mark)
+    }
+
+    /// Records a rollback: `bundle` (the previous one) is served again, and `mark` (the
+    /// version rolled back, revoked) stays the high-water mark.
+    pub fn record_rollback(&self, mark: &Mark, bundle: &[u8]) -> Result<(), StateError> {
+        let Some(dir) = &self.dir else {
+            return Ok(());
+        };
         write_durably(&dir.join(BUNDLE_FILE), bundle)?;
+        let _ = std::fs::remove_file(dir.join(PREVIOUS_FILE));
+        self.record_mark(mark)
+    }
+
+    /// The bundle served before the last good one, if any.
+    pub fn previous(&self) -> Option<Vec<u8>> {
+        let dir = self.dir.as_ref()?;
+        std::fs::read(dir.join(PREVIOUS_FILE)).ok()
+    }
+
+    fn record_mark(&self, mark: &Mark) -> Result<(), StateError> {
+        let Some(dir) = &self.dir else {
+            return Ok(());
+        };
         let json = serde_json::to_vec_pretty(mark).unwrap_or_default();
         write_durably(&dir.join(MARK_FILE), &json)
     }
@@ -130,11 +175,43 @@ mod tests {
             region: "eu-west".into(),
             version: 7,
             sha256: "ab".repeat(32),
+            revoked: false,
         };
         state.record(&mark, b"bundle bytes").unwrap();
         let reopened = StateDir::open(Some(dir.path())).unwrap();
-        assert_eq!(reopened.mark().unwrap(), Some(mark));
+        assert_eq!(reopened.mark().unwrap(), Some(mark.clone()));
         assert_eq!(reopened.last_good().as_deref(), Some(&b"bundle bytes"[..]));
+        assert_eq!(reopened.previous(), None);
+
+        let next = Mark {
+            version: 8,
+            ..mark.clone()
+        };
+        state.record(&next, b"next bundle").unwrap();
+        assert_eq!(state.previous().as_deref(), Some(&b"bundle bytes"[..]));
+        assert_eq!(state.last_good().as_deref(), Some(&b"next bundle"[..]));
+
+        let revoked = Mark {
+            revoked: true,
+            ..next
+        };
+        state.record_rollback(&revoked, b"bundle bytes").unwrap();
+        let reopened = StateDir::open(Some(dir.path())).unwrap();
+        assert_eq!(reopened.mark().unwrap(), Some(revoked));
+        assert_eq!(reopened.last_good().as_deref(), Some(&b"bundle bytes"[..]));
+        assert_eq!(reopened.previous(), None);
+    }
+
+    #[test]
+    fn marks_written_before_rollbacks_existed_still_read() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join(MARK_FILE),
+            br#"{"region":"eu-west","version":3,"sha256":"ab"}"#,
+        )
+        .unwrap();
+        let mark = StateDir::open(Some(dir.path())).unwrap().mark().unwrap();
+        assert_eq!(mark.map(|m| (m.version, m.revoked)), Some((3, false)));
     }
 
     #[test]
@@ -152,6 +229,7 @@ mod tests {
             region: "r".into(),
             version: 1,
             sha256: String::new(),
+            revoked: false,
         };
         state.record(&mark, b"x").unwrap();
         assert_eq!(state.mark().unwrap(), None);

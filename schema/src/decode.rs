@@ -36,6 +36,7 @@ const TOP_LEVEL: &[&str] = &[
     "function",
     "route",
     "test",
+    "rollout",
 ];
 
 pub const HTTP_METHODS: &[&str] = &[
@@ -69,6 +70,7 @@ pub(crate) fn decode(loaded: &Loaded, cx: &mut Ctx) -> Policy {
         functions: Vec::new(),
         routes: Vec::new(),
         tests: Vec::new(),
+        rollout: None,
     };
     let mut once = Once::default();
     for (file, node) in loaded.nodes() {
@@ -120,6 +122,11 @@ pub(crate) fn decode(loaded: &Loaded, cx: &mut Ctx) -> Policy {
             })),
             "route" => policy.routes.extend(decode_route(cx, file, node)),
             "test" => policy.tests.extend(decode_test(cx, file, node)),
+            "rollout" => {
+                if once.first(cx, name, name_span, "a policy") {
+                    policy.rollout = decode_rollout(cx, file, node);
+                }
+            }
             other => cx
                 .diags
                 .push(diag::unknown_node(name_span, other, "a policy", TOP_LEVEL)),
@@ -1011,6 +1018,65 @@ fn decode_ratelimit(cx: &mut Ctx, file: FileId, node: &KdlNode) -> Option<RateLi
         per: per?,
         span: r.span,
     })
+}
+
+pub const DEFAULT_ROLLOUT_MIN_REQUESTS: u64 = 20;
+
+fn decode_rollout(cx: &mut Ctx, file: FileId, node: &KdlNode) -> Option<Rollout> {
+    const EXAMPLE: &str = "rollout watch=\"5m\" max-error-rate=\"5%\" min-requests=50";
+    let mut r = NodeReader::new(cx, file, node);
+    let watch = r
+        .req_prop("watch", EXAMPLE)
+        .and_then(|v| cx.duration(v, "watch=\"5m\""));
+    if let Some(watch) = &watch
+        && (watch.value < Duration::from_secs(1) || watch.value > Duration::from_secs(86_400))
+    {
+        cx.diags.push(diag::out_of_range(
+            watch.span,
+            "watch window",
+            "from 1s to 1d",
+        ));
+    }
+    let max_error_permille = r
+        .req_prop("max-error-rate", EXAMPLE)
+        .and_then(|v| percent_permille(cx, v));
+    let min_requests = match r.prop("min-requests") {
+        Some(v) => cx.int_in(v, "min-requests", 1, 1_000_000_000, "min-requests=50"),
+        None => Some(Spanned::new(DEFAULT_ROLLOUT_MIN_REQUESTS, r.span)),
+    };
+    r.no_children(cx);
+    r.finish(cx);
+    Some(Rollout {
+        watch: watch?,
+        max_error_permille: max_error_permille?,
+        min_requests: min_requests?,
+        span: r.span,
+    })
+}
+
+/// `"5%"` or `"0.5%"` as thousandths, from 0.1% to 100%.
+fn percent_permille(cx: &mut Ctx, val: Val<'_>) -> Option<Spanned<u32>> {
+    const RANGE: &str = "a percentage from 0.1% to 100%, e.g. max-error-rate=\"5%\"";
+    let text = cx.string(val, "max-error-rate=\"5%\"")?;
+    let permille = text
+        .strip_suffix('%')
+        .and_then(|number| {
+            let (whole, tenths) = number.split_once('.').unwrap_or((number, "0"));
+            let all_digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+            if !all_digits(whole) || !all_digits(tenths) || tenths.len() > 1 || whole.len() > 3 {
+                return None;
+            }
+            Some(whole.parse::<u32>().ok()? * 10 + tenths.parse::<u32>().ok()?)
+        })
+        .filter(|p| (1..=1000).contains(p));
+    match permille {
+        Some(p) => Some(Spanned::new(p, val.span)),
+        None => {
+            cx.diags
+                .push(diag::out_of_range(val.span, "max-error-rate", RANGE));
+            None
+        }
+    }
 }
 
 fn limit_key(cx: &mut Ctx, val: Val<'_>) -> Option<Spanned<LimitKey>> {

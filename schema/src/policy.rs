@@ -64,6 +64,20 @@ pub struct Policy {
     pub functions: Vec<Function>,
     pub routes: Vec<Route>,
     pub tests: Vec<TestCase>,
+    /// How a node watches a freshly activated bundle, and when it rolls back.
+    pub rollout: Option<Rollout>,
+}
+
+/// `rollout watch="5m" max-error-rate="5%" min-requests=50`: after a node swaps this
+/// bundle in, it counts its 5xx answers for `watch`; once `min_requests` requests are in
+/// and the share of errors is above `max_error_rate`, it returns to the bundle before.
+#[derive(Debug)]
+pub struct Rollout {
+    pub watch: Spanned<Duration>,
+    /// In thousandths (50 = 5%).
+    pub max_error_permille: Spanned<u32>,
+    pub min_requests: Spanned<u64>,
+    pub span: Span,
 }
 
 #[derive(Debug)]

@@ -107,7 +107,7 @@ pub fn run(args: &DevArgs, style: HumanStyle) -> Output {
         "--log-format".into(),
         "text".into(),
         "--no-access-log".into(),
-        "--poll-interval".into(),
+        "--poll".into(),
         "1s".into(),
     ];
     for resolve in &args.resolve {

@@ -8,6 +8,7 @@ pub mod explain;
 pub mod fmt;
 pub mod inspect;
 pub mod keygen;
+pub mod registry;
 pub mod sign;
 pub mod test;
 pub mod verify;

@@ -3,24 +3,21 @@
 
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use bytes::Bytes;
 use clap::{Args, Parser};
-use edgepack_bundles::abi::{Decision, Effect, Outcome};
+use edgepack_bundles::abi::Decision;
 use edgepack_bundles::bundle::keys;
 use edgepack_bundles::plan::{RegionPlan, TestPlan};
 use edgepack_runtime_min::config::NodeArgs;
+use edgepack_runtime_min::golden;
 use edgepack_runtime_min::node::Node;
-use http_body_util::Full;
 use serde::Serialize;
 
 use super::Format;
 use crate::pipeline::{self, Release};
 use crate::report::HumanStyle;
-use crate::requests::RequestSpec;
 use crate::{Exit, Output};
 
 /// Run the policy's `test` blocks against its built bundles.
@@ -244,6 +241,8 @@ fn in_process_node(
     let mut node = Node::new(&args).map_err(|e| e.to_string())?;
     node.settings.stand_in_origins = true;
     node.settings.expose_decisions = true;
+    // The tests are what this command runs and reports; activation need not run them too.
+    node.settings.golden_requests = false;
     if !node.start() {
         return Err("the bundle was not activated".into());
     }
@@ -255,116 +254,21 @@ async fn run_test(
     plan: &RegionPlan,
     test: &TestPlan,
 ) -> (TestResult, Option<Decision>) {
-    let mut result = TestResult {
+    let outcome = golden::run(node, plan, test).await;
+    let result = TestResult {
         region: plan.region.clone(),
         name: test.name.clone(),
         source: test.source.to_string(),
-        passed: false,
-        failures: Vec::new(),
-        decision: String::new(),
-        status: 0,
+        passed: outcome.passed(),
+        decision: outcome
+            .decision
+            .as_ref()
+            .map(|d| super::diff::meaning(d, plan))
+            .unwrap_or_default(),
+        failures: outcome.failures,
+        status: outcome.status,
     };
-    let request = match RequestSpec::from_test(test).to_request(&[plan]) {
-        Ok(request) => request,
-        Err(message) => {
-            result.failures.push(message);
-            return (result, None);
-        }
-    };
-    let mut target = String::from_utf8_lossy(&request.path).into_owned();
-    if !request.query.is_empty() {
-        target.push('?');
-        target.push_str(&String::from_utf8_lossy(&request.query));
-    }
-    let mut builder = http::Request::builder()
-        .method(request.method.as_str())
-        .uri(target)
-        .header(http::header::HOST, request.host.as_slice());
-    for (name, value) in &request.headers {
-        builder = builder.header(name.as_slice(), value.as_slice());
-    }
-    let http_request = match builder.body(Full::new(Bytes::from(request.body.clone()))) {
-        Ok(r) => r,
-        Err(error) => {
-            result
-                .failures
-                .push(format!("the request cannot be sent: {error}"));
-            return (result, None);
-        }
-    };
-    let response = node
-        .handle(http_request, SocketAddr::new(request.peer, 40000), false)
-        .await;
-    result.status = response.status().as_u16();
-    let Some(decision) = response.extensions().get::<Decision>().cloned() else {
-        result.failures.push(format!(
-            "the node answered {} without deciding",
-            result.status
-        ));
-        return (result, None);
-    };
-    result.decision = super::diff::meaning(&decision, plan);
-    if let Some(status) = test.expect_status
-        && status != result.status
-    {
-        result
-            .failures
-            .push(format!("expected status {status}, got {}", result.status));
-    }
-    if let Some(expected) = &test.expect_route {
-        let route = decision.route.and_then(|id| plan.routes.get(id as usize));
-        if route.is_none_or(|r| r.pattern != *expected) {
-            result.failures.push(format!(
-                "expected route {expected}, got {}",
-                route.map_or("none".to_string(), |r| r.pattern.clone())
-            ));
-        }
-    }
-    if let Some(expected) = &test.expect_rule {
-        let fired: Vec<&str> = decision
-            .rules
-            .iter()
-            .filter_map(|id| plan.waf.as_ref()?.rules.get(*id as usize))
-            .map(|r| r.name.as_str())
-            .collect();
-        if !fired.contains(&expected.as_str()) {
-            result.failures.push(format!(
-                "expected WAF rule {expected} to fire, fired: {}",
-                if fired.is_empty() {
-                    "none".to_string()
-                } else {
-                    fired.join(", ")
-                }
-            ));
-        }
-    }
-    if let Some(expected) = test.expect_cache_ttl_ms {
-        let ttl = match &decision.outcome {
-            Outcome::Effects(effects) => effects.iter().find_map(|e| match e {
-                Effect::Cache(route) => plan.routes.get(*route as usize)?.cache.as_ref(),
-                _ => None,
-            }),
-            Outcome::Final(_) => None,
-        }
-        .map(|c| c.ttl_ms);
-        if ttl != Some(expected) {
-            result.failures.push(format!(
-                "expected cache TTL {}, got {}",
-                millis(expected),
-                ttl.map_or("no caching".to_string(), millis)
-            ));
-        }
-    }
-    result.passed = result.failures.is_empty();
-    (result, Some(decision))
-}
-
-fn millis(ms: u64) -> String {
-    if ms.is_multiple_of(1000) {
-        format!("{}s", ms / 1000)
-    } else {
-        format!("{ms}ms")
-    }
+    (result, outcome.decision)
 }
 
 fn route_name(plan: &RegionPlan, route: Option<u32>) -> String {
