@@ -36,6 +36,7 @@ fn phases(c: &mut Criterion) {
         mark: None,
         allow_same: true,
         region: Some("eu-west".into()),
+        known_good: false,
     };
     let ratelimits = RateLimits::new(10_000);
     let mut group = c.benchmark_group("activation");

@@ -107,7 +107,10 @@ impl Registry {
             std::thread::sleep(Duration::from_millis(20));
         }
         let ready = get(&format!("http://127.0.0.1:{port}/v2/"), &[]);
-        assert_eq!(ready.status, 200, "the registry answers the distribution API");
+        assert_eq!(
+            ready.status, 200,
+            "the registry answers the distribution API"
+        );
         registry
     }
 

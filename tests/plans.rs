@@ -52,3 +52,31 @@ fn the_verifier_catches_broken_plans() {
         "{problems:?}"
     );
 }
+
+#[test]
+fn a_rollout_window_reaches_every_region_s_plan() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(
+        dir.path().join("edgepack.kdl"),
+        "edgepack 1\nzone \"EU\" { countries \"DE\" }\nregion \"eu-west\" zone=\"EU\"\n\
+         region \"eu-north\" zone=\"EU\"\nrollout watch=\"5m\" max-error-rate=\"2.5%\"\n\
+         route \"/\" { respond 200 }\n",
+    )
+    .expect("write the policy");
+    let checked = edgepack_schema::check(dir.path()).expect("readable");
+    let policy = checked.policy.as_ref().expect("clean");
+    let plans = pipeline::plans(policy, &checked, &[]).expect("plans");
+    assert_eq!(plans.len(), 2);
+    for plan in plans {
+        let rollout = plan.rollout.expect("the rollout is in the plan");
+        assert_eq!(
+            (
+                rollout.watch_ms,
+                rollout.max_error_permille,
+                rollout.min_requests
+            ),
+            (300_000, 25, 20),
+            "2.5% is 25 thousandths; min-requests defaults to 20"
+        );
+    }
+}

@@ -685,6 +685,16 @@ impl fmt::Display for RegionPlan {
                 test.name, test.method, test.target, test.source
             )?;
         }
+        if let Some(rollout) = &self.rollout {
+            writeln!(
+                f,
+                "rollout watch={}ms max-error-rate={}.{}% min-requests={}",
+                rollout.watch_ms,
+                rollout.max_error_permille / 10,
+                rollout.max_error_permille % 10,
+                rollout.min_requests
+            )?;
+        }
         Ok(())
     }
 }

@@ -1056,7 +1056,7 @@ fn decode_rollout(cx: &mut Ctx, file: FileId, node: &KdlNode) -> Option<Rollout>
 
 /// `"5%"` or `"0.5%"` as thousandths, from 0.1% to 100%.
 fn percent_permille(cx: &mut Ctx, val: Val<'_>) -> Option<Spanned<u32>> {
-    const RANGE: &str = "a percentage from 0.1% to 100%, e.g. max-error-rate=\"5%\"";
+    const RANGE: &str = "from 0.1% to 100%, written as a percentage such as \"5%\"";
     let text = cx.string(val, "max-error-rate=\"5%\"")?;
     let permille = text
         .strip_suffix('%')
