@@ -264,12 +264,21 @@ fn a_fleet_pulls_each_region_s_bundle_and_refuses_bad_releases() {
     let failing = release(work, "failing", 4, &keys, (200, 418), "");
     let digest = push(&failing, &reference);
     refused_by_all(&nodes, &digest, "golden", "two");
-    for (region, node) in &nodes {
+    // SIGHUP makes a node look at once, retrying the release it refused.
+    let (_, first) = &nodes[0];
+    first.signal("HUP");
+    let deadline = Instant::now() + POLL;
+    while first.log_count(&digest) < 2 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(first.log_count(&digest), 2, "{}", first.log());
+    for (i, (region, node)) in nodes.iter().enumerate() {
         let metrics = node.metrics();
         for reason in ["signature", "version", "golden"] {
+            let count = if i == 0 && reason == "golden" { 2 } else { 1 };
             assert!(
                 metrics.contains(&format!(
-                    r#"edgepack_activations_total{{result="refused",reason="{reason}"}} 1"#
+                    r#"edgepack_activations_total{{result="refused",reason="{reason}"}} {count}"#
                 )),
                 "{region} counts the {reason} refusal:\n{metrics}"
             );
@@ -394,7 +403,15 @@ fn a_bundle_whose_error_rate_crosses_its_threshold_is_rolled_back() {
         node.log()
     );
     assert!(node.log().contains("rolling back"), "{}", node.log());
-    let metrics = node.metrics();
+    // The count follows the swap by a moment.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut metrics = node.metrics();
+    while !metrics.contains(r#"edgepack_rollbacks_total{result="rolled-back"} 1"#)
+        && Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(20));
+        metrics = node.metrics();
+    }
     assert!(
         metrics.contains(r#"edgepack_rollbacks_total{result="rolled-back"} 1"#),
         "{metrics}"

@@ -28,7 +28,8 @@ struct Fixture {
     pki: Pki,
     /// The example as shipped, version 1.
     example: BTreeMap<String, Vec<u8>>,
-    /// The example with `/api/health` answering `healthy-b` and a one-second cache.
+    /// The example with `/api/health` answering `healthy-b` and a one-second cache (its
+    /// test of the cache TTL changed to match).
     variant: BTreeMap<String, Vec<u8>>,
 }
 
@@ -55,6 +56,12 @@ fn fixture() -> &'static Fixture {
                     "edgepack.kdl",
                     r#"cache ttl="5m" stale-while-revalidate="30s""#,
                     r#"cache ttl="1s" stale-while-revalidate="1s""#,
+                ),
+                // Its own test must agree, or the node refuses it at its golden requests.
+                (
+                    "tests.kdl",
+                    r#"expect route="/api/data/*" cache-ttl="5m""#,
+                    r#"expect route="/api/data/*" cache-ttl="1s""#,
                 ),
             ],
         );

@@ -579,7 +579,14 @@ impl Node {
         let prepared = self
             .loader
             .prepare(bytes, &floor, generation, &self.ratelimits)
-            .and_then(|active| self.run_golden_requests(active));
+            // The node's own record passed its golden requests when it was new.
+            .and_then(|active| {
+                if offer.known_good {
+                    Ok(active)
+                } else {
+                    self.run_golden_requests(active)
+                }
+            });
         let mut active = match prepared {
             Ok(active) => active,
             Err(refusal) => {

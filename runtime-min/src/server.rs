@@ -85,13 +85,21 @@ pub async fn run(args: NodeArgs) -> ExitCode {
     let admin_addr = admin.local_addr().unwrap_or(args.admin);
     tokio::spawn(serve_admin(admin, node.clone()));
     let triggers = watch_bundles(&args);
-    tokio::spawn(reload_on(triggers, node.clone(), tls.clone(), args.clone()));
+    let pull_now = Arc::new(tokio::sync::Notify::new());
+    tokio::spawn(reload_on(
+        triggers,
+        node.clone(),
+        tls.clone(),
+        args.clone(),
+        pull_now.clone(),
+    ));
     if let (Some(registry), Some(region)) = (registry, args.region.clone()) {
         tokio::spawn(pull_releases(
             node.clone(),
             registry,
             region,
             args.poll_interval(),
+            pull_now,
         ));
     }
     let housekeeping = node.clone();
@@ -431,14 +439,23 @@ fn connect_registry(reference: &str, args: &NodeArgs) -> Result<Registry, String
 /// A whole look at the registry (resolve, manifests, bundle) may take this long.
 const PULL_TIME_LIMIT: Duration = Duration::from_secs(120);
 
-/// Looks at the release reference every `interval` and offers this region's bundle when
-/// the reference has moved. An unreachable registry or a bad release changes nothing: the
-/// active bundle keeps serving.
-async fn pull_releases(node: Arc<Node>, registry: Registry, region: String, interval: Duration) {
+/// Looks at the release reference every `interval` (and at once on `pull_now`, which also
+/// retries a refused release) and offers this region's bundle when the reference has moved.
+/// An unreachable registry or a bad release changes nothing: the active bundle keeps
+/// serving.
+async fn pull_releases(
+    node: Arc<Node>,
+    registry: Registry,
+    region: String,
+    interval: Duration,
+    pull_now: Arc<tokio::sync::Notify>,
+) {
     let reference = registry.reference();
     // The release last looked at, so an unchanged or refused one is not fetched again.
     let mut seen: Option<String> = None;
     let mut failing = false;
+    // Whether this look was asked for by SIGHUP: a refused bundle is then tried again.
+    let mut forced = false;
     loop {
         let looked = tokio::time::timeout(PULL_TIME_LIMIT, async {
             let release = registry.resolve().await?;
@@ -474,8 +491,13 @@ async fn pull_releases(node: Arc<Node>, registry: Registry, region: String, inte
                 match pulled {
                     Ok(pulled) => {
                         let node = node.clone();
+                        let trigger = if forced {
+                            Trigger::Signal
+                        } else {
+                            Trigger::Pull
+                        };
                         let _ = tokio::task::spawn_blocking(move || {
-                            node.offer(&pulled.bytes, &Offer::outside(&origin, Trigger::Pull))
+                            node.offer(&pulled.bytes, &Offer::outside(&origin, trigger))
                         })
                         .await;
                         "fetched"
@@ -495,7 +517,10 @@ async fn pull_releases(node: Arc<Node>, registry: Registry, region: String, inte
                     .registry_polls
                     .get_or_create(&PullLabels { result: "error" })
                     .inc();
-                tokio::time::sleep(interval).await;
+                forced = wait_or_signal(interval, &pull_now).await;
+                if forced {
+                    seen = None;
+                }
                 continue;
             }
         };
@@ -507,12 +532,23 @@ async fn pull_releases(node: Arc<Node>, registry: Registry, region: String, inte
             .registry_polls
             .get_or_create(&PullLabels { result })
             .inc();
-        tokio::time::sleep(interval).await;
+        forced = wait_or_signal(interval, &pull_now).await;
+        if forced {
+            seen = None;
+        }
+    }
+}
+
+/// Sleeps `interval`, or less when notified; returns whether it was notified.
+async fn wait_or_signal(interval: Duration, notify: &tokio::sync::Notify) -> bool {
+    tokio::select! {
+        () = tokio::time::sleep(interval) => false,
+        () = notify.notified() => true,
     }
 }
 
 /// File-system events, a poll timer and SIGHUP, as activation triggers (`--bundle`); with
-/// `--pull`, SIGHUP alone (it still reloads the TLS certificate).
+/// `--pull`, SIGHUP alone (a look at the registry now, and the TLS certificate).
 fn watch_bundles(args: &NodeArgs) -> mpsc::Receiver<Trigger> {
     let (sender, receiver) = mpsc::channel(16);
     signal_triggers(sender.clone());
@@ -597,8 +633,12 @@ async fn reload_on(
     node: Arc<Node>,
     tls: Arc<ArcSwapOption<TlsAcceptor>>,
     args: NodeArgs,
+    pull_now: Arc<tokio::sync::Notify>,
 ) {
     while let Some(trigger) = triggers.recv().await {
+        if trigger == Trigger::Signal && args.pull.is_some() {
+            pull_now.notify_one();
+        }
         if trigger == Trigger::Signal && args.tls_cert.is_some() {
             match load_tls(&args) {
                 Ok(acceptor) => {
