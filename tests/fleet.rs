@@ -66,15 +66,33 @@ struct Registry {
     port: u16,
 }
 
+/// `ci:fleet-secret`, bcrypt-hashed as the registry's htpasswd wants it.
+const HTPASSWD: &str = "ci:$2b$05$JccNvU4VaX2tXCs.TjJYWOO4sBe7OxWA32eDcn5ZklIkbT1jRxPs.\n";
+
 impl Registry {
     fn start(dir: &Path) -> Registry {
+        Registry::configure(dir, "")
+    }
+
+    /// A registry that wants `ci:fleet-secret` for every request.
+    fn with_password(dir: &Path) -> Registry {
+        let htpasswd = dir.join("htpasswd");
+        std::fs::write(&htpasswd, HTPASSWD).expect("write htpasswd");
+        let auth = format!(
+            "auth:\n  htpasswd:\n    realm: edgepack-test\n    path: {}\n",
+            htpasswd.display()
+        );
+        Registry::configure(dir, &auth)
+    }
+
+    fn configure(dir: &Path, auth: &str) -> Registry {
         let port = free_port();
         let config = dir.join("registry.yml");
         std::fs::write(
             &config,
             format!(
                 "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\n  \
-                 delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n",
+                 delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n{auth}",
                 dir.join("storage").display()
             ),
         )
@@ -107,9 +125,10 @@ impl Registry {
             std::thread::sleep(Duration::from_millis(20));
         }
         let ready = get(&format!("http://127.0.0.1:{port}/v2/"), &[]);
-        assert_eq!(
-            ready.status, 200,
-            "the registry answers the distribution API"
+        assert!(
+            [200, 401].contains(&ready.status),
+            "the registry answers the distribution API: {}",
+            ready.status
         );
         registry
     }
@@ -438,4 +457,106 @@ fn a_bundle_whose_error_rate_crosses_its_threshold_is_rolled_back() {
         r.header("x-edge-bundle") == Some("3")
     });
     assert_eq!(reply.json()["release"], "fixed", "{}", node.log());
+}
+
+#[test]
+fn registry_credentials_come_from_flags_or_the_docker_configuration() {
+    let work = tempfile::tempdir().expect("tempdir");
+    let work = work.path();
+    let keys = e2e::keygen(work, "release");
+    let registry = Registry::with_password(work);
+    let reference = registry.reference();
+    let one = release(work, "one", 1, &keys, (200, 200), "");
+    let dist = one.display().to_string();
+
+    let anonymous = Command::new(e2e::binary("edgepack"))
+        .args(["push", &dist, &reference])
+        .env("DOCKER_CONFIG", work.join("no-docker-config"))
+        .output()
+        .expect("run edgepack push");
+    assert_eq!(anonymous.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&anonymous.stderr);
+    assert!(stderr.contains("wants credentials"), "{stderr}");
+
+    let mut push = Command::new(e2e::binary("edgepack"))
+        .args([
+            "push",
+            &dist,
+            &reference,
+            "--user",
+            "ci",
+            "--password-stdin",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run edgepack push");
+    {
+        use std::io::Write as _;
+        let mut stdin = push.stdin.take().expect("stdin");
+        stdin
+            .write_all(b"fleet-secret\n")
+            .expect("write the password");
+    }
+    let pushed = push.wait_with_output().expect("push finishes");
+    assert!(
+        pushed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&pushed.stderr)
+    );
+
+    // `docker login` writes the Docker configuration; pull reads it.
+    let docker = work.join("docker");
+    std::fs::create_dir_all(&docker).expect("mkdir");
+    let auth = base64::Engine::encode(
+        &base64::engine::general_purpose::STANDARD,
+        "ci:fleet-secret",
+    );
+    std::fs::write(
+        docker.join("config.json"),
+        format!(
+            r#"{{"auths":{{"127.0.0.1:{}":{{"auth":"{auth}"}}}}}}"#,
+            registry.port
+        ),
+    )
+    .expect("write the Docker configuration");
+    let out = work.join("pulled");
+    let pulled = Command::new(e2e::binary("edgepack"))
+        .args(["pull", &reference, "--region", "eu-west", "--out"])
+        .arg(&out)
+        .env("DOCKER_CONFIG", &docker)
+        .output()
+        .expect("run edgepack pull");
+    assert!(
+        pulled.status.success(),
+        "{}",
+        String::from_utf8_lossy(&pulled.stderr)
+    );
+    assert!(out.join("eu-west.edgepack").is_file());
+
+    // A node with its password in a file.
+    let password = work.join("registry-password");
+    std::fs::write(&password, "fleet-secret\n").expect("write the password file");
+    let node = NodeProcess::start(&[
+        "--pull".into(),
+        reference.clone(),
+        "--region".into(),
+        "us-east".into(),
+        "--registry-user".into(),
+        "ci".into(),
+        "--registry-password-file".into(),
+        password.display().to_string(),
+        "--trust".into(),
+        keys.public.display().to_string(),
+        "--log-format".into(),
+        "json".into(),
+    ]);
+    let reply = e2e::eventually(
+        &format!("{}/where", node.url),
+        &[],
+        Duration::from_secs(20),
+        |r| r.status == 200,
+    );
+    assert_eq!(reply.json()["served-by"], "us-east", "{}", node.log());
 }

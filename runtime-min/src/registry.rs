@@ -227,9 +227,17 @@ impl Registry {
     }
 
     fn registry_error(&self, error: impl std::fmt::Display) -> RegistryError {
+        let mut error = error.to_string();
+        if error.contains("code: 401") || error.contains("UNAUTHORIZED") {
+            let host = self.reference.resolve_registry();
+            error.push_str(&format!(
+                " (the registry wants credentials: give a user and password, or `docker login \
+                 {host}` so the Docker configuration holds them)"
+            ));
+        }
         RegistryError::Registry {
             reference: self.reference.whole(),
-            error: error.to_string(),
+            error,
         }
     }
 
