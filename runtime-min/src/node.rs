@@ -82,6 +82,8 @@ pub struct Offer<'a> {
     pub trigger: Trigger,
     /// The node's own record of a bundle it served: the version floor does not apply.
     known_good: bool,
+    /// A rollback from this generation: void if another bundle serves by then.
+    replaces: Option<u64>,
 }
 
 impl<'a> Offer<'a> {
@@ -91,6 +93,7 @@ impl<'a> Offer<'a> {
             origin,
             trigger,
             known_good: false,
+            replaces: None,
         }
     }
 }
@@ -304,6 +307,7 @@ impl Node {
             origin: "state-dir/last-good.edgepack",
             trigger: Trigger::Start,
             known_good: true,
+            replaces: None,
         };
         match self.try_activate(&bytes, &offer) {
             Ok(()) => {
@@ -518,11 +522,20 @@ impl Node {
             origin: "previous bundle",
             trigger: Trigger::Rollback,
             known_good: true,
+            replaces: Some(failed.generation),
         };
         let result = if self.try_activate(&previous, &offer).is_ok() {
             "rolled-back"
-        } else {
+        } else if self
+            .active
+            .load()
+            .as_ref()
+            .is_some_and(|a| a.generation == failed.generation)
+        {
             "failed"
+        } else {
+            // A newer bundle replaced the failed one meanwhile: nothing to roll back.
+            return;
         };
         self.metrics
             .rollbacks
@@ -565,6 +578,16 @@ impl Node {
             .activating
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(generation) = offer.replaces
+            && self
+                .active
+                .load()
+                .as_ref()
+                .is_none_or(|a| a.generation != generation)
+        {
+            tracing::info!(target: "edgepack::activation", "another bundle serves already; no rollback");
+            return Err(());
+        }
         let started = Instant::now();
         let floor = {
             let control = self.control();
