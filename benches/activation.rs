@@ -3,7 +3,8 @@
 //! before), then a `swap` summary that times what an operator sees, "file in place" to
 //! "served", on a node in this process: the bundle is renamed into the node's bundle
 //! directory, the node reloads (as on a file-system event), and the clock stops at the swap,
-//! from when requests get the new version.
+//! from when requests get the new version. New policies are swapped with their golden
+//! requests (the policy's tests) and without, to show what those cost.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -81,15 +82,18 @@ fn swap(_: &mut Criterion) {
     const SWAPS: usize = 30;
     let dir = tempfile::tempdir().expect("temp dir");
     let key = ed25519_dalek::SigningKey::from_bytes(&[7; 32]);
-    let variants = example_variants(dir.path(), SWAPS);
-    let new_policies: Vec<Vec<u8>> = variants
+    // Two series of new policies: golden requests on (as a node runs) and off (the swap
+    // without them, the baseline for what they cost), then new versions of the last one.
+    let variants = example_variants(dir.path(), 2 * SWAPS);
+    let mut new_policies: Vec<Vec<u8>> = variants
         .iter()
         .enumerate()
         .map(|(i, path)| policy_bundle(path, "eu-west", i as u64 + 2, &key))
         .collect();
-    let last = new_policies.last().expect("bundles").clone();
+    let unchecked = new_policies.split_off(SWAPS);
+    let last = unchecked.last().expect("bundles").clone();
     let same_policy: Vec<Vec<u8>> = (0..SWAPS)
-        .map(|i| example_bundle_version(&last, (SWAPS + 2 + i) as u64, &key))
+        .map(|i| example_bundle_version(&last, (2 * SWAPS + 2 + i) as u64, &key))
         .collect();
     let (first, _) = example_bundle("eu-west", 1);
     let live = dir.path().join("live");
@@ -116,10 +120,15 @@ fn swap(_: &mut Criterion) {
         "--admin".as_ref(),
         "127.0.0.1:0".as_ref(),
     ]);
-    let node = Node::new(&args).expect("a node");
+    let mut node = Node::new(&args).expect("a node");
     assert!(node.start(), "the first bundle activates");
     println!();
-    for (series, bundles) in [("new policy", &new_policies), ("same policy", &same_policy)] {
+    for (series, bundles, golden) in [
+        ("new policy", &new_policies, true),
+        ("new policy, golden requests off", &unchecked, false),
+        ("same policy", &same_policy, true),
+    ] {
+        node.settings.golden_requests = golden;
         let mut samples: Vec<f64> = bundles
             .iter()
             .map(|bytes| {
