@@ -318,6 +318,26 @@ fn a_fleet_pulls_each_region_s_bundle_and_refuses_bad_releases() {
             "{region} serves without the registry"
         );
     }
+    // A node restarted while the registry is away serves its last good bundle.
+    let mut nodes = nodes;
+    let (region, mut stopped) = nodes.remove(0);
+    stopped.signal("TERM");
+    stopped.wait_exit(Duration::from_secs(15));
+    drop(stopped);
+    let restarted = pulling_node(
+        region,
+        &reference,
+        &keys,
+        &work.join(format!("state-{region}")),
+    );
+    let (release_served, served_by, _) = where_is(&restarted);
+    assert_eq!(
+        (release_served.as_str(), served_by.as_str()),
+        ("two", region),
+        "{}",
+        restarted.log()
+    );
+    nodes.insert(0, (region, restarted));
     // The registry returns (same storage): the next release goes out.
     let registry = Registry::run(registry.config.clone(), registry.port);
     let five = release(work, "five", 5, &keys, (200, 200), "");

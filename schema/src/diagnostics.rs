@@ -697,6 +697,19 @@ pub fn import_rules_skipped(span: Span, ids: &[&str], reason: &str) -> Diagnosti
     .help("the rest of the rule set is imported; `edgepack inspect` lists every rule left out, and `docs/waf.md` says what the import supports")
 }
 
+pub fn import_rules_approximated(span: Span, ids: &[&str], what: &str) -> Diagnostic {
+    let noun = if ids.len() == 1 { "rule" } else { "rules" };
+    Diagnostic::warning(
+        "edgepack::import::rule-approximated",
+        format!(
+            "{noun} {} imported with a difference: {what}",
+            ids.join(", ")
+        ),
+    )
+    .label(span, format!("{} {noun} approximated", ids.len()))
+    .help("`docs/waf.md` says what each difference means for detection")
+}
+
 pub fn import_response_rules(span: Span, count: usize) -> Diagnostic {
     let what = if count == 1 {
         "1 rule of the set reads responses and is".to_string()

@@ -53,6 +53,8 @@ pub struct WafImport {
     pub skipped: Vec<SkippedRule>,
     /// Rules that read responses, which edgepack's WAF does not see.
     pub response_rules: usize,
+    /// Rules carried over with a difference, and what it is.
+    pub approximated: Vec<SkippedRule>,
 }
 
 /// The CRS's default anomaly scores by severity, used when a rule's `setvar` names a score
@@ -93,6 +95,7 @@ pub(crate) fn import(cx: &mut Ctx, request: &ImportRequest) -> (Vec<WafRule>, Wa
         report: WafImport {
             skipped: Vec::new(),
             response_rules: 0,
+            approximated: Vec::new(),
         },
     };
     for (name, value) in [
@@ -138,6 +141,20 @@ pub(crate) fn import(cx: &mut Ctx, request: &ImportRequest) -> (Vec<WafRule>, Wa
     for (reason, ids) in by_reason {
         cx.diags
             .push(diag::import_rules_skipped(request.span, &ids, reason));
+    }
+    let mut by_reason: Vec<(&str, Vec<&str>)> = Vec::new();
+    for approximated in &importer.report.approximated {
+        match by_reason
+            .iter_mut()
+            .find(|(r, _)| *r == approximated.reason)
+        {
+            Some((_, ids)) => ids.push(&approximated.id),
+            None => by_reason.push((&approximated.reason, vec![&approximated.id])),
+        }
+    }
+    for (reason, ids) in by_reason {
+        cx.diags
+            .push(diag::import_rules_approximated(request.span, &ids, reason));
     }
     if importer.report.response_rules > 0 {
         cx.diags.push(diag::import_response_rules(
@@ -473,6 +490,22 @@ impl Importer {
             Ok(mut conditions) if !conditions.is_empty() => {
                 let own = conditions.remove(0);
                 let span = Span::new(file, head.directive.span.start, head.directive.span.end);
+                let multi_match = live.iter().any(|l| {
+                    l.actions
+                        .iter()
+                        .any(|a| a.name.eq_ignore_ascii_case("multiMatch"))
+                });
+                let decodes =
+                    !own.decode.is_empty() || conditions.iter().any(|c| !c.decode.is_empty());
+                if multi_match && decodes {
+                    self.report.approximated.push(SkippedRule {
+                        id: id.clone(),
+                        reason: "`multiMatch`: the value is matched after all of its \
+                                 transformations, not also at each step between"
+                            .to_string(),
+                        span: head.id_span(file, text),
+                    });
+                }
                 self.rules.push(WafRule {
                     id: Spanned::new(id, span),
                     score: Spanned::new(score, span),
