@@ -26,7 +26,8 @@ fn phases(c: &mut Criterion) {
     let limits = OpenLimits::default();
     let opened = bundle::open(&bytes, &[public], &limits).expect("opens");
     let wasm = opened.files["policy.wasm"].clone();
-    let engine = PolicyEngine::with_time_limit(Duration::from_millis(50)).expect("engine");
+    let engine =
+        PolicyEngine::with_time_limit(Duration::from_millis(50), Arc::default()).expect("engine");
     // One functions engine for every loader here, as a node has: the example's functions
     // are compiled once, and each `prepare` finds them compiled (a new policy, the same
     // functions), as a new release usually does.

@@ -60,7 +60,8 @@ fn deciding_a_request_allocates_nothing() {
     let bundle = edgepack_compiler::pipeline::region_bundle(&path, "eu-west", release, &key)
         .expect("the example builds");
     let loader = Loader::new(
-        PolicyEngine::with_time_limit(Duration::from_millis(50)).expect("engine"),
+        PolicyEngine::with_time_limit(Duration::from_millis(50), std::sync::Arc::default())
+            .expect("engine"),
         vec![key.verifying_key()],
         false,
         Default::default(),

@@ -4,7 +4,7 @@
 
 use std::hash::Hasher;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -32,9 +32,6 @@ use wasmtime_wasi_http::{
 };
 
 use crate::proxy::{self, Origins, UpstreamError};
-
-/// How often the functions' engine advances its epoch: the granularity of time limits.
-const EPOCH_TICK: Duration = Duration::from_millis(1);
 
 /// Compiled components kept in memory, so a bundle whose functions did not change
 /// activates without compiling or reading the disk.
@@ -110,14 +107,21 @@ impl Default for FunctionLimits {
 pub struct FunctionHost {
     pub limits: FunctionLimits,
     pub state_dir: Option<PathBuf>,
+    /// The node's request counter: the epoch clock wakes less often while it is still.
+    activity: Arc<AtomicU64>,
     engine: Mutex<Option<Arc<FunctionEngine>>>,
 }
 
 impl FunctionHost {
-    pub fn new(limits: FunctionLimits, state_dir: Option<PathBuf>) -> FunctionHost {
+    pub fn new(
+        limits: FunctionLimits,
+        state_dir: Option<PathBuf>,
+        activity: Arc<AtomicU64>,
+    ) -> FunctionHost {
         FunctionHost {
             limits,
             state_dir,
+            activity,
             engine: Mutex::new(None),
         }
     }
@@ -131,8 +135,12 @@ impl FunctionHost {
             return Ok(engine.clone());
         }
         let started = Arc::new(
-            FunctionEngine::new(self.limits.clone(), self.state_dir.as_deref())
-                .map_err(PrepareError::Engine)?,
+            FunctionEngine::new(
+                self.limits.clone(),
+                self.state_dir.as_deref(),
+                self.activity.clone(),
+            )
+            .map_err(PrepareError::Engine)?,
         );
         *engine = Some(started.clone());
         Ok(started)
@@ -162,7 +170,11 @@ impl Drop for FunctionEngine {
 }
 
 impl FunctionEngine {
-    pub fn new(limits: FunctionLimits, state_dir: Option<&Path>) -> Result<FunctionEngine, String> {
+    pub fn new(
+        limits: FunctionLimits,
+        state_dir: Option<&Path>,
+        activity: Arc<AtomicU64>,
+    ) -> Result<FunctionEngine, String> {
         let mut pool = PoolingAllocationConfig::default();
         let instances = limits.instances.max(1);
         let memory_max = usize::try_from(limits.memory_max).unwrap_or(usize::MAX);
@@ -212,14 +224,18 @@ impl FunctionEngine {
         std::thread::Builder::new()
             .name("edgepack-fn-epoch".into())
             .spawn(move || {
-                while !stop.load(Ordering::Relaxed) {
+                crate::host::run_epoch_clock(&activity, |ticks| {
+                    if stop.load(Ordering::Relaxed) {
+                        return false;
+                    }
                     let Some(engine) = ticking.upgrade() else {
-                        break;
+                        return false;
                     };
-                    engine.increment_epoch();
-                    drop(engine);
-                    std::thread::sleep(EPOCH_TICK);
-                }
+                    for _ in 0..ticks {
+                        engine.increment_epoch();
+                    }
+                    true
+                });
             })
             .map_err(|e| format!("cannot start the epoch thread: {e}"))?;
         Ok(FunctionEngine {

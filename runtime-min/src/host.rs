@@ -7,7 +7,8 @@
 //! beyond the decision's own lists.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use edgepack_bundles::abi::{self, Decision, DecisionError, export};
 use edgepack_bundles::request::RequestParts;
@@ -44,8 +45,46 @@ pub enum HostError {
     Decision(#[from] DecisionError),
 }
 
-/// How often the engine's epoch advances when `decide` calls are time-bounded.
+/// One epoch: deadlines are counted in milliseconds.
 const EPOCH_TICK: Duration = Duration::from_millis(1);
+/// How often the epoch clock wakes while requests arrive, and once they have stopped.
+const CLOCK_BUSY: Duration = Duration::from_millis(1);
+const CLOCK_IDLE: Duration = Duration::from_millis(10);
+/// How long without a request before the clock wakes less often.
+const CLOCK_QUIET: Duration = Duration::from_millis(50);
+
+/// Advances an epoch by the milliseconds that pass, calling `advance(n)` with each step's
+/// count until it returns false. It wakes every millisecond while `activity` (a request
+/// counter) moves, and every 10 ms after 50 ms without a request, so an idle node does not
+/// wake a thousand times a second; deadlines keep their length in wall time either way and
+/// are only checked less finely while idle.
+pub(crate) fn run_epoch_clock(activity: &AtomicU64, mut advance: impl FnMut(u64) -> bool) {
+    let mut seen = activity.load(Ordering::Relaxed);
+    let mut last_request = Instant::now();
+    let mut last_step = Instant::now();
+    let mut carried = Duration::ZERO;
+    loop {
+        let now_seen = activity.load(Ordering::Relaxed);
+        if now_seen != seen {
+            seen = now_seen;
+            last_request = Instant::now();
+        }
+        let pause = if last_request.elapsed() < CLOCK_QUIET {
+            CLOCK_BUSY
+        } else {
+            CLOCK_IDLE
+        };
+        std::thread::sleep(pause);
+        let now = Instant::now();
+        let elapsed = now.duration_since(last_step) + carried;
+        last_step = now;
+        let ticks = (elapsed.as_micros() / EPOCH_TICK.as_micros()) as u64;
+        carried = elapsed.saturating_sub(EPOCH_TICK * ticks as u32);
+        if !advance(ticks) {
+            return;
+        }
+    }
+}
 
 /// Which compiler builds a module.
 ///
@@ -77,21 +116,30 @@ impl PolicyEngine {
     }
 
     /// Engines whose `decide` calls trap once they have run for about `limit` (at least
-    /// one epoch tick of 1 ms, at most two ticks more): a policy module cannot hold a
-    /// worker. A background thread advances the epochs while the engines live.
-    pub fn with_time_limit(limit: Duration) -> Result<PolicyEngine, HostError> {
+    /// one epoch tick of 1 ms; at most two ticks more while `activity`, the node's request
+    /// counter, moves, at most 10 ms more after it has been still for 50 ms): a policy module
+    /// cannot hold a worker. A background thread advances the epochs while the engines live.
+    pub fn with_time_limit(
+        limit: Duration,
+        activity: Arc<AtomicU64>,
+    ) -> Result<PolicyEngine, HostError> {
         let ticks = (limit.as_micros() / EPOCH_TICK.as_micros()).max(1) as u64 + 1;
         let engine = Self::build(Some(ticks))?;
         let (optimized, quick) = (engine.optimized.weak(), engine.quick.weak());
         std::thread::Builder::new()
             .name("edgepack-epoch".into())
             .spawn(move || {
-                while let (Some(optimized), Some(quick)) = (optimized.upgrade(), quick.upgrade()) {
-                    optimized.increment_epoch();
-                    quick.increment_epoch();
-                    drop((optimized, quick));
-                    std::thread::sleep(EPOCH_TICK);
-                }
+                run_epoch_clock(&activity, |ticks| {
+                    let (Some(optimized), Some(quick)) = (optimized.upgrade(), quick.upgrade())
+                    else {
+                        return false;
+                    };
+                    for _ in 0..ticks {
+                        optimized.increment_epoch();
+                        quick.increment_epoch();
+                    }
+                    true
+                });
             })
             .map_err(|e| HostError::Compile(format!("cannot start the epoch thread: {e}")))?;
         Ok(engine)
@@ -352,6 +400,25 @@ mod tests {
         TypeSection, ValType,
     };
 
+    #[test]
+    fn the_epoch_clock_counts_milliseconds_and_wakes_less_when_idle() {
+        let activity = AtomicU64::new(0);
+        let started = Instant::now();
+        let (mut wakeups, mut ticks) = (0u64, 0u64);
+        run_epoch_clock(&activity, |n| {
+            wakeups += 1;
+            ticks += n;
+            started.elapsed() < Duration::from_millis(300)
+        });
+        let elapsed = started.elapsed().as_millis() as u64;
+        assert!(
+            ticks <= elapsed && ticks + 15 >= elapsed,
+            "{ticks} ticks in {elapsed} ms"
+        );
+        // 50 ms of 1 ms steps, then 10 ms steps: far fewer wake-ups than milliseconds.
+        assert!(wakeups < 90, "{wakeups} wake-ups in {elapsed} ms");
+    }
+
     /// A module with the policy exports whose `decide` runs `body`.
     fn module(body: &[Instruction<'_>]) -> Vec<u8> {
         let mut module = Encoded::new();
@@ -428,7 +495,8 @@ mod tests {
             Instruction::End,
             Instruction::I32Const(0),
         ]);
-        let engine = PolicyEngine::with_time_limit(Duration::from_millis(5)).expect("engine");
+        let engine = PolicyEngine::with_time_limit(Duration::from_millis(5), Arc::default())
+            .expect("engine");
         for tier in [Tier::Quick, Tier::Optimized] {
             let mut instance = engine
                 .compile_tier(&forever, tier)

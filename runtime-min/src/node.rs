@@ -175,7 +175,8 @@ pub struct Node {
     /// otherwise swap in after a newer one).
     activating: Mutex<()>,
     request_prefix: u32,
-    request_counter: AtomicU64,
+    /// Requests so far: request ids, and the epoch clocks' sign of activity.
+    request_counter: Arc<AtomicU64>,
     /// The node itself, for the threads it starts (set by [`Node::shared`]).
     me: std::sync::OnceLock<std::sync::Weak<Node>>,
 }
@@ -200,6 +201,7 @@ impl Node {
         let pseudonymize_key = read_pseudonymize_key(args.pseudonymize_key_file.as_deref())?;
         let origins = Origins::new(args.resolve_map(), args.origin_ca.as_deref())
             .map_err(StartError::Usage)?;
+        let request_counter: Arc<AtomicU64> = Arc::default();
         let mut prefix = [0u8; 4];
         let _ = getrandom::fill(&mut prefix);
         let region = args
@@ -223,7 +225,7 @@ impl Node {
             ratelimits: RateLimits::new(args.ratelimit_keys),
             origins,
             loader: Loader::new(
-                PolicyEngine::with_time_limit(args.decide_timeout)?,
+                PolicyEngine::with_time_limit(args.decide_timeout, request_counter.clone())?,
                 trusted,
                 args.require_expiry,
                 OpenLimits::default(),
@@ -234,6 +236,7 @@ impl Node {
                     memory_max: args.function_memory_max,
                 },
                 args.state_dir.clone(),
+                request_counter.clone(),
             ))),
             state,
             bundle_path: args.bundle.clone(),
@@ -246,7 +249,7 @@ impl Node {
             }),
             activating: Mutex::new(()),
             request_prefix: u32::from_le_bytes(prefix),
-            request_counter: AtomicU64::new(0),
+            request_counter,
             me: std::sync::OnceLock::new(),
         })
     }
@@ -499,7 +502,7 @@ impl Node {
             control: Mutex::new(Control::default()),
             activating: Mutex::new(()),
             request_prefix: self.request_prefix,
-            request_counter: AtomicU64::new(0),
+            request_counter: Arc::default(),
             me: std::sync::OnceLock::new(),
         }
     }
