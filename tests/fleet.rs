@@ -353,11 +353,23 @@ fn push_and_pull_round_trip_one_region_and_name_what_is_missing() {
     let registry = Registry::start(work);
     let reference = registry.reference();
     let one = release(work, "one", 1, &keys, (200, 200), "");
-    let digest = push(&one, &reference);
+    let printed = e2e::edgepack(&[
+        "push",
+        &one.display().to_string(),
+        &reference,
+        "--tag",
+        "v1",
+    ]);
+    let digest = printed
+        .trim()
+        .rsplit_once('@')
+        .map(|(_, digest)| digest.to_string())
+        .expect("push prints the release's digest");
     let trust = keys.public.display().to_string();
     let out = work.join("pulled");
     for target in [
         reference.clone(),
+        format!("127.0.0.1:{}/edgepack/fleet:v1", registry.port),
         format!("127.0.0.1:{}/edgepack/fleet@{digest}", registry.port),
     ] {
         e2e::edgepack(&[

@@ -250,8 +250,13 @@ impl Registry {
     }
 
     /// Publishes a release: blobs, then each region's manifest and the index by digest, then
-    /// the tag. Returns the release's digest.
-    pub async fn push(&self, bundles: &[ReleaseBundle]) -> Result<String, RegistryError> {
+    /// the `extra_tags`, then the reference's own tag last (the one nodes follow). Returns the
+    /// release's digest.
+    pub async fn push(
+        &self,
+        bundles: &[ReleaseBundle],
+        extra_tags: &[String],
+    ) -> Result<String, RegistryError> {
         self.client
             .store_auth_if_needed(self.reference.resolve_registry(), &self.auth)
             .await;
@@ -334,6 +339,17 @@ impl Registry {
             .push_manifest_raw(&at_digest(&digest), bytes.clone(), content_type.clone())
             .await
             .map_err(|e| self.registry_error(e))?;
+        for tag in extra_tags {
+            let tagged = Reference::with_tag(
+                self.reference.registry().to_string(),
+                self.reference.repository().to_string(),
+                tag.clone(),
+            );
+            self.client
+                .push_manifest_raw(&tagged, bytes.clone(), content_type.clone())
+                .await
+                .map_err(|e| self.registry_error(e))?;
+        }
         if self.reference.digest().is_none() {
             self.client
                 .push_manifest_raw(&self.reference, bytes, content_type)

@@ -38,8 +38,30 @@ pub struct PushArgs {
     #[arg(long, value_name = "PUBLIC_KEY")]
     pub trust: Vec<PathBuf>,
 
+    /// Also point these tags at the release (repeatable), e.g. `--tag v42` for a name that
+    /// never moves; they are set before REF's own tag.
+    #[arg(long = "tag", value_name = "TAG", value_parser = parse_tag)]
+    pub tags: Vec<String>,
+
     #[command(flatten)]
     pub login: LoginArgs,
+}
+
+/// An OCI tag: up to 128 of `[A-Za-z0-9_.-]`, not starting with `.` or `-`.
+fn parse_tag(text: &str) -> Result<String, String> {
+    let valid = !text.is_empty()
+        && text.len() <= 128
+        && !text.starts_with(['.', '-'])
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
+    if valid {
+        Ok(text.to_string())
+    } else {
+        Err(format!(
+            "`{text}` is not a tag: up to 128 letters, digits, `_`, `.` and `-`, not starting with `.` or `-`"
+        ))
+    }
 }
 
 /// Fetch one region's bundle of a release from an OCI registry.
@@ -124,7 +146,9 @@ pub fn push(args: &PushArgs) -> Output {
         .login
         .login()
         .and_then(|login| Registry::connect(&args.reference, &login).map_err(|e| e.to_string()))
-        .and_then(|registry| block_on(registry.push(&release))?.map_err(|e| e.to_string()));
+        .and_then(|registry| {
+            block_on(registry.push(&release, &args.tags))?.map_err(|e| e.to_string())
+        });
     match pushed {
         Ok(digest) => {
             let regions: Vec<&str> = release.iter().map(|b| b.region.as_str()).collect();
@@ -309,6 +333,16 @@ mod tests {
             base_reference("registry.example.com/api@sha256:ab"),
             "registry.example.com/api"
         );
+    }
+
+    #[test]
+    fn tags_follow_the_oci_rules() {
+        assert_eq!(parse_tag("v42").as_deref(), Ok("v42"));
+        assert!(parse_tag("release_2026.11-rc1").is_ok());
+        assert!(parse_tag("").is_err());
+        assert!(parse_tag("-x").is_err());
+        assert!(parse_tag("a/b").is_err());
+        assert!(parse_tag(&"x".repeat(129)).is_err());
     }
 
     #[test]
