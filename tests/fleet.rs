@@ -149,9 +149,12 @@ impl Drop for Registry {
     }
 }
 
-/// Pushes a release directory; returns the release digest.
-fn push(dist: &Path, reference: &str) -> String {
-    let printed = e2e::edgepack(&["push", &dist.display().to_string(), reference]);
+/// Pushes a release directory (with `extra` arguments); returns the release digest.
+fn push(dist: &Path, reference: &str, extra: &[&str]) -> String {
+    let dist = dist.display().to_string();
+    let mut args = vec!["push", dist.as_str(), reference];
+    args.extend_from_slice(extra);
+    let printed = e2e::edgepack(&args);
     printed
         .trim()
         .rsplit_once('@')
@@ -250,7 +253,7 @@ fn a_fleet_pulls_each_region_s_bundle_and_refuses_bad_releases() {
     let reference = registry.reference();
 
     let one = release(work, "one", 1, &keys, (200, 200), "");
-    push(&one, &reference);
+    push(&one, &reference, &[]);
     let nodes: Vec<(&str, NodeProcess)> = REGIONS
         .iter()
         .map(|region| {
@@ -268,20 +271,20 @@ fn a_fleet_pulls_each_region_s_bundle_and_refuses_bad_releases() {
 
     // A new release reaches all three within two poll intervals.
     let two = release(work, "two", 2, &keys, (200, 200), "");
-    push(&two, &reference);
+    push(&two, &reference, &[]);
     let took = wait_for_release(&nodes, "two", POLL * 2);
     eprintln!("release two reached all three nodes in {took:?}");
 
     // Signed by a key the nodes do not trust.
     let forged = release(work, "forged", 3, &stranger, (200, 200), "");
-    let digest = push(&forged, &reference);
+    let digest = push(&forged, &reference, &[]);
     refused_by_all(&nodes, &digest, "signature", "two");
     // Release one again: below the version every node runs.
-    let digest = push(&one, &reference);
+    let digest = push(&one, &reference, &[]);
     refused_by_all(&nodes, &digest, "version", "two");
     // A release whose golden request fails on the node.
     let failing = release(work, "failing", 4, &keys, (200, 418), "");
-    let digest = push(&failing, &reference);
+    let digest = push(&failing, &reference, &[]);
     refused_by_all(&nodes, &digest, "golden", "two");
     // SIGHUP makes a node look at once, retrying the release it refused.
     let (_, first) = &nodes[0];
@@ -341,7 +344,7 @@ fn a_fleet_pulls_each_region_s_bundle_and_refuses_bad_releases() {
     // The registry returns (same storage): the next release goes out.
     let registry = Registry::run(registry.config.clone(), registry.port);
     let five = release(work, "five", 5, &keys, (200, 200), "");
-    push(&five, &registry.reference());
+    push(&five, &registry.reference(), &[]);
     wait_for_release(&nodes, "five", POLL * 3);
 }
 
@@ -353,18 +356,7 @@ fn push_and_pull_round_trip_one_region_and_name_what_is_missing() {
     let registry = Registry::start(work);
     let reference = registry.reference();
     let one = release(work, "one", 1, &keys, (200, 200), "");
-    let printed = e2e::edgepack(&[
-        "push",
-        &one.display().to_string(),
-        &reference,
-        "--tag",
-        "v1",
-    ]);
-    let digest = printed
-        .trim()
-        .rsplit_once('@')
-        .map(|(_, digest)| digest.to_string())
-        .expect("push prints the release's digest");
+    let digest = push(&one, &reference, &["--tag", "v1"]);
     let trust = keys.public.display().to_string();
     let out = work.join("pulled");
     for target in [
