@@ -392,6 +392,16 @@ fn push_and_pull_round_trip_one_region_and_name_what_is_missing() {
             && stderr.contains("ap-southeast, eu-west, us-east"),
         "{stderr}"
     );
+    // Nothing listening: the error says so, not just that a request failed.
+    let nowhere = format!("127.0.0.1:{}/edgepack/fleet:prod", free_port());
+    let unreachable = Command::new(e2e::binary("edgepack"))
+        .args(["pull", &nowhere, "--region", "eu-west", "--out"])
+        .arg(&out)
+        .output()
+        .expect("run edgepack pull");
+    assert_eq!(unreachable.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&unreachable.stderr);
+    assert!(stderr.contains("Connection refused"), "{stderr}");
 }
 
 #[test]

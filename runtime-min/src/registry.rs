@@ -44,7 +44,7 @@ pub enum RegistryError {
     Credentials { registry: String, reason: String },
     #[error("{0}")]
     Client(String),
-    #[error("the registry answered for {reference}: {error}")]
+    #[error("registry request for {reference} failed: {error}")]
     Registry { reference: String, error: String },
     #[error("{reference} is not an edgepack release: {reason}")]
     NotARelease { reference: String, reason: String },
@@ -128,6 +128,22 @@ struct Manifest {
 
 fn digest_of(bytes: &[u8]) -> String {
     format!("sha256:{}", bundle::hex(&Sha256::digest(bytes)))
+}
+
+/// An error with the causes under it (`error sending request` says little without its
+/// `connection refused`).
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(inner) = cause {
+        let said = inner.to_string();
+        if !text.contains(&said) {
+            text.push_str(": ");
+            text.push_str(&said);
+        }
+        cause = inner.source();
+    }
+    text
 }
 
 /// Whether a registry host is this machine: only those may be spoken to over plain HTTP.
@@ -246,7 +262,7 @@ impl Registry {
         self.client
             .fetch_manifest_digest(&self.reference, &self.auth)
             .await
-            .map_err(|e| self.registry_error(e))
+            .map_err(|e| self.registry_error(error_chain(&e)))
     }
 
     /// Publishes a release: blobs, then each region's manifest and the index by digest, then
@@ -265,14 +281,14 @@ impl Registry {
         self.client
             .push_blob(&self.reference, EMPTY_CONFIG.to_vec(), &empty)
             .await
-            .map_err(|e| self.registry_error(e))?;
+            .map_err(|e| self.registry_error(error_chain(&e)))?;
         let mut entries = Vec::new();
         for release in bundles {
             let layer = digest_of(&release.bytes);
             self.client
                 .push_blob(&self.reference, release.bytes.clone(), &layer)
                 .await
-                .map_err(|e| self.registry_error(e))?;
+                .map_err(|e| self.registry_error(error_chain(&e)))?;
             let annotations = BTreeMap::from([
                 (REGION_ANNOTATION.to_string(), release.region.clone()),
                 (VERSION_ANNOTATION.to_string(), release.version.to_string()),
@@ -310,7 +326,7 @@ impl Registry {
                     http::HeaderValue::from_static(OCI_IMAGE_MEDIA_TYPE),
                 )
                 .await
-                .map_err(|e| self.registry_error(e))?;
+                .map_err(|e| self.registry_error(error_chain(&e)))?;
             entries.push(Descriptor {
                 media_type: OCI_IMAGE_MEDIA_TYPE.to_string(),
                 digest,
@@ -338,7 +354,7 @@ impl Registry {
         self.client
             .push_manifest_raw(&at_digest(&digest), bytes.clone(), content_type.clone())
             .await
-            .map_err(|e| self.registry_error(e))?;
+            .map_err(|e| self.registry_error(error_chain(&e)))?;
         for tag in extra_tags {
             let tagged = Reference::with_tag(
                 self.reference.registry().to_string(),
@@ -348,13 +364,13 @@ impl Registry {
             self.client
                 .push_manifest_raw(&tagged, bytes.clone(), content_type.clone())
                 .await
-                .map_err(|e| self.registry_error(e))?;
+                .map_err(|e| self.registry_error(error_chain(&e)))?;
         }
         if self.reference.digest().is_none() {
             self.client
                 .push_manifest_raw(&self.reference, bytes, content_type)
                 .await
-                .map_err(|e| self.registry_error(e))?;
+                .map_err(|e| self.registry_error(error_chain(&e)))?;
         }
         Ok(digest)
     }
@@ -369,7 +385,7 @@ impl Registry {
                 &[OCI_IMAGE_INDEX_MEDIA_TYPE, OCI_IMAGE_MEDIA_TYPE],
             )
             .await
-            .map_err(|e| self.registry_error(e))?;
+            .map_err(|e| self.registry_error(error_chain(&e)))?;
         if bytes.len() > MAX_MANIFEST_BYTES {
             return Err(RegistryError::TooLarge {
                 what: "the manifest",
@@ -470,10 +486,10 @@ impl Registry {
             .client
             .pull_blob_stream(&reference, &descriptor)
             .await
-            .map_err(|e| self.registry_error(e))?;
+            .map_err(|e| self.registry_error(error_chain(&e)))?;
         let mut bytes = Vec::with_capacity(layer.size as usize);
         while let Some(chunk) = stream.next().await {
-            let chunk = chunk.map_err(|e| self.registry_error(e))?;
+            let chunk = chunk.map_err(|e| self.registry_error(error_chain(&e)))?;
             if (bytes.len() + chunk.len()) as u64 > layer.size {
                 return Err(RegistryError::TooLarge {
                     what: "the bundle layer",
