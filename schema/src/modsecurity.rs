@@ -1014,26 +1014,8 @@ fn halves(
                     Hir::alternation(branches[middle..].to_vec()),
                 ))
             }
-            HirKind::Alternation(branches) => {
-                let at = (0..branches.len()).max_by_key(|i| largest(&branches[*i]))?;
-                let (l, r) = cut(&branches[at])?;
-                let with = |piece: Hir| {
-                    let mut all = branches.clone();
-                    all[at] = piece;
-                    Hir::alternation(all)
-                };
-                Some((with(l), with(r)))
-            }
-            HirKind::Concat(parts) => {
-                let at = (0..parts.len()).max_by_key(|i| largest(&parts[*i]))?;
-                let (l, r) = cut(&parts[at])?;
-                let with = |piece: Hir| {
-                    let mut all = parts.clone();
-                    all[at] = piece;
-                    Hir::concat(all)
-                };
-                Some((with(l), with(r)))
-            }
+            HirKind::Alternation(branches) => cut_within(branches, Hir::alternation),
+            HirKind::Concat(parts) => cut_within(parts, Hir::concat),
             HirKind::Capture(c) => {
                 let (l, r) = cut(&c.sub)?;
                 let with = |piece: Hir| {
@@ -1047,6 +1029,17 @@ fn halves(
             }
             _ => None,
         }
+    }
+    /// Cuts the member holding the largest alternation; each half keeps the other members.
+    fn cut_within(members: &[Hir], rebuild: fn(Vec<Hir>) -> Hir) -> Option<(Hir, Hir)> {
+        let at = (0..members.len()).max_by_key(|i| largest(&members[*i]))?;
+        let (l, r) = cut(&members[at])?;
+        let with = |piece: Hir| {
+            let mut all = members.to_vec();
+            all[at] = piece;
+            rebuild(all)
+        };
+        Some((with(l), with(r)))
     }
     (largest(hir) >= 2).then(|| cut(hir)).flatten()
 }
