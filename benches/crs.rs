@@ -94,15 +94,27 @@ fn main() {
                     ));
                 }
                 MatcherPlan::Regex(pattern) => {
-                    let size = automata::pattern_dfa(pattern, BUDGET)
-                        .map(|d| (d.next.len() * 4 + 2 * 256 + d.eoi_match.len()).div_ceil(1024))
-                        .unwrap_or(0);
+                    let kib = |d: &automata::PatternDfa| {
+                        (d.next.len() * 4 + 2 * 256 + d.eoi_match.len()).div_ceil(1024)
+                    };
+                    let automaton = match automata::pattern_automaton(pattern, BUDGET) {
+                        Ok(automata::PatternAutomaton::Whole(dfa)) => {
+                            format!("DFA of {} KiB", kib(&dfa))
+                        }
+                        Ok(automata::PatternAutomaton::Sequence(seq)) => format!(
+                            "sequence: head DFA of {} KiB marking where it ends, tail DFA of {} KiB run from there",
+                            (seq.head.next.len() * 4 + 2 * 256 + seq.head.ends.len())
+                                .div_ceil(1024),
+                            kib(&seq.tail) + seq.tail_starts.len() * 4 / 1024
+                        ),
+                        Err(error) => format!("not compiled: {error}"),
+                    };
                     strategies.push(match automata::required_literals(pattern, LITERAL_LEN) {
                         Some(literals) => format!(
-                            "DFA of {size} KiB, run when one of {} literals occurs",
+                            "{automaton}, run when one of {} literals occurs",
                             literals.len()
                         ),
-                        None => format!("DFA of {size} KiB, run on every value"),
+                        None => format!("{automaton}, run on every value"),
                     });
                 }
             }

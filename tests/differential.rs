@@ -828,6 +828,82 @@ fn decodings_match_the_reference_byte_for_byte() {
     }
 }
 
+/// A pattern too large for one automaton runs as a sequence (the head's DFA marks where it
+/// ends, a set of tail runs starts there): on both compiler tiers, the module fires exactly
+/// when the reference evaluator's regex engine matches, folded to lower case or not.
+#[test]
+fn sequence_patterns_agree() {
+    let engine = PolicyEngine::new().expect("engine");
+    let mut words: Vec<String> = (0..300).map(|i| format!("fn{i}x{}", i * 7)).collect();
+    words.extend(["system", "exec", "popen"].map(String::from));
+    let pattern = format!(r"\b(?:{})(?:\s|/\*.*\*/|//.*|#.*)*\(.*\)", words.join("|"));
+    assert!(
+        matches!(
+            edgepack_schema::waf_regex::check_pattern(&pattern, 512 << 10),
+            Ok(edgepack_schema::waf_regex::Shape::Sequence { .. })
+        ),
+        "one automaton fits: the test would not reach sequences"
+    );
+    let kdl = format!(
+        "edgepack 1\nregion \"r\" zone=\"GLOBAL\"\n\
+         waf threshold=1 body-limit=\"64KiB\" automaton-budget=\"512KiB\" {{\n\
+         rule \"folded\" score=1 {{ in \"args\"; decode \"url-decode\" \"lowercase\"; regex #\"{pattern}\"#; }}\n\
+         rule \"raw\" score=1 {{ in \"body\"; regex #\"{pattern}\"#; }}\n\
+         }}\nroute \"/*\" {{\n    respond 200\n}}\n"
+    );
+    let dir = tempdir();
+    std::fs::write(dir.join("edgepack.kdl"), &kdl).expect("write policy");
+    let tokens = [
+        "system", "exec", "fn3x21", "x", " ", "(", ")", "/*", "*/", "//", "#", "\n", ";", "é",
+        "SYS", "tem", "%28",
+    ];
+    let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut texts: Vec<Vec<u8>> = [
+        "system(1)",
+        "xsystem(1)",
+        "a;system /*c*/ (ls)",
+        "exec #x\n()",
+        "EXEC(1)",
+        "fn12x84 ( )",
+        "fn12x8 ( )",
+        "system(",
+    ]
+    .iter()
+    .map(|t| t.as_bytes().to_vec())
+    .collect();
+    for _ in 0..400 {
+        let mut text = Vec::new();
+        seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+        for _ in 0..(seed >> 60) {
+            seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+            text.extend_from_slice(tokens[(seed >> 33) as usize % tokens.len()].as_bytes());
+        }
+        texts.push(text);
+    }
+    for tier in [Tier::Quick, Tier::Optimized] {
+        let mut regions =
+            compile_policy(&dir, &engine, tier).expect("the sequence policy compiles");
+        let (plan, instance) = &mut regions[0];
+        let evaluator = Evaluator::new(plan);
+        let mut fired = [0; 2];
+        for text in &texts {
+            let query: String = text.iter().map(|b| format!("%{b:02X}")).collect();
+            let request = Request::new("POST", &format!("/x?q={query}"))
+                .header("content-type", "application/octet-stream")
+                .body(text.clone());
+            compare(plan, &evaluator, instance, &request).unwrap_or_else(|e| panic!("{e}"));
+            let decision = instance.decide(&request).expect("a decision");
+            for (k, rule) in plan.waf.as_ref().expect("waf").rules.iter().enumerate() {
+                fired[k] += usize::from(decision.rules.contains(&rule.id));
+            }
+        }
+        // Both rules see matches, and folding makes the first match more.
+        assert!(fired[1] >= 5, "{fired:?}");
+        assert!(fired[0] > fired[1], "{fired:?}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// Imported rules that are more than "a value matches" (a negated operator, a count of
 /// values, a chain of two conditions) and one on the method: the module and the evaluator
 /// agree on targeted and random requests, and each fires exactly when ModSecurity's would.

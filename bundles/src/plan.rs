@@ -190,6 +190,9 @@ pub struct WafPlan {
     pub body_limit: u32,
     pub block_oversized_bodies: bool,
     pub rules: Vec<WafRulePlan>,
+    /// The most bytes one pattern's automaton may take (`waf automaton-budget`): a pattern
+    /// whose DFA is larger is compiled as a sequence of two.
+    pub automaton_budget: u64,
     /// Rules of imported rule sets that are not in the module, and why (for `inspect`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub left_out: Vec<LeftOutRulePlan>,

@@ -368,6 +368,7 @@ impl<'p> Lowering<'p> {
                 body_limit: u32::try_from(waf.body_limit.value).unwrap_or(u32::MAX),
                 block_oversized_bodies: waf.body_overflow.value == p::BodyOverflow::Block,
                 rules,
+                automaton_budget: waf.automaton_budget.value,
                 left_out: waf
                     .imports
                     .iter()

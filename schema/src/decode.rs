@@ -849,7 +849,7 @@ fn decode_waf_rule(cx: &mut Ctx, file: FileId, node: &KdlNode, budget: u64) -> O
                         continue;
                     };
                     match waf_regex::check_pattern(&pattern, budget) {
-                        Ok(()) => matchers.push(Matcher::Regex(pattern)),
+                        Ok(_) => matchers.push(Matcher::Regex(pattern)),
                         Err(RegexProblem::Invalid { start, end, reason }) => {
                             let span = cx.inner_span(val, start, end);
                             cx.diags.push(diag::regex_invalid(span, &reason));

@@ -933,13 +933,18 @@ fn escape(text: &str) -> String {
 fn regex(pattern: &str, budget: u64, span: Span) -> Result<Vec<Matcher>, String> {
     let translated = format!("(?sm){}", pcre_literals(pattern));
     let matcher = |p: String| Matcher::Regex(Spanned::new(p, span));
-    match waf_regex::check_pattern(&translated, budget) {
+    match waf_regex::check_whole(&translated, budget) {
         Ok(()) => Ok(vec![matcher(translated)]),
         Err(RegexProblem::Invalid { reason, .. }) => Err(format!("regex: {reason}")),
+        // Pieces of an alternation each get narrower prefilter literals, so that split is
+        // tried before a sequence.
         Err(RegexProblem::TooLarge) => match split_to_fit(&translated, budget) {
             Some(pieces) => Ok(pieces.into_iter().map(matcher).collect()),
+            None if waf_regex::sequence(&translated, budget).is_some() => {
+                Ok(vec![matcher(translated)])
+            }
             None => Err(format!(
-                "its pattern's automaton exceeds the budget of {budget} bytes, even split at its alternations"
+                "its pattern's automaton exceeds the budget of {budget} bytes, even split at its alternations or its concatenation"
             )),
         },
     }
@@ -966,7 +971,7 @@ fn split_to_fit(pattern: &str, budget: u64) -> Option<Vec<String>> {
         for half in [left, right] {
             let text = half.to_string();
             match waf_regex::check_pattern(&text, budget) {
-                Ok(()) => {
+                Ok(_) => {
                     done.push(text);
                     fitted += 1;
                 }
@@ -1177,7 +1182,7 @@ mod tests {
         let budget = 256 << 10;
         let pattern = r"(?s)x(?:a.{1,12}b|c.{1,12}d)y";
         assert_eq!(
-            waf_regex::check_pattern(pattern, budget),
+            waf_regex::check_whole(pattern, budget),
             Err(RegexProblem::TooLarge)
         );
         let pieces = split_to_fit(pattern, budget).expect("the halves fit");

@@ -9,11 +9,11 @@
 
 use std::collections::{HashMap, VecDeque};
 
-use regex_automata::dfa::{Automaton, StartKind, dense};
-use regex_automata::nfa::thompson;
+use edgepack_schema::waf_regex::{self, Anchor};
+use regex_automata::Anchored;
+use regex_automata::dfa::{Automaton, dense};
 use regex_automata::util::primitives::StateID;
 use regex_automata::util::start;
-use regex_automata::{Anchored, MatchKind};
 use regex_syntax::hir::literal::{ExtractKind, Extractor};
 
 /// A pattern's DFA as flat tables.
@@ -64,81 +64,264 @@ fn representatives(classes: &[u8; 256], stride: u32) -> Vec<u8> {
         .collect()
 }
 
-/// Compiles one WAF pattern within `budget` bytes of automaton.
+/// A pattern too large for one DFA, compiled as a sequence (see
+/// [`edgepack_schema::waf_regex::sequence`]): `head` marks every offset where a match of
+/// it ends, and `tail` runs from each of them.
+#[derive(Clone, Debug)]
+pub struct SequenceDfa {
+    pub head: EndsDfa,
+    /// Anchored: `tail.start` is unused; a run starts in `tail_starts`.
+    pub tail: PatternDfa,
+    /// The tail's start state by the byte before the offset it starts at (look-behind
+    /// assertions such as `\b` depend on it); entry 256 is the start of the value.
+    pub tail_starts: Vec<u32>,
+}
+
+/// An unanchored DFA that reports every offset where some match ends, as flat tables.
+#[derive(Clone, Debug)]
+pub struct EndsDfa {
+    pub classes: [u8; 256],
+    pub folded: [u8; 256],
+    pub stride: u32,
+    pub states: u32,
+    pub start: u32,
+    /// `next[state * stride + class]`.
+    pub next: Vec<u32>,
+    /// Per state: bit 0, a match ends before the byte that led to it (regex-automata's
+    /// DFAs report matches one byte late); bit 1, a match ends at the end of the value.
+    pub ends: Vec<u8>,
+}
+
+/// How a pattern is compiled.
+#[derive(Clone, Debug)]
+pub enum PatternAutomaton {
+    Whole(Box<PatternDfa>),
+    Sequence(Box<SequenceDfa>),
+}
+
+/// Compiles one WAF pattern within `budget` bytes of automaton: one DFA if it fits, else a
+/// sequence, as `edgepack check` decided.
+pub fn pattern_automaton(pattern: &str, budget: usize) -> Result<PatternAutomaton, AutomatonError> {
+    let fail = |reason: String| AutomatonError::Build {
+        pattern: pattern.to_string(),
+        reason,
+    };
+    let whole = match waf_regex::build(pattern, budget, Anchor::Anywhere, true) {
+        Ok(dfa) => {
+            return pattern_tables(&dfa, &[Start::Unanchored])
+                .map(|(dfa, _)| PatternAutomaton::Whole(Box::new(dfa)))
+                .map_err(fail);
+        }
+        Err(error) => error,
+    };
+    let Some((head, tail)) = waf_regex::sequence(pattern, budget as u64) else {
+        return Err(fail(whole.to_string()));
+    };
+    let head =
+        waf_regex::build(&head, budget, Anchor::AllEnds, true).map_err(|e| fail(e.to_string()))?;
+    let tail =
+        waf_regex::build(&tail, budget, Anchor::Start, true).map_err(|e| fail(e.to_string()))?;
+    let mut starts: Vec<Start> = (0..=255u8).map(Start::After).collect();
+    starts.push(Start::Text);
+    let (tail, tail_starts) = pattern_tables(&tail, &starts).map_err(fail)?;
+    Ok(PatternAutomaton::Sequence(Box::new(SequenceDfa {
+        head: ends_tables(&head).map_err(fail)?,
+        tail,
+        tail_starts,
+    })))
+}
+
+/// Compiles one WAF pattern as one unanchored DFA within `budget` bytes of automaton.
 pub fn pattern_dfa(pattern: &str, budget: usize) -> Result<PatternDfa, AutomatonError> {
     let fail = |reason: String| AutomatonError::Build {
         pattern: pattern.to_string(),
         reason,
     };
-    let dfa = dense::Builder::new()
-        .syntax(edgepack_schema::waf_regex::syntax_config())
-        .thompson(thompson::Config::new().nfa_size_limit(Some(budget)))
-        .configure(
-            dense::Config::new()
-                .match_kind(MatchKind::LeftmostFirst)
-                .start_kind(StartKind::Unanchored)
-                .minimize(true)
-                .dfa_size_limit(Some(budget))
-                .determinize_size_limit(Some(budget)),
-        )
-        .build(pattern)
+    let dfa = waf_regex::build(pattern, budget, Anchor::Anywhere, true)
         .map_err(|e| fail(e.to_string()))?;
-    let (classes, folded, stride) = byte_tables(&dfa);
+    pattern_tables(&dfa, &[Start::Unanchored])
+        .map(|(dfa, _)| dfa)
+        .map_err(fail)
+}
+
+/// Where a walk starts.
+#[derive(Clone, Copy)]
+enum Start {
+    /// Anywhere, from the start of the value.
+    Unanchored,
+    /// Anchored, after this byte.
+    After(u8),
+    /// Anchored, at the start of the value.
+    Text,
+}
+
+fn start_state(dfa: &dense::DFA<Vec<u32>>, start: Start) -> Result<StateID, String> {
+    let config = match start {
+        Start::Unanchored => start::Config::new().anchored(Anchored::No),
+        Start::After(byte) => start::Config::new()
+            .anchored(Anchored::Yes)
+            .look_behind(Some(byte)),
+        Start::Text => start::Config::new().anchored(Anchored::Yes),
+    };
+    dfa.start_state(&config).map_err(|e| e.to_string())
+}
+
+/// A DFA's tables for an "is there a match" walk from the given starts (the first is
+/// `start`), with the index of each start's state (`DEAD` for a start that cannot match).
+fn pattern_tables(
+    dfa: &dense::DFA<Vec<u32>>,
+    starts: &[Start],
+) -> Result<(PatternDfa, Vec<u32>), String> {
+    let (classes, folded, stride) = byte_tables(dfa);
     let reps = representatives(&classes, stride);
-    let start = dfa
-        .start_state(&start::Config::new().anchored(Anchored::No))
-        .map_err(|e| fail(e.to_string()))?;
     // Breadth-first over ordinary states; match and dead states become the two sinks.
+    const MATCH: u32 = u32::MAX;
+    const DEAD: u32 = u32::MAX - 1;
     let mut ids: HashMap<StateID, u32> = HashMap::new();
     let mut order: Vec<StateID> = Vec::new();
     let mut queue = VecDeque::new();
-    ids.insert(start, 0);
-    order.push(start);
-    queue.push_back(start);
-    const MATCH: u32 = u32::MAX;
-    const DEAD: u32 = u32::MAX - 1;
+    let number = |state: StateID,
+                  ids: &mut HashMap<StateID, u32>,
+                  order: &mut Vec<StateID>,
+                  queue: &mut VecDeque<StateID>|
+     -> Result<u32, String> {
+        Ok(if dfa.is_match_state(state) {
+            MATCH
+        } else if dfa.is_dead_state(state) {
+            DEAD
+        } else if dfa.is_quit_state(state) {
+            return Err("the automaton gives up on some input".into());
+        } else {
+            *ids.entry(state).or_insert_with(|| {
+                order.push(state);
+                queue.push_back(state);
+                (order.len() - 1) as u32
+            })
+        })
+    };
+    let mut start_ids = Vec::with_capacity(starts.len());
+    for start in starts {
+        let state = start_state(dfa, *start)?;
+        start_ids.push(number(state, &mut ids, &mut order, &mut queue)?);
+    }
     let mut raw_next: Vec<u32> = Vec::new();
     while let Some(state) = queue.pop_front() {
         for &b in &reps {
-            let next = dfa.next_state(state, b);
-            let id = if dfa.is_match_state(next) {
-                MATCH
-            } else if dfa.is_dead_state(next) {
-                DEAD
-            } else if dfa.is_quit_state(next) {
-                return Err(fail("the automaton gives up on some input".into()));
-            } else {
-                *ids.entry(next).or_insert_with(|| {
-                    order.push(next);
-                    queue.push_back(next);
-                    (order.len() - 1) as u32
-                })
-            };
-            raw_next.push(id);
+            raw_next.push(number(
+                dfa.next_state(state, b),
+                &mut ids,
+                &mut order,
+                &mut queue,
+            )?);
         }
     }
     let normal = order.len() as u32;
-    let next = raw_next
-        .into_iter()
-        .map(|id| match id {
-            MATCH => normal,
-            DEAD => normal + 1,
-            other => other,
-        })
-        .collect();
+    let index = |id: u32| match id {
+        MATCH => normal,
+        DEAD => normal + 1,
+        other => other,
+    };
+    let next = raw_next.into_iter().map(index).collect();
     let eoi_match = order
         .iter()
         .map(|s| dfa.is_match_state(dfa.next_eoi_state(*s)))
         .collect();
-    Ok(PatternDfa {
+    let start_ids: Vec<u32> = start_ids.into_iter().map(index).collect();
+    Ok((
+        PatternDfa {
+            classes,
+            folded,
+            stride,
+            normal,
+            start: start_ids[0],
+            next,
+            eoi_match,
+        },
+        start_ids,
+    ))
+}
+
+/// A sequence head's tables: every state kept, with its match flags.
+fn ends_tables(dfa: &dense::DFA<Vec<u32>>) -> Result<EndsDfa, String> {
+    let (classes, folded, stride) = byte_tables(dfa);
+    let reps = representatives(&classes, stride);
+    let start = start_state(dfa, Start::Unanchored)?;
+    let mut ids: HashMap<StateID, u32> = HashMap::from([(start, 0)]);
+    let mut order = vec![start];
+    let mut next = Vec::new();
+    let mut at = 0;
+    while at < order.len() {
+        let state = order[at];
+        at += 1;
+        if dfa.is_quit_state(state) {
+            return Err("the automaton gives up on some input".into());
+        }
+        for &b in &reps {
+            let to = dfa.next_state(state, b);
+            let id = *ids.entry(to).or_insert_with(|| {
+                order.push(to);
+                (order.len() - 1) as u32
+            });
+            next.push(id);
+        }
+    }
+    let ends = order
+        .iter()
+        .map(|s| {
+            u8::from(dfa.is_match_state(*s))
+                | (u8::from(dfa.is_match_state(dfa.next_eoi_state(*s))) << 1)
+        })
+        .collect();
+    Ok(EndsDfa {
         classes,
         folded,
         stride,
-        normal,
+        states: order.len() as u32,
         start: 0,
         next,
-        eoi_match,
+        ends,
     })
+}
+
+impl SequenceDfa {
+    /// Runs the tables over `text` the way the generated code does (for tests): the head's
+    /// walk, and the set of tail states started at its ends.
+    pub fn is_match(&self, text: &[u8], fold: bool) -> bool {
+        let (head, tail) = (&self.head, &self.tail);
+        let head_classes = if fold { &head.folded } else { &head.classes };
+        let tail_classes = if fold { &tail.folded } else { &tail.classes };
+        let mut h = head.start;
+        let mut threads: Vec<u32> = Vec::new();
+        for (i, &b) in text.iter().enumerate() {
+            h = head.next[(h * head.stride + u32::from(head_classes[b as usize])) as usize];
+            if head.ends[h as usize] & 1 != 0 {
+                let before = if i == 0 {
+                    256
+                } else {
+                    usize::from(text[i - 1])
+                };
+                threads.push(self.tail_starts[before]);
+            }
+            let mut next = Vec::new();
+            for s in threads.drain(..).filter(|s| *s < tail.normal) {
+                let t = tail.next[(s * tail.stride + u32::from(tail_classes[b as usize])) as usize];
+                if t == tail.normal {
+                    return true;
+                }
+                if t < tail.normal && !next.contains(&t) {
+                    next.push(t);
+                }
+            }
+            threads = next;
+        }
+        if head.ends[h as usize] & 2 != 0 {
+            let before = text.last().map_or(256, |b| usize::from(*b));
+            threads.push(self.tail_starts[before]);
+        }
+        threads
+            .iter()
+            .any(|s| *s < tail.normal && tail.eoi_match[*s as usize])
+    }
 }
 
 impl PatternDfa {
@@ -495,6 +678,75 @@ mod tests {
         let dfa = pattern_dfa("union", 1 << 20).unwrap();
         assert!(dfa.is_match(b"UNION", true));
         assert!(!dfa.is_match(b"UNION", false));
+    }
+
+    /// A pattern shaped like CRS 933160: a word list after a word boundary, then calls.
+    fn sequence_pattern() -> String {
+        let mut words: Vec<String> = (0..300).map(|i| format!("fn{i}x{}", i * 7)).collect();
+        words.extend(["system", "exec", "popen"].map(String::from));
+        format!(
+            r"(?i)\b(?:{})(?:\s|/\*.*\*/|//.*|#.*)*\(.*\)",
+            words.join("|")
+        )
+    }
+
+    #[test]
+    fn sequence_tables_agree_with_the_regex_engine() {
+        let pattern = sequence_pattern();
+        let budget = 512 << 10;
+        let automaton = pattern_automaton(&pattern, budget);
+        let Ok(PatternAutomaton::Sequence(seq)) = automaton else {
+            panic!("the pattern should need a sequence at {budget} bytes: {automaton:?}");
+        };
+        let regex = regex_automata::meta::Regex::builder()
+            .syntax(waf_regex::syntax_config())
+            .build(&pattern)
+            .expect("the pattern compiles");
+        let mut texts: Vec<Vec<u8>> = [
+            "system(1)",
+            "xsystem(1)",
+            "a;system /*c*/ (ls)",
+            "exec #x\n(",
+            "exec #x\n()",
+            "EXEC(1)",
+            "popen",
+            "fn12x84 ( )",
+            "fn12x8 ( )",
+            "",
+            "(",
+            "system(",
+            "system()",
+        ]
+        .iter()
+        .map(|t| t.as_bytes().to_vec())
+        .collect();
+        // Token soups from a fixed generator, so failures reproduce.
+        let tokens = [
+            "system", "exec", "fn3x21", "x", " ", "(", ")", "/*", "*/", "//", "#", "\n", ";", "é",
+            "Sys", "tem",
+        ];
+        let mut seed: u64 = 0x2545_f491_4f6c_dd1d;
+        for _ in 0..5000 {
+            let mut text = Vec::new();
+            seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+            for _ in 0..(seed >> 60) {
+                seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+                text.extend_from_slice(tokens[(seed >> 33) as usize % tokens.len()].as_bytes());
+            }
+            texts.push(text);
+        }
+        let mut matched = 0;
+        for text in &texts {
+            let expected = regex.is_match(text.as_slice());
+            matched += usize::from(expected);
+            assert_eq!(
+                seq.is_match(text, false),
+                expected,
+                "{:?}",
+                String::from_utf8_lossy(text)
+            );
+        }
+        assert!(matched > 40 && matched < texts.len() - 40, "{matched}");
     }
 
     #[test]

@@ -43,6 +43,8 @@ pub struct Layout {
     pub fired: u32,
     pub scratch_a: u32,
     pub scratch_b: u32,
+    /// The thread sets of sequence matchers (see `waf::sequence_area`).
+    pub threads: u32,
     pub request: u32,
     pub request_capacity: u32,
     pub end: u32,
@@ -87,6 +89,10 @@ pub fn emit(plan: &RegionPlan) -> Result<Vec<u8>, CodegenError> {
             area(request_capacity)
         } else {
             0
+        },
+        threads: match waf_tables.as_ref().map_or(0, |w| w.sequence_states) {
+            0 => 0,
+            states => area(waf::sequence_area(states)),
         },
         request: area(request_capacity),
         request_capacity,

@@ -16,7 +16,9 @@ use edgepack_bundles::abi::{dec, req};
 use edgepack_bundles::detect::DetectKind;
 
 use super::asm::{Asm, Data, I32, I64, mem};
-use super::automata::{self, LiteralAction, PatternDfa, Prefilter, PrefilterLiteral};
+use super::automata::{
+    self, LiteralAction, PatternAutomaton, PatternDfa, Prefilter, PrefilterLiteral, SequenceDfa,
+};
 use super::funcs::Funcs;
 use super::{CodegenError, Layout, Util};
 use crate::plan::*;
@@ -37,9 +39,11 @@ const DIRTY_ALWAYS: u32 = 1 << 31;
 /// Table entries of `detect` matchers hold this plus the detector's code where a pattern's
 /// holds its DFA's address (data addresses never come near it).
 const DETECT_BASE: u32 = 0xFFFF_FF00;
-
-/// The largest automaton one pattern or prefilter may become.
-const PATTERN_BUDGET: usize = 8 << 20;
+/// Table entries of sequence matchers hold this plus their descriptor's address (below
+/// `DETECT_BASE`; data addresses stay far below it).
+const SEQUENCE_BASE: u32 = 0x8000_0000;
+/// Sequences restart their thread stamps before the step counter gets near overflow.
+const STEP_LIMIT: u32 = 0xF000_0000;
 /// The most states one part's prefilter may have.
 const PREFILTER_STATES: usize = 1 << 20;
 /// Prefilter literals are cut to this many bytes.
@@ -191,6 +195,53 @@ pub struct Tables {
     counts: Vec<(Vec<PartPlan>, CountPlan, u32)>,
     /// Compound rules: (rule, the slots that must all be set).
     compounds: Vec<(u32, Vec<u32>)>,
+    /// The most tail states of any sequence matcher (0: none): sizes the memory their
+    /// walks keep thread sets in.
+    pub sequence_states: u32,
+}
+
+/// The memory a sequence walk keeps its threads in: a step counter, a stamp per tail state
+/// (the step it was last added at), and two lists of tail states.
+pub fn sequence_area(states: u32) -> u32 {
+    16 + 12 * states
+}
+
+/// A sequence's tables: both automata with plain (not premultiplied) u32 states.
+fn write_sequence(data: &mut Data, seq: &SequenceDfa, folds: bool) -> u32 {
+    let (head, tail) = (&seq.head, &seq.tail);
+    let h_classes = data.bytes(&head.classes);
+    let h_folded = if folds {
+        data.bytes(&head.folded)
+    } else {
+        h_classes
+    };
+    let h_ends = data.bytes(&head.ends);
+    let t_classes = data.bytes(&tail.classes);
+    let t_folded = if folds {
+        data.bytes(&tail.folded)
+    } else {
+        t_classes
+    };
+    let eoi: Vec<u8> = tail.eoi_match.iter().map(|m| u8::from(*m)).collect();
+    let t_eoi = data.bytes(&eoi);
+    let h_next = data.words(&head.next);
+    let t_next = data.words(&tail.next);
+    let t_starts = data.words(&seq.tail_starts);
+    data.words(&[
+        h_classes,
+        h_folded,
+        h_next,
+        head.stride,
+        t_classes,
+        t_folded,
+        t_next,
+        tail.stride,
+        tail.normal,
+        t_eoi,
+        t_starts,
+        h_ends,
+        head.start,
+    ])
 }
 
 fn write_dfa(data: &mut Data, dfa: &PatternDfa, folds: bool) -> u32 {
@@ -397,11 +448,19 @@ impl Tables {
         };
         let hit_words = (patterns.len() as u32).div_ceil(64).max(1);
         let mut dfas: HashMap<String, u32> = HashMap::new();
+        let budget = usize::try_from(waf.automaton_budget).unwrap_or(usize::MAX);
+        let mut sequence_states = 0;
         for pattern in patterns.iter().filter(|p| p.detect.is_none()) {
             if !dfas.contains_key(&pattern.regex) {
-                let dfa = automata::pattern_dfa(&pattern.regex, PATTERN_BUDGET)?;
-                let desc = write_dfa(data, &dfa, folds[&pattern.regex]);
-                dfas.insert(pattern.regex.clone(), desc);
+                let fold = folds[&pattern.regex];
+                let matcher = match automata::pattern_automaton(&pattern.regex, budget)? {
+                    PatternAutomaton::Whole(dfa) => write_dfa(data, &dfa, fold),
+                    PatternAutomaton::Sequence(seq) => {
+                        sequence_states = seq.tail.normal.max(sequence_states);
+                        SEQUENCE_BASE + write_sequence(data, &seq, fold)
+                    }
+                };
+                dfas.insert(pattern.regex.clone(), matcher);
             }
         }
 
@@ -538,6 +597,7 @@ impl Tables {
             slot_count,
             counts,
             compounds,
+            sequence_states,
         })
     }
 }
@@ -559,6 +619,8 @@ pub struct Fns {
     run_hits: u32,
     run_always: u32,
     dfa: u32,
+    /// The sequence walk, when some pattern is a sequence.
+    sequence: Option<u32>,
     decoders: Vec<(DecodingPlan, u32)>,
     /// The imported `detect`, when some rule uses it.
     detect: Option<u32>,
@@ -580,6 +642,7 @@ impl Fns {
             run_hits: funcs.declare(&[I32, I32, I32, I32, I32, I32, I32, I32], &[]),
             run_always: funcs.declare(&[I32, I32, I32, I32, I32, I32], &[]),
             dfa: funcs.declare(&[I32, I32, I32, I32], &[I32]),
+            sequence: (t.sequence_states > 0).then(|| funcs.declare(&[I32, I32, I32, I32], &[I32])),
             decoders: t
                 .decoders_used
                 .iter()
@@ -599,6 +662,9 @@ impl Fns {
         funcs.define(self.run_hits, self.run_hits_body(layout));
         funcs.define(self.run_always, self.run_always_body(layout));
         funcs.define(self.dfa, dfa_body());
+        if let Some(sequence) = self.sequence {
+            funcs.define(sequence, sequence_body(layout.threads, t.sequence_states));
+        }
         for (d, index) in &self.decoders {
             let body = match d {
                 DecodingPlan::UrlDecode => url_decode_body(t.hex_values, false, false),
@@ -1011,31 +1077,43 @@ impl Fns {
             .i32_and()
             .i32_eqz()
             .br_if(0);
-        match self.detect {
-            Some(detect) => {
-                let matcher = a.local(I32);
-                let hit = a.local(I32);
-                a.load(entry, 8).set(matcher);
-                a.get(matcher).c(DETECT_BASE);
-                a.i().i32_ge_u();
-                a.if_();
-                a.get(matcher).c(DETECT_BASE);
-                a.i().i32_sub();
-                a.get(ptr).get(len);
-                a.i().call(detect);
-                a.set(hit);
-                a.else_();
-                a.get(matcher).get(ptr).get(len).get(fold);
-                a.i().call(self.dfa);
-                a.set(hit);
-                a.end();
-                a.get(hit);
-            }
-            None => {
-                a.load(entry, 8).get(ptr).get(len).get(fold);
-                a.i().call(self.dfa);
-            }
+        // Matchers by their table word: detect >= DETECT_BASE > sequence >= SEQUENCE_BASE >
+        // DFA; only the kinds the module has are tested for.
+        let matcher = a.local(I32);
+        let hit = a.local(I32);
+        a.load(entry, 8).set(matcher);
+        let mut arms = 0;
+        if let Some(detect) = self.detect {
+            a.get(matcher).c(DETECT_BASE);
+            a.i().i32_ge_u();
+            a.if_();
+            a.get(matcher).c(DETECT_BASE);
+            a.i().i32_sub();
+            a.get(ptr).get(len);
+            a.i().call(detect);
+            a.set(hit);
+            a.else_();
+            arms += 1;
         }
+        if let Some(sequence) = self.sequence {
+            a.get(matcher).c(SEQUENCE_BASE);
+            a.i().i32_ge_u();
+            a.if_();
+            a.get(matcher).c(SEQUENCE_BASE);
+            a.i().i32_sub();
+            a.get(ptr).get(len).get(fold);
+            a.i().call(sequence);
+            a.set(hit);
+            a.else_();
+            arms += 1;
+        }
+        a.get(matcher).get(ptr).get(len).get(fold);
+        a.i().call(self.dfa);
+        a.set(hit);
+        for _ in 0..arms {
+            a.end();
+        }
+        a.get(hit);
         a.if_();
         a.get(slot).c(1);
         a.i().i32_store8(mem(layout.fired, 0));
@@ -1228,6 +1306,201 @@ fn dfa_body() -> wasm_encoder::Function {
     a.i().i32_div_u();
     a.load(desc, 24);
     a.i().i32_add().i32_load8_u(mem(0, 0));
+    a.finish()
+}
+
+/// `sequence(descriptor, ptr, len, fold) -> matched`: walks a sequence's head over the
+/// bytes and, from every offset where the head ends, its tail, all tail runs at once as a
+/// set of states (each state once), so the walk stays linear in the value. `area` is the
+/// memory of [`sequence_area`] for `states` tail states.
+fn sequence_body(area: u32, states: u32) -> wasm_encoder::Function {
+    let (desc, ptr, len, fold) = (0, 1, 2, 3);
+    let stamps = area + 16;
+    let list_a = stamps + 4 * states;
+    let list_b = list_a + 4 * states;
+    let mut a = Asm::new(4);
+    let [h_classes, h_next, h_stride, h_ends, h] = [(); 5].map(|()| a.local(I32));
+    let [t_classes, t_next, t_stride, t_normal, t_eoi, t_starts] = [(); 6].map(|()| a.local(I32));
+    let [step, cur, nxt, n, m, i, k, b, s, t] = [(); 10].map(|()| a.local(I32));
+    a.load(desc, 4).load(desc, 0).get(fold);
+    a.i().select();
+    a.set(h_classes);
+    a.load(desc, 8).set(h_next);
+    a.load(desc, 12).set(h_stride);
+    a.load(desc, 20).load(desc, 16).get(fold);
+    a.i().select();
+    a.set(t_classes);
+    a.load(desc, 24).set(t_next);
+    a.load(desc, 28).set(t_stride);
+    a.load(desc, 32).set(t_normal);
+    a.load(desc, 36).set(t_eoi);
+    a.load(desc, 40).set(t_starts);
+    a.load(desc, 44).set(h_ends);
+    a.load(desc, 48).set(h);
+    // Stamps hold the step a state was last added at; steps only grow, across calls too,
+    // so no clearing per value.
+    a.load_abs(area).set(step);
+    a.get(step).c(STEP_LIMIT);
+    a.i().i32_gt_u();
+    a.if_();
+    a.c(stamps).c(0).c(4 * states);
+    a.i().memory_fill(0);
+    a.set_c(step, 0);
+    a.end();
+    a.set_c(cur, list_a).set_c(nxt, list_b);
+    // Advances tail state `s` over byte `b` into the next list; returns 1 on a match.
+    let advance = |a: &mut Asm| {
+        a.get(s).get(t_normal);
+        a.i().i32_lt_u();
+        a.if_();
+        a.get(t_next).get(s).get(t_stride);
+        a.i().i32_mul();
+        a.get(t_classes).get(b);
+        a.i()
+            .i32_add()
+            .i32_load8_u(mem(0, 0))
+            .i32_add()
+            .i32_const(4)
+            .i32_mul()
+            .i32_add();
+        a.i().i32_load(mem(0, 2));
+        a.tee(t).get(t_normal);
+        a.i().i32_eq();
+        a.if_();
+        a.store_abs(area, |a| {
+            a.get(step);
+        });
+        a.ret_c(1);
+        a.end();
+        a.get(t).get(t_normal);
+        a.i().i32_lt_u();
+        a.if_();
+        a.c(stamps).get(t).c(4);
+        a.i().i32_mul().i32_add().i32_load(mem(0, 2));
+        a.get(step);
+        a.i().i32_ne();
+        a.if_();
+        a.c(stamps).get(t).c(4);
+        a.i().i32_mul().i32_add();
+        a.get(step);
+        a.i().i32_store(mem(0, 2));
+        a.get(nxt).get(m).c(4);
+        a.i().i32_mul().i32_add();
+        a.get(t);
+        a.i().i32_store(mem(0, 2));
+        a.inc(m, 1);
+        a.end();
+        a.end();
+        a.end();
+    };
+    // Pushes the tail's start state for offset `at` (a local): by the byte before it, or the
+    // one for the start of the value.
+    let start_at = |a: &mut Asm, at: u32| {
+        a.get(at);
+        a.i().i32_eqz();
+        a.if_with_result();
+        a.get(t_starts);
+        a.i().i32_load(mem(256 * 4, 2));
+        a.else_();
+        a.get(t_starts).get(ptr).get(at);
+        a.i()
+            .i32_add()
+            .i32_const(1)
+            .i32_sub()
+            .i32_load8_u(mem(0, 0));
+        a.i().i32_const(4).i32_mul().i32_add().i32_load(mem(0, 2));
+        a.end();
+    };
+    a.block().loop_();
+    a.get(i).get(len);
+    a.i().i32_ge_u().br_if(1);
+    a.get(ptr).get(i);
+    a.i().i32_add().i32_load8_u(mem(0, 0));
+    a.set(b);
+    // h = h_next[h * h_stride + h_classes[b]]
+    a.get(h_next).get(h).get(h_stride);
+    a.i().i32_mul();
+    a.get(h_classes).get(b);
+    a.i()
+        .i32_add()
+        .i32_load8_u(mem(0, 0))
+        .i32_add()
+        .i32_const(4)
+        .i32_mul()
+        .i32_add();
+    a.i().i32_load(mem(0, 2));
+    a.set(h);
+    a.inc(step, 1);
+    a.set_c(m, 0);
+    // A head match ends before this byte: a tail run starts here, and reads it.
+    a.get(h_ends).get(h);
+    a.i()
+        .i32_add()
+        .i32_load8_u(mem(0, 0))
+        .i32_const(1)
+        .i32_and();
+    a.if_();
+    start_at(&mut a, i);
+    a.set(s);
+    advance(&mut a);
+    a.end();
+    a.set_c(k, 0);
+    a.block().loop_();
+    a.get(k).get(n);
+    a.i().i32_ge_u().br_if(1);
+    a.get(cur).get(k).c(4);
+    a.i().i32_mul().i32_add().i32_load(mem(0, 2));
+    a.set(s);
+    advance(&mut a);
+    a.inc(k, 1);
+    a.i().br(0);
+    a.end().end();
+    // The next list becomes the current one.
+    a.get(cur).set(t);
+    a.get(nxt).set(cur);
+    a.get(t).set(nxt);
+    a.get(m).set(n);
+    a.inc(i, 1);
+    a.i().br(0);
+    a.end().end();
+    a.store_abs(area, |a| {
+        a.get(step);
+    });
+    // At the end of the value: a head match ending there with a tail matching the empty
+    // rest, or a tail run completed by the end.
+    a.get(h_ends).get(h);
+    a.i()
+        .i32_add()
+        .i32_load8_u(mem(0, 0))
+        .i32_const(2)
+        .i32_and();
+    a.if_();
+    start_at(&mut a, len);
+    a.set(s);
+    a.get(s).get(t_normal);
+    a.i().i32_lt_u();
+    a.if_();
+    a.get(t_eoi).get(s);
+    a.i().i32_add().i32_load8_u(mem(0, 0));
+    a.if_();
+    a.ret_c(1);
+    a.end();
+    a.end();
+    a.end();
+    a.set_c(k, 0);
+    a.block().loop_();
+    a.get(k).get(n);
+    a.i().i32_ge_u().br_if(1);
+    a.get(t_eoi).get(cur).get(k).c(4);
+    a.i().i32_mul().i32_add().i32_load(mem(0, 2));
+    a.i().i32_add().i32_load8_u(mem(0, 0));
+    a.if_();
+    a.ret_c(1);
+    a.end();
+    a.inc(k, 1);
+    a.i().br(0);
+    a.end().end();
+    a.c(0);
     a.finish()
 }
 
