@@ -125,7 +125,7 @@ fn exceeds_limit(error: &regex_automata::dfa::dense::BuildError) -> bool {
 /// its cost stays linear in the value. The size of such patterns mostly comes from a large
 /// alternation (a word list) after a repetition: unanchored, every offset may start a match
 /// and the DFA's states become sets of positions in the list; anchored, the list is a trie.
-/// The cut is the last one whose head fits; `None` when no cut fits.
+/// The cut is the last one whose head fits; `None` when the tail after it does not.
 pub fn sequence(pattern: &str, budget: u64) -> Option<(String, String)> {
     use regex_syntax::hir::{Hir, HirKind};
     let hir = parse(pattern).ok()?;
@@ -133,19 +133,26 @@ pub fn sequence(pattern: &str, budget: u64) -> Option<(String, String)> {
         return None;
     };
     let budget = usize::try_from(budget).unwrap_or(usize::MAX);
-    // A longer head leaves a smaller tail; heads shrink as the cut moves left, tails grow,
-    // so the first head that fits decides.
-    for cut in (1..parts.len()).rev() {
-        let head = Hir::concat(parts[..cut].to_vec()).to_string();
-        if build(&head, budget, Anchor::AllEnds, false).is_err() {
-            continue;
+    let head = |cut: usize| Hir::concat(parts[..cut].to_vec()).to_string();
+    // A longer head leaves a smaller tail, and heads grow with the cut: a binary search
+    // finds the longest head that fits in a few builds (each failed one costs a
+    // determinization up to the budget).
+    let (mut fits, mut too_large) = (0, parts.len());
+    while too_large - fits > 1 {
+        let cut = (fits + too_large) / 2;
+        if build(&head(cut), budget, Anchor::AllEnds, false).is_ok() {
+            fits = cut;
+        } else {
+            too_large = cut;
         }
-        let tail = Hir::concat(parts[cut..].to_vec()).to_string();
-        return build(&tail, budget, Anchor::Start, false)
-            .is_ok()
-            .then_some((head, tail));
     }
-    None
+    if fits == 0 {
+        return None;
+    }
+    let tail = Hir::concat(parts[fits..].to_vec()).to_string();
+    build(&tail, budget, Anchor::Start, false)
+        .is_ok()
+        .then(|| (head(fits), tail))
 }
 
 /// How a DFA is searched.
