@@ -131,19 +131,6 @@ pub fn pattern_automaton(pattern: &str, budget: usize) -> Result<PatternAutomato
     })))
 }
 
-/// Compiles one WAF pattern as one unanchored DFA within `budget` bytes of automaton.
-pub fn pattern_dfa(pattern: &str, budget: usize) -> Result<PatternDfa, AutomatonError> {
-    let fail = |reason: String| AutomatonError::Build {
-        pattern: pattern.to_string(),
-        reason,
-    };
-    let dfa = waf_regex::build(pattern, budget, Anchor::Anywhere, true)
-        .map_err(|e| fail(e.to_string()))?;
-    pattern_tables(&dfa, &[Start::Unanchored])
-        .map(|(dfa, _)| dfa)
-        .map_err(fail)
-}
-
 /// Where a walk starts.
 #[derive(Clone, Copy)]
 enum Start {
@@ -641,6 +628,13 @@ pub fn required_literals(pattern: &str, max_len: usize) -> Option<Vec<Vec<u8>>> 
 mod tests {
     use super::*;
 
+    fn whole(pattern: &str) -> Box<PatternDfa> {
+        match pattern_automaton(pattern, 1 << 20) {
+            Ok(PatternAutomaton::Whole(dfa)) => dfa,
+            other => panic!("{pattern}: {other:?}"),
+        }
+    }
+
     #[test]
     fn pattern_tables_agree_with_the_regex_engine() {
         type Case<'a> = (&'a str, &'a [&'a [u8]], &'a [&'a [u8]]);
@@ -659,7 +653,7 @@ mod tests {
             (r"^admin$", &[b"admin"], &[b"admins", b" admin"]),
         ];
         for (pattern, yes, no) in cases {
-            let dfa = pattern_dfa(pattern, 1 << 20).unwrap();
+            let dfa = whole(pattern);
             for text in *yes {
                 assert!(
                     dfa.is_match(text, false),
@@ -675,7 +669,7 @@ mod tests {
                 );
             }
         }
-        let dfa = pattern_dfa("union", 1 << 20).unwrap();
+        let dfa = whole("union");
         assert!(dfa.is_match(b"UNION", true));
         assert!(!dfa.is_match(b"UNION", false));
     }
