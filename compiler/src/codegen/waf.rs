@@ -1347,6 +1347,12 @@ fn sequence_body(area: u32, states: u32) -> wasm_encoder::Function {
     a.i().memory_fill(0);
     a.set_c(step, 0);
     a.end();
+    // This walk takes steps step + 1 ..= step + len: the counter moves past them now, so a
+    // walk cut short (a match, or a trap) leaves no stamp a later walk could take for its own.
+    a.store_abs(area, |a| {
+        a.get(step).get(len);
+        a.i().i32_add().i32_const(1).i32_add();
+    });
     a.set_c(cur, list_a).set_c(nxt, list_b);
     // Advances tail state `s` over byte `b` into the next list; returns 1 on a match.
     let advance = |a: &mut Asm| {
@@ -1367,9 +1373,6 @@ fn sequence_body(area: u32, states: u32) -> wasm_encoder::Function {
         a.tee(t).get(t_normal);
         a.i().i32_eq();
         a.if_();
-        a.store_abs(area, |a| {
-            a.get(step);
-        });
         a.ret_c(1);
         a.end();
         a.get(t).get(t_normal);
@@ -1463,9 +1466,6 @@ fn sequence_body(area: u32, states: u32) -> wasm_encoder::Function {
     a.inc(i, 1);
     a.i().br(0);
     a.end().end();
-    a.store_abs(area, |a| {
-        a.get(step);
-    });
     // At the end of the value: a head match ending there with a tail matching the empty
     // rest, or a tail run completed by the end.
     a.get(h_ends).get(h);
