@@ -456,7 +456,8 @@ impl Tables {
                 let matcher = match automata::pattern_automaton(&pattern.regex, budget)? {
                     PatternAutomaton::Whole(dfa) => write_dfa(data, &dfa, fold),
                     PatternAutomaton::Sequence(seq) => {
-                        sequence_states = seq.tail.normal.max(sequence_states);
+                        // At least 1: a tail that cannot match still needs the walk.
+                        sequence_states = seq.tail.normal.max(sequence_states).max(1);
                         SEQUENCE_BASE + write_sequence(data, &seq, fold)
                     }
                 };
