@@ -1,9 +1,12 @@
-//! Automata for the WAF: one small DFA per pattern, and per request part one literal
-//! prefilter, exported from `regex-automata` into flat tables the generated code walks.
+//! Automata for the WAF: one small DFA per pattern (or, for a pattern too large for one, a
+//! sequence of two), and per request part one literal prefilter, exported from
+//! `regex-automata` into flat tables the generated code walks.
 //!
 //! A pattern DFA only answers "does this value match": every match state collapses into one
 //! `MATCH` sink and every dead state into `DEAD`, both numbered after the ordinary states so
-//! the walk needs one comparison per byte. The prefilter is a multi-literal automaton
+//! the walk needs one comparison per byte. A sequence's head keeps every state, each marked
+//! with whether a match ends there; its tail is a pattern DFA with a start state per
+//! preceding byte. The prefilter is a multi-literal automaton
 //! (Aho-Corasick, as a DFA) whose match states carry actions: which patterns a literal
 //! belongs to, and which decodings the value needs ("dirty" markers).
 
