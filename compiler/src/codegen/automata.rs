@@ -86,7 +86,6 @@ pub struct EndsDfa {
     pub classes: [u8; 256],
     pub folded: [u8; 256],
     pub stride: u32,
-    pub states: u32,
     pub start: u32,
     /// `next[state * stride + class]`.
     pub next: Vec<u32>,
@@ -266,7 +265,6 @@ fn ends_tables(dfa: &dense::DFA<Vec<u32>>) -> Result<EndsDfa, String> {
         classes,
         folded,
         stride,
-        states: order.len() as u32,
         start: 0,
         next,
         ends,

@@ -1355,22 +1355,26 @@ fn sequence_body(area: u32, states: u32) -> wasm_encoder::Function {
         a.i().i32_add().i32_const(1).i32_add();
     });
     a.set_c(cur, list_a).set_c(nxt, list_b);
-    // Advances tail state `s` over byte `b` into the next list; returns 1 on a match.
-    let advance = |a: &mut Asm| {
-        a.get(s).get(t_normal);
-        a.i().i32_lt_u();
-        a.if_();
-        a.get(t_next).get(s).get(t_stride);
+    // Pushes `next[state * stride + classes[b]]`: one step of either automaton over byte `b`.
+    let transition = |a: &mut Asm, next: u32, state: u32, stride: u32, classes: u32| {
+        a.get(next).get(state).get(stride);
         a.i().i32_mul();
-        a.get(t_classes).get(b);
+        a.get(classes).get(b);
         a.i()
             .i32_add()
             .i32_load8_u(mem(0, 0))
             .i32_add()
             .i32_const(4)
             .i32_mul()
-            .i32_add();
-        a.i().i32_load(mem(0, 2));
+            .i32_add()
+            .i32_load(mem(0, 2));
+    };
+    // Advances tail state `s` over byte `b` into the next list; returns 1 on a match.
+    let advance = |a: &mut Asm| {
+        a.get(s).get(t_normal);
+        a.i().i32_lt_u();
+        a.if_();
+        transition(a, t_next, s, t_stride, t_classes);
         a.tee(t).get(t_normal);
         a.i().i32_eq();
         a.if_();
@@ -1421,18 +1425,7 @@ fn sequence_body(area: u32, states: u32) -> wasm_encoder::Function {
     a.get(ptr).get(i);
     a.i().i32_add().i32_load8_u(mem(0, 0));
     a.set(b);
-    // h = h_next[h * h_stride + h_classes[b]]
-    a.get(h_next).get(h).get(h_stride);
-    a.i().i32_mul();
-    a.get(h_classes).get(b);
-    a.i()
-        .i32_add()
-        .i32_load8_u(mem(0, 0))
-        .i32_add()
-        .i32_const(4)
-        .i32_mul()
-        .i32_add();
-    a.i().i32_load(mem(0, 2));
+    transition(&mut a, h_next, h, h_stride, h_classes);
     a.set(h);
     a.inc(step, 1);
     a.set_c(m, 0);
