@@ -905,8 +905,9 @@ fn sequence_patterns_agree() {
 }
 
 /// Imported rules that are more than "a value matches" (a negated operator, a count of
-/// values, a chain of two conditions) and one on the method: the module and the evaluator
-/// agree on targeted and random requests, and each fires exactly when ModSecurity's would.
+/// values, a chain of two conditions, a link on the values the link before it matched or
+/// stored) and one on the method: the module and the evaluator agree on targeted and random
+/// requests, and each fires exactly when ModSecurity's would.
 #[test]
 fn compound_imported_rules_agree_and_fire_as_modsecurity_would() {
     let engine = PolicyEngine::new().expect("engine");
@@ -922,7 +923,7 @@ fn compound_imported_rules_agree_and_fire_as_modsecurity_would() {
             .expect("an imported rule")
     };
     let (negated, counted, chained) = (id("900140"), id("900150"), id("900160"));
-    let method = id("900110");
+    let (method, same_value, restricted) = (id("900110"), id("900180"), id("900190"));
     let targeted: Vec<(Request, Vec<u32>)> = vec![
         (
             Request::new("GET", "/x").header("content-length", "12"),
@@ -952,6 +953,24 @@ fn compound_imported_rules_agree_and_fire_as_modsecurity_would() {
             vec![],
         ),
         (Request::new("TRACE", "/x"), vec![method]),
+        // `MATCHED_VARS`: a word of each list in one value, in either order or overlapping.
+        (Request::new("GET", "/x?q=alpha+gamma"), vec![same_value]),
+        (Request::new("GET", "/x?q=GAMMA:BETA"), vec![same_value]),
+        (Request::new("GET", "/x?q=gammalpha"), vec![same_value]),
+        (Request::new("GET", "/x?q=betabc"), vec![same_value]),
+        (Request::new("GET", "/x?q=alpha&r=gamma"), vec![]),
+        (Request::new("GET", "/x?q=alpha"), vec![]),
+        // A header name inside the restricted list's slashes.
+        (
+            Request::new("GET", "/x").header("proxy", "a"),
+            vec![restricted],
+        ),
+        (
+            Request::new("GET", "/x").header("Lock-Token", "a"),
+            vec![restricted],
+        ),
+        (Request::new("GET", "/x").header("x-proxy", "a"), vec![]),
+        (Request::new("GET", "/x").header("lock", "a"), vec![]),
     ];
     for (request, fired) in &targeted {
         compare(plan, &evaluator, instance, request).unwrap_or_else(|e| panic!("{e}"));

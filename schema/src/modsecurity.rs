@@ -482,10 +482,7 @@ impl Importer {
             .filter(|l| self.decide_link(l) != Static::True)
             .collect();
         let score = self.score(chain);
-        let conditions: Result<Vec<WafCondition>, String> = live
-            .iter()
-            .map(|l| self.condition(cx, file, path, l))
-            .collect();
+        let conditions = self.conditions(cx, file, path, &live);
         match conditions {
             Ok(mut conditions) if !conditions.is_empty() => {
                 let own = conditions.remove(0);
@@ -557,6 +554,159 @@ impl Importer {
         score
     }
 
+    /// The links of a chain that read the request, as conditions that must all hold. A link
+    /// reading what the link before it matched (`MATCHED_VARS`) or stored (`TX:/^prefix/`)
+    /// folds into that link's condition: one value must pass both.
+    fn conditions(
+        &self,
+        cx: &mut Ctx,
+        file: FileId,
+        path: &Path,
+        live: &[&Link<'_>],
+    ) -> Result<Vec<WafCondition>, String> {
+        let mut conditions: Vec<WafCondition> = Vec::new();
+        for (k, l) in live.iter().enumerate() {
+            let matched = l.variables.iter().any(|v| v.name == "MATCHED_VARS");
+            let stored = l
+                .variables
+                .iter()
+                .any(|v| v.name == "TX" && v.selector_is_regex);
+            if matched || stored {
+                let (Some(previous), Some(setter)) = (conditions.last_mut(), k.checked_sub(1))
+                else {
+                    return Err(if matched {
+                        "it reads `MATCHED_VARS` with no link before it".into()
+                    } else {
+                        "`TX:/regex/` over values other rules stored (not supported yet)".into()
+                    });
+                };
+                if matched {
+                    self.on_matched_values(cx, file, path, previous, l)?;
+                } else {
+                    self.on_stored_values(file, previous, live[setter], l)?;
+                }
+            } else {
+                conditions.push(self.condition(cx, file, path, l)?);
+            }
+        }
+        Ok(conditions)
+    }
+
+    /// Folds a link reading `MATCHED_VARS` (the values the previous link matched, as that
+    /// link transformed them) into the previous link's condition: one value must match both
+    /// operators. Exact when both match a finite set of strings (phrase lists, alternations
+    /// of words), as the CRS's such links do.
+    fn on_matched_values(
+        &self,
+        cx: &mut Ctx,
+        file: FileId,
+        path: &Path,
+        previous: &mut WafCondition,
+        l: &Link<'_>,
+    ) -> Result<(), String> {
+        if l.variables.len() != 1 || l.variables[0].selector.is_some() {
+            return Err("a `MATCHED_VARS` link with other variables (not supported yet)".into());
+        }
+        if l.operator.negated || previous.negated || previous.count.is_some() {
+            return Err(
+                "a `MATCHED_VARS` link after or with a negated or counting operator \
+                        (not supported yet)"
+                    .into(),
+            );
+        }
+        let (decode, matchers) = self.matching(cx, file, path, l)?;
+        // Its own transformations apply on top of the previous link's: only a repeated
+        // lowercase changes nothing.
+        let lowered = previous.decode.last().map(|d| &d.value) == Some(&Decoding::Lowercase);
+        if !(decode.is_empty() || (decode == [Decoding::Lowercase] && lowered)) {
+            return Err(
+                "a `MATCHED_VARS` link with transformations of its own (not supported yet)".into(),
+            );
+        }
+        let finite = "a `MATCHED_VARS` link where an operator matches more than a list of \
+                      strings (not supported yet)";
+        let first = finite_strings(&previous.matchers).ok_or(finite)?;
+        let second = finite_strings(&matchers).ok_or(finite)?;
+        let patterns = both_in_one_value(&first, &second)
+            .ok_or("a `MATCHED_VARS` link joining too many strings")?;
+        // Each way round fitted on its own: a long phrase list followed by anything fits an
+        // automaton (or a sequence) that both orders together would not.
+        let mut joined = Vec::new();
+        for pattern in patterns {
+            joined.extend(
+                fitted(pattern, self.budget, l.arg_span(file, 1))
+                    .map_err(|e| format!("with its `MATCHED_VARS` link joined in, {e}"))?,
+            );
+        }
+        previous.matchers = joined;
+        Ok(())
+    }
+
+    /// Folds a link reading `TX:/^prefix/` into the link before it, which stored a variable
+    /// for each value it matched (`capture`, a pattern capturing the whole value, and
+    /// `setvar:'tx.prefix%{tx.0}=…%{tx.0}…'`): the condition becomes "a value whose stored
+    /// text passes this link's `@within`", written as the list of such values.
+    fn on_stored_values(
+        &self,
+        file: FileId,
+        previous: &mut WafCondition,
+        setter: &Link<'_>,
+        l: &Link<'_>,
+    ) -> Result<(), String> {
+        let unsupported = || {
+            "a `TX:/regex/` link over values an earlier link stored (only `@within` of \
+                whole captured values is supported)"
+                .to_string()
+        };
+        let [stored] = l.variables.as_slice() else {
+            return Err(unsupported());
+        };
+        let prefix = stored
+            .selector
+            .as_deref()
+            .filter(|_| stored.selector_is_regex && !stored.exclude && !stored.count)
+            .and_then(|s| s.strip_prefix('^'))
+            .map(str::to_ascii_lowercase)
+            .filter(|p| {
+                !p.is_empty()
+                    && p.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+            })
+            .ok_or_else(unsupported)?;
+        let captures_whole = setter.has("capture")
+            && setter.operator.name.eq_ignore_ascii_case("rx")
+            && !setter.operator.negated
+            && setter.operator.argument == "^.*$";
+        let template = setter
+            .actions
+            .iter()
+            .filter(|a| a.name == "setvar")
+            .filter_map(|a| a.value.as_deref()?.split_once('='))
+            .find(|(name, _)| name.trim().to_ascii_lowercase() == format!("tx.{prefix}%{{tx.0}}"))
+            .and_then(|(_, value)| {
+                let (before, after) = value.split_once("%{tx.0}")?;
+                (!before.contains("%{") && !after.contains("%{")).then_some((before, after))
+            });
+        let within = l.operator.name.eq_ignore_ascii_case("within") && !l.operator.negated;
+        let (Some((before, after)), true, true) = (template, captures_whole, within) else {
+            return Err(unsupported());
+        };
+        if previous.negated || !decodings(&l.actions)?.is_empty() {
+            return Err(unsupported());
+        }
+        let list = self
+            .expand(&l.operator.argument)
+            .ok_or("its operator's argument depends on the request")?;
+        let values = stored_values_within(&list, before, after);
+        if values.is_empty() {
+            return Err(format!("no value passes `@within {list}`"));
+        }
+        let alternation: Vec<String> = values.iter().map(|v| escape(v)).collect();
+        let pattern = format!(r"\A(?:{})\z", alternation.join("|"));
+        previous.matchers = fitted(pattern, self.budget, l.arg_span(file, 1))?;
+        Ok(())
+    }
+
     /// One link of a chain as a condition on the request.
     fn condition(
         &self,
@@ -566,7 +716,6 @@ impl Importer {
         l: &Link<'_>,
     ) -> Result<WafCondition, String> {
         let vars_span = l.arg_span(file, 0);
-        let op_span = l.arg_span(file, 1);
         let actions_span = l.arg_span(file, 2);
         let counting = l.variables.iter().any(|v| v.count && !v.exclude);
         let spanned_parts = |parts: Vec<RequestPart>| {
@@ -575,11 +724,11 @@ impl Importer {
                 .map(|p| Spanned::new(p, vars_span))
                 .collect::<Vec<_>>()
         };
-        let argument = self
-            .expand(&l.operator.argument)
-            .ok_or("its operator's argument depends on the request")?;
-        let name = l.operator.name.to_ascii_lowercase();
         if counting {
+            let argument = self
+                .expand(&l.operator.argument)
+                .ok_or("its operator's argument depends on the request")?;
+            let name = l.operator.name.to_ascii_lowercase();
             // `&VAR @op N`: the number of values, compared with a number.
             let parts = parts(&l.variables, true)?;
             let op = match (name.as_str(), l.operator.negated) {
@@ -608,6 +757,32 @@ impl Importer {
             });
         }
         let parts = parts(&l.variables, false)?;
+        let (decode, matchers) = self.matching(cx, file, path, l)?;
+        Ok(WafCondition {
+            parts: spanned_parts(parts),
+            decode: decode
+                .into_iter()
+                .map(|d| Spanned::new(d, actions_span))
+                .collect(),
+            matchers,
+            negated: l.operator.negated,
+            count: None,
+        })
+    }
+
+    /// A link's transformations and its operator as matchers on the transformed value.
+    fn matching(
+        &self,
+        cx: &mut Ctx,
+        file: FileId,
+        path: &Path,
+        l: &Link<'_>,
+    ) -> Result<(Vec<Decoding>, Vec<Matcher>), String> {
+        let op_span = l.arg_span(file, 1);
+        let argument = self
+            .expand(&l.operator.argument)
+            .ok_or("its operator's argument depends on the request")?;
+        let name = l.operator.name.to_ascii_lowercase();
         let mut decode = decodings(&l.actions)?;
         let matchers = match name.as_str() {
             "rx" => regex(&argument, self.budget, op_span)?,
@@ -683,16 +858,7 @@ impl Importer {
                 return Err(format!("operator `@{other}` is not supported yet"));
             }
         };
-        Ok(WafCondition {
-            parts: spanned_parts(parts),
-            decode: decode
-                .into_iter()
-                .map(|d| Spanned::new(d, actions_span))
-                .collect(),
-            matchers,
-            negated: l.operator.negated,
-            count: None,
-        })
+        Ok((decode, matchers))
     }
 }
 
@@ -931,7 +1097,12 @@ fn escape(text: &str) -> String {
 /// its largest alternation into patterns that each fit, any of which matching (see
 /// [`split_to_fit`]).
 fn regex(pattern: &str, budget: u64, span: Span) -> Result<Vec<Matcher>, String> {
-    let translated = format!("(?sm){}", pcre_literals(pattern));
+    fitted(format!("(?sm){}", pcre_literals(pattern)), budget, span)
+}
+
+/// A pattern in edgepack's syntax as matchers whose automata fit the budget: the pattern
+/// itself, its pieces, or the pattern compiled as a sequence.
+fn fitted(translated: String, budget: u64, span: Span) -> Result<Vec<Matcher>, String> {
     let matcher = |p: String| Matcher::Regex(Spanned::new(p, span));
     match waf_regex::check_whole(&translated, budget) {
         Ok(()) => Ok(vec![matcher(translated)]),
@@ -948,6 +1119,118 @@ fn regex(pattern: &str, budget: u64, span: Span) -> Result<Vec<Matcher>, String>
             )),
         },
     }
+}
+
+/// The strings a list of matchers matches, when that is a finite set of non-empty strings
+/// (literals, and patterns without anchors or repetitions such as `(?:word|other)`).
+fn finite_strings(matchers: &[Matcher]) -> Option<Vec<Vec<u8>>> {
+    use regex_syntax::hir::literal::{ExtractKind, Extractor};
+    let mut out = Vec::new();
+    for m in matchers {
+        match m {
+            Matcher::Literal(text) => out.push(text.value.as_bytes().to_vec()),
+            Matcher::Regex(pattern) => {
+                let hir = waf_regex::parse(&pattern.value).ok()?;
+                if !hir.properties().look_set().is_empty() {
+                    return None;
+                }
+                let mut extractor = Extractor::new();
+                extractor
+                    .kind(ExtractKind::Prefix)
+                    .limit_class(64)
+                    .limit_repeat(64)
+                    .limit_literal_len(512)
+                    .limit_total(4096);
+                let seq = extractor.extract(&hir);
+                if !seq.is_exact() {
+                    return None;
+                }
+                out.extend(seq.literals()?.iter().map(|l| l.as_bytes().to_vec()));
+            }
+            Matcher::Detect(_) => return None,
+        }
+    }
+    out.sort();
+    out.dedup();
+    (!out.is_empty() && out.iter().all(|s| !s.is_empty())).then_some(out)
+}
+
+/// Most string pairs [`both_in_one_value`] joins.
+const MAX_JOINED_PAIRS: usize = 100_000;
+
+/// Patterns, any of which matches exactly the values that hold a string of `first` and one
+/// of `second`: one after the other (either way round), one inside the other, or
+/// overlapping (the end of one the start of the other), which are all the ways two
+/// occurrences can lie.
+fn both_in_one_value(first: &[Vec<u8>], second: &[Vec<u8>]) -> Option<Vec<String>> {
+    if first.len().saturating_mul(second.len()) > MAX_JOINED_PAIRS {
+        return None;
+    }
+    let alternation = |set: &mut dyn Iterator<Item = &Vec<u8>>| {
+        set.map(|s| escape_bytes(s)).collect::<Vec<_>>().join("|")
+    };
+    let (a, b) = (
+        alternation(&mut first.iter()),
+        alternation(&mut second.iter()),
+    );
+    let mut joined = std::collections::BTreeSet::new();
+    for x in first {
+        for y in second {
+            for (x, y) in [(x, y), (y, x)] {
+                if x.windows(y.len()).any(|w| w == y.as_slice()) {
+                    joined.insert(x.clone());
+                    continue;
+                }
+                for k in 1..x.len().min(y.len()) {
+                    if x.ends_with(&y[..k]) {
+                        joined.insert([x.as_slice(), &y[k..]].concat());
+                    }
+                }
+            }
+        }
+    }
+    let mut patterns = vec![
+        format!("(?s)(?:{a}).*(?:{b})"),
+        format!("(?s)(?:{b}).*(?:{a})"),
+    ];
+    if !joined.is_empty() {
+        patterns.push(alternation(&mut joined.iter()));
+    }
+    Some(patterns)
+}
+
+/// The values `v` for which `before` + `v` + `after` occurs in `list` (ModSecurity's
+/// `@within` of a stored template), shortest first.
+fn stored_values_within(list: &str, before: &str, after: &str) -> Vec<String> {
+    // Every occurrence, overlapping ones too (`match_indices` would skip those).
+    let at = |text: &str, part: &str| -> Vec<usize> {
+        (0..=text.len())
+            .filter(|&i| text.is_char_boundary(i) && text[i..].starts_with(part))
+            .collect()
+    };
+    let mut values = std::collections::BTreeSet::new();
+    for start in at(list, before) {
+        let from = start + before.len();
+        for end in at(&list[from..], after) {
+            values.insert(list[from..from + end].to_string());
+        }
+    }
+    let mut values: Vec<String> = values.into_iter().collect();
+    values.sort_by_key(String::len);
+    values
+}
+
+/// `bytes` as a pattern matching them literally (bytes outside ASCII as `\xNN`).
+fn escape_bytes(bytes: &[u8]) -> String {
+    let mut out = String::new();
+    for &b in bytes {
+        if b.is_ascii() && !b.is_ascii_control() {
+            out.push_str(&regex_syntax::escape(&char::from(b).to_string()));
+        } else {
+            out.push_str(&format!("\\x{b:02x}"));
+        }
+    }
+    out
 }
 
 /// Most pieces one pattern may be split into.
@@ -1200,6 +1483,66 @@ mod tests {
         assert!(matches("xc1234567890dy"));
         assert!(!matches("xa1234567890123by"));
         assert!(!matches("xcd y"));
+    }
+
+    /// Every way two strings can lie in one value: checked against a direct search on
+    /// every short text over their letters.
+    #[test]
+    fn both_in_one_value_matches_exactly_the_values_holding_both() {
+        let first: Vec<Vec<u8>> = vec![b"aba".to_vec(), b"c".to_vec()];
+        let second: Vec<Vec<u8>> = vec![b"bab".to_vec(), b"ab".to_vec()];
+        let patterns = both_in_one_value(&first, &second).expect("patterns");
+        let regex = regex_automata::meta::Regex::builder()
+            .syntax(waf_regex::syntax_config())
+            .build_many(&patterns)
+            .expect("compiles");
+        let holds = |text: &[u8], set: &[Vec<u8>]| {
+            set.iter()
+                .any(|s| text.windows(s.len()).any(|w| w == s.as_slice()))
+        };
+        // Every text of up to seven letters a, b and c.
+        let mut texts: Vec<Vec<u8>> = vec![Vec::new()];
+        let mut last: Vec<Vec<u8>> = vec![Vec::new()];
+        for _ in 0..7 {
+            last = last
+                .iter()
+                .flat_map(|t| [b'a', b'b', b'c'].map(|b| [t.as_slice(), &[b]].concat()))
+                .collect();
+            texts.extend(last.iter().cloned());
+        }
+        assert_eq!(texts.len(), 3280);
+        for text in &texts {
+            assert_eq!(
+                regex.is_match(text),
+                holds(text, &first) && holds(text, &second),
+                "{:?}",
+                String::from_utf8_lossy(text)
+            );
+        }
+    }
+
+    #[test]
+    fn stored_values_within_a_list_are_every_value_between_the_template_parts() {
+        assert_eq!(
+            stored_values_within("/a/ /bc/", "/", "/"),
+            vec![" ", "a", "bc", "a/ ", " /bc", "a/ /bc"]
+        );
+        assert_eq!(stored_values_within("xx", "x", "x"), vec![""]);
+        assert!(stored_values_within("/a/", "<", ">").is_empty());
+    }
+
+    #[test]
+    fn finite_strings_come_from_literals_and_word_alternations_only() {
+        let span = Span::new(FileId(0), 0, 0);
+        let regex = |p: &str| Matcher::Regex(Spanned::new(format!("(?sm){p}"), span));
+        let literal = |p: &str| Matcher::Literal(Spanned::new(p.to_string(), span));
+        assert_eq!(
+            finite_strings(&[regex("(?:one|two)"), literal("three")]),
+            Some(vec![b"one".to_vec(), b"three".to_vec(), b"two".to_vec()])
+        );
+        assert_eq!(finite_strings(&[regex("on+e")]), None);
+        assert_eq!(finite_strings(&[regex("^one")]), None);
+        assert_eq!(finite_strings(&[regex("one|x?")]), None);
     }
 
     #[test]
