@@ -21,6 +21,12 @@ pub trait RequestParts {
     fn peer(&self) -> IpAddr;
     /// Calls `f` with every header, names in lower case, in the order received.
     fn for_each_header(&self, f: &mut dyn FnMut(&[u8], &[u8]));
+    /// How many headers [`RequestParts::for_each_header`] gives.
+    fn header_count(&self) -> usize {
+        let mut count = 0;
+        self.for_each_header(&mut |_, _| count += 1);
+        count
+    }
     /// The first bytes of the body (as much as the node read, up to the policy's limit).
     fn body(&self) -> &[u8];
     /// The body's full length, when known; at least `body().len()`.
@@ -114,6 +120,10 @@ impl RequestParts for Request {
         for (name, value) in &self.headers {
             f(name, value);
         }
+    }
+
+    fn header_count(&self) -> usize {
+        self.headers.len()
     }
 
     fn body(&self) -> &[u8] {

@@ -99,6 +99,16 @@ impl Writer<'_> {
         Ok((start as u32, bytes.len() as u32))
     }
 
+    /// Writes `bytes` in ASCII lower case, in one pass (lower-casing a copy in place reads
+    /// back bytes just written, which stalls on short values).
+    fn lowered(&mut self, bytes: &[u8]) -> Result<(u32, u32), EncodeError> {
+        let start = self.reserve(bytes.len())?;
+        for (to, from) in self.buf[start..start + bytes.len()].iter_mut().zip(bytes) {
+            *to = from.to_ascii_lowercase();
+        }
+        Ok((start as u32, bytes.len() as u32))
+    }
+
     /// Writes `src` percent-decoded (and `+` as space when asked). Decoding never makes
     /// text longer, so with room for `src` no further checks are needed; runs between `%`
     /// escapes are copied whole and their `+` replaced in place.
@@ -221,14 +231,16 @@ pub fn encode(
         buf: out,
         pos: req::HEADER_SIZE as usize,
     };
+    let method = parts.method();
+    let method_code = method_code(method);
     w.put_u32_at(req::ABI as usize, crate::abi::ABI_VERSION);
-    w.put_u32_at(req::METHOD as usize, method_code(parts.method()));
+    w.put_u32_at(req::METHOD as usize, method_code);
     let peer = ip_bytes(parts.peer());
     w.buf[req::PEER as usize..req::PEER as usize + 16].copy_from_slice(&peer);
 
     // The request line, with the path and the query inside it: method, space, path, `?`
     // and query when there is one (so the path's offset spans the URI), space, protocol.
-    let (line, method_len) = w.bytes(parts.method().as_bytes())?;
+    let (line, method_len) = w.bytes(method.as_bytes())?;
     w.bytes(b" ")?;
     let (off, len) = w.bytes(parts.path())?;
     w.put_u32_at(req::PATH as usize, off);
@@ -245,16 +257,14 @@ pub fn encode(
     w.put_u32_at(req::REQUEST_LINE as usize + 4, w.pos as u32 - line);
     w.put_u32_at(req::METHOD_LEN as usize, method_len);
     w.put_u32_at(req::PROTOCOL_LEN as usize, protocol_len);
-    let host_start = w.pos;
-    let (off, len) = w.bytes(normalized_host(parts.host()))?;
-    w.buf[host_start..w.pos].make_ascii_lowercase();
+    let (off, len) = w.lowered(normalized_host(parts.host()))?;
     w.put_u32_at(req::HOST as usize, off);
     w.put_u32_at(req::HOST as usize + 4, len);
 
     write_segments(&mut w, parts.path(), limits)?;
     let (flags, content_type, forwarded) = write_headers(&mut w, parts, limits)?;
     let mut flags = flags;
-    if method_code(parts.method()) == method::OPTIONS && flags & flag::HAS_ACRM != 0 {
+    if method_code == method::OPTIONS && flags & flag::HAS_ACRM != 0 {
         flags |= flag::PREFLIGHT;
     }
     let body = &parts.body()[..parts.body().len().min(body_limit)];
@@ -285,19 +295,22 @@ pub fn encode(
 /// Path segments: split on `/`, percent-decoded, empty and `.` segments dropped, `..` removing
 /// the one before it. Each record is (offset, length).
 fn write_segments(w: &mut Writer<'_>, path: &[u8], limits: &Limits) -> Result<(), EncodeError> {
-    // Decode every segment into the arena first, remembering (off, len) on the fly in the
-    // record array, which is reserved at its maximum size and trimmed by the count.
-    let pieces = path.split(|b| *b == b'/').filter(|p| !p.is_empty()).count() as u32;
-    if pieces > limits.max_segments {
-        return Err(EncodeError::TooMany {
-            what: "path segments",
-            limit: limits.max_segments,
-        });
-    }
+    // Decode every segment into the arena, remembering (off, len) on the fly in the record
+    // array, which is reserved at its largest size (one record per `/`-separated piece, up
+    // to the limit) and trimmed by the count.
+    let most = (memchr::memchr_iter(b'/', path).count() + 1).min(limits.max_segments as usize);
     w.align()?;
-    let records = w.reserve(pieces as usize * 8)?;
+    let records = w.reserve(most * 8)?;
+    let mut pieces: u32 = 0;
     let mut count: u32 = 0;
     for piece in path.split(|b| *b == b'/').filter(|p| !p.is_empty()) {
+        pieces += 1;
+        if pieces > limits.max_segments {
+            return Err(EncodeError::TooMany {
+                what: "path segments",
+                limit: limits.max_segments,
+            });
+        }
         let mark = w.pos;
         let (off, len) = w.decoded(piece, false)?;
         let text = &w.buf[off as usize..(off + len) as usize];
@@ -329,8 +342,7 @@ fn write_headers(
     parts: &dyn RequestParts,
     limits: &Limits,
 ) -> Result<HeaderSummary, EncodeError> {
-    let mut count = 0u32;
-    parts.for_each_header(&mut |_, _| count += 1);
+    let count = u32::try_from(parts.header_count()).unwrap_or(u32::MAX);
     if count > limits.max_headers {
         return Err(EncodeError::TooMany {
             what: "headers",
@@ -350,9 +362,7 @@ fn write_headers(
             return;
         }
         let result = (|| {
-            let name_start = w.pos;
-            let (name_off, name_len) = w.bytes(name)?;
-            w.buf[name_start..w.pos].make_ascii_lowercase();
+            let (name_off, name_len) = w.lowered(name)?;
             let (value_off, value_len) = w.bytes(value)?;
             Ok::<_, EncodeError>((name_off, name_len, value_off, value_len))
         })();

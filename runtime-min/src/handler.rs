@@ -114,6 +114,12 @@ impl RequestParts for View<'_> {
         }
     }
 
+    fn header_count(&self) -> usize {
+        let authority_as_host =
+            !self.parts.headers.contains_key(header::HOST) && self.parts.uri.authority().is_some();
+        self.parts.headers.len() + usize::from(authority_as_host)
+    }
+
     fn body(&self) -> &[u8] {
         self.body
     }
@@ -1528,5 +1534,40 @@ impl HttpBody for Resumed {
             }
         }
         hint
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The count the encoder reserves header records by is the number of headers the
+    /// request gives, repeated names and an HTTP/2 authority standing in for `host`
+    /// included: a smaller count would drop headers from what the policy sees.
+    #[test]
+    fn the_header_count_is_what_for_each_header_gives() {
+        let requests = [
+            http::Request::get("/x")
+                .header("host", "a.example")
+                .header("accept", "a")
+                .header("accept", "b")
+                .header("x-one", "1"),
+            http::Request::get("https://b.example/x")
+                .version(http::Version::HTTP_2)
+                .header("cookie", "a=1")
+                .header("cookie", "b=2"),
+            http::Request::get("/x"),
+        ];
+        for request in requests {
+            let (parts, ()) = request.body(()).expect("a request").into_parts();
+            let view = View {
+                parts: &parts,
+                body: b"",
+                peer: IpAddr::from([127, 0, 0, 1]),
+            };
+            let mut given = 0;
+            view.for_each_header(&mut |_, _| given += 1);
+            assert_eq!(view.header_count(), given, "{parts:?}");
+        }
     }
 }
