@@ -7,8 +7,11 @@
 //! decoding would change (`%`, `&`, runs of whitespace, NUL, `//`, `/.`). A group whose
 //! decodings would change nothing reads the value as is (ASCII lower-casing is folded into
 //! the automata's byte classes); otherwise the value is decoded into scratch memory and
-//! prefiltered again. Only patterns with a literal hit (or without literals) walk their DFA,
-//! so the cost of a request grows with its size, not with the number of rules.
+//! prefiltered again. Leading decodings the value has no markers for are skipped, and
+//! groups whose remaining decodings are the same read one decoded copy and its prefilter
+//! hits (the CRS's many chains mostly differ in steps that change nothing on a given
+//! value). Only patterns with a literal hit (or without literals) walk their DFA, so the
+//! cost of a request grows with its size, not with the number of rules.
 
 use std::collections::HashMap;
 
@@ -65,6 +68,36 @@ fn dirty_mask(d: DecodingPlan) -> u32 {
         DecodingPlan::RemoveWhitespace => DIRTY_ANY_SPACE,
         DecodingPlan::ReplaceComments => DIRTY_COMMENT,
     }
+}
+
+/// `last_key` of a scan before it has decoded anything.
+const NO_KEY: u32 = u32::MAX;
+
+/// How many leading steps of `chain` may be skipped when the value lacks their markers:
+/// those that then change nothing at all (not even case, which later steps may read).
+fn skippable_prefix(chain: &[DecodingPlan]) -> usize {
+    chain
+        .iter()
+        .take_while(|d| {
+            dirty_mask(**d) != 0 && !matches!(d, DecodingPlan::Lowercase | DecodingPlan::CmdLine)
+        })
+        .count()
+}
+
+/// Decodings that give the same output on every value share a key: here, a `lowercase`
+/// right after a step whose output is already lower case is dropped.
+fn effective_key(steps: &[DecodingPlan]) -> Vec<DecodingPlan> {
+    let mut out: Vec<DecodingPlan> = Vec::new();
+    for d in steps {
+        let lowered = out
+            .last()
+            .is_some_and(|p| matches!(p, DecodingPlan::Lowercase | DecodingPlan::CmdLine));
+        if *d == DecodingPlan::Lowercase && lowered {
+            continue;
+        }
+        out.push(*d);
+    }
+    out
 }
 
 /// Whether a part is a list of members (arguments, headers, cookies) rather than one value.
@@ -913,6 +946,13 @@ impl Fns {
         let n = a.local(I32);
         let any = a.local(I64);
         let any_decoded = a.local(I64);
+        // The decoded value last written, by the key of the decodings that wrote it (see
+        // `effective_key`), its place, and whether its prefilter hits are in `hits_decoded`.
+        let last_key = a.local(I32);
+        let last_src = a.local(I32);
+        let last_n = a.local(I32);
+        let skipped = a.local(I32);
+        a.set_c(last_key, NO_KEY);
         // Pushes the OR of a hit area's words.
         let any_hit = |a: &mut Asm, area: u32| {
             a.i().i64_const(0);
@@ -948,7 +988,21 @@ impl Fns {
             a.end();
             a.end();
         }
-        for (group, g) in part.groups.iter().enumerate() {
+        let mut keys: HashMap<Vec<DecodingPlan>, u32> = HashMap::new();
+        let mut key_of = |steps: &[DecodingPlan]| {
+            let canonical = effective_key(steps);
+            let next = keys.len() as u32;
+            *keys.entry(canonical).or_insert(next)
+        };
+        // Groups whose decodings come to the same once identity steps drop out are read
+        // one after another, so the second finds the first's output still in place.
+        let mut order: Vec<usize> = (0..part.groups.len()).collect();
+        order.sort_by_cached_key(|&g| {
+            let chain = &part.groups[g].chain;
+            (effective_key(&chain[skippable_prefix(chain)..]), g)
+        });
+        for group in order {
+            let g = &part.groups[group];
             let run_hits =
                 |a: &mut Asm, any: u32, text: u32, text_len: u32, hits: u32, fold: u32| {
                     a.get(any);
@@ -987,29 +1041,70 @@ impl Fns {
             }
             run_always(&mut a, ptr, len, fold);
             a.else_();
-            a.get(ptr).set(src);
-            a.get(len).set(n);
-            for (step, d) in g.chain.iter().enumerate() {
-                let f = self
-                    .decoders
-                    .iter()
-                    .find(|(x, _)| x == d)
-                    .map(|(_, f)| *f)
-                    .expect("every decoding used has a function");
-                let dst = if step % 2 == 0 {
-                    layout.scratch_a
-                } else {
-                    layout.scratch_b
-                };
-                a.get(src).get(n).c(dst);
-                a.i().call(f);
-                a.set(n);
-                a.set_c(src, dst);
+            // Leading decodings whose markers the value lacks leave it as it is: they are
+            // skipped, and the rest run from the value itself. The dirty branch always
+            // keeps a step to run (a group is dirty through some step's markers, or decodes
+            // always because it lower-cases, which is never skipped).
+            let most = skippable_prefix(&g.chain).min(g.chain.len().saturating_sub(1));
+            a.set_c(skipped, 0);
+            for step in &g.chain[..most] {
+                a.get(dirty).c(dirty_mask(*step));
+                a.i().i32_and().i32_eqz();
+                a.if_();
+                a.inc(skipped, 1);
             }
-            if let Some(f) = prefilter {
-                a.get(src).get(n).c(layout.hits_decoded);
-                a.i().call(f);
-                a.i().drop();
+            for _ in 0..most {
+                a.end();
+            }
+            a.block();
+            for from in 0..=most {
+                let steps = &g.chain[from..];
+                let key = key_of(steps);
+                a.get(skipped).c(from as u32);
+                a.i().i32_eq();
+                a.if_();
+                a.get(last_key).c(key);
+                a.i().i32_ne();
+                a.if_();
+                // Another output than the one in place: decode, then prefilter it.
+                a.get(ptr).set(src);
+                a.get(len).set(n);
+                for (at, d) in steps.iter().enumerate() {
+                    let f = self
+                        .decoders
+                        .iter()
+                        .find(|(x, _)| x == d)
+                        .map(|(_, f)| *f)
+                        .expect("every decoding used has a function");
+                    let dst = if at % 2 == 0 {
+                        layout.scratch_a
+                    } else {
+                        layout.scratch_b
+                    };
+                    a.get(src).get(n).c(dst);
+                    a.i().call(f);
+                    a.set(n);
+                    a.set_c(src, dst);
+                }
+                if let Some(f) = prefilter {
+                    a.get(last_key).c(NO_KEY);
+                    a.i().i32_ne();
+                    a.if_();
+                    clear(&mut a, layout.hits_decoded);
+                    a.end();
+                    a.get(src).get(n).c(layout.hits_decoded);
+                    a.i().call(f);
+                    a.i().drop();
+                }
+                a.set_c(last_key, key);
+                a.get(src).set(last_src);
+                a.get(n).set(last_n);
+                a.end();
+                a.i().br(1);
+                a.end();
+            }
+            a.end();
+            if prefilter.is_some() {
                 any_hit(&mut a, layout.hits_decoded);
                 a.tee(any_decoded);
                 a.i().i64_eqz().i32_eqz();
@@ -1017,16 +1112,15 @@ impl Fns {
                 a.c(part.patterns)
                     .c(group as u32)
                     .c(t.hit_words)
-                    .get(src)
-                    .get(n)
+                    .get(last_src)
+                    .get(last_n)
                     .c(layout.hits_decoded)
                     .c(0)
                     .get(enabled);
                 a.i().call(self.run_hits);
-                clear(&mut a, layout.hits_decoded);
                 a.end();
             }
-            run_always(&mut a, src, n, 0);
+            run_always(&mut a, last_src, last_n, 0);
             a.end();
         }
         if prefilter.is_some() {
@@ -1034,6 +1128,11 @@ impl Fns {
             a.i().i64_eqz().i32_eqz();
             a.if_();
             clear(&mut a, layout.hits);
+            a.end();
+            a.get(last_key).c(NO_KEY);
+            a.i().i32_ne();
+            a.if_();
+            clear(&mut a, layout.hits_decoded);
             a.end();
         }
         // Negated conditions: a value that matched none of the matchers makes them hold;
