@@ -1373,35 +1373,39 @@ fn dfa_body() -> wasm_encoder::Function {
     a.get(s).get(stride);
     a.i().i32_mul();
     a.set(s);
-    a.block().loop_();
-    a.get(ptr).get(end);
-    a.i().i32_ge_u().br_if(1);
-    // address = table + (s + classes[byte]) * width
-    a.get(table).get(s).get(classes).load8(ptr, 0);
-    a.i().i32_add().i32_load8_u(mem(0, 0)).i32_add();
-    a.get(width);
-    a.i().i32_mul().i32_add();
-    a.set(addr);
-    a.get(width).c(2);
-    a.i().i32_eq();
-    a.if_();
-    a.get(addr);
-    a.i().i32_load16_u(mem(0, 1));
-    a.set(s);
-    a.else_();
-    a.get(addr);
-    a.i().i32_load(mem(0, 2));
-    a.set(s);
-    a.end();
-    a.get(s).get(special);
-    a.i().i32_ge_u();
-    a.if_();
-    a.get(s).get(special);
-    a.i().i32_eq().return_();
-    a.end();
-    a.inc(ptr, 1);
-    a.i().br(0);
-    a.end().end();
+    // One loop per width, so the entry size is a constant shift rather than a multiply by
+    // a variable on the path from one state to the next.
+    for (entry, shift) in [(2u32, 1u32), (4, 2)] {
+        a.get(width).c(entry);
+        a.i().i32_eq();
+        a.if_();
+        a.block().loop_();
+        a.get(ptr).get(end);
+        a.i().i32_ge_u().br_if(1);
+        // address = table + (s + classes[byte]) << shift
+        a.get(table).get(s).get(classes).load8(ptr, 0);
+        a.i().i32_add().i32_load8_u(mem(0, 0)).i32_add();
+        a.c(shift);
+        a.i().i32_shl().i32_add();
+        a.set(addr);
+        a.get(addr);
+        if entry == 2 {
+            a.i().i32_load16_u(mem(0, 1));
+        } else {
+            a.i().i32_load(mem(0, 2));
+        }
+        a.set(s);
+        a.get(s).get(special);
+        a.i().i32_ge_u();
+        a.if_();
+        a.get(s).get(special);
+        a.i().i32_eq().return_();
+        a.end();
+        a.inc(ptr, 1);
+        a.i().br(0);
+        a.end().end();
+        a.end();
+    }
     a.get(s).get(stride);
     a.i().i32_div_u();
     a.load(desc, 24);
