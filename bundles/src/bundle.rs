@@ -575,7 +575,9 @@ fn unpack(
     let mut decoder = zstd::stream::read::Decoder::with_buffer(raw.tar_frame)
         .map_err(|e| OpenError::Compression(e.to_string()))?
         .single_frame();
-    let mut tar = Vec::new();
+    // Sized for the listed files at once: growing by doubling copied the archive several
+    // times and touched fresh pages at each step.
+    let mut tar = Vec::with_capacity(usize::try_from(listed.min(bound)).unwrap_or(0) + 1);
     (&mut decoder)
         .take(bound + 1)
         .read_to_end(&mut tar)
