@@ -476,6 +476,21 @@ impl Importer {
             // score sums): nothing to detect.
             return;
         }
+        // A link reading what the link before it matched or stored needs that link to read
+        // the request: after one decided at build time it would read configuration values.
+        let after_decided = chain.windows(2).any(|pair| {
+            reads_previous_link(&pair[1]) && self.decide_link(&pair[0]) == Static::True
+        });
+        if after_decided {
+            self.report.skipped.push(SkippedRule {
+                id,
+                reason: "a link reads what a link decided by configuration matched (not \
+                         supported yet)"
+                    .into(),
+                span: head.id_span(file, text),
+            });
+            return;
+        }
         // Links decided true at build time drop out; what remains must be one condition.
         let live: Vec<&Link<'_>> = chain
             .iter()
@@ -567,11 +582,7 @@ impl Importer {
         let mut conditions: Vec<WafCondition> = Vec::new();
         for (k, l) in live.iter().enumerate() {
             let matched = l.variables.iter().any(|v| v.name == "MATCHED_VARS");
-            let stored = l
-                .variables
-                .iter()
-                .any(|v| v.name == "TX" && v.selector_is_regex);
-            if matched || stored {
+            if reads_previous_link(l) {
                 let (Some(previous), Some(setter)) = (conditions.last_mut(), k.checked_sub(1))
                 else {
                     return Err(if matched {
@@ -684,7 +695,9 @@ impl Importer {
             .filter_map(|a| a.value.as_deref()?.split_once('='))
             .find(|(name, _)| name.trim().to_ascii_lowercase() == format!("tx.{prefix}%{{tx.0}}"))
             .and_then(|(_, value)| {
-                let (before, after) = value.split_once("%{tx.0}")?;
+                // Macro names are case-insensitive: find `%{tx.0}` in any case.
+                let at = value.to_ascii_lowercase().find("%{tx.0}")?;
+                let (before, after) = (&value[..at], &value[at + "%{tx.0}".len()..]);
                 (!before.contains("%{") && !after.contains("%{")).then_some((before, after))
             });
         let within = l.operator.name.eq_ignore_ascii_case("within") && !l.operator.negated;
@@ -879,6 +892,14 @@ fn link(d: &Directive, is_rule: bool) -> Link<'_> {
             actions: seclang::actions(text(0)),
         }
     }
+}
+
+/// Whether a link reads what the link before it matched (`MATCHED_VARS`) or stored per
+/// value (`TX:/regex/`).
+fn reads_previous_link(l: &Link<'_>) -> bool {
+    l.variables
+        .iter()
+        .any(|v| v.name == "MATCHED_VARS" || (v.name == "TX" && v.selector_is_regex))
 }
 
 /// A rule that scores the request: adds points to an anomaly score (not another score,

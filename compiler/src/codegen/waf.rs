@@ -952,6 +952,8 @@ impl Fns {
         let last_src = a.local(I32);
         let last_n = a.local(I32);
         let skipped = a.local(I32);
+        let key = a.local(I32);
+        let dst = a.local(I32);
         a.set_c(last_key, NO_KEY);
         // Pushes the OR of a hit area's words.
         let any_hit = |a: &mut Asm, area: u32| {
@@ -1056,53 +1058,61 @@ impl Fns {
             for _ in 0..most {
                 a.end();
             }
-            a.block();
-            for from in 0..=most {
-                let steps = &g.chain[from..];
-                let key = key_of(steps);
+            // The key of the decodings left to run: one per number of steps skipped.
+            a.c(key_of(&g.chain[most..])).set(key);
+            for from in (0..most).rev() {
+                // key = skipped == from ? key_of(chain[from..]) : key
+                a.c(key_of(&g.chain[from..])).get(key);
                 a.get(skipped).c(from as u32);
-                a.i().i32_eq();
-                a.if_();
-                a.get(last_key).c(key);
+                a.i().i32_eq().select();
+                a.set(key);
+            }
+            a.get(key).get(last_key);
+            a.i().i32_ne();
+            a.if_();
+            // Another output than the one in place: decode, then prefilter it. Each step runs
+            // once in the code; the skipped ones are jumped over, and outputs alternate
+            // between the two scratch areas as steps run.
+            a.get(ptr).set(src);
+            a.get(len).set(n);
+            a.set_c(dst, layout.scratch_a);
+            for (at, d) in g.chain.iter().enumerate() {
+                let f = self
+                    .decoders
+                    .iter()
+                    .find(|(x, _)| x == d)
+                    .map(|(_, f)| *f)
+                    .expect("every decoding used has a function");
+                let guarded = at < most;
+                if guarded {
+                    a.get(skipped).c(at as u32);
+                    a.i().i32_le_u();
+                    a.if_();
+                }
+                a.get(src).get(n).get(dst);
+                a.i().call(f);
+                a.set(n);
+                a.get(dst).set(src);
+                a.c(layout.scratch_a + layout.scratch_b).get(dst);
+                a.i().i32_sub();
+                a.set(dst);
+                if guarded {
+                    a.end();
+                }
+            }
+            if let Some(f) = prefilter {
+                a.get(last_key).c(NO_KEY);
                 a.i().i32_ne();
                 a.if_();
-                // Another output than the one in place: decode, then prefilter it.
-                a.get(ptr).set(src);
-                a.get(len).set(n);
-                for (at, d) in steps.iter().enumerate() {
-                    let f = self
-                        .decoders
-                        .iter()
-                        .find(|(x, _)| x == d)
-                        .map(|(_, f)| *f)
-                        .expect("every decoding used has a function");
-                    let dst = if at % 2 == 0 {
-                        layout.scratch_a
-                    } else {
-                        layout.scratch_b
-                    };
-                    a.get(src).get(n).c(dst);
-                    a.i().call(f);
-                    a.set(n);
-                    a.set_c(src, dst);
-                }
-                if let Some(f) = prefilter {
-                    a.get(last_key).c(NO_KEY);
-                    a.i().i32_ne();
-                    a.if_();
-                    clear(&mut a, layout.hits_decoded);
-                    a.end();
-                    a.get(src).get(n).c(layout.hits_decoded);
-                    a.i().call(f);
-                    a.i().drop();
-                }
-                a.set_c(last_key, key);
-                a.get(src).set(last_src);
-                a.get(n).set(last_n);
+                clear(&mut a, layout.hits_decoded);
                 a.end();
-                a.i().br(1);
-                a.end();
+                a.get(src).get(n).c(layout.hits_decoded);
+                a.i().call(f);
+                a.i().drop();
             }
+            a.get(key).set(last_key);
+            a.get(src).set(last_src);
+            a.get(n).set(last_n);
             a.end();
             if prefilter.is_some() {
                 any_hit(&mut a, layout.hits_decoded);
