@@ -1335,7 +1335,20 @@ fn dfa_body() -> wasm_encoder::Function {
     let s = a.local(I32);
     let end = a.local(I32);
     let width = a.local(I32);
-    let addr = a.local(I32);
+    // With the next state on the stack: it becomes `s`; a special state ends the walk
+    // (matched when it is the match state), any other goes on to the next byte.
+    let next_byte = |a: &mut Asm| {
+        a.tee(s);
+        a.get(special);
+        a.i().i32_ge_u();
+        a.if_();
+        a.get(s).get(special);
+        a.i().i32_eq().return_();
+        a.end();
+        a.inc(ptr, 1);
+        a.i().br(0);
+        a.end().end();
+    };
     // classes = fold ? folded : classes
     a.load(desc, 4).load(desc, 0).get(fold);
     a.i().select();
@@ -1363,16 +1376,7 @@ fn dfa_body() -> wasm_encoder::Function {
         .i32_load8_u(mem(0, 0))
         .i32_add()
         .i32_load8_u(mem(0, 0));
-    a.tee(s);
-    a.get(special);
-    a.i().i32_ge_u();
-    a.if_();
-    a.get(s).get(special);
-    a.i().i32_eq().return_();
-    a.end();
-    a.inc(ptr, 1);
-    a.i().br(0);
-    a.end().end();
+    next_byte(&mut a);
     a.get(s).load(desc, 24);
     a.i().i32_add().i32_load8_u(mem(0, 0)).return_();
     a.end();
@@ -1397,23 +1401,12 @@ fn dfa_body() -> wasm_encoder::Function {
         a.i().i32_add().i32_load8_u(mem(0, 0)).i32_add();
         a.c(shift);
         a.i().i32_shl().i32_add();
-        a.set(addr);
-        a.get(addr);
         if entry == 2 {
             a.i().i32_load16_u(mem(0, 1));
         } else {
             a.i().i32_load(mem(0, 2));
         }
-        a.set(s);
-        a.get(s).get(special);
-        a.i().i32_ge_u();
-        a.if_();
-        a.get(s).get(special);
-        a.i().i32_eq().return_();
-        a.end();
-        a.inc(ptr, 1);
-        a.i().br(0);
-        a.end().end();
+        next_byte(&mut a);
         a.end();
     }
     a.get(s).get(stride);
