@@ -583,7 +583,13 @@ pub fn required_literals(pattern: &str, max_len: usize) -> Option<Vec<Vec<u8>>> 
             .sum();
         (expected, s.len())
     };
-    for prefix in [true, false] {
+    // Up to 64 literals before cutting; only when that finds no set, up to 512: word lists
+    // of a few hundred (the CRS's SQL and XSS alternations) then get one instead of running
+    // on every value, while patterns with a small set keep it (and their prefilter its size).
+    for (prefix, total) in [(true, 64), (false, 64), (true, 512), (false, 512)] {
+        if total > 64 && best.is_some() {
+            break;
+        }
         let kind = if prefix {
             ExtractKind::Prefix
         } else {
@@ -592,7 +598,7 @@ pub fn required_literals(pattern: &str, max_len: usize) -> Option<Vec<Vec<u8>>> 
         let seq = Extractor::new()
             .kind(kind)
             .limit_class(10)
-            .limit_total(64)
+            .limit_total(total)
             .extract(&hir);
         // Cutting literals shorter can merge many into few (`union\s` gives six literals of
         // six bytes, or one of five): try every length and keep the best set.
