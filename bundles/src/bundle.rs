@@ -178,6 +178,15 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
     hex(&Sha256::digest(bytes))
 }
 
+/// The sha256 of the file at `path` with contents `bytes`: the one `entries` (an opened
+/// bundle's manifest, every file of which the opener checked) lists, else computed.
+pub fn listed_sha256(entries: &[FileEntry], path: &str, bytes: &[u8]) -> String {
+    entries
+        .iter()
+        .find(|entry| entry.path == path)
+        .map_or_else(|| sha256_hex(bytes), |entry| entry.sha256.clone())
+}
+
 pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

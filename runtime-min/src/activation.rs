@@ -381,13 +381,7 @@ impl Loader {
             .files
             .get("policy.wasm")
             .ok_or_else(|| Refusal::Plan("the bundle has no policy.wasm".into()))?;
-        // The opener checked every file against its manifest entry: the module's sha256 is
-        // the one listed there.
-        let wasm_sha256 = manifest
-            .files
-            .iter()
-            .find(|entry| entry.path == "policy.wasm")
-            .map_or_else(|| bundle::sha256_hex(wasm), |entry| entry.sha256.clone());
+        let wasm_sha256 = bundle::listed_sha256(&manifest.files, "policy.wasm", wasm);
         let module = match self.modules.get(&wasm_sha256) {
             Some(module) => module,
             None => {

@@ -273,12 +273,7 @@ impl FunctionEngine {
                         max: self.limits.memory_max,
                     });
                 }
-                // The opener checked every file against its manifest entry; hashing
-                // again is only for a file the manifest does not list.
-                let digest = digests
-                    .iter()
-                    .find(|entry| entry.path == function.file)
-                    .map_or_else(|| bundle::sha256_hex(bytes), |entry| entry.sha256.clone());
+                let digest = bundle::listed_sha256(digests, &function.file, bytes);
                 let pre = self.pre(&function.name, bytes, digest)?;
                 // One instance now, so a component that cannot start within its limits is
                 // refused with the bundle rather than failing each request.

@@ -63,6 +63,18 @@ struct View<'a> {
     peer: IpAddr,
 }
 
+impl View<'_> {
+    /// HTTP/2 carries the host as `:authority`: without a `Host` header the policy sees it as
+    /// the `host` header an HTTP/1.1 request would have sent (as nginx shows it to
+    /// ModSecurity).
+    fn authority_as_host(&self) -> Option<&str> {
+        if self.parts.headers.contains_key(header::HOST) {
+            return None;
+        }
+        self.parts.uri.authority().map(|a| a.as_str())
+    }
+}
+
 impl RequestParts for View<'_> {
     fn method(&self) -> &str {
         self.parts.method.as_str()
@@ -102,12 +114,8 @@ impl RequestParts for View<'_> {
     }
 
     fn for_each_header(&self, f: &mut dyn FnMut(&[u8], &[u8])) {
-        // HTTP/2 carries the host as `:authority`: the policy sees it as the `host` header
-        // an HTTP/1.1 request would have sent (as nginx shows it to ModSecurity).
-        if !self.parts.headers.contains_key(header::HOST)
-            && let Some(authority) = self.parts.uri.authority()
-        {
-            f(b"host", authority.as_str().as_bytes());
+        if let Some(authority) = self.authority_as_host() {
+            f(b"host", authority.as_bytes());
         }
         for (name, value) in &self.parts.headers {
             f(name.as_str().as_bytes(), value.as_bytes());
@@ -115,9 +123,7 @@ impl RequestParts for View<'_> {
     }
 
     fn header_count(&self) -> usize {
-        let authority_as_host =
-            !self.parts.headers.contains_key(header::HOST) && self.parts.uri.authority().is_some();
-        self.parts.headers.len() + usize::from(authority_as_host)
+        self.parts.headers.len() + usize::from(self.authority_as_host().is_some())
     }
 
     fn body(&self) -> &[u8] {

@@ -1241,7 +1241,7 @@ fn stored_values_within(list: &str, before: &str, after: &str) -> Vec<String> {
     values
 }
 
-/// `bytes` as a pattern matching them literally (bytes outside ASCII as `\xNN`).
+/// `bytes` as a pattern matching them literally (control and non-ASCII bytes as `\xNN`).
 fn escape_bytes(bytes: &[u8]) -> String {
     let mut out = String::new();
     for &b in bytes {
