@@ -89,6 +89,19 @@ fn deciding_a_request_allocates_nothing() {
             .header("cf-ipcountry", "DE")
             .header("content-type", "application/x-www-form-urlencoded")
             .body(b"name=a+plain+form&note=nothing+to+see+here"),
+        Request::new("POST", "/api/data/items")
+            .host("api.example.com")
+            .header("cf-ipcountry", "DE")
+            .header(
+                "content-type",
+                "multipart/form-data; boundary=----form7MA4YWx",
+            )
+            .body(
+                b"------form7MA4YWx\r\nContent-Disposition: form-data; name=\"name\"\r\n\r\n\
+                  a plain form\r\n------form7MA4YWx\r\nContent-Disposition: form-data; \
+                  name=\"doc\"; filename=\"notes.txt\"\r\n\r\nnothing to see\r\n\
+                  ------form7MA4YWx--\r\n",
+            ),
     ];
     for request in &requests {
         // The first call instantiates this thread's instance.

@@ -1,4 +1,4 @@
-//! The ABI between a compiled policy module and its host (ABI version 1).
+//! The ABI between a compiled policy module and its host (ABI version 2).
 //!
 //! A policy module exports its memory, `decide`, and globals saying where the request and
 //! decision blocks live, and imports nothing unless its WAF uses libinjection (`import`). The host writes a request block (see `wire`) at
@@ -11,7 +11,7 @@ use serde::Serialize;
 
 use crate::request::ip_from_bytes;
 
-pub const ABI_VERSION: u32 = 1;
+pub const ABI_VERSION: u32 = 2;
 
 /// Names of the module's exports.
 pub mod export {
@@ -91,7 +91,13 @@ pub mod req {
     pub const METHOD_LEN: u32 = 120;
     /// Length of the protocol at the end of the request line.
     pub const PROTOCOL_LEN: u32 = 124;
-    pub const HEADER_SIZE: u32 = 128;
+    /// (offset, count) of a `multipart/form-data` body's file parts, records like headers:
+    /// the form field's name, the file's name as sent.
+    pub const FILES: u32 = 128;
+    /// (offset, count) of a `multipart/form-data` body's part headers, records like
+    /// headers: the part's name, the header line as `Name: value`.
+    pub const PART_HEADERS: u32 = 136;
+    pub const HEADER_SIZE: u32 = 144;
 }
 
 /// Bits of the request block's flags word.

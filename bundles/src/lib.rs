@@ -10,6 +10,7 @@
 pub mod abi;
 pub mod bundle;
 pub mod detect;
+pub mod multipart;
 pub mod plan;
 pub mod request;
 pub mod time;

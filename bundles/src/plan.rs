@@ -314,6 +314,14 @@ pub enum PartPlan {
     QueryArgNames,
     /// A list part (`Args`, `Headers`, `Cookies`) without the members these names pick.
     Except(Box<PartPlan>, Vec<NameFilter>),
+    /// The values of the arguments of one name.
+    Arg(String),
+    /// A multipart body's uploaded file names, and their form field names.
+    Files,
+    FileFields,
+    /// A multipart body's part header lines (`Name: value`), all or one part's.
+    PartHeaders,
+    PartHeader(String),
 }
 
 /// Picks members of a list part by name.

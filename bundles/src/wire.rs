@@ -1,13 +1,14 @@
 //! The request block: how a request is laid out in a policy module's memory (ABI v1).
 //!
 //! [`encode`] parses a request once — host without port, path split into percent-decoded,
-//! dot-normalized segments, query and form/JSON body arguments, cookies, `X-Forwarded-For`
+//! dot-normalized segments, query and form/multipart/JSON body arguments, cookies, `X-Forwarded-For`
 //! hops — and writes it into a caller-provided buffer without allocating: the node writes
 //! straight into the module's linear memory. [`decode`] reads a block back into owned Rust
 //! values for the reference evaluator, so the evaluator and the compiled module always see
 //! the very same parsed request. The layout is documented in docs/abi.md.
 
 use crate::abi::{flag, method, req};
+use crate::multipart;
 use crate::request::{RequestParts, ip_bytes};
 
 /// Bounds on what one request may contain.
@@ -268,7 +269,18 @@ pub fn encode(
         flags |= flag::PREFLIGHT;
     }
     let body = &parts.body()[..parts.body().len().min(body_limit)];
-    write_args(&mut w, parts.query(), body, content_type, limits)?;
+    // A multipart body's boundary, copied out of the block the writer goes on extending.
+    let mut boundary_copy = [0u8; multipart::MAX_CONTENT_TYPE];
+    let boundary = content_type.and_then(|(off, len)| {
+        let content_type = &w.buf[off as usize..(off + len) as usize];
+        let boundary = multipart::boundary(content_type)?;
+        boundary_copy[..boundary.len()].copy_from_slice(boundary);
+        Some(&boundary_copy[..boundary.len()])
+    });
+    write_args(&mut w, parts.query(), body, content_type, boundary, limits)?;
+    if let Some(boundary) = boundary {
+        write_multipart_lists(&mut w, body, boundary, limits)?;
+    }
     // Lists absent from the request stay (0, 0) from the zeroed header.
     if flags & flag::HAS_COOKIE != 0 {
         write_cookies(&mut w, parts, limits)?;
@@ -404,22 +416,27 @@ fn write_headers(
     Ok((flags, content_type, forwarded))
 }
 
-/// Arguments from the query, then from a form or JSON body.
+/// Arguments from the query, then from a form, multipart or JSON body.
 fn write_args(
     w: &mut Writer<'_>,
     query: &[u8],
     body: &[u8],
     content_type: Option<(u32, u32)>,
+    boundary: Option<&[u8]>,
     limits: &Limits,
 ) -> Result<(), EncodeError> {
-    let kind = content_type.map_or(BodyKind::Other, |(off, len)| {
-        body_kind(&w.buf[off as usize..(off + len) as usize])
-    });
+    let kind = match boundary {
+        Some(_) => BodyKind::Multipart,
+        None => content_type.map_or(BodyKind::Other, |(off, len)| {
+            body_kind(&w.buf[off as usize..(off + len) as usize])
+        }),
+    };
     // Upper bound on the number of records: pieces of the query, plus of the body.
     let query_pieces = count_pieces(query);
     let body_pieces = match kind {
         BodyKind::Form => count_pieces(body),
         BodyKind::Json => count_json_leaves(body, limits.max_json_depth),
+        BodyKind::Multipart => boundary.map_or(0, |b| multipart::parts(body, b).count()),
         BodyKind::Other => 0,
     };
     let most = query_pieces + body_pieces;
@@ -455,6 +472,11 @@ fn write_args(
             };
             // A malformed body keeps the arguments read before the error.
             let _ = flattener.value(w, 0);
+        }
+        BodyKind::Multipart => {
+            for part in boundary.into_iter().flat_map(|b| multipart::parts(body, b)) {
+                write_form_field(w, records, &mut count, &part)?;
+            }
         }
         BodyKind::Other => {}
     }
@@ -501,9 +523,127 @@ fn write_form_pair(
     Ok(())
 }
 
+/// A multipart body's file parts (field name, file name) and part headers (part name,
+/// `Name: value`), as ModSecurity's `FILES_NAMES`/`FILES` and `MULTIPART_PART_HEADERS`
+/// read them. Folded header lines are joined to the line before with a space.
+fn write_multipart_lists(
+    w: &mut Writer<'_>,
+    body: &[u8],
+    boundary: &[u8],
+    limits: &Limits,
+) -> Result<(), EncodeError> {
+    let (mut files, mut header_lines) = (0usize, 0usize);
+    for part in multipart::parts(body, boundary) {
+        files += usize::from(part.disposition().filename.is_some());
+        header_lines += part.header_lines().count();
+    }
+    if files.max(header_lines) > limits.max_args as usize {
+        return Err(EncodeError::TooMany {
+            what: "multipart parts",
+            limit: limits.max_args,
+        });
+    }
+    w.align()?;
+    let file_records = w.reserve(files * 16)?;
+    let header_records = w.reserve(header_lines * 16)?;
+    let (mut file_count, mut header_count) = (0usize, 0usize);
+    for part in multipart::parts(body, boundary) {
+        let disposition = part.disposition();
+        let name = write_unquoted(w, disposition.name.unwrap_or_default())?;
+        if let Some(filename) = disposition.filename
+            && file_count < files
+        {
+            let filename = write_unquoted(w, filename)?;
+            put_record(w, file_records, file_count, name, filename);
+            file_count += 1;
+        }
+        let mut lines = part.headers.split(|b| *b == b'\n').peekable();
+        while let Some(line) = lines.next() {
+            let line = line.strip_suffix(b"\r").unwrap_or(line);
+            if line.first().is_none_or(|b| b.is_ascii_whitespace()) {
+                continue;
+            }
+            let Some(colon) = memchr::memchr(b':', line) else {
+                continue;
+            };
+            if header_count == header_lines {
+                break;
+            }
+            let start = w.pos;
+            w.bytes(&line[..colon])?;
+            w.bytes(b": ")?;
+            w.bytes(line[colon + 1..].trim_ascii())?;
+            while let Some(folded) =
+                lines.next_if(|l| l.first().is_some_and(|b| matches!(b, b' ' | b'\t')))
+            {
+                let folded = folded.strip_suffix(b"\r").unwrap_or(folded);
+                w.bytes(b" ")?;
+                w.bytes(folded.trim_ascii())?;
+            }
+            let value = (start as u32, (w.pos - start) as u32);
+            put_record(w, header_records, header_count, name, value);
+            header_count += 1;
+        }
+    }
+    w.put_u32_at(req::FILES as usize, file_records as u32);
+    w.put_u32_at(req::FILES as usize + 4, file_count as u32);
+    w.put_u32_at(req::PART_HEADERS as usize, header_records as u32);
+    w.put_u32_at(req::PART_HEADERS as usize + 4, header_count as u32);
+    Ok(())
+}
+
+/// Writes a raw `Content-Disposition` value without its quotes and escapes.
+fn write_unquoted(w: &mut Writer<'_>, raw: &[u8]) -> Result<(u32, u32), EncodeError> {
+    let start = w.pos;
+    let mut result = Ok(());
+    multipart::unquote(raw, |run| {
+        if result.is_ok() {
+            result = w.bytes(run).map(|_| ());
+        }
+    });
+    result?;
+    Ok((start as u32, (w.pos - start) as u32))
+}
+
+/// Writes the `index`th (name, value) record of the list at `records`.
+fn put_record(
+    w: &mut Writer<'_>,
+    records: usize,
+    index: usize,
+    (name_off, name_len): (u32, u32),
+    (value_off, value_len): (u32, u32),
+) {
+    let at = records + index * 16;
+    w.put_u32_at(at, name_off);
+    w.put_u32_at(at + 4, name_len);
+    w.put_u32_at(at + 8, value_off);
+    w.put_u32_at(at + 12, value_len);
+}
+
+/// A `multipart/form-data` part as an argument, as ModSecurity reads it: the field's name
+/// unquoted, its content as sent. File parts (with a `filename`) are not arguments.
+fn write_form_field(
+    w: &mut Writer<'_>,
+    records: usize,
+    count: &mut usize,
+    part: &multipart::Part<'_>,
+) -> Result<(), EncodeError> {
+    let disposition = part.disposition();
+    if disposition.filename.is_some() {
+        return Ok(());
+    }
+    let name = write_unquoted(w, disposition.name.unwrap_or_default())?;
+    let value = w.bytes(part.content)?;
+    put_record(w, records, *count, name, value);
+    *count += 1;
+    Ok(())
+}
+
+#[derive(Clone, Copy)]
 enum BodyKind {
     Form,
     Json,
+    Multipart,
     Other,
 }
 
@@ -914,6 +1054,10 @@ pub struct ParsedRequest {
     pub args: Vec<Pair>,
     pub query_arg_count: usize,
     pub cookies: Vec<Pair>,
+    /// A multipart body's file parts: (field name, file name).
+    pub files: Vec<Pair>,
+    /// A multipart body's part headers: (part name, `Name: value`).
+    pub part_headers: Vec<Pair>,
     /// `None` for a hop that is not an address.
     pub xff: Vec<Option<[u8; 16]>>,
     pub body: Vec<u8>,
@@ -1015,6 +1159,8 @@ pub fn decode(block: &[u8]) -> Result<ParsedRequest, DecodeError> {
         args: pairs(req::ARGS)?,
         query_arg_count: u32_at(req::QUERY_ARGS as usize)? as usize,
         cookies: pairs(req::COOKIES)?,
+        files: pairs(req::FILES)?,
+        part_headers: pairs(req::PART_HEADERS)?,
         xff,
         body: field(req::BODY)?,
         body_total: u64::from(u32_at(req::BODY_TOTAL as usize)?),
@@ -1082,6 +1228,76 @@ mod tests {
             .body("a=%3Cscript%3E&b=c+d");
         let parsed = roundtrip(&form);
         assert_eq!(parsed.args[1], (b"b".to_vec(), b"c d".to_vec()));
+    }
+
+    #[test]
+    fn multipart_fields_are_arguments_and_files_are_not() {
+        let body = "--AaB03x\r\n\
+            Content-Disposition: form-data; name=\"q\"\r\n\r\n\
+            1%27 union select password from users\r\n\
+            --AaB03x\r\n\
+            Content-Disposition: form-data; name=\"up\"; filename=\"a.txt\"\r\n\
+            Content-Type: text/plain\r\n\r\n\
+            file text\r\n\
+            --AaB03x\r\n\
+            content-disposition: form-data; name=\"say \\\"hi\\\"\"\r\n\r\n\
+            a+b\r\n\
+            --AaB03x--\r\n";
+        let req = Request::new("POST", "/x?id=7")
+            .header("Content-Type", "multipart/form-data; boundary=AaB03x")
+            .body(body);
+        let parsed = roundtrip(&req);
+        assert_eq!(
+            parsed.args,
+            vec![
+                (b"id".to_vec(), b"7".to_vec()),
+                (
+                    b"q".to_vec(),
+                    b"1%27 union select password from users".to_vec()
+                ),
+                (b"say \"hi\"".to_vec(), b"a+b".to_vec()),
+            ]
+        );
+        assert_eq!(parsed.query_arg_count, 1);
+        assert_eq!(parsed.files, vec![(b"up".to_vec(), b"a.txt".to_vec())]);
+        let part_headers: Vec<(&[u8], &[u8])> = parsed
+            .part_headers
+            .iter()
+            .map(|(n, v)| (n.as_slice(), v.as_slice()))
+            .collect();
+        assert_eq!(
+            part_headers,
+            [
+                (
+                    &b"q"[..],
+                    &b"Content-Disposition: form-data; name=\"q\""[..]
+                ),
+                (
+                    b"up",
+                    b"Content-Disposition: form-data; name=\"up\"; filename=\"a.txt\""
+                ),
+                (b"up", b"Content-Type: text/plain"),
+                (
+                    b"say \"hi\"",
+                    b"content-disposition: form-data; name=\"say \\\"hi\\\"\""
+                ),
+            ]
+        );
+        // Folded part headers are joined with a space.
+        let folded = Request::new("POST", "/x")
+            .header("content-type", "multipart/form-data; boundary=b")
+            .body("--b\r\nContent-Disposition: form-data;\r\n\tname=x\r\nX-A: 1\r\n\r\nv\r\n--b--");
+        let parsed = roundtrip(&folded);
+        assert_eq!(
+            parsed.part_headers[0].1,
+            b"Content-Disposition: form-data; name=x"
+        );
+        assert_eq!(parsed.part_headers[1].1, b"X-A: 1");
+        // Without a boundary the body is not split.
+        let plain = Request::new("POST", "/x")
+            .header("content-type", "multipart/form-data")
+            .body(body);
+        assert!(roundtrip(&plain).args.is_empty());
     }
 
     #[test]

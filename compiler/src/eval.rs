@@ -482,6 +482,13 @@ fn contains(net: &IpNet, ip: IpAddr) -> bool {
 /// The values a part gives, in request order.
 pub fn part_values<'r>(part: &PartPlan, req: &'r ParsedRequest) -> Vec<Cow<'r, [u8]>> {
     let query_args = || req.args.iter().take(req.query_arg_count);
+    // The values of a list's members of one name.
+    let named = |list: &'r [(Vec<u8>, Vec<u8>)], name: &str| -> Vec<&'r [u8]> {
+        list.iter()
+            .filter(|(n, _)| n == name.as_bytes())
+            .map(|(_, v)| v.as_slice())
+            .collect()
+    };
     let borrowed: Vec<&[u8]> = match part {
         PartPlan::Uri => return vec![Cow::Owned(req.uri())],
         PartPlan::RequestLine => vec![req.request_line.as_slice()],
@@ -512,21 +519,16 @@ pub fn part_values<'r>(part: &PartPlan, req: &'r ParsedRequest) -> Vec<Cow<'r, [
         PartPlan::Args => req.args.iter().map(|(_, v)| v.as_slice()).collect(),
         PartPlan::ArgNames => req.args.iter().map(|(n, _)| n.as_slice()).collect(),
         PartPlan::Headers => req.headers.iter().map(|(_, v)| v.as_slice()).collect(),
-        PartPlan::Header(name) => req
-            .headers
-            .iter()
-            .filter(|(n, _)| n == name.as_bytes())
-            .map(|(_, v)| v.as_slice())
-            .collect(),
+        PartPlan::Header(name) => named(&req.headers, name),
         PartPlan::Cookies => req.cookies.iter().map(|(_, v)| v.as_slice()).collect(),
         PartPlan::CookieNames => req.cookies.iter().map(|(n, _)| n.as_slice()).collect(),
         PartPlan::HeaderNames => req.headers.iter().map(|(n, _)| n.as_slice()).collect(),
-        PartPlan::Cookie(name) => req
-            .cookies
-            .iter()
-            .filter(|(n, _)| n == name.as_bytes())
-            .map(|(_, v)| v.as_slice())
-            .collect(),
+        PartPlan::Cookie(name) => named(&req.cookies, name),
+        PartPlan::Arg(name) => named(&req.args, name),
+        PartPlan::Files => req.files.iter().map(|(_, v)| v.as_slice()).collect(),
+        PartPlan::FileFields => req.files.iter().map(|(n, _)| n.as_slice()).collect(),
+        PartPlan::PartHeaders => req.part_headers.iter().map(|(_, v)| v.as_slice()).collect(),
+        PartPlan::PartHeader(name) => named(&req.part_headers, name),
     };
     borrowed.into_iter().map(Cow::Borrowed).collect()
 }

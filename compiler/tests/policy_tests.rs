@@ -9,8 +9,8 @@ fn the_example_passes_its_tests_and_names_what_they_miss() {
     let out = edgepack(&["test", "examples/global-api"], &root());
     let stdout = text(&out.stdout);
     assert_eq!(out.status.code(), Some(0), "{stdout}{}", text(&out.stderr));
-    // 10 tests; `region=` limits one to eu-west: 9 × 5 regions + 1.
-    assert!(stdout.contains("46 passed, 0 failed"), "{stdout}");
+    // 11 tests; `region=` limits two to eu-west: 9 × 5 regions + 2.
+    assert!(stdout.contains("47 passed, 0 failed"), "{stdout}");
     assert!(
         stdout.contains("ok    eu-west       SQL injection is blocked in the EU  (tests.kdl:12)"),
         "{stdout}"
@@ -20,7 +20,7 @@ fn the_example_passes_its_tests_and_names_what_they_miss() {
         stdout.contains("route POST /api/ml/batch/* (edgepack.kdl:"),
         "{stdout}"
     );
-    assert!(stdout.contains("WAF rule xss (waf.kdl:22)"), "{stdout}");
+    assert!(stdout.contains("WAF rule xss (waf.kdl:23)"), "{stdout}");
     assert!(
         !stdout.contains("route GET,HEAD /api/data/*"),
         "a tested route is covered: {stdout}"
@@ -38,8 +38,8 @@ fn the_crs_example_passes_its_tests() {
     let out = edgepack(&["test", "examples/global-api-crs"], &root());
     let stdout = text(&out.stdout);
     assert_eq!(out.status.code(), Some(0), "{stdout}{}", text(&out.stderr));
-    // The API's 46, and 6 of its own in each of 5 regions.
-    assert!(stdout.contains("76 passed, 0 failed"), "{stdout}");
+    // The API's 47, and 10 of its own in each of 5 regions.
+    assert!(stdout.contains("97 passed, 0 failed"), "{stdout}");
     assert!(
         stdout.contains("ok    au-southeast  analytics cookies are left out as the CRS says"),
         "{stdout}"

@@ -945,6 +945,11 @@ const PARTS: &[&str] = &[
     "query-args",
     "query-arg-names",
     "body",
+    "files",
+    "file-fields",
+    "part-headers",
+    "part-header:NAME",
+    "arg:NAME",
 ];
 
 fn request_part(cx: &mut Ctx, val: Val<'_>) -> Option<Spanned<RequestPart>> {
@@ -965,6 +970,9 @@ fn request_part(cx: &mut Ctx, val: Val<'_>) -> Option<Spanned<RequestPart>> {
         "query-args" => RequestPart::QueryArgs,
         "query-arg-names" => RequestPart::QueryArgNames,
         "body" => RequestPart::Body,
+        "files" => RequestPart::Files,
+        "file-fields" => RequestPart::FileFields,
+        "part-headers" => RequestPart::PartHeaders,
         other => {
             if let Some(name) = other.strip_prefix("header:") {
                 if crate::reader::check_header_name(name).is_err()
@@ -979,6 +987,11 @@ fn request_part(cx: &mut Ctx, val: Val<'_>) -> Option<Spanned<RequestPart>> {
                 RequestPart::Header(name.to_ascii_lowercase())
             } else if let Some(name) = other.strip_prefix("cookie:").filter(|n| !n.is_empty()) {
                 RequestPart::Cookie(name.to_string())
+            } else if let Some(name) = other.strip_prefix("arg:").filter(|n| !n.is_empty()) {
+                RequestPart::Arg(name.to_string())
+            } else if let Some(name) = other.strip_prefix("part-header:").filter(|n| !n.is_empty())
+            {
+                RequestPart::PartHeader(name.to_string())
             } else {
                 cx.diags
                     .push(diag::invalid_choice(val.span, "request part", other, PARTS));

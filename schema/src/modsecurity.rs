@@ -954,8 +954,8 @@ fn parts(variables: &[Variable], counting: bool) -> Result<Vec<RequestPart>, Str
             "REQUEST_COOKIES" => "cookies",
             "REQUEST_HEADERS" => "headers",
             "ARGS" => "args",
-            // Lists edgepack does not parse have nothing to leave out.
-            "XML" | "FILES" | "FILES_NAMES" => continue,
+            // XML, which edgepack does not parse, has nothing to leave out.
+            "XML" => continue,
             other => return Err(format!("the exclusion `!{other}` is not supported yet")),
         };
         let Some(selector) = v.selector.clone() else {
@@ -999,6 +999,7 @@ fn parts(variables: &[Variable], counting: bool) -> Result<Vec<RequestPart>, Str
         }
         let found: Vec<RequestPart> = match (v.name.as_str(), selector) {
             ("ARGS", None) => vec![excluded("args", RequestPart::Args)],
+            ("ARGS", Some(name)) => vec![RequestPart::Arg(name.to_string())],
             ("ARGS_NAMES", None) => vec![RequestPart::ArgNames],
             ("REQUEST_COOKIES", None) => vec![excluded("cookies", RequestPart::Cookies)],
             ("REQUEST_COOKIES", Some(name)) => vec![RequestPart::Cookie(name.to_string())],
@@ -1018,9 +1019,15 @@ fn parts(variables: &[Variable], counting: bool) -> Result<Vec<RequestPart>, Str
             ("ARGS_GET_NAMES", None) => vec![RequestPart::QueryArgNames],
             ("QUERY_STRING", None) => vec![RequestPart::Query],
             ("REQUEST_BODY", None) => vec![RequestPart::Body],
-            // Parsed only for XML and multipart bodies, which edgepack does not parse:
-            // empty for every request edgepack sees, as in ModSecurity without those parsers.
-            ("XML", _) | ("FILES", _) | ("FILES_NAMES", _) => Vec::new(),
+            ("FILES", None) => vec![RequestPart::Files],
+            ("FILES_NAMES", None) => vec![RequestPart::FileFields],
+            ("MULTIPART_PART_HEADERS", None) => vec![RequestPart::PartHeaders],
+            ("MULTIPART_PART_HEADERS", Some(name)) => {
+                vec![RequestPart::PartHeader(name.to_string())]
+            }
+            // Parsed only for XML bodies, which edgepack does not parse: empty for every
+            // request edgepack sees, as in ModSecurity without that parser.
+            ("XML", _) => Vec::new(),
             (name, Some(sel)) => {
                 return Err(format!("`{name}:{sel}` is not supported yet"));
             }
@@ -1033,9 +1040,7 @@ fn parts(variables: &[Variable], counting: bool) -> Result<Vec<RequestPart>, Str
         }
     }
     if out.is_empty() {
-        return Err(
-            "it reads only XML or multipart file data, which edgepack does not parse".into(),
-        );
+        return Err("it reads only XML data, which edgepack does not parse".into());
     }
     Ok(out)
 }

@@ -291,9 +291,9 @@ pub enum RequestPart {
     Path,
     /// The raw query string.
     Query,
-    /// Every query and form/JSON body argument value.
+    /// Every query and form/multipart/JSON body argument value.
     Args,
-    /// Every query and form/JSON body argument name.
+    /// Every query and form/multipart/JSON body argument name.
     ArgNames,
     /// Every header value.
     Headers,
@@ -325,6 +325,16 @@ pub enum RequestPart {
     Cookie(String),
     /// The body, up to the WAF's body limit.
     Body,
+    /// The values of the arguments of one name.
+    Arg(String),
+    /// Every uploaded file's name as sent (a `multipart/form-data` part with a `filename`).
+    Files,
+    /// The form field name of every uploaded file.
+    FileFields,
+    /// Every header line of every `multipart/form-data` part, as `Name: value`.
+    PartHeaders,
+    /// The header lines of the multipart parts of one name.
+    PartHeader(String),
 }
 
 impl RequestPart {
@@ -352,6 +362,11 @@ impl RequestPart {
             }
             RequestPart::Cookie(c) => format!("cookie:{c}"),
             RequestPart::Body => "body".into(),
+            RequestPart::Arg(a) => format!("arg:{a}"),
+            RequestPart::Files => "files".into(),
+            RequestPart::FileFields => "file-fields".into(),
+            RequestPart::PartHeaders => "part-headers".into(),
+            RequestPart::PartHeader(p) => format!("part-header:{p}"),
         }
     }
 }

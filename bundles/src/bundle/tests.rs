@@ -213,15 +213,23 @@ fn manifest_and_archive_must_agree() {
     assert_eq!(open_default(&ok).unwrap().files.len(), 2);
     let cases: Vec<(Vec<u8>, OpenError)> = vec![
         (
-            crafted(&tar, vec![entry("a", a)], 1),
+            crafted(&tar, vec![entry("a", a)], crate::abi::ABI_VERSION),
             OpenError::Unlisted("b".into()),
         ),
         (
-            crafted(&tar, vec![entry("a", a), entry("b", b), entry("c", b)], 1),
+            crafted(
+                &tar,
+                vec![entry("a", a), entry("b", b), entry("c", b)],
+                crate::abi::ABI_VERSION,
+            ),
             OpenError::Missing("c".into()),
         ),
         (
-            crafted(&tar, vec![entry("a", a), entry("b", b"other")], 1),
+            crafted(
+                &tar,
+                vec![entry("a", a), entry("b", b"other")],
+                crate::abi::ABI_VERSION,
+            ),
             OpenError::SizeMismatch {
                 path: "b".into(),
                 expected: 5,
@@ -229,7 +237,11 @@ fn manifest_and_archive_must_agree() {
             },
         ),
         (
-            crafted(&tar, vec![entry("a", a), entry("b", b"sekond")], 1),
+            crafted(
+                &tar,
+                vec![entry("a", a), entry("b", b"sekond")],
+                crate::abi::ABI_VERSION,
+            ),
             OpenError::HashMismatch("b".into()),
         ),
         (
@@ -239,7 +251,7 @@ fn manifest_and_archive_must_agree() {
                     tar_entry("a", tar::EntryType::Regular, a),
                 ]),
                 vec![entry("a", a)],
-                1,
+                crate::abi::ABI_VERSION,
             ),
             OpenError::Duplicate("a".into()),
         ),
@@ -250,7 +262,7 @@ fn manifest_and_archive_must_agree() {
                     tar_entry("a", tar::EntryType::Regular, a),
                 ]),
                 vec![entry("a", a), entry("b", b)],
-                1,
+                crate::abi::ABI_VERSION,
             ),
             OpenError::Unsorted("a".into()),
         ),
@@ -267,7 +279,7 @@ fn unsafe_entries_are_refused() {
         let bytes = crafted(
             &tar_of(&[tar_entry(path, tar::EntryType::Regular, data)]),
             vec![entry(path, data)],
-            1,
+            crate::abi::ABI_VERSION,
         );
         assert_eq!(
             open_default(&bytes).unwrap_err(),
@@ -286,7 +298,7 @@ fn unsafe_entries_are_refused() {
         let bytes = crafted(
             &tar_of(&[tar_entry("a", kind, b"")]),
             vec![entry("a", b"")],
-            1,
+            crate::abi::ABI_VERSION,
         );
         assert!(
             matches!(open_default(&bytes), Err(OpenError::NotAFile { .. })),
@@ -304,7 +316,7 @@ fn unsafe_entries_are_refused() {
                 tar_entry("a", tar::EntryType::Regular, data),
             ]),
             vec![entry("a", data)],
-            1,
+            crate::abi::ABI_VERSION,
         );
         let result = open_default(&bytes);
         assert!(
@@ -318,7 +330,7 @@ fn unsafe_entries_are_refused() {
 fn decompression_bombs_are_refused() {
     // One listed byte, but the frame holds 64 MiB of zeros.
     let huge = vec![0u8; 64 << 20];
-    let bytes = crafted(&huge, vec![entry("a", b"x")], 1);
+    let bytes = crafted(&huge, vec![entry("a", b"x")], crate::abi::ABI_VERSION);
     assert!(matches!(
         open_default(&bytes),
         Err(OpenError::TooLarge { .. })

@@ -566,9 +566,10 @@ impl Tables {
                 })
                 .collect();
             let name = match &part {
-                PartPlan::Header(n) | PartPlan::Cookie(n) => {
-                    Some((data.bytes(n.as_bytes()), n.len() as u32))
-                }
+                PartPlan::Header(n)
+                | PartPlan::Cookie(n)
+                | PartPlan::Arg(n)
+                | PartPlan::PartHeader(n) => Some((data.bytes(n.as_bytes()), n.len() as u32)),
                 _ => None,
             };
             let except = match &part {
@@ -798,11 +799,14 @@ impl Fns {
                         other => other,
                     };
                     let (list, value_field) = match listed {
-                        PartPlan::Args | PartPlan::QueryArgs => (req::ARGS, 8),
+                        PartPlan::Args | PartPlan::QueryArgs | PartPlan::Arg(_) => (req::ARGS, 8),
                         PartPlan::ArgNames | PartPlan::QueryArgNames => (req::ARGS, 0),
                         PartPlan::HeaderNames => (req::HEADERS, 0),
                         PartPlan::CookieNames => (req::COOKIES, 0),
                         PartPlan::Headers | PartPlan::Header(_) => (req::HEADERS, 8),
+                        PartPlan::Files => (req::FILES, 8),
+                        PartPlan::FileFields => (req::FILES, 0),
+                        PartPlan::PartHeaders | PartPlan::PartHeader(_) => (req::PART_HEADERS, 8),
                         _ => (req::COOKIES, 8),
                     };
                     a.c(r).load_abs(r + list);
