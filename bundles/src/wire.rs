@@ -52,6 +52,10 @@ impl EncodeError {
                 what: "headers" | "cookies" | "forwarded hops",
                 ..
             } => 431,
+            EncodeError::TooMany {
+                what: "multipart parts",
+                ..
+            } => 413,
             EncodeError::TooMany { .. } => 414,
             EncodeError::TooLarge { .. } => 413,
         }
@@ -1293,6 +1297,13 @@ mod tests {
             b"Content-Disposition: form-data; name=x"
         );
         assert_eq!(parsed.part_headers[1].1, b"X-A: 1");
+        // More part headers than the limit allows: refused with 413.
+        let many = Request::new("POST", "/x")
+            .header("content-type", "multipart/form-data; boundary=b")
+            .body("--b\r\n".to_string() + &"X: 1\r\n".repeat(1100) + "\r\nv\r\n--b--");
+        let mut block = vec![0u8; 1 << 20];
+        let refused = encode(&many, &Limits::default(), 1 << 20, &mut block).unwrap_err();
+        assert_eq!(refused.status(), 413, "{refused}");
         // Without a boundary the body is not split.
         let plain = Request::new("POST", "/x")
             .header("content-type", "multipart/form-data")
