@@ -285,11 +285,12 @@ fn request_strategy(v: Vocabulary) -> impl Strategy<Value = Request> {
             let value = String::from_utf8_lossy(&p).replace(['"', '\\'], "");
             (Some("application/json"), format!("{{\"user\":{{\"name\":\"{value}\",\"n\":{n}}},\"tags\":[\"x\",true,null]}}").into_bytes())
         }),
-        1 => (payload(), payload()).prop_map(|(name, value)| {
-            let name = String::from_utf8_lossy(&name).replace(['"', '\\', '\r', '\n'], "");
+        1 => (payload(), payload(), payload()).prop_map(|(name, value, file)| {
+            let plain = |p: &[u8]| String::from_utf8_lossy(p).replace(['"', '\\', '\r', '\n'], "");
+            let (name, file) = (plain(&name), plain(&file));
             let mut body = format!("--b0\r\nContent-Disposition: form-data; name=\"{name}\"\r\n\r\n").into_bytes();
             body.extend_from_slice(&value);
-            body.extend_from_slice(b"\r\n--b0\r\nContent-Disposition: form-data; name=f; filename=\"x\"\r\n\r\nfile\r\n--b0--\r\n");
+            body.extend_from_slice(format!("\r\n--b0\r\nContent-Disposition: form-data; name=f; filename=\"{file}\"\r\nContent-Type: {file}\r\n\r\nfile\r\n--b0--\r\n").as_bytes());
             (Some("multipart/form-data; boundary=b0"), body)
         }),
         1 => proptest::collection::vec(any::<u8>(), 0..300).prop_map(|b| (Some("text/plain"), b)),
@@ -500,6 +501,11 @@ const PARTS: &[&str] = &[
     "query-args",
     "query-arg-names",
     "body",
+    "arg:a",
+    "files",
+    "file-fields",
+    "part-headers",
+    "part-header:f",
 ];
 
 fn waf_rule() -> impl Strategy<Value = String> {

@@ -746,6 +746,39 @@ fn ambiguous_framing_oversized_requests_and_slow_clients_are_refused() {
     let reply = send("POST", &edge.url("/api/data/x"), &[DE], &big_body);
     assert_eq!(reply.status, 413);
 
+    // Requests the policy's request block cannot hold are the client's error, not the
+    // policy's, and are never sent on: more arguments than a request may carry, and a
+    // multipart content type naming two boundaries (which one the origin takes is a guess).
+    let many_args = format!("/api/data/x?{}", "a=1&".repeat(1100));
+    let two_boundaries = (
+        "content-type",
+        "multipart/form-data; boundary=a; xboundary=b",
+    );
+    let form = "--a\r\nContent-Disposition: form-data; name=q\r\n\r\n1\r\n--a--\r\n";
+    for (method, path, headers, body, status, says) in [
+        (
+            "GET",
+            many_args.as_str(),
+            vec![DE],
+            "",
+            414,
+            "more than 1024 arguments",
+        ),
+        (
+            "POST",
+            "/api/data/x",
+            vec![DE, two_boundaries],
+            form,
+            400,
+            "more than one boundary",
+        ),
+    ] {
+        let reply = send(method, &edge.url(path), &headers, body);
+        assert_eq!(reply.status, status, "{}", reply.body);
+        assert!(reply.body.contains(says), "{}", reply.body);
+    }
+    assert_eq!(edge.origin.count("/"), 0);
+
     let big_head = format!(
         "GET /api/health HTTP/1.1\r\nHost: a\r\nx-filler: {}\r\n\r\n",
         "y".repeat(16 * 1024)

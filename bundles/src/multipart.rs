@@ -12,36 +12,40 @@
 /// The longest content type a boundary is read from (ModSecurity refuses longer ones).
 pub const MAX_CONTENT_TYPE: usize = 1024;
 
-/// The boundary named by a `multipart/form-data` content type, without quotes; `None` for
-/// other content types or when no usable boundary is given.
-pub fn boundary(content_type: &[u8]) -> Option<&[u8]> {
+/// Why a multipart body cannot be read without guessing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AmbiguousBoundary;
+
+/// The boundary named by a `multipart/form-data` content type, without quotes; `Ok(None)`
+/// for other content types or when no usable boundary is given. A content type that names
+/// a boundary more than once (`boundary` followed later by `=`, counted as ModSecurity
+/// counts it) is ambiguous: servers differ in which one they take.
+pub fn boundary(content_type: &[u8]) -> Result<Option<&[u8]>, AmbiguousBoundary> {
     let content_type = content_type.trim_ascii();
     const ESSENCE: &[u8] = b"multipart/form-data";
     if content_type.len() > MAX_CONTENT_TYPE
         || content_type.len() < ESSENCE.len()
         || !content_type[..ESSENCE.len()].eq_ignore_ascii_case(ESSENCE)
     {
-        return None;
+        return Ok(None);
     }
-    let params = &content_type[ESSENCE.len()..];
-    let at = params
+    let named = content_type
         .windows(8)
-        .position(|w| w.eq_ignore_ascii_case(b"boundary"))?;
-    let value = params[at + 8..]
-        .trim_ascii_start()
-        .strip_prefix(b"=")?
-        .trim_ascii_start();
-    let value = match value.strip_prefix(b"\"") {
-        Some(quoted) => &quoted[..memchr::memchr(b'"', quoted)?],
-        None => {
-            let end = value
-                .iter()
-                .position(|b| *b == b';' || b.is_ascii_whitespace())
-                .unwrap_or(value.len());
-            &value[..end]
-        }
-    };
-    (!value.is_empty()).then_some(value)
+        .enumerate()
+        .filter(|(at, w)| {
+            w.eq_ignore_ascii_case(b"boundary") && content_type[at + 8..].contains(&b'=')
+        })
+        .count();
+    if named > 1 {
+        return Err(AmbiguousBoundary);
+    }
+    let value = params(&content_type[ESSENCE.len()..])
+        .find(|(name, _)| name.eq_ignore_ascii_case(b"boundary"))
+        .map(|(_, raw)| match raw {
+            [b'"', inner @ .., b'"'] => inner,
+            _ => raw,
+        });
+    Ok(value.filter(|v| !v.is_empty() && v[0] != b'"'))
 }
 
 /// One part: its header block (the lines before the first empty one) and its content.
@@ -51,27 +55,64 @@ pub struct Part<'a> {
     pub content: &'a [u8],
 }
 
+/// A part's header line and the folded lines that continue it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HeaderLine<'a> {
+    pub name: &'a [u8],
+    /// From after the colon to the end of the last folded line, without outer blanks.
+    value: &'a [u8],
+}
+
+impl<'a> HeaderLine<'a> {
+    /// The value's lines without their blanks: one, or more when folded. Joined by a space
+    /// they give the value as ModSecurity reads it.
+    pub fn value_lines(&self) -> impl Iterator<Item = &'a [u8]> + 'a {
+        self.value.split(|b| *b == b'\n').map(<[u8]>::trim_ascii)
+    }
+}
+
 impl<'a> Part<'a> {
-    /// The part's header lines as (name, value), the value without surrounding blanks.
-    /// Lines without a colon, and folded continuation lines, are skipped.
-    pub fn header_lines(&self) -> impl Iterator<Item = (&'a [u8], &'a [u8])> + 'a {
-        self.headers.split(|b| *b == b'\n').filter_map(|line| {
-            let line = line.strip_suffix(b"\r").unwrap_or(line);
-            if line.first().is_none_or(|b| b.is_ascii_whitespace()) {
-                return None;
+    /// The part's header lines, each with the folded lines (starting with a space or a
+    /// tab) that continue it. Lines without a colon are skipped, as are lines starting
+    /// with a blank that continue no header.
+    pub fn header_lines(&self) -> impl Iterator<Item = HeaderLine<'a>> + 'a {
+        let headers = self.headers;
+        let line_end = move |from: usize| {
+            memchr::memchr(b'\n', &headers[from..]).map_or(headers.len(), |i| from + i)
+        };
+        let mut pos = 0;
+        std::iter::from_fn(move || {
+            while pos < headers.len() {
+                let (start, end) = (pos, line_end(pos));
+                pos = end + 1;
+                let line = &headers[start..end];
+                if line.first().is_none_or(|b| b.is_ascii_whitespace()) {
+                    continue;
+                }
+                let Some(colon) = memchr::memchr(b':', line) else {
+                    continue;
+                };
+                let mut value_end = end;
+                while pos < headers.len() && matches!(headers[pos], b' ' | b'\t') {
+                    value_end = line_end(pos);
+                    pos = value_end + 1;
+                }
+                return Some(HeaderLine {
+                    name: &line[..colon],
+                    value: headers[start + colon + 1..value_end].trim_ascii(),
+                });
             }
-            let colon = memchr::memchr(b':', line)?;
-            Some((&line[..colon], line[colon + 1..].trim_ascii()))
+            None
         })
     }
 
     /// The `name` and `filename` of the part's `Content-Disposition: form-data`, raw (still
-    /// quoted and escaped: see [`unquote`]).
+    /// quoted and escaped: see [`unquote`]); folded lines are read as blanks.
     pub fn disposition(&self) -> Disposition<'a> {
         let value = self
             .header_lines()
-            .find(|(name, _)| name.eq_ignore_ascii_case(b"content-disposition"))
-            .map(|(_, value)| value);
+            .find(|line| line.name.eq_ignore_ascii_case(b"content-disposition"))
+            .map(|line| line.value);
         value.map_or(Disposition::default(), disposition)
     }
 }
@@ -87,46 +128,57 @@ pub struct Disposition<'a> {
 /// are passed over.
 fn disposition(value: &[u8]) -> Disposition<'_> {
     let mut found = Disposition::default();
-    let Some(mut rest) = value
+    let Some(rest) = value
         .get(..9)
         .filter(|v| v.eq_ignore_ascii_case(b"form-data"))
         .map(|_| &value[9..])
     else {
         return found;
     };
-    loop {
-        rest = rest.trim_ascii_start();
-        let Some(after) = rest.strip_prefix(b";") else {
-            return found;
-        };
-        rest = after.trim_ascii_start();
-        let name_end = rest
-            .iter()
-            .position(|b| *b == b'=' || *b == b';' || b.is_ascii_whitespace())
-            .unwrap_or(rest.len());
-        let param = &rest[..name_end];
-        rest = rest[name_end..].trim_ascii_start();
-        let Some(after) = rest.strip_prefix(b"=") else {
-            continue;
-        };
-        rest = after.trim_ascii_start();
-        let (raw, used) = match rest.first() {
-            Some(&quote @ (b'"' | b'\'')) => quoted_len(rest, quote),
-            _ => {
-                let end = rest
-                    .iter()
-                    .position(|b| *b == b';' || b.is_ascii_whitespace())
-                    .unwrap_or(rest.len());
-                (&rest[..end], end)
-            }
-        };
-        rest = &rest[used..];
+    for (param, raw) in params(rest) {
         if param.eq_ignore_ascii_case(b"name") && found.name.is_none() {
             found.name = Some(raw);
         } else if param.eq_ignore_ascii_case(b"filename") && found.filename.is_none() {
             found.filename = Some(raw);
         }
     }
+    found
+}
+
+/// The `; name=value` parameters at the start of `text`, values raw (quoted ones with their
+/// quotes, see [`unquote`]); a parameter without `=` is passed over, and reading stops at
+/// anything but a `;`.
+fn params(mut rest: &[u8]) -> impl Iterator<Item = (&[u8], &[u8])> {
+    std::iter::from_fn(move || {
+        loop {
+            rest = rest
+                .trim_ascii_start()
+                .strip_prefix(b";")?
+                .trim_ascii_start();
+            let name_end = rest
+                .iter()
+                .position(|b| *b == b'=' || *b == b';' || b.is_ascii_whitespace())
+                .unwrap_or(rest.len());
+            let name = &rest[..name_end];
+            rest = rest[name_end..].trim_ascii_start();
+            let Some(after) = rest.strip_prefix(b"=") else {
+                continue;
+            };
+            rest = after.trim_ascii_start();
+            let (raw, used) = match rest.first() {
+                Some(&quote @ (b'"' | b'\'')) => quoted_len(rest, quote),
+                _ => {
+                    let end = rest
+                        .iter()
+                        .position(|b| *b == b';' || b.is_ascii_whitespace())
+                        .unwrap_or(rest.len());
+                    (&rest[..end], end)
+                }
+            };
+            rest = &rest[used..];
+            return Some((name, raw));
+        }
+    })
 }
 
 /// A quoted value at the start of `text` (which starts with `quote`): the value with its
@@ -277,21 +329,41 @@ mod tests {
 
     #[test]
     fn reads_the_boundary_of_form_data_only() {
+        fn read(ct: &[u8]) -> Option<&[u8]> {
+            boundary(ct).expect("not ambiguous")
+        }
         assert_eq!(
-            boundary(b"multipart/form-data; boundary=----x123"),
+            read(b"multipart/form-data; boundary=----x123"),
             Some(&b"----x123"[..])
         );
         assert_eq!(
-            boundary(b"Multipart/Form-Data;BOUNDARY=\"a b\"; charset=utf-8"),
+            read(b"Multipart/Form-Data;BOUNDARY=\"a b\"; charset=utf-8"),
             Some(&b"a b"[..])
         );
         assert_eq!(
-            boundary(b"multipart/form-data; boundary=abc; charset=x"),
+            read(b"multipart/form-data; charset=x; boundary=abc"),
             Some(&b"abc"[..])
         );
-        assert_eq!(boundary(b"multipart/mixed; boundary=abc"), None);
-        assert_eq!(boundary(b"multipart/form-data"), None);
-        assert_eq!(boundary(b"multipart/form-data; boundary="), None);
+        // Browsers' boundaries hold the word; no `=` follows it there.
+        assert_eq!(
+            read(b"multipart/form-data; boundary=----WebKitFormBoundary7MA4"),
+            Some(&b"----WebKitFormBoundary7MA4"[..])
+        );
+        assert_eq!(read(b"multipart/mixed; boundary=abc"), None);
+        assert_eq!(read(b"multipart/form-data"), None);
+        assert_eq!(read(b"multipart/form-data; boundary="), None);
+        assert_eq!(read(b"multipart/form-data; boundary=\"abc"), None);
+    }
+
+    #[test]
+    fn a_boundary_named_twice_is_ambiguous() {
+        for ct in [
+            &b"multipart/form-data; boundary=a; boundary=b"[..],
+            b"multipart/form-data; xboundary=a; boundary=b",
+            b"multipart/form-data; boundary=a; charset=boundary=b",
+        ] {
+            assert_eq!(boundary(ct), Err(AmbiguousBoundary), "{ct:?}");
+        }
     }
 
     #[test]
@@ -306,7 +378,29 @@ mod tests {
         assert_eq!(d.name, Some(&b"\"f\""[..]));
         assert_eq!(d.filename, Some(&b"\"x.php\""[..]));
         let headers: Vec<_> = file.header_lines().collect();
-        assert_eq!(headers[1], (&b"Content-Type"[..], &b"text/plain"[..]));
+        assert_eq!(headers[1].name, b"Content-Type");
+        assert_eq!(
+            headers[1].value_lines().collect::<Vec<_>>(),
+            [b"text/plain"]
+        );
+    }
+
+    #[test]
+    fn folded_header_lines_continue_the_line_before() {
+        let part = split_part(
+            b"Content-Disposition: form-data;\r\n\tname=\"x\"\r\n  ; filename=y\r\n\tstray\r\nNo colon\r\nX-A:  1 \r\n\r\nbody",
+        );
+        let lines: Vec<_> = part.header_lines().collect();
+        assert_eq!(lines.len(), 2, "{lines:?}");
+        assert_eq!(
+            lines[0].value_lines().collect::<Vec<_>>(),
+            [&b"form-data;"[..], b"name=\"x\"", b"; filename=y", b"stray"]
+        );
+        assert_eq!(lines[1].name, b"X-A");
+        assert_eq!(lines[1].value_lines().collect::<Vec<_>>(), [b"1"]);
+        let d = part.disposition();
+        assert_eq!((d.name, d.filename), (Some(&b"\"x\""[..]), Some(&b"y"[..])));
+        assert_eq!(part.content, b"body");
     }
 
     #[test]

@@ -42,6 +42,8 @@ pub enum EncodeError {
     TooLarge { capacity: usize },
     #[error("the request has more than {limit} {what}")]
     TooMany { what: &'static str, limit: u32 },
+    #[error("the request's {0}")]
+    Ambiguous(&'static str),
 }
 
 impl EncodeError {
@@ -57,6 +59,7 @@ impl EncodeError {
                 ..
             } => 413,
             EncodeError::TooMany { .. } => 414,
+            EncodeError::Ambiguous(_) => 400,
             EncodeError::TooLarge { .. } => 413,
         }
     }
@@ -275,16 +278,17 @@ pub fn encode(
     let body = &parts.body()[..parts.body().len().min(body_limit)];
     // A multipart body's boundary, copied out of the block the writer goes on extending.
     let mut boundary_copy = [0u8; multipart::MAX_CONTENT_TYPE];
-    let boundary = content_type.and_then(|(off, len)| {
+    let mut boundary = None;
+    if let Some((off, len)) = content_type {
         let content_type = &w.buf[off as usize..(off + len) as usize];
-        let boundary = multipart::boundary(content_type)?;
-        boundary_copy[..boundary.len()].copy_from_slice(boundary);
-        Some(&boundary_copy[..boundary.len()])
-    });
-    write_args(&mut w, parts.query(), body, content_type, boundary, limits)?;
-    if let Some(boundary) = boundary {
-        write_multipart_lists(&mut w, body, boundary, limits)?;
+        if let Some(named) = multipart::boundary(content_type).map_err(|_| {
+            EncodeError::Ambiguous("multipart content type names more than one boundary")
+        })? {
+            boundary_copy[..named.len()].copy_from_slice(named);
+            boundary = Some(&boundary_copy[..named.len()]);
+        }
     }
+    write_args(&mut w, parts.query(), body, content_type, boundary, limits)?;
     // Lists absent from the request stay (0, 0) from the zeroed header.
     if flags & flag::HAS_COOKIE != 0 {
         write_cookies(&mut w, parts, limits)?;
@@ -384,11 +388,13 @@ fn write_headers(
         })();
         match result {
             Ok((name_off, name_len, value_off, value_len)) => {
-                let at = records + index * 16;
-                w.put_u32_at(at, name_off);
-                w.put_u32_at(at + 4, name_len);
-                w.put_u32_at(at + 8, value_off);
-                w.put_u32_at(at + 12, value_len);
+                put_record(
+                    w,
+                    records,
+                    index,
+                    (name_off, name_len),
+                    (value_off, value_len),
+                );
                 index += 1;
                 let lower = |n: &[u8], want: &[u8]| n.eq_ignore_ascii_case(want);
                 if lower(name, b"authorization") {
@@ -429,7 +435,8 @@ fn write_args(
     boundary: Option<&[u8]>,
     limits: &Limits,
 ) -> Result<(), EncodeError> {
-    let kind = match boundary {
+    let multipart = boundary.map(|b| (b, MultipartCounts::of(body, b)));
+    let kind = match multipart {
         Some(_) => BodyKind::Multipart,
         None => content_type.map_or(BodyKind::Other, |(off, len)| {
             body_kind(&w.buf[off as usize..(off + len) as usize])
@@ -440,7 +447,7 @@ fn write_args(
     let body_pieces = match kind {
         BodyKind::Form => count_pieces(body),
         BodyKind::Json => count_json_leaves(body, limits.max_json_depth),
-        BodyKind::Multipart => boundary.map_or(0, |b| multipart::parts(body, b).count()),
+        BodyKind::Multipart => multipart.map_or(0, |(_, counts)| counts.fields),
         BodyKind::Other => 0,
     };
     let most = query_pieces + body_pieces;
@@ -478,8 +485,8 @@ fn write_args(
             let _ = flattener.value(w, 0);
         }
         BodyKind::Multipart => {
-            for part in boundary.into_iter().flat_map(|b| multipart::parts(body, b)) {
-                write_form_field(w, records, &mut count, &part)?;
+            if let Some((boundary, counts)) = multipart {
+                write_multipart(w, records, &mut count, body, boundary, counts, limits)?;
             }
         }
         BodyKind::Other => {}
@@ -516,82 +523,91 @@ fn write_form_pair(
         Some(eq) => (&piece[..eq], &piece[eq + 1..]),
         None => (piece, &b""[..]),
     };
-    let (name_off, name_len) = w.decoded(name, true)?;
-    let (value_off, value_len) = w.decoded(value, true)?;
-    let at = records + *count * 16;
-    w.put_u32_at(at, name_off);
-    w.put_u32_at(at + 4, name_len);
-    w.put_u32_at(at + 8, value_off);
-    w.put_u32_at(at + 12, value_len);
+    let name = w.decoded(name, true)?;
+    let value = w.decoded(value, true)?;
+    put_record(w, records, *count, name, value);
     *count += 1;
     Ok(())
 }
 
-/// A multipart body's file parts (field name, file name) and part headers (part name,
-/// `Name: value`), as ModSecurity's `FILES_NAMES`/`FILES` and `MULTIPART_PART_HEADERS`
-/// read them. Folded header lines are joined to the line before with a space.
-fn write_multipart_lists(
+/// What a multipart body holds: fields, file parts, part header lines.
+#[derive(Clone, Copy, Default)]
+struct MultipartCounts {
+    fields: usize,
+    files: usize,
+    header_lines: usize,
+}
+
+impl MultipartCounts {
+    fn of(body: &[u8], boundary: &[u8]) -> MultipartCounts {
+        let mut counts = MultipartCounts::default();
+        for part in multipart::parts(body, boundary) {
+            match part.disposition().filename {
+                Some(_) => counts.files += 1,
+                None => counts.fields += 1,
+            }
+            counts.header_lines += part.header_lines().count();
+        }
+        counts
+    }
+}
+
+/// A multipart body in one pass, as ModSecurity reads it: each field an argument (records
+/// at `args`, after the `count` written), each file part a (field name, file name) record
+/// and each part header line a (part name, `Name: value`) record, folded lines joined with
+/// a space: `ARGS`, `FILES_NAMES`/`FILES` and `MULTIPART_PART_HEADERS`.
+fn write_multipart(
     w: &mut Writer<'_>,
+    args: usize,
+    count: &mut usize,
     body: &[u8],
     boundary: &[u8],
+    counts: MultipartCounts,
     limits: &Limits,
 ) -> Result<(), EncodeError> {
-    let (mut files, mut header_lines) = (0usize, 0usize);
-    for part in multipart::parts(body, boundary) {
-        files += usize::from(part.disposition().filename.is_some());
-        header_lines += part.header_lines().count();
-    }
-    if files.max(header_lines) > limits.max_args as usize {
+    if counts.files.max(counts.header_lines) > limits.max_args as usize {
         return Err(EncodeError::TooMany {
             what: "multipart parts",
             limit: limits.max_args,
         });
     }
     w.align()?;
-    let file_records = w.reserve(files * 16)?;
-    let header_records = w.reserve(header_lines * 16)?;
+    let files = w.reserve(counts.files * 16)?;
+    let header_lines = w.reserve(counts.header_lines * 16)?;
     let (mut file_count, mut header_count) = (0usize, 0usize);
     for part in multipart::parts(body, boundary) {
         let disposition = part.disposition();
         let name = write_unquoted(w, disposition.name.unwrap_or_default())?;
-        if let Some(filename) = disposition.filename
-            && file_count < files
-        {
-            let filename = write_unquoted(w, filename)?;
-            put_record(w, file_records, file_count, name, filename);
-            file_count += 1;
+        match disposition.filename {
+            Some(filename) => {
+                let filename = write_unquoted(w, filename)?;
+                put_record(w, files, file_count, name, filename);
+                file_count += 1;
+            }
+            None => {
+                let content = w.bytes(part.content)?;
+                put_record(w, args, *count, name, content);
+                *count += 1;
+            }
         }
-        let mut lines = part.headers.split(|b| *b == b'\n').peekable();
-        while let Some(line) = lines.next() {
-            let line = line.strip_suffix(b"\r").unwrap_or(line);
-            if line.first().is_none_or(|b| b.is_ascii_whitespace()) {
-                continue;
-            }
-            let Some(colon) = memchr::memchr(b':', line) else {
-                continue;
-            };
-            if header_count == header_lines {
-                break;
-            }
+        for line in part.header_lines() {
             let start = w.pos;
-            w.bytes(&line[..colon])?;
+            w.bytes(line.name)?;
             w.bytes(b": ")?;
-            w.bytes(line[colon + 1..].trim_ascii())?;
-            while let Some(folded) =
-                lines.next_if(|l| l.first().is_some_and(|b| matches!(b, b' ' | b'\t')))
-            {
-                let folded = folded.strip_suffix(b"\r").unwrap_or(folded);
-                w.bytes(b" ")?;
-                w.bytes(folded.trim_ascii())?;
+            for (i, text) in line.value_lines().enumerate() {
+                if i > 0 {
+                    w.bytes(b" ")?;
+                }
+                w.bytes(text)?;
             }
-            let value = (start as u32, (w.pos - start) as u32);
-            put_record(w, header_records, header_count, name, value);
+            let text = (start as u32, (w.pos - start) as u32);
+            put_record(w, header_lines, header_count, name, text);
             header_count += 1;
         }
     }
-    w.put_u32_at(req::FILES as usize, file_records as u32);
+    w.put_u32_at(req::FILES as usize, files as u32);
     w.put_u32_at(req::FILES as usize + 4, file_count as u32);
-    w.put_u32_at(req::PART_HEADERS as usize, header_records as u32);
+    w.put_u32_at(req::PART_HEADERS as usize, header_lines as u32);
     w.put_u32_at(req::PART_HEADERS as usize + 4, header_count as u32);
     Ok(())
 }
@@ -622,25 +638,6 @@ fn put_record(
     w.put_u32_at(at + 4, name_len);
     w.put_u32_at(at + 8, value_off);
     w.put_u32_at(at + 12, value_len);
-}
-
-/// A `multipart/form-data` part as an argument, as ModSecurity reads it: the field's name
-/// unquoted, its content as sent. File parts (with a `filename`) are not arguments.
-fn write_form_field(
-    w: &mut Writer<'_>,
-    records: usize,
-    count: &mut usize,
-    part: &multipart::Part<'_>,
-) -> Result<(), EncodeError> {
-    let disposition = part.disposition();
-    if disposition.filename.is_some() {
-        return Ok(());
-    }
-    let name = write_unquoted(w, disposition.name.unwrap_or_default())?;
-    let value = w.bytes(part.content)?;
-    put_record(w, records, *count, name, value);
-    *count += 1;
-    Ok(())
 }
 
 #[derive(Clone, Copy)]
@@ -804,14 +801,10 @@ impl JsonFlattener<'_, '_> {
         if *self.count >= self.max_count {
             return Err(JsonError);
         }
-        let (name_off, name_len) = w
+        let name = w
             .bytes(&self.name[..self.name_len])
             .map_err(|_| JsonError)?;
-        let at = self.records + *self.count * 16;
-        w.put_u32_at(at, name_off);
-        w.put_u32_at(at + 4, name_len);
-        w.put_u32_at(at + 8, value_off);
-        w.put_u32_at(at + 12, value_len);
+        put_record(w, self.records, *self.count, name, (value_off, value_len));
         *self.count += 1;
         Ok(())
     }
@@ -964,12 +957,8 @@ fn write_cookies(
                 None => (&b""[..], piece),
             };
             match w.bytes(name).and_then(|n| w.bytes(value).map(|v| (n, v))) {
-                Ok(((name_off, name_len), (value_off, value_len))) => {
-                    let at = records + count * 16;
-                    w.put_u32_at(at, name_off);
-                    w.put_u32_at(at + 4, name_len);
-                    w.put_u32_at(at + 8, value_off);
-                    w.put_u32_at(at + 12, value_len);
+                Ok((name, value)) => {
+                    put_record(w, records, count, name, value);
                     count += 1;
                 }
                 Err(e) => {

@@ -242,6 +242,13 @@ impl Exchange<'_> {
                 self.client = decision.client_ip;
                 decision
             }
+            // A request the block cannot hold is the client's doing: its own status.
+            Err(crate::host::HostError::Request(refused)) => {
+                self.record.action = "refused";
+                let status =
+                    StatusCode::from_u16(refused.status()).unwrap_or(StatusCode::BAD_REQUEST);
+                return self.error(status, &refused.to_string());
+            }
             Err(error) => {
                 self.record.action = "error";
                 self.record.error = Some(format!("policy: {error}"));
