@@ -101,12 +101,22 @@ fn main() {
                         Ok(automata::PatternAutomaton::Whole(dfa)) => {
                             format!("DFA of {} KiB", kib(&dfa))
                         }
-                        Ok(automata::PatternAutomaton::Sequence(seq)) => format!(
-                            "sequence: head DFA of {} KiB marking where it ends, tail DFA of {} KiB run from there",
-                            (seq.head.next.len() * 4 + 2 * 256 + seq.head.ends.len())
-                                .div_ceil(1024),
-                            kib(&seq.tail) + seq.tail_starts.len() * 4 / 1024
-                        ),
+                        Ok(automata::PatternAutomaton::Sequence(seq)) => {
+                            let ends_kib = |d: &automata::EndsDfa| {
+                                (d.next.len() * 4 + 2 * 256 + d.ends.len()).div_ceil(1024)
+                            };
+                            let middle = seq.middle.as_ref().map_or(String::new(), |m| {
+                                format!(
+                                    ", middle DFA of {} KiB run from there marking where it ends",
+                                    ends_kib(&m.dfa) + m.starts.len() * 4 / 1024
+                                )
+                            });
+                            format!(
+                                "sequence: head DFA of {} KiB marking where it ends{middle}, tail DFA of {} KiB run from there",
+                                ends_kib(&seq.head),
+                                kib(&seq.tail) + seq.tail_starts.len() * 4 / 1024
+                            )
+                        }
                         Err(error) => format!("not compiled: {error}"),
                     };
                     strategies.push(match automata::required_literals(pattern, LITERAL_LEN) {

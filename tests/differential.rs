@@ -842,48 +842,82 @@ fn decodings_match_the_reference_byte_for_byte() {
 }
 
 /// A pattern too large for one automaton runs as a sequence (the head's DFA marks where it
-/// ends, a set of tail runs starts there): on both compiler tiers, the module fires exactly
+/// ends, a set of tail runs starts there; in three stages, a set of middle runs starts
+/// there and tail runs where they end): on both compiler tiers, the module fires exactly
 /// when the reference evaluator's regex engine matches, folded to lower case or not.
 #[test]
 fn sequence_patterns_agree() {
-    let engine = PolicyEngine::new().expect("engine");
     let mut words: Vec<String> = (0..300).map(|i| format!("fn{i}x{}", i * 7)).collect();
     words.extend(["system", "exec", "popen"].map(String::from));
-    let pattern = format!(r"\b(?:{})(?:\s|/\*.*\*/|//.*|#.*)*\(.*\)", words.join("|"));
-    assert!(
-        matches!(
-            edgepack_schema::waf_regex::check_pattern(&pattern, 512 << 10),
-            Ok(edgepack_schema::waf_regex::Shape::Sequence { .. })
-        ),
-        "one automaton fits: the test would not reach sequences"
+    sequence_agrees(
+        &format!(r"\b(?:{})(?:\s|/\*.*\*/|//.*|#.*)*\(.*\)", words.join("|")),
+        512,
+        2,
+        &[
+            "system(1)",
+            "xsystem(1)",
+            "a;system /*c*/ (ls)",
+            "exec #x\n()",
+            "EXEC(1)",
+            "fn12x84 ( )",
+            "fn12x8 ( )",
+            "system(",
+        ],
+        &[
+            "system", "exec", "fn3x21", "x", " ", "(", ")", "/*", "*/", "//", "#", "\n", ";", "é",
+            "SYS", "tem", "%28",
+        ],
     );
+    // Shaped like CRS 932100: a separator, assignments whose values run to any later
+    // blank, then a word list.
+    let words: Vec<String> = (0..300).map(|i| format!("w{i}x{}", i * 7)).collect();
+    sequence_agrees(
+        &format!(
+            r#"(?s)(?:;|\||&|\$\(|`)\s*(?:\{{|\s*\(\s*|\w+=(?:[^\s]*|\$.*|<.*|'.*'|".*")\s+|!\s*|\$)*\s*['"]*(?:[\w'"./\\]+/)?['"\\]*(?:{})\b"#,
+            words.join("|")
+        ),
+        256,
+        3,
+        &[
+            ";w1x7",
+            "; a=1 b=$x y w1x7 /etc",
+            "; a='q w1x7'",
+            "; a='q' W1X7",
+            "|x=\"1 2\" w3x21",
+            "$(a=<b c w3x21)",
+        ],
+        &[
+            ";", "|", "&", "$(", "`", " ", "a=", "B=", "$", "<", "'", "\"", "x", "/bin/", "\\",
+            "w1x7", "W2X14", "w3x2", "w3x21", "!", "(", "{", "\n", "%3B",
+        ],
+    );
+}
+
+/// Checks one sequence pattern of `stages` stages at a budget of `budget_kib` KiB on both
+/// tiers, on `texts` and token soups from a fixed generator (so failures reproduce).
+fn sequence_agrees(pattern: &str, budget_kib: u64, stages: usize, texts: &[&str], tokens: &[&str]) {
+    let engine = PolicyEngine::new().expect("engine");
+    match edgepack_schema::waf_regex::check_pattern(pattern, budget_kib << 10) {
+        Ok(edgepack_schema::waf_regex::Shape::Sequence { stages: cut }) => {
+            assert_eq!(
+                cut.len(),
+                stages,
+                "the test would not reach {stages} stages"
+            )
+        }
+        other => panic!("the pattern should need a sequence: {other:?}"),
+    }
     let kdl = format!(
         "edgepack 1\nregion \"r\" zone=\"GLOBAL\"\n\
-         waf threshold=1 body-limit=\"64KiB\" automaton-budget=\"512KiB\" {{\n\
+         waf threshold=1 body-limit=\"64KiB\" automaton-budget=\"{budget_kib}KiB\" {{\n\
          rule \"folded\" score=1 {{ in \"args\"; decode \"url-decode\" \"lowercase\"; regex #\"{pattern}\"#; }}\n\
          rule \"raw\" score=1 {{ in \"body\"; regex #\"{pattern}\"#; }}\n\
          }}\nroute \"/*\" {{\n    respond 200\n}}\n"
     );
     let dir = tempdir();
     std::fs::write(dir.join("edgepack.kdl"), &kdl).expect("write policy");
-    let tokens = [
-        "system", "exec", "fn3x21", "x", " ", "(", ")", "/*", "*/", "//", "#", "\n", ";", "é",
-        "SYS", "tem", "%28",
-    ];
     let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
-    let mut texts: Vec<Vec<u8>> = [
-        "system(1)",
-        "xsystem(1)",
-        "a;system /*c*/ (ls)",
-        "exec #x\n()",
-        "EXEC(1)",
-        "fn12x84 ( )",
-        "fn12x8 ( )",
-        "system(",
-    ]
-    .iter()
-    .map(|t| t.as_bytes().to_vec())
-    .collect();
+    let mut texts: Vec<Vec<u8>> = texts.iter().map(|t| t.as_bytes().to_vec()).collect();
     for _ in 0..400 {
         let mut text = Vec::new();
         seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);

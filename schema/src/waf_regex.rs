@@ -41,9 +41,9 @@ pub fn parse(pattern: &str) -> Result<regex_syntax::hir::Hir, Box<regex_syntax::
 pub enum Shape {
     /// One unanchored DFA for the whole pattern.
     Whole,
-    /// The whole DFA exceeds the budget: the pattern's top-level concatenation is cut in two,
-    /// `head` and `tail` (see [`sequence`]).
-    Sequence { head: String, tail: String },
+    /// The whole DFA exceeds the budget: the pattern's top-level concatenation is cut into
+    /// two or three stages (see [`sequence`]).
+    Sequence { stages: Vec<String> },
 }
 
 /// Checks that `pattern` parses and compiles within `budget` bytes of automaton: as one
@@ -52,7 +52,7 @@ pub fn check_pattern(pattern: &str, budget: u64) -> Result<Shape, RegexProblem> 
     match check_whole(pattern, budget) {
         Ok(()) => Ok(Shape::Whole),
         Err(RegexProblem::TooLarge) => match sequence(pattern, budget) {
-            Some((head, tail)) => Ok(Shape::Sequence { head, tail }),
+            Some(stages) => Ok(Shape::Sequence { stages }),
             None => Err(RegexProblem::TooLarge),
         },
         Err(invalid) => Err(invalid),
@@ -117,42 +117,75 @@ fn exceeds_limit(error: &regex_automata::dfa::dense::BuildError) -> bool {
     false
 }
 
-/// Cuts a pattern whose DFA is too large into `head` and `tail`, a cut of its top-level
-/// concatenation, whose automata both fit in `budget`: `head` as an unanchored DFA that
-/// reports every offset where a match of it ends, `tail` as a DFA anchored at its start.
-/// `head tail` matches somewhere exactly when `tail` matches from an offset where `head`
-/// ends; the compiled walk follows every such offset at once, as a set of `tail` states, so
-/// its cost stays linear in the value. The size of such patterns mostly comes from a large
-/// alternation (a word list) after a repetition: unanchored, every offset may start a match
-/// and the DFA's states become sets of positions in the list; anchored, the list is a trie.
-/// The cut is the last one whose head fits; `None` when the tail after it does not.
-pub fn sequence(pattern: &str, budget: u64) -> Option<(String, String)> {
+/// Cuts a pattern whose DFA is too large into stages, cuts of its top-level concatenation,
+/// whose automata all fit in `budget`: a `head`, an unanchored DFA that reports every
+/// offset where a match of it ends; a `tail`, a DFA anchored at its start; and, when no
+/// tail after a head that fits does, a `middle` between them, anchored, reporting every
+/// offset where a match of it ends. `head middle tail` matches somewhere exactly when the
+/// middle matches from an offset where the head ends and the tail from an offset where
+/// that middle run ends; the compiled walk follows every such offset at once, as sets of
+/// middle and tail states, so its cost stays linear in the value. The size of such
+/// patterns mostly comes from a large alternation (a word list) after a repetition:
+/// unanchored, every offset may start a match and the DFA's states become sets of positions
+/// in the list; anchored, the list is a trie. The middle takes the repetitions whose `.*`
+/// lets the list start at any later offset (CRS 932100's `\w+=(?:\$.*|'.*'|…)\s+`), which
+/// makes even the anchored tail large. Each cut is the last one whose stage fits: `None`
+/// when no head fits, or the rest fits neither as a tail nor as a middle and a tail.
+pub fn sequence(pattern: &str, budget: u64) -> Option<Vec<String>> {
     use regex_syntax::hir::{Hir, HirKind};
     let hir = parse(pattern).ok()?;
     let HirKind::Concat(parts) = hir.kind() else {
         return None;
     };
     let budget = usize::try_from(budget).unwrap_or(usize::MAX);
-    let head = |cut: usize| Hir::concat(parts[..cut].to_vec()).to_string();
-    // A longer head leaves a smaller tail, and heads grow with the cut: a binary search
-    // finds the longest head that fits in a few builds (each failed one costs a
-    // determinization up to the budget).
-    let (mut fits, mut too_large) = (0, parts.len());
-    while too_large - fits > 1 {
-        let cut = (fits + too_large) / 2;
-        if build(&head(cut), budget, Anchor::AllEnds, false).is_ok() {
-            fits = cut;
-        } else {
-            too_large = cut;
-        }
-    }
-    if fits == 0 {
+    let join = |range: std::ops::Range<usize>| Hir::concat(parts[range].to_vec()).to_string();
+    let fits = |range: std::ops::Range<usize>, anchor: Anchor| {
+        build(&join(range), budget, anchor, false).is_ok()
+    };
+    let end = parts.len();
+    // Stages grow with the parts they hold, so binary searches find the cuts in a few
+    // builds (each failed one costs a determinization up to the budget).
+    let head = (1..end)
+        .collect::<Vec<_>>()
+        .partition_point(|cut| fits(0..*cut, Anchor::AllEnds));
+    if head == 0 {
         return None;
     }
-    let tail = Hir::concat(parts[fits..].to_vec()).to_string();
-    build(&tail, budget, Anchor::Start, false)
-        .is_ok()
-        .then(|| (head(fits), tail))
+    if fits(head..end, Anchor::Start) {
+        return Some(vec![join(0..head), join(head..end)]);
+    }
+    // The longest tail that fits leaves the shortest middle, the cheaper to build.
+    let tail = (head + 1..end)
+        .collect::<Vec<_>>()
+        .partition_point(|cut| !fits(*cut..end, Anchor::Start))
+        + head
+        + 1;
+    (tail < end && build_middle(&join(head..tail), budget).is_ok())
+        .then(|| vec![join(0..head), join(head..tail), join(tail..end)])
+}
+
+/// How much larger than its budget a sequence's middle may grow while it is determinized:
+/// reporting every end keeps every thread of its repetitions alive, so its raw DFA holds
+/// many states that minimizing merges (CRS 932100's: 2.2 MiB raw, 7 KiB minimized).
+const MIDDLE_CONSTRUCTION: usize = 4;
+
+/// Builds a sequence's middle: anchored, every end reported, minimized, and within
+/// `budget` once minimized.
+pub fn build_middle(
+    pattern: &str,
+    budget: usize,
+) -> Result<dense::DFA<Vec<u32>>, Box<regex_automata::dfa::dense::BuildError>> {
+    let dfa = build(
+        pattern,
+        budget.saturating_mul(MIDDLE_CONSTRUCTION),
+        Anchor::StartAllEnds,
+        true,
+    )?;
+    if dfa.memory_usage() > budget {
+        // Reported as the size limit it exceeds, as an oversized build is.
+        return build(pattern, budget, Anchor::StartAllEnds, false);
+    }
+    Ok(dfa)
 }
 
 /// How a DFA is searched.
@@ -164,6 +197,9 @@ pub enum Anchor {
     AllEnds,
     /// From a given offset (a sequence's tail).
     Start,
+    /// From a given offset, reporting every offset where some match ends (a sequence's
+    /// middle).
+    StartAllEnds,
 }
 
 /// Builds the DFA of `pattern` searched as `anchor` says, within `budget` bytes; the
@@ -181,6 +217,7 @@ pub fn build(
         Anchor::Anywhere => (MatchKind::LeftmostFirst, StartKind::Unanchored),
         Anchor::AllEnds => (MatchKind::All, StartKind::Unanchored),
         Anchor::Start => (MatchKind::LeftmostFirst, StartKind::Anchored),
+        Anchor::StartAllEnds => (MatchKind::All, StartKind::Anchored),
     };
     dense::Builder::new()
         .syntax(syntax_config())
@@ -239,14 +276,40 @@ mod tests {
         let budget = 256 << 10;
         assert_eq!(check_whole(&pattern, budget), Err(RegexProblem::TooLarge));
         match check_pattern(&pattern, budget) {
-            Ok(Shape::Sequence { head, tail }) => {
+            Ok(Shape::Sequence { stages }) => {
                 // The cut keeps the pattern: the head and the tail, one after the other.
-                let joined = parse(&format!("{head}{tail}")).expect("parses");
+                assert_eq!(stages.len(), 2, "{stages:?}");
+                let joined = parse(&stages.concat()).expect("parses");
                 assert_eq!(joined, parse(&pattern).expect("parses"));
-                assert!(!tail.is_empty());
+                assert!(!stages[1].is_empty());
             }
             other => panic!("{other:?}"),
         }
         assert_eq!(check_pattern("abc", budget), Ok(Shape::Whole));
+    }
+
+    #[test]
+    fn a_word_list_any_later_offset_may_start_takes_three_stages() {
+        // Shaped like CRS 932100: a separator, assignments whose values run to any later
+        // blank, then a word list.
+        let words: Vec<String> = (0..300).map(|i| format!("w{i}x{}", i * 7)).collect();
+        let pattern = format!(
+            r#"(?s)(?:;|\||&|\$\(|`)\s*(?:\{{|\s*\(\s*|\w+=(?:[^\s]*|\$.*|<.*|'.*'|".*")\s+|!\s*|\$)*\s*['"]*(?:[\w'"./\\]+/)?['"\\]*(?:{})\b"#,
+            words.join("|")
+        );
+        let budget = 256 << 10;
+        assert_eq!(check_whole(&pattern, budget), Err(RegexProblem::TooLarge));
+        match check_pattern(&pattern, budget) {
+            Ok(Shape::Sequence { stages }) => {
+                assert_eq!(stages.len(), 3, "{stages:?}");
+                let joined = parse(&stages.concat()).expect("parses");
+                assert_eq!(joined, parse(&pattern).expect("parses"));
+                assert!(stages[2].contains("w299x2093"), "{stages:?}");
+                // The assignments are the middle's: the tail is the list alone.
+                assert!(stages[1].contains("+="), "{stages:?}");
+                assert!(!stages[2].contains('='), "{stages:?}");
+            }
+            other => panic!("{other:?}"),
+        }
     }
 }

@@ -69,15 +69,28 @@ fn representatives(classes: &[u8; 256], stride: u32) -> Vec<u8> {
 
 /// A pattern too large for one DFA, compiled as a sequence (see
 /// [`edgepack_schema::waf_regex::sequence`]): `head` marks every offset where a match of
-/// it ends, and `tail` runs from each of them.
+/// it ends, and `tail` runs from each of them, or, in three stages, `middle` runs from
+/// each of them and `tail` from every offset where a middle run ends.
 #[derive(Clone, Debug)]
 pub struct SequenceDfa {
     pub head: EndsDfa,
+    pub middle: Option<MiddleDfa>,
     /// Anchored: `tail.start` is unused; a run starts in `tail_starts`.
     pub tail: PatternDfa,
     /// The tail's start state by the byte before the offset it starts at (look-behind
     /// assertions such as `\b` depend on it); entry 256 is the start of the value.
     pub tail_starts: Vec<u32>,
+}
+
+/// A sequence's middle: an anchored DFA that reports every offset where a run of it ends.
+#[derive(Clone, Debug)]
+pub struct MiddleDfa {
+    /// `dfa.start` is unused: a run starts in `starts`.
+    pub dfa: EndsDfa,
+    /// The state a run never leaves, and is dropped at (`u32::MAX` when there is none).
+    pub dead: u32,
+    /// Start states by the byte before the offset, as the tail's.
+    pub starts: Vec<u32>,
 }
 
 /// An unanchored DFA that reports every offset where some match ends, as flat tables.
@@ -116,18 +129,33 @@ pub fn pattern_automaton(pattern: &str, budget: usize) -> Result<PatternAutomato
         }
         Err(error) => error,
     };
-    let Some((head, tail)) = waf_regex::sequence(pattern, budget as u64) else {
+    let Some(stages) = waf_regex::sequence(pattern, budget as u64) else {
         return Err(fail(whole.to_string()));
     };
+    let (head, tail) = (&stages[0], &stages[stages.len() - 1]);
     let head =
-        waf_regex::build(&head, budget, Anchor::AllEnds, true).map_err(|e| fail(e.to_string()))?;
+        waf_regex::build(head, budget, Anchor::AllEnds, true).map_err(|e| fail(e.to_string()))?;
     let tail =
-        waf_regex::build(&tail, budget, Anchor::Start, true).map_err(|e| fail(e.to_string()))?;
-    let mut starts: Vec<Start> = (0..=255u8).map(Start::After).collect();
-    starts.push(Start::Text);
-    let (tail, tail_starts) = pattern_tables(&tail, &starts).map_err(fail)?;
+        waf_regex::build(tail, budget, Anchor::Start, true).map_err(|e| fail(e.to_string()))?;
+    let mut anchored: Vec<Start> = (0..=255u8).map(Start::After).collect();
+    anchored.push(Start::Text);
+    let middle = match &stages[1..stages.len() - 1] {
+        [] => None,
+        [middle] => {
+            let dfa = waf_regex::build_middle(middle, budget).map_err(|e| fail(e.to_string()))?;
+            let (dfa, starts, dead) = ends_tables(&dfa, &anchored).map_err(fail)?;
+            Some(MiddleDfa {
+                dfa,
+                dead: dead.unwrap_or(u32::MAX),
+                starts,
+            })
+        }
+        more => return Err(fail(format!("{} stages", more.len() + 2))),
+    };
+    let (tail, tail_starts) = pattern_tables(&tail, &anchored).map_err(fail)?;
     Ok(PatternAutomaton::Sequence(Box::new(SequenceDfa {
-        head: ends_tables(&head).map_err(fail)?,
+        head: ends_tables(&head, &[Start::Unanchored]).map_err(fail)?.0,
+        middle,
         tail,
         tail_starts,
     })))
@@ -230,13 +258,27 @@ fn pattern_tables(
     ))
 }
 
-/// A sequence head's tables: every state kept, with its match flags.
-fn ends_tables(dfa: &dense::DFA<Vec<u32>>) -> Result<EndsDfa, String> {
+/// A sequence head's or middle's tables: every state kept, with its match flags, walked
+/// from the given starts (the first is `start`); with the index of each start's state and
+/// of the dead state, if one is reached.
+fn ends_tables(
+    dfa: &dense::DFA<Vec<u32>>,
+    starts: &[Start],
+) -> Result<(EndsDfa, Vec<u32>, Option<u32>), String> {
     let (classes, folded, stride) = byte_tables(dfa);
     let reps = representatives(&classes, stride);
-    let start = start_state(dfa, Start::Unanchored)?;
-    let mut ids: HashMap<StateID, u32> = HashMap::from([(start, 0)]);
-    let mut order = vec![start];
+    let mut ids: HashMap<StateID, u32> = HashMap::new();
+    let mut order = Vec::new();
+    let mut number = |state: StateID, order: &mut Vec<StateID>| {
+        *ids.entry(state).or_insert_with(|| {
+            order.push(state);
+            (order.len() - 1) as u32
+        })
+    };
+    let mut start_ids = Vec::with_capacity(starts.len());
+    for start in starts {
+        start_ids.push(number(start_state(dfa, *start)?, &mut order));
+    }
     let mut next = Vec::new();
     let mut at = 0;
     while at < order.len() {
@@ -246,12 +288,7 @@ fn ends_tables(dfa: &dense::DFA<Vec<u32>>) -> Result<EndsDfa, String> {
             return Err("the automaton gives up on some input".into());
         }
         for &b in &reps {
-            let to = dfa.next_state(state, b);
-            let id = *ids.entry(to).or_insert_with(|| {
-                order.push(to);
-                (order.len() - 1) as u32
-            });
-            next.push(id);
+            next.push(number(dfa.next_state(state, b), &mut order));
         }
     }
     let ends = order
@@ -261,37 +298,68 @@ fn ends_tables(dfa: &dense::DFA<Vec<u32>>) -> Result<EndsDfa, String> {
                 | (u8::from(dfa.is_match_state(dfa.next_eoi_state(*s))) << 1)
         })
         .collect();
-    Ok(EndsDfa {
-        classes,
-        folded,
-        stride,
-        start: 0,
-        next,
-        ends,
-    })
+    let dead = order
+        .iter()
+        .position(|s| dfa.is_dead_state(*s))
+        .map(|at| at as u32);
+    Ok((
+        EndsDfa {
+            classes,
+            folded,
+            stride,
+            start: start_ids[0],
+            next,
+            ends,
+        },
+        start_ids,
+        dead,
+    ))
 }
 
 impl SequenceDfa {
     /// Runs the tables over `text` the way the generated code does (for tests): the head's
-    /// walk, and the set of tail states started at its ends.
+    /// walk, and the sets of middle and tail states started at the ends before them, each
+    /// state once per set.
     pub fn is_match(&self, text: &[u8], fold: bool) -> bool {
         let (head, tail) = (&self.head, &self.tail);
         let head_classes = if fold { &head.folded } else { &head.classes };
         let tail_classes = if fold { &tail.folded } else { &tail.classes };
+        let before = |at: usize| at.checked_sub(1).map_or(256, |i| usize::from(text[i]));
         let mut h = head.start;
-        let mut threads: Vec<u32> = Vec::new();
+        let mut middles: Vec<u32> = Vec::new();
+        let mut tails: Vec<u32> = Vec::new();
+        // Offsets where a run of the stage before the tail ends (pushed in order).
+        let mut tail_from: Vec<usize> = Vec::new();
         for (i, &b) in text.iter().enumerate() {
             h = head.next[(h * head.stride + u32::from(head_classes[b as usize])) as usize];
+            tail_from.clear();
             if head.ends[h as usize] & 1 != 0 {
-                let before = if i == 0 {
-                    256
-                } else {
-                    usize::from(text[i - 1])
-                };
-                threads.push(self.tail_starts[before]);
+                match &self.middle {
+                    Some(m) => middles.push(m.starts[before(i)]),
+                    None => tail_from.push(i),
+                }
             }
+            if let Some(m) = &self.middle {
+                let classes = if fold { &m.dfa.folded } else { &m.dfa.classes };
+                let mut next = Vec::new();
+                for s in middles.drain(..).filter(|s| *s != m.dead) {
+                    let t =
+                        m.dfa.next[(s * m.dfa.stride + u32::from(classes[b as usize])) as usize];
+                    if t == m.dead {
+                        continue;
+                    }
+                    if m.dfa.ends[t as usize] & 1 != 0 && tail_from.is_empty() {
+                        tail_from.push(i);
+                    }
+                    if !next.contains(&t) {
+                        next.push(t);
+                    }
+                }
+                middles = next;
+            }
+            tails.extend(tail_from.iter().map(|at| self.tail_starts[before(*at)]));
             let mut next = Vec::new();
-            for s in threads.drain(..).filter(|s| *s < tail.normal) {
+            for s in tails.drain(..).filter(|s| *s < tail.normal) {
                 let t = tail.next[(s * tail.stride + u32::from(tail_classes[b as usize])) as usize];
                 if t == tail.normal {
                     return true;
@@ -300,13 +368,26 @@ impl SequenceDfa {
                     next.push(t);
                 }
             }
-            threads = next;
+            tails = next;
         }
+        // At the end of the value: runs ending there start a tail on the empty rest.
+        let end = text.len();
+        let mut ends_here = false;
         if head.ends[h as usize] & 2 != 0 {
-            let before = text.last().map_or(256, |b| usize::from(*b));
-            threads.push(self.tail_starts[before]);
+            match &self.middle {
+                Some(m) => middles.push(m.starts[before(end)]),
+                None => ends_here = true,
+            }
         }
-        threads
+        if let Some(m) = &self.middle {
+            ends_here |= middles
+                .iter()
+                .any(|s| *s != m.dead && m.dfa.ends[*s as usize] & 2 != 0);
+        }
+        if ends_here {
+            tails.push(self.tail_starts[before(end)]);
+        }
+        tails
             .iter()
             .any(|s| *s < tail.normal && tail.eoi_match[*s as usize])
     }
@@ -691,41 +772,18 @@ mod tests {
         )
     }
 
-    #[test]
-    fn sequence_tables_agree_with_the_regex_engine() {
-        let pattern = sequence_pattern();
-        let budget = 512 << 10;
-        let automaton = pattern_automaton(&pattern, budget);
+    /// Checks a sequence's walk against the regex engine on `texts` and on token soups from a
+    /// fixed generator (so failures reproduce); returns how many stages it had.
+    fn sequence_agrees(pattern: &str, budget: usize, texts: &[&str], tokens: &[&str]) -> usize {
+        let automaton = pattern_automaton(pattern, budget);
         let Ok(PatternAutomaton::Sequence(seq)) = automaton else {
             panic!("the pattern should need a sequence at {budget} bytes: {automaton:?}");
         };
         let regex = regex_automata::meta::Regex::builder()
             .syntax(waf_regex::syntax_config())
-            .build(&pattern)
+            .build(pattern)
             .expect("the pattern compiles");
-        let mut texts: Vec<Vec<u8>> = [
-            "system(1)",
-            "xsystem(1)",
-            "a;system /*c*/ (ls)",
-            "exec #x\n(",
-            "exec #x\n()",
-            "EXEC(1)",
-            "popen",
-            "fn12x84 ( )",
-            "fn12x8 ( )",
-            "",
-            "(",
-            "system(",
-            "system()",
-        ]
-        .iter()
-        .map(|t| t.as_bytes().to_vec())
-        .collect();
-        // Token soups from a fixed generator, so failures reproduce.
-        let tokens = [
-            "system", "exec", "fn3x21", "x", " ", "(", ")", "/*", "*/", "//", "#", "\n", ";", "é",
-            "Sys", "tem",
-        ];
+        let mut texts: Vec<Vec<u8>> = texts.iter().map(|t| t.as_bytes().to_vec()).collect();
         let mut seed: u64 = 0x2545_f491_4f6c_dd1d;
         for _ in 0..5000 {
             let mut text = Vec::new();
@@ -748,6 +806,71 @@ mod tests {
             );
         }
         assert!(matched > 40 && matched < texts.len() - 40, "{matched}");
+        2 + usize::from(seq.middle.is_some())
+    }
+
+    #[test]
+    fn sequence_tables_agree_with_the_regex_engine() {
+        let texts = [
+            "system(1)",
+            "xsystem(1)",
+            "a;system /*c*/ (ls)",
+            "exec #x\n(",
+            "exec #x\n()",
+            "EXEC(1)",
+            "popen",
+            "fn12x84 ( )",
+            "fn12x8 ( )",
+            "",
+            "(",
+            "system(",
+            "system()",
+        ];
+        let tokens = [
+            "system", "exec", "fn3x21", "x", " ", "(", ")", "/*", "*/", "//", "#", "\n", ";", "é",
+            "Sys", "tem",
+        ];
+        assert_eq!(
+            sequence_agrees(&sequence_pattern(), 512 << 10, &texts, &tokens),
+            2
+        );
+    }
+
+    /// A pattern shaped like CRS 932100: a separator, assignments whose values run to any
+    /// later blank, then a word list.
+    pub(crate) fn three_stage_pattern() -> String {
+        let words: Vec<String> = (0..300).map(|i| format!("w{i}x{}", i * 7)).collect();
+        format!(
+            r#"(?s)(?:;|\||&|\$\(|`)\s*(?:\{{|\s*\(\s*|\w+=(?:[^\s]*|\$.*|<.*|'.*'|".*")\s+|!\s*|\$)*\s*['"]*(?:[\w'"./\\]+/)?['"\\]*(?:{})\b"#,
+            words.join("|")
+        )
+    }
+
+    #[test]
+    fn three_stage_sequence_tables_agree_with_the_regex_engine() {
+        let texts = [
+            ";w1x7",
+            "a;w1x7",
+            ";w1x7x",
+            "; a=1 b=$x y w1x7 /etc",
+            "; a='q w1x7'",
+            "; a='q' w1x7",
+            "&& /bin/w2x14 x",
+            "|x=\"1 2\" w3x21",
+            "$(a=<b c w3x21)",
+            "w1x7",
+            "; a=b",
+            ";",
+            "",
+        ];
+        let tokens = [
+            ";", "|", "&", "$(", "`", " ", "a=", "b=", "$", "<", "'", "\"", "x", "/bin/", "\\",
+            "w1x7", "w2x14", "w3x2", "w3x21", "!", "(", "{", "\n",
+        ];
+        assert_eq!(
+            sequence_agrees(&three_stage_pattern(), 256 << 10, &texts, &tokens),
+            3
+        );
     }
 
     #[test]

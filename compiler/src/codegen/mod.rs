@@ -90,9 +90,12 @@ pub fn emit(plan: &RegionPlan) -> Result<Vec<u8>, CodegenError> {
         } else {
             0
         },
-        threads: match waf_tables.as_ref().map_or(0, |w| w.sequence_states) {
-            0 => 0,
-            states => area(waf::sequence_area(states)),
+        threads: match waf_tables
+            .as_ref()
+            .map_or((0, 0), |w| (w.sequence_states, w.middle_states))
+        {
+            (0, _) => 0,
+            (tail, middle) => area(waf::sequence_area(tail, middle)),
         },
         request: area(request_capacity),
         request_capacity,

@@ -43,8 +43,10 @@ const DIRTY_ALWAYS: u32 = 1 << 31;
 /// holds its DFA's address (data addresses never come near it).
 const DETECT_BASE: u32 = 0xFFFF_FF00;
 /// Table entries of sequence matchers hold this plus their descriptor's address (below
-/// `DETECT_BASE`; data addresses stay far below it).
+/// `DETECT_BASE`; data addresses stay far below it)...
 const SEQUENCE_BASE: u32 = 0x8000_0000;
+/// ...and those of sequences with a middle this.
+const SEQUENCE3_BASE: u32 = 0xC000_0000;
 /// Sequences restart their thread stamps before the step counter gets near overflow.
 const STEP_LIMIT: u32 = 0xF000_0000;
 /// The most states one part's prefilter may have.
@@ -228,15 +230,18 @@ pub struct Tables {
     counts: Vec<(Vec<PartPlan>, CountPlan, u32)>,
     /// Compound rules: (rule, the slots that must all be set).
     compounds: Vec<(u32, Vec<u32>)>,
-    /// The most tail states of any sequence matcher (0: none): sizes the memory their
-    /// walks keep thread sets in.
+    /// The most tail states of any sequence matcher (0: none) and the most middle states:
+    /// they size the memory their walks keep state sets in.
     pub sequence_states: u32,
+    pub middle_states: u32,
+    /// Whether some sequence has two stages, or three.
+    sequences: [bool; 2],
 }
 
-/// The memory a sequence walk keeps its threads in: a step counter, a stamp per tail state
-/// (the step it was last added at), and two lists of tail states.
-pub fn sequence_area(states: u32) -> u32 {
-    16 + 12 * states
+/// The memory a sequence walk keeps its runs in: a step counter, and for the tail and for
+/// the middle a stamp per state (the step it was last added at) and two lists of states.
+pub fn sequence_area(tail_states: u32, middle_states: u32) -> u32 {
+    16 + 12 * (tail_states + middle_states)
 }
 
 /// A sequence's tables: both automata with plain (not premultiplied) u32 states.
@@ -260,7 +265,19 @@ fn write_sequence(data: &mut Data, seq: &SequenceDfa, folds: bool) -> u32 {
     let h_next = data.words(&head.next);
     let t_next = data.words(&tail.next);
     let t_starts = data.words(&seq.tail_starts);
-    data.words(&[
+    let middle = seq.middle.as_ref().map(|m| {
+        let classes = data.bytes(&m.dfa.classes);
+        let folded = if folds {
+            data.bytes(&m.dfa.folded)
+        } else {
+            classes
+        };
+        let ends = data.bytes(&m.dfa.ends);
+        let next = data.words(&m.dfa.next);
+        let starts = data.words(&m.starts);
+        [classes, folded, next, m.dfa.stride, ends, m.dead, starts]
+    });
+    let head_and_tail = [
         h_classes,
         h_folded,
         h_next,
@@ -274,7 +291,11 @@ fn write_sequence(data: &mut Data, seq: &SequenceDfa, folds: bool) -> u32 {
         t_starts,
         h_ends,
         head.start,
-    ])
+    ];
+    match middle {
+        Some(middle) => data.words(&[head_and_tail.as_slice(), &middle].concat()),
+        None => data.words(&head_and_tail),
+    }
 }
 
 fn write_dfa(data: &mut Data, dfa: &PatternDfa, folds: bool) -> u32 {
@@ -482,7 +503,8 @@ impl Tables {
         let hit_words = (patterns.len() as u32).div_ceil(64).max(1);
         let mut dfas: HashMap<String, u32> = HashMap::new();
         let budget = usize::try_from(waf.automaton_budget).unwrap_or(usize::MAX);
-        let mut sequence_states = 0;
+        let (mut sequence_states, mut middle_states) = (0, 0);
+        let mut sequences = [false; 2];
         for pattern in patterns.iter().filter(|p| p.detect.is_none()) {
             if !dfas.contains_key(&pattern.regex) {
                 let fold = folds[&pattern.regex];
@@ -491,7 +513,15 @@ impl Tables {
                     PatternAutomaton::Sequence(seq) => {
                         // At least 1: a tail that cannot match still needs the walk.
                         sequence_states = seq.tail.normal.max(sequence_states).max(1);
-                        SEQUENCE_BASE + write_sequence(data, &seq, fold)
+                        let base = match &seq.middle {
+                            Some(m) => {
+                                middle_states = middle_states.max(m.dfa.ends.len() as u32);
+                                SEQUENCE3_BASE
+                            }
+                            None => SEQUENCE_BASE,
+                        };
+                        sequences[usize::from(seq.middle.is_some())] = true;
+                        base + write_sequence(data, &seq, fold)
                     }
                 };
                 dfas.insert(pattern.regex.clone(), matcher);
@@ -633,6 +663,8 @@ impl Tables {
             counts,
             compounds,
             sequence_states,
+            middle_states,
+            sequences,
         })
     }
 }
@@ -654,8 +686,8 @@ pub struct Fns {
     run_hits: u32,
     run_always: u32,
     dfa: u32,
-    /// The sequence walk, when some pattern is a sequence.
-    sequence: Option<u32>,
+    /// The sequence walks, when some pattern is a sequence of two stages, or of three.
+    sequences: [Option<u32>; 2],
     decoders: Vec<(DecodingPlan, u32)>,
     /// The imported `detect`, when some rule uses it.
     detect: Option<u32>,
@@ -677,7 +709,9 @@ impl Fns {
             run_hits: funcs.declare(&[I32, I32, I32, I32, I32, I32, I32, I32], &[]),
             run_always: funcs.declare(&[I32, I32, I32, I32, I32, I32], &[]),
             dfa: funcs.declare(&[I32, I32, I32, I32], &[I32]),
-            sequence: (t.sequence_states > 0).then(|| funcs.declare(&[I32, I32, I32, I32], &[I32])),
+            sequences: t
+                .sequences
+                .map(|used| used.then(|| funcs.declare(&[I32, I32, I32, I32], &[I32]))),
             decoders: t
                 .decoders_used
                 .iter()
@@ -697,8 +731,12 @@ impl Fns {
         funcs.define(self.run_hits, self.run_hits_body(layout));
         funcs.define(self.run_always, self.run_always_body(layout));
         funcs.define(self.dfa, dfa_body());
-        if let Some(sequence) = self.sequence {
-            funcs.define(sequence, sequence_body(layout.threads, t.sequence_states));
+        for (middle, sequence) in [false, true].into_iter().zip(self.sequences) {
+            if let Some(sequence) = sequence {
+                let body =
+                    sequence_body(layout.threads, t.sequence_states, t.middle_states, middle);
+                funcs.define(sequence, body);
+            }
         }
         for (d, index) in &self.decoders {
             let body = match d {
@@ -1191,8 +1229,9 @@ impl Fns {
             .i32_and()
             .i32_eqz()
             .br_if(0);
-        // Matchers by their table word: detect >= DETECT_BASE > sequence >= SEQUENCE_BASE >
-        // DFA; only the kinds the module has are tested for.
+        // Matchers by their table word: detect >= DETECT_BASE > three-stage sequence >=
+        // SEQUENCE3_BASE > sequence >= SEQUENCE_BASE > DFA; only the kinds the module has
+        // are tested for.
         let matcher = a.local(I32);
         let hit = a.local(I32);
         a.load(entry, 8).set(matcher);
@@ -1209,11 +1248,15 @@ impl Fns {
             a.else_();
             arms += 1;
         }
-        if let Some(sequence) = self.sequence {
-            a.get(matcher).c(SEQUENCE_BASE);
+        for (base, sequence) in [SEQUENCE3_BASE, SEQUENCE_BASE]
+            .into_iter()
+            .zip([self.sequences[1], self.sequences[0]])
+        {
+            let Some(sequence) = sequence else { continue };
+            a.get(matcher).c(base);
             a.i().i32_ge_u();
             a.if_();
-            a.get(matcher).c(SEQUENCE_BASE);
+            a.get(matcher).c(base);
             a.i().i32_sub();
             a.get(ptr).get(len).get(fold);
             a.i().call(sequence);
@@ -1421,18 +1464,29 @@ fn dfa_body() -> wasm_encoder::Function {
 }
 
 /// `sequence(descriptor, ptr, len, fold) -> matched`: walks a sequence's head over the
-/// bytes and, from every offset where the head ends, its tail, all tail runs at once as a
-/// set of states (each state once), so the walk stays linear in the value. `area` is the
-/// memory of [`sequence_area`] for `states` tail states.
-fn sequence_body(area: u32, states: u32) -> wasm_encoder::Function {
+/// bytes and, from every offset where the head ends, its tail (or, with `middle`, its
+/// middle, and the tail from every offset where a middle run ends), all runs of a stage at
+/// once as a set of states (each state once), so the walk stays linear in the value.
+/// `area` is the memory of [`sequence_area`] for `tail_states` and `middle_states`.
+fn sequence_body(
+    area: u32,
+    tail_states: u32,
+    middle_states: u32,
+    middle: bool,
+) -> wasm_encoder::Function {
     let (desc, ptr, len, fold) = (0, 1, 2, 3);
     let stamps = area + 16;
-    let list_a = stamps + 4 * states;
-    let list_b = list_a + 4 * states;
+    let list_a = stamps + 4 * tail_states;
+    let list_b = list_a + 4 * tail_states;
+    let middle_stamps = list_b + 4 * tail_states;
+    let middle_a = middle_stamps + 4 * middle_states;
+    let middle_b = middle_a + 4 * middle_states;
     let mut a = Asm::new(4);
     let [h_classes, h_next, h_stride, h_ends, h] = [(); 5].map(|()| a.local(I32));
     let [t_classes, t_next, t_stride, t_normal, t_eoi, t_starts] = [(); 6].map(|()| a.local(I32));
     let [step, cur, nxt, n, m, i, k, b, s, t] = [(); 10].map(|()| a.local(I32));
+    let [m_classes, m_next, m_stride, m_ends, m_dead, m_starts] = [(); 6].map(|()| a.local(I32));
+    let [m_cur, m_nxt, m_n, m_m, ms, mt] = [(); 6].map(|()| a.local(I32));
     a.load(desc, 4).load(desc, 0).get(fold);
     a.i().select();
     a.set(h_classes);
@@ -1448,13 +1502,23 @@ fn sequence_body(area: u32, states: u32) -> wasm_encoder::Function {
     a.load(desc, 40).set(t_starts);
     a.load(desc, 44).set(h_ends);
     a.load(desc, 48).set(h);
+    if middle {
+        a.load(desc, 56).load(desc, 52).get(fold);
+        a.i().select();
+        a.set(m_classes);
+        a.load(desc, 60).set(m_next);
+        a.load(desc, 64).set(m_stride);
+        a.load(desc, 68).set(m_ends);
+        a.load(desc, 72).set(m_dead);
+        a.load(desc, 76).set(m_starts);
+    }
     // Stamps hold the step a state was last added at; steps only grow, across calls too,
-    // so no clearing per value.
+    // so no clearing per value. Both kinds of walk share the memory: a restart clears all.
     a.load_abs(area).set(step);
     a.get(step).c(STEP_LIMIT);
     a.i().i32_gt_u();
     a.if_();
-    a.c(stamps).c(0).c(4 * states);
+    a.c(stamps).c(0).c(12 * (tail_states + middle_states));
     a.i().memory_fill(0);
     a.set_c(step, 0);
     a.end();
@@ -1465,7 +1529,10 @@ fn sequence_body(area: u32, states: u32) -> wasm_encoder::Function {
         a.i().i32_add().i32_const(1).i32_add();
     });
     a.set_c(cur, list_a).set_c(nxt, list_b);
-    // Pushes `next[state * stride + classes[b]]`: one step of either automaton over byte `b`.
+    if middle {
+        a.set_c(m_cur, middle_a).set_c(m_nxt, middle_b);
+    }
+    // Pushes `next[state * stride + classes[b]]`: one step of an automaton over byte `b`.
     let transition = |a: &mut Asm, next: u32, state: u32, stride: u32, classes: u32| {
         a.get(next).get(state).get(stride);
         a.i().i32_mul();
@@ -1478,6 +1545,24 @@ fn sequence_body(area: u32, states: u32) -> wasm_encoder::Function {
             .i32_mul()
             .i32_add()
             .i32_load(mem(0, 2));
+    };
+    // Adds state `x` to the list `list` (holding `count`) unless this step added it already.
+    let add_once = |a: &mut Asm, x: u32, stamps: u32, list: u32, count: u32| {
+        a.c(stamps).get(x).c(4);
+        a.i().i32_mul().i32_add().i32_load(mem(0, 2));
+        a.get(step);
+        a.i().i32_ne();
+        a.if_();
+        a.c(stamps).get(x).c(4);
+        a.i().i32_mul().i32_add();
+        a.get(step);
+        a.i().i32_store(mem(0, 2));
+        a.get(list).get(count).c(4);
+        a.i().i32_mul().i32_add();
+        a.get(x);
+        a.i().i32_store(mem(0, 2));
+        a.inc(count, 1);
+        a.end();
     };
     // Advances tail state `s` over byte `b` into the next list; returns 1 on a match.
     let advance = |a: &mut Asm| {
@@ -1493,34 +1578,20 @@ fn sequence_body(area: u32, states: u32) -> wasm_encoder::Function {
         a.get(t).get(t_normal);
         a.i().i32_lt_u();
         a.if_();
-        a.c(stamps).get(t).c(4);
-        a.i().i32_mul().i32_add().i32_load(mem(0, 2));
-        a.get(step);
-        a.i().i32_ne();
-        a.if_();
-        a.c(stamps).get(t).c(4);
-        a.i().i32_mul().i32_add();
-        a.get(step);
-        a.i().i32_store(mem(0, 2));
-        a.get(nxt).get(m).c(4);
-        a.i().i32_mul().i32_add();
-        a.get(t);
-        a.i().i32_store(mem(0, 2));
-        a.inc(m, 1);
-        a.end();
+        add_once(a, t, stamps, nxt, m);
         a.end();
         a.end();
     };
-    // Pushes the tail's start state for offset `at` (a local): by the byte before it, or the
-    // one for the start of the value.
-    let start_at = |a: &mut Asm, at: u32| {
+    // Pushes the start state in `starts` for offset `at` (a local): by the byte before it,
+    // or the one for the start of the value.
+    let start_at = |a: &mut Asm, starts: u32, at: u32| {
         a.get(at);
         a.i().i32_eqz();
         a.if_with_result();
-        a.get(t_starts);
+        a.get(starts);
         a.i().i32_load(mem(256 * 4, 2));
         a.else_();
-        a.get(t_starts).get(ptr).get(at);
+        a.get(starts).get(ptr).get(at);
         a.i()
             .i32_add()
             .i32_const(1)
@@ -1528,6 +1599,57 @@ fn sequence_body(area: u32, states: u32) -> wasm_encoder::Function {
             .i32_load8_u(mem(0, 0));
         a.i().i32_const(4).i32_mul().i32_add().i32_load(mem(0, 2));
         a.end();
+    };
+    // A tail run starts at offset `i`, and reads byte `b`.
+    let start_tail = |a: &mut Asm| {
+        start_at(a, t_starts, i);
+        a.set(s);
+        advance(a);
+    };
+    // Advances middle state `ms` over byte `b` into the next middle list; a run ending
+    // before `b` starts a tail run.
+    let advance_middle = |a: &mut Asm| {
+        a.get(ms).get(m_dead);
+        a.i().i32_ne();
+        a.if_();
+        transition(a, m_next, ms, m_stride, m_classes);
+        a.tee(mt).get(m_dead);
+        a.i().i32_ne();
+        a.if_();
+        a.get(m_ends).get(mt);
+        a.i()
+            .i32_add()
+            .i32_load8_u(mem(0, 0))
+            .i32_const(1)
+            .i32_and();
+        a.if_();
+        start_tail(a);
+        a.end();
+        add_once(a, mt, middle_stamps, m_nxt, m_m);
+        a.end();
+        a.end();
+    };
+    // Runs `body` for every state in `list` (holding `count`), the state in `into`.
+    let each = |a: &mut Asm, list: u32, count: u32, into: u32, body: &dyn Fn(&mut Asm)| {
+        a.set_c(k, 0);
+        a.block().loop_();
+        a.get(k).get(count);
+        a.i().i32_ge_u().br_if(1);
+        a.get(list).get(k).c(4);
+        a.i().i32_mul().i32_add().i32_load(mem(0, 2));
+        a.set(into);
+        body(a);
+        a.inc(k, 1);
+        a.i().br(0);
+        a.end().end();
+    };
+    let head_ends = |a: &mut Asm, bit: i32| {
+        a.get(h_ends).get(h);
+        a.i()
+            .i32_add()
+            .i32_load8_u(mem(0, 0))
+            .i32_const(bit)
+            .i32_and();
     };
     a.block().loop_();
     a.get(i).get(len);
@@ -1539,71 +1661,86 @@ fn sequence_body(area: u32, states: u32) -> wasm_encoder::Function {
     a.set(h);
     a.inc(step, 1);
     a.set_c(m, 0);
-    // A head match ends before this byte: a tail run starts here, and reads it.
-    a.get(h_ends).get(h);
-    a.i()
-        .i32_add()
-        .i32_load8_u(mem(0, 0))
-        .i32_const(1)
-        .i32_and();
+    a.set_c(m_m, 0);
+    // A head match ends before this byte: the next stage's run starts here, and reads it.
+    head_ends(&mut a, 1);
     a.if_();
-    start_at(&mut a, i);
-    a.set(s);
-    advance(&mut a);
+    if middle {
+        start_at(&mut a, m_starts, i);
+        a.set(ms);
+        advance_middle(&mut a);
+    } else {
+        start_tail(&mut a);
+    }
     a.end();
-    a.set_c(k, 0);
-    a.block().loop_();
-    a.get(k).get(n);
-    a.i().i32_ge_u().br_if(1);
-    a.get(cur).get(k).c(4);
-    a.i().i32_mul().i32_add().i32_load(mem(0, 2));
-    a.set(s);
-    advance(&mut a);
-    a.inc(k, 1);
-    a.i().br(0);
-    a.end().end();
-    // The next list becomes the current one.
+    if middle {
+        each(&mut a, m_cur, m_n, ms, &advance_middle);
+    }
+    each(&mut a, cur, n, s, &advance);
+    // The next lists become the current ones.
     a.get(cur).set(t);
     a.get(nxt).set(cur);
     a.get(t).set(nxt);
     a.get(m).set(n);
+    if middle {
+        a.get(m_cur).set(mt);
+        a.get(m_nxt).set(m_cur);
+        a.get(mt).set(m_nxt);
+        a.get(m_m).set(m_n);
+    }
     a.inc(i, 1);
     a.i().br(0);
     a.end().end();
-    // At the end of the value: a head match ending there with a tail matching the empty
-    // rest, or a tail run completed by the end.
-    a.get(h_ends).get(h);
-    a.i()
-        .i32_add()
-        .i32_load8_u(mem(0, 0))
-        .i32_const(2)
-        .i32_and();
+    // At the end of the value: a run of the stage before the tail ending there with a tail
+    // matching the empty rest, or a tail run completed by the end.
+    let tail_at_end = |a: &mut Asm| {
+        start_at(a, t_starts, len);
+        a.set(s);
+        a.get(s).get(t_normal);
+        a.i().i32_lt_u();
+        a.if_();
+        a.get(t_eoi).get(s);
+        a.i().i32_add().i32_load8_u(mem(0, 0));
+        a.if_();
+        a.ret_c(1);
+        a.end();
+        a.end();
+    };
+    let middle_at_end = |a: &mut Asm| {
+        a.get(ms).get(m_dead);
+        a.i().i32_ne();
+        a.if_();
+        a.get(m_ends).get(ms);
+        a.i()
+            .i32_add()
+            .i32_load8_u(mem(0, 0))
+            .i32_const(2)
+            .i32_and();
+        a.if_();
+        tail_at_end(a);
+        a.end();
+        a.end();
+    };
+    head_ends(&mut a, 2);
     a.if_();
-    start_at(&mut a, len);
-    a.set(s);
-    a.get(s).get(t_normal);
-    a.i().i32_lt_u();
-    a.if_();
-    a.get(t_eoi).get(s);
-    a.i().i32_add().i32_load8_u(mem(0, 0));
-    a.if_();
-    a.ret_c(1);
+    if middle {
+        start_at(&mut a, m_starts, len);
+        a.set(ms);
+        middle_at_end(&mut a);
+    } else {
+        tail_at_end(&mut a);
+    }
     a.end();
-    a.end();
-    a.end();
-    a.set_c(k, 0);
-    a.block().loop_();
-    a.get(k).get(n);
-    a.i().i32_ge_u().br_if(1);
-    a.get(t_eoi).get(cur).get(k).c(4);
-    a.i().i32_mul().i32_add().i32_load(mem(0, 2));
-    a.i().i32_add().i32_load8_u(mem(0, 0));
-    a.if_();
-    a.ret_c(1);
-    a.end();
-    a.inc(k, 1);
-    a.i().br(0);
-    a.end().end();
+    if middle {
+        each(&mut a, m_cur, m_n, ms, &middle_at_end);
+    }
+    each(&mut a, cur, n, s, &|a: &mut Asm| {
+        a.get(t_eoi).get(s);
+        a.i().i32_add().i32_load8_u(mem(0, 0));
+        a.if_();
+        a.ret_c(1);
+        a.end();
+    });
     a.c(0);
     a.finish()
 }
