@@ -3,7 +3,8 @@
 //! size; then, for paranoia level 1, the matching strategy each imported pattern got.
 //!
 //! `cargo bench -p edgepack-benches --bench crs [-- --rules DIR]`: the rules default to where
-//! Debian's `modsecurity-crs` installs them. Prints Markdown for `docs/waf.md`.
+//! Debian's `modsecurity-crs` installs them. Prints Markdown for `docs/waf.md`. Each level is
+//! measured in a process of its own (`--level N`).
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -17,9 +18,62 @@ const BUDGET: usize = 1 << 20;
 /// Prefilter literals are cut to this many bytes, as in the code generator.
 const LITERAL_LEN: usize = 8;
 
+/// A policy holding only the import, at `paranoia`.
+fn policy(rules: &std::path::Path, paranoia: u32) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("temp dir");
+    std::fs::write(
+        dir.path().join("edgepack.kdl"),
+        format!(
+            "edgepack 1\nregion \"local\" zone=\"GLOBAL\"\nwaf {{\n    import \"modsecurity\" path=\"{}\" paranoia={paranoia}\n}}\nroute \"/*\" {{\n    respond 200\n}}\n",
+            rules.display()
+        ),
+    )
+    .expect("write policy");
+    dir
+}
+
+/// Checks, compiles and bundles the import at `paranoia`, and prints its row of the cost
+/// table.
+fn measure(rules: &std::path::Path, paranoia: u32) {
+    let key = ed25519_dalek::SigningKey::from_bytes(&[7; 32]);
+    let dir = policy(rules, paranoia);
+    let started = Instant::now();
+    let checked = edgepack_schema::check(dir.path()).expect("readable");
+    let check_time = started.elapsed();
+    let policy = checked.policy.as_ref().expect("the import checks clean");
+    let waf = policy.waf.as_ref().expect("a waf");
+    let left_out: usize = waf.imports.iter().map(|i| i.skipped.len()).sum();
+    let started = Instant::now();
+    let plan = pipeline::plans(policy, &checked, &[])
+        .expect("the region")
+        .remove(0);
+    let compiled = pipeline::compile(plan).expect("compiles");
+    let compile_time = started.elapsed();
+    let bundle = pipeline::region_bundle(
+        dir.path(),
+        "local",
+        Release {
+            version: 1,
+            created: 0,
+            expires: None,
+        },
+        &key,
+    )
+    .expect("bundle");
+    println!(
+        "| {paranoia} | {} | {left_out} | {:.2} s | {:.2} s | {} KiB | {} KiB |",
+        waf.rules.len(),
+        check_time.as_secs_f64(),
+        compile_time.as_secs_f64(),
+        compiled.wasm.len() / 1024,
+        bundle.len() / 1024
+    );
+}
+
 fn main() {
-    let mut args = std::env::args().skip_while(|a| a != "--rules").skip(1);
-    let rules = args.next().map_or_else(
+    let args: Vec<String> = std::env::args().collect();
+    let after = |flag: &str| args.iter().skip_while(|a| *a != flag).nth(1).cloned();
+    let rules = after("--rules").map_or_else(
         || PathBuf::from("/usr/share/modsecurity-crs/rules"),
         PathBuf::from,
     );
@@ -30,56 +84,35 @@ fn main() {
         );
         std::process::exit(2);
     }
-    let key = ed25519_dalek::SigningKey::from_bytes(&[7; 32]);
+    if let Some(paranoia) = after("--level").and_then(|l| l.parse().ok()) {
+        measure(&rules, paranoia);
+        return;
+    }
     println!("| Paranoia level | Rules imported | Left out | Check | Compile | Module | Bundle |");
     println!("|---|---|---|---|---|---|---|");
-    let mut level_one = None;
+    // One level per process: a process keeps the automata it built (as one build does for
+    // its regions), which would make the second level look cheaper than it is.
     for paranoia in [1, 2] {
-        let dir = tempfile::tempdir().expect("temp dir");
-        std::fs::write(
-            dir.path().join("edgepack.kdl"),
-            format!(
-                "edgepack 1\nregion \"local\" zone=\"GLOBAL\"\nwaf {{\n    import \"modsecurity\" path=\"{}\" paranoia={paranoia}\n}}\nroute \"/*\" {{\n    respond 200\n}}\n",
-                rules.display()
-            ),
-        )
-        .expect("write policy");
-        let started = Instant::now();
-        let checked = edgepack_schema::check(dir.path()).expect("readable");
-        let check_time = started.elapsed();
-        let policy = checked.policy.as_ref().expect("the import checks clean");
-        let waf = policy.waf.as_ref().expect("a waf");
-        let left_out: usize = waf.imports.iter().map(|i| i.skipped.len()).sum();
-        let started = Instant::now();
-        let plan = pipeline::plans(policy, &checked, &[])
-            .expect("the region")
-            .remove(0);
-        let compiled = pipeline::compile(plan).expect("compiles");
-        let compile_time = started.elapsed();
-        let bundle = pipeline::region_bundle(
-            dir.path(),
-            "local",
-            Release {
-                version: 1,
-                created: 0,
-                expires: None,
-            },
-            &key,
-        )
-        .expect("bundle");
-        println!(
-            "| {paranoia} | {} | {left_out} | {:.2} s | {:.2} s | {} KiB | {} KiB |",
-            waf.rules.len(),
-            check_time.as_secs_f64(),
-            compile_time.as_secs_f64(),
-            compiled.wasm.len() / 1024,
-            bundle.len() / 1024
+        let out = std::process::Command::new(std::env::current_exe().expect("this bench"))
+            .arg("--level")
+            .arg(paranoia.to_string())
+            .arg("--rules")
+            .arg(&rules)
+            .output()
+            .expect("run one level");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
         );
-        if paranoia == 1 {
-            level_one = Some(compiled.plan);
-        }
+        print!("{}", String::from_utf8_lossy(&out.stdout));
     }
-    let Some(plan) = level_one else { return };
+    let dir = policy(&rules, 1);
+    let checked = edgepack_schema::check(dir.path()).expect("readable");
+    let policy = checked.policy.as_ref().expect("the import checks clean");
+    let plan = pipeline::plans(policy, &checked, &[])
+        .expect("the region")
+        .remove(0);
     println!();
     println!("| Rule | Parts | Strategy |");
     println!("|---|---|---|");

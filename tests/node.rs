@@ -701,6 +701,11 @@ fn fifty_swaps_under_concurrent_load_lose_no_request() {
     );
     let served = served.load(Ordering::Relaxed);
     assert!(served >= 1000, "only {served} requests under load");
+    // The last bundle serves before its log line has been read from the node's stderr.
+    edge.node.wait_for_log(
+        &format!(r#""version":{},"previous""#, 1 + swaps),
+        Duration::from_secs(5),
+    );
     assert_eq!(
         edge.node.log_count("bundle activated"),
         1 + swaps as usize,

@@ -5,6 +5,10 @@
 //! flag; `(?u)` turns Unicode back on for a group. The compiler builds its automata with
 //! [`syntax_config`] too, so what `check` accepts is exactly what `build` compiles.
 
+use std::collections::HashMap;
+use std::hash::Hash;
+use std::sync::{Mutex, OnceLock};
+
 use regex_automata::dfa::dense;
 use regex_automata::nfa::thompson;
 use regex_automata::util::syntax;
@@ -132,6 +136,13 @@ fn exceeds_limit(error: &regex_automata::dfa::dense::BuildError) -> bool {
 /// makes even the anchored tail large. Each cut is the last one whose stage fits: `None`
 /// when no head fits, or the rest fits neither as a tail nor as a middle and a tail.
 pub fn sequence(pattern: &str, budget: u64) -> Option<Vec<String>> {
+    static CUTS: Memo<(String, u64), Option<Vec<String>>> = Memo::new();
+    CUTS.get_or((pattern.to_string(), budget), || {
+        cut_sequence(pattern, budget)
+    })
+}
+
+fn cut_sequence(pattern: &str, budget: u64) -> Option<Vec<String>> {
     use regex_syntax::hir::{Hir, HirKind};
     let hir = parse(pattern).ok()?;
     let HirKind::Concat(parts) = hir.kind() else {
@@ -175,6 +186,17 @@ pub fn build_middle(
     pattern: &str,
     budget: usize,
 ) -> Result<dense::DFA<Vec<u32>>, Box<regex_automata::dfa::dense::BuildError>> {
+    type Built = Result<dense::DFA<Vec<u32>>, Box<regex_automata::dfa::dense::BuildError>>;
+    static MIDDLES: Memo<(String, usize), Built> = Memo::new();
+    MIDDLES.get_or((pattern.to_string(), budget), || {
+        build_middle_once(pattern, budget)
+    })
+}
+
+fn build_middle_once(
+    pattern: &str,
+    budget: usize,
+) -> Result<dense::DFA<Vec<u32>>, Box<regex_automata::dfa::dense::BuildError>> {
     let dfa = build(
         pattern,
         budget.saturating_mul(MIDDLE_CONSTRUCTION),
@@ -186,6 +208,43 @@ pub fn build_middle(
         return build(pattern, budget, Anchor::StartAllEnds, false);
     }
     Ok(dfa)
+}
+
+/// Results of a pure, costly computation, kept for the life of the process by their input:
+/// `check` and `build`, and each region of a build, ask for the same automata of the same
+/// patterns. Emptied when it holds [`MEMO_ENTRIES`], so a long `edgepack dev` stays bounded.
+pub struct Memo<K, V>(OnceLock<Mutex<HashMap<K, V>>>);
+
+/// Most results one [`Memo`] keeps (the CRS at paranoia level 2 has about 200 patterns).
+pub const MEMO_ENTRIES: usize = 1024;
+
+impl<K: Eq + Hash, V: Clone> Memo<K, V> {
+    pub const fn new() -> Self {
+        Memo(OnceLock::new())
+    }
+
+    /// The result for `key`, computed by `compute` the first time (without holding the lock,
+    /// so other keys are served meanwhile).
+    pub fn get_or(&self, key: K, compute: impl FnOnce() -> V) -> V {
+        let map = self.0.get_or_init(Default::default);
+        let lock = || map.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(value) = lock().get(&key) {
+            return value.clone();
+        }
+        let value = compute();
+        let mut map = lock();
+        if map.len() >= MEMO_ENTRIES {
+            map.clear();
+        }
+        map.insert(key, value.clone());
+        value
+    }
+}
+
+impl<K: Eq + Hash, V: Clone> Default for Memo<K, V> {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 /// How a DFA is searched.

@@ -38,7 +38,7 @@ pub struct PatternDfa {
     pub eoi_match: Vec<bool>,
 }
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum AutomatonError {
     #[error("pattern `{pattern}`: {reason}")]
     Build { pattern: String, reason: String },
@@ -117,6 +117,17 @@ pub enum PatternAutomaton {
 /// Compiles one WAF pattern within `budget` bytes of automaton: one DFA if it fits, else a
 /// sequence, as `edgepack check` decided.
 pub fn pattern_automaton(pattern: &str, budget: usize) -> Result<PatternAutomaton, AutomatonError> {
+    static AUTOMATA: waf_regex::Memo<(String, usize), Result<PatternAutomaton, AutomatonError>> =
+        waf_regex::Memo::new();
+    AUTOMATA.get_or((pattern.to_string(), budget), || {
+        build_pattern_automaton(pattern, budget)
+    })
+}
+
+fn build_pattern_automaton(
+    pattern: &str,
+    budget: usize,
+) -> Result<PatternAutomaton, AutomatonError> {
     let fail = |reason: String| AutomatonError::Build {
         pattern: pattern.to_string(),
         reason,
