@@ -1123,7 +1123,153 @@ fn escape(text: &str) -> String {
 /// its largest alternation into patterns that each fit, any of which matching (see
 /// [`split_to_fit`]).
 fn regex(pattern: &str, budget: u64, span: Span) -> Result<Vec<Matcher>, String> {
-    fitted(format!("(?sm){}", pcre_literals(pattern)), budget, span)
+    let translated = negative_lookbehinds(&pcre_literals(pattern));
+    fitted(format!("(?sm){translated}"), budget, span)
+}
+
+/// PCRE's negative look-behind over a finite set of strings, `(?<!&amp|&apos);`, where it
+/// opens a top-level alternative (CRS 920120), rewritten without look-around: what it
+/// asserts is that the text before the position does not end with one of the strings, and
+/// since such an alternative may match from any offset, the rewrite may consume that text.
+/// Read backwards from the position, the strings form a trie: the text does not end with
+/// one exactly when, along the trie's path it spells, no node ends a string and the path
+/// leaves the trie (the byte before is none of the node's children) or the text starts.
+/// So each node off the strings' ends gives an alternative, `(?:\A|[^children])` then the
+/// node's path. Look-behinds elsewhere, over sets that are not finite, or under case
+/// folding are left as they are (and reported as look-around the automata cannot run).
+fn negative_lookbehinds(translated: &str) -> String {
+    if translated.contains("(?i") {
+        return translated.to_string();
+    }
+    let bytes = translated.as_bytes();
+    let mut out = String::with_capacity(translated.len());
+    let (mut copied, mut i, mut depth) = (0, 0, 0usize);
+    let mut branch_start = true;
+    while i < bytes.len() {
+        if depth == 0 && branch_start && bytes[i..].starts_with(b"(?<!") {
+            let close = group_end(bytes, i);
+            if let Some(rewritten) = close
+                .and_then(|close| pattern_strings(&translated[i + 4..close]))
+                .map(|strings| not_ending_with(&strings))
+            {
+                out.push_str(&translated[copied..i]);
+                out.push_str(&rewritten);
+                i = close.unwrap_or(i) + 1;
+                copied = i;
+                branch_start = false;
+                continue;
+            }
+        }
+        branch_start = false;
+        match bytes[i] {
+            b'\\' => i += 1,
+            b'[' => i = class_end(bytes, i),
+            b'(' => depth += 1,
+            b')' => depth = depth.saturating_sub(1),
+            b'|' if depth == 0 => branch_start = true,
+            _ => {}
+        }
+        i += 1;
+    }
+    out.push_str(&translated[copied..]);
+    out
+}
+
+/// The index of the `]` closing the class opened at `open` (in translated syntax, where a
+/// `]` member is escaped and `[:name:]` is the only class inside a class).
+fn class_end(bytes: &[u8], open: usize) -> usize {
+    let mut i = open + 1;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'\\' => i += 1,
+            b'[' if bytes.get(i + 1) == Some(&b':') => {
+                while i + 1 < bytes.len() && !(bytes[i] == b':' && bytes[i + 1] == b']') {
+                    i += 1;
+                }
+                i += 1;
+            }
+            b']' => return i,
+            _ => {}
+        }
+        i += 1;
+    }
+    bytes.len()
+}
+
+/// The index of the `)` closing the group opened at `open`.
+fn group_end(bytes: &[u8], open: usize) -> Option<usize> {
+    let (mut i, mut depth) = (open, 0usize);
+    while i < bytes.len() {
+        match bytes[i] {
+            b'\\' => i += 1,
+            b'[' => i = class_end(bytes, i),
+            b'(' => depth += 1,
+            b')' => {
+                depth -= 1;
+                if depth == 0 {
+                    return Some(i);
+                }
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    None
+}
+
+/// A pattern matching, at any offset, text that does not end with any of `strings` (see
+/// [`negative_lookbehinds`]).
+fn not_ending_with(strings: &[Vec<u8>]) -> String {
+    #[derive(Default)]
+    struct Node {
+        children: std::collections::BTreeMap<u8, usize>,
+        ends: bool,
+    }
+    let mut trie = vec![Node::default()];
+    for string in strings {
+        let mut at = 0;
+        for &byte in string.iter().rev() {
+            at = match trie[at].children.get(&byte) {
+                Some(&next) => next,
+                None => {
+                    trie.push(Node::default());
+                    let next = trie.len() - 1;
+                    trie[at].children.insert(byte, next);
+                    next
+                }
+            };
+        }
+        trie[at].ends = true;
+    }
+    let hex = |b: &u8| format!("\\x{b:02X}");
+    let mut branches = Vec::new();
+    // (node, the path to it read backwards): nodes ending a string, and all below them,
+    // give no alternative.
+    let mut stack = vec![(0, Vec::new())];
+    while let Some((at, path)) = stack.pop() {
+        let node = &trie[at];
+        if node.ends {
+            continue;
+        }
+        let before = if node.children.is_empty() {
+            r"\A|[\x00-\xFF]".to_string()
+        } else {
+            let children: String = node.children.keys().map(hex).collect();
+            format!(r"\A|[^{children}]")
+        };
+        let forward: String = path.iter().rev().map(hex).collect();
+        branches.push(format!("(?:{before}){forward}"));
+        for (&byte, &child) in node.children.iter().rev() {
+            let mut longer = path.clone();
+            longer.push(byte);
+            stack.push((child, longer));
+        }
+    }
+    if branches.is_empty() {
+        // The empty string is in the set: every text ends with it.
+        return r"[^\x00-\xFF]".to_string();
+    }
+    format!("(?:{})", branches.join("|"))
 }
 
 /// A pattern in edgepack's syntax as matchers whose automata fit the budget: the pattern
@@ -1150,35 +1296,44 @@ fn fitted(translated: String, budget: u64, span: Span) -> Result<Vec<Matcher>, S
 /// The strings a list of matchers matches, when that is a finite set of non-empty strings
 /// (literals, and patterns without anchors or repetitions such as `(?:word|other)`).
 fn finite_strings(matchers: &[Matcher]) -> Option<Vec<Vec<u8>>> {
-    use regex_syntax::hir::literal::{ExtractKind, Extractor};
     let mut out = Vec::new();
     for m in matchers {
         match m {
             Matcher::Literal(text) => out.push(text.value.as_bytes().to_vec()),
-            Matcher::Regex(pattern) => {
-                let hir = waf_regex::parse(&pattern.value).ok()?;
-                if !hir.properties().look_set().is_empty() {
-                    return None;
-                }
-                let mut extractor = Extractor::new();
-                extractor
-                    .kind(ExtractKind::Prefix)
-                    .limit_class(64)
-                    .limit_repeat(64)
-                    .limit_literal_len(512)
-                    .limit_total(4096);
-                let seq = extractor.extract(&hir);
-                if !seq.is_exact() {
-                    return None;
-                }
-                out.extend(seq.literals()?.iter().map(|l| l.as_bytes().to_vec()));
-            }
+            Matcher::Regex(pattern) => out.extend(pattern_strings(&pattern.value)?),
             Matcher::Detect(_) => return None,
         }
     }
     out.sort();
     out.dedup();
     (!out.is_empty() && out.iter().all(|s| !s.is_empty())).then_some(out)
+}
+
+/// The strings a pattern matches, when that is a finite set (without anchors or
+/// repetitions, such as `(?:word|other)`).
+fn pattern_strings(pattern: &str) -> Option<Vec<Vec<u8>>> {
+    use regex_syntax::hir::literal::{ExtractKind, Extractor};
+    let hir = waf_regex::parse(pattern).ok()?;
+    if !hir.properties().look_set().is_empty() {
+        return None;
+    }
+    let mut extractor = Extractor::new();
+    extractor
+        .kind(ExtractKind::Prefix)
+        .limit_class(64)
+        .limit_repeat(64)
+        .limit_literal_len(512)
+        .limit_total(4096);
+    let seq = extractor.extract(&hir);
+    if !seq.is_exact() {
+        return None;
+    }
+    Some(
+        seq.literals()?
+            .iter()
+            .map(|l| l.as_bytes().to_vec())
+            .collect(),
+    )
 }
 
 /// Most string pairs [`both_in_one_value`] joins.
@@ -1472,6 +1627,65 @@ fn is_repetition(rest: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// CRS 920120's pattern: a `;` not ending one of these entities, or a quote or `=`.
+    const ENTITY_SEMICOLON: &str = r#"(?<!&(?:[aAoOuUyY]uml)|&(?:[aAeEiIoOuU]circ)|&(?:[eEiIoOuUyY]acute)|&(?:[aAeEiIoOuU]grave)|&(?:[cC]cedil)|&(?:[aAnNoO]tilde)|&(?:amp)|&(?:apos));|['\"=]"#;
+
+    #[test]
+    fn a_negative_look_behind_over_a_list_matches_as_pcre_does() {
+        let translated = negative_lookbehinds(&pcre_literals(ENTITY_SEMICOLON));
+        assert!(!translated.contains("(?<"), "{translated}");
+        let regex = regex_automata::meta::Regex::builder()
+            .syntax(waf_regex::syntax_config())
+            .build(&format!("(?sm){translated}"))
+            .expect("the rewrite compiles");
+        let entities: Vec<String> = [
+            ("aAoOuUyY", "uml"),
+            ("aAeEiIoOuU", "circ"),
+            ("eEiIoOuUyY", "acute"),
+            ("aAeEiIoOuU", "grave"),
+            ("cC", "cedil"),
+            ("aAnNoO", "tilde"),
+        ]
+        .iter()
+        .flat_map(|(letters, name)| letters.chars().map(move |c| format!("&{c}{name}")))
+        .chain(["&amp".to_string(), "&apos".to_string()])
+        .collect();
+        // As PCRE reads it: some `;` that none of the entities ends right before, or a quote
+        // or `=` anywhere.
+        let pcre = |text: &[u8]| {
+            text.iter().enumerate().any(|(at, byte)| {
+                *byte == b';' && !entities.iter().any(|e| text[..at].ends_with(e.as_bytes()))
+            }) || text.iter().any(|b| b"'\"=".contains(b))
+        };
+        let tokens = [
+            "&amp", "&apos", "&auml", "&Ouml", "&Ccedil", "&ntilde", "&xuml", "&am", "amp", "&",
+            ";", ";", ";", "a", "p", "os", "uml", "\n", "'", "é",
+        ];
+        let mut seed: u64 = 0x0920_0120_dead_beef;
+        let mut matched = 0;
+        for _ in 0..20_000 {
+            let mut text = Vec::new();
+            seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+            for _ in 0..(seed >> 61) + 1 {
+                seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+                text.extend_from_slice(tokens[(seed >> 33) as usize % tokens.len()].as_bytes());
+            }
+            let expected = pcre(&text);
+            matched += usize::from(expected);
+            assert_eq!(
+                regex.is_match(text.as_slice()),
+                expected,
+                "{:?}",
+                String::from_utf8_lossy(&text)
+            );
+        }
+        assert!(matched > 1000 && matched < 19_000, "{matched}");
+        // Elsewhere than at the start of an alternative, it stays (and is reported).
+        let inside = negative_lookbehinds(r"x(?<!a);");
+        assert_eq!(inside, r"x(?<!a);");
+        assert_eq!(negative_lookbehinds(r"(?<!a+);"), r"(?<!a+);");
+    }
 
     #[test]
     fn pcre_literals_stay_literals() {
