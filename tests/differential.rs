@@ -109,6 +109,11 @@ const PAYLOADS: &[&str] = &[
     "%253Cscript%253E",
     "+plus+signs+",
     "normal value",
+    "ZXZhbCgxKQ==",
+    "X18kJE5EX0ZVTkMkJF8=\r\nZnVuY3Rpb24gKCl7fQ==",
+    "QUJD REVG",
+    "QUJD  \nREVGRw",
+    "Q===",
     "ÜnÏcödé",
     "./a/../b//c/./",
     "%u003cscript%U003E%uff1c%uFF5E%u12%u",
@@ -129,6 +134,7 @@ fn payload() -> impl Strategy<Value = Vec<u8>> {
         2 => proptest::collection::vec(any::<u8>(), 0..40),
         2 => "[a-zA-Z0-9 _.%&;<>=+'\"/-]{0,30}".prop_map(String::into_bytes),
         2 => "[a-fuxU0-9%\\\\ \n\u{e9}\u{ff1c}\u{1f600}]{0,24}".prop_map(String::into_bytes),
+        2 => "[A-Za-z0-9+/]{0,12}={0,3}( ?\r?\n)?[A-Za-z0-9+/=]{0,8} ?".prop_map(String::into_bytes),
     ]
 }
 
@@ -481,6 +487,7 @@ const DECODINGS: &[&str] = &[
     "remove-whitespace",
     "normalize-path-win",
     "replace-comments",
+    "base64-decode",
 ];
 
 const PARTS: &[&str] = &[
@@ -516,35 +523,42 @@ fn waf_rule() -> impl Strategy<Value = String> {
         proptest::sample::subsequence(LITERALS, 0..2),
         proptest::sample::subsequence(&["sqli", "xss"][..], 0..2),
         1u32..6,
+        any::<bool>(),
     )
-        .prop_map(|(parts, decode, regexes, literals, detectors, score)| {
-            let mut rule = format!("score={score} {{ in");
-            for p in parts {
-                rule.push_str(&format!(" \"{p}\""));
-            }
-            rule.push(';');
-            if !decode.is_empty() {
-                rule.push_str(" decode");
-                for d in decode {
-                    rule.push_str(&format!(" \"{d}\""));
+        .prop_map(
+            |(parts, decode, regexes, literals, detectors, score, every_step)| {
+                let mut rule = format!("score={score} {{ in");
+                for p in parts {
+                    rule.push_str(&format!(" \"{p}\""));
                 }
                 rule.push(';');
-            }
-            for r in regexes {
-                rule.push_str(&format!(" regex #\"{r}\"#;"));
-            }
-            for l in literals {
-                rule.push_str(&format!(" literal \"{l}\";"));
-            }
-            for d in detectors {
-                rule.push_str(&format!(" detect \"{d}\";"));
-            }
-            if !rule.contains("regex") && !rule.contains("literal") && !rule.contains("detect") {
-                rule.push_str(" literal \"x\";");
-            }
-            rule.push_str(" }");
-            rule
-        })
+                if !decode.is_empty() {
+                    rule.push_str(" decode");
+                    for d in decode {
+                        rule.push_str(&format!(" \"{d}\""));
+                    }
+                    if every_step {
+                        rule.push_str(" every-step=#true");
+                    }
+                    rule.push(';');
+                }
+                for r in regexes {
+                    rule.push_str(&format!(" regex #\"{r}\"#;"));
+                }
+                for l in literals {
+                    rule.push_str(&format!(" literal \"{l}\";"));
+                }
+                for d in detectors {
+                    rule.push_str(&format!(" detect \"{d}\";"));
+                }
+                if !rule.contains("regex") && !rule.contains("literal") && !rule.contains("detect")
+                {
+                    rule.push_str(" literal \"x\";");
+                }
+                rule.push_str(" }");
+                rule
+            },
+        )
 }
 
 fn route() -> impl Strategy<Value = String> {
@@ -782,7 +796,7 @@ fn decodings_match_the_reference_byte_for_byte() {
         inputs.push(tree.current());
     }
     use DecodingPlan::*;
-    let decodings: [(&str, &[DecodingPlan]); 13] = [
+    let decodings: [(&str, &[DecodingPlan]); 14] = [
         ("url-decode", &[UrlDecode]),
         ("url-decode-uni", &[UrlDecodeUni]),
         ("utf8-url-decode-uni", &[Utf8UrlDecodeUni]),
@@ -796,6 +810,7 @@ fn decodings_match_the_reference_byte_for_byte() {
         ("normalize-path", &[NormalizePath]),
         ("compress-whitespace", &[CompressWhitespace]),
         ("remove-nulls", &[RemoveNulls]),
+        ("base64-decode", &[Base64Decode]),
     ];
     for (name, plan_decoding) in decodings {
         let expected: Vec<Vec<u8>> = inputs
@@ -1053,6 +1068,7 @@ fn compound_imported_rules_agree_and_fire_as_modsecurity_would() {
     };
     let (negated, counted, chained) = (id("900140"), id("900150"), id("900160"));
     let (method, same_value, restricted) = (id("900110"), id("900180"), id("900190"));
+    let every_step = id("900170");
     let targeted: Vec<(Request, Vec<u32>)> = vec![
         (
             Request::new("GET", "/x").header("content-length", "12"),
@@ -1082,6 +1098,9 @@ fn compound_imported_rules_agree_and_fire_as_modsecurity_would() {
             vec![],
         ),
         (Request::new("TRACE", "/x"), vec![method]),
+        // `multiMatch`: the value as it is matches, its decoded forms do not.
+        (Request::new("GET", "/x?q=a%2541"), vec![every_step]),
+        (Request::new("GET", "/x?q=aA"), vec![]),
         // `MATCHED_VARS`: a word of each list in one value, in either order or overlapping.
         (Request::new("GET", "/x?q=alpha+gamma"), vec![same_value]),
         (Request::new("GET", "/x?q=GAMMA:BETA"), vec![same_value]),

@@ -222,6 +222,9 @@ pub struct WafRulePlan {
     /// Conditions that must hold as well (an imported ModSecurity chain).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub and: Vec<WafConditionPlan>,
+    /// See [`WafConditionPlan::also_after`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub also_after: Vec<u32>,
     pub source: Source,
 }
 
@@ -235,6 +238,23 @@ pub struct WafConditionPlan {
     pub negated: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub count: Option<CountPlan>,
+    /// The matchers also run on the value decoded by only the first N steps of `decode`, for
+    /// each N here (0: the value as it is): a rule decoding `every-step` (ModSecurity's
+    /// `multiMatch`), cut where the policy's steps end.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub also_after: Vec<u32>,
+}
+
+impl WafConditionPlan {
+    /// Each decoding chain the matchers run after: the prefixes `also_after` names, then
+    /// the whole chain.
+    pub fn chains(&self) -> Vec<&[DecodingPlan]> {
+        self.also_after
+            .iter()
+            .map(|n| &self.decode[..(*n as usize).min(self.decode.len())])
+            .chain(std::iter::once(self.decode.as_slice()))
+            .collect()
+    }
 }
 
 /// "The number of values is `op` `value`".
@@ -276,6 +296,7 @@ impl WafRulePlan {
             matchers: self.matchers.clone(),
             negated: self.negated,
             count: self.count,
+            also_after: self.also_after.clone(),
         };
         std::iter::once(own)
             .chain(self.and.iter().cloned())
@@ -362,6 +383,9 @@ pub enum DecodingPlan {
     ReplaceComments,
     /// `\` to `/` (the first half of `normalizePathWin`).
     BackslashToSlash,
+    /// ModSecurity 3's `base64Decode`: the value up to its first NUL read as strict base64
+    /// (line breaks and spaces at line ends allowed); anything else decodes to nothing.
+    Base64Decode,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]

@@ -31,7 +31,77 @@ pub fn apply(chain: &[DecodingPlan], value: &[u8]) -> Vec<u8> {
                 .into_iter()
                 .map(|b| if b == b'\\' { b'/' } else { b })
                 .collect(),
+            DecodingPlan::Base64Decode => base64_decode(&out),
         };
+    }
+    out
+}
+
+/// A base64 character's value, 64 for the padding `=`, `None` for any other byte.
+pub fn base64_value(b: u8) -> Option<u8> {
+    match b {
+        b'A'..=b'Z' => Some(b - b'A'),
+        b'a'..=b'z' => Some(b - b'a' + 26),
+        b'0'..=b'9' => Some(b - b'0' + 52),
+        b'+' => Some(62),
+        b'/' => Some(63),
+        b'=' => Some(64),
+        _ => None,
+    }
+}
+
+/// ModSecurity 3's `base64Decode`, which reads the value as a C string (up to its first NUL)
+/// with mbed TLS's strict decoder and gives nothing when that fails: line breaks (`\n`,
+/// `\r\n`) may fall anywhere and spaces before them or at the end; a space inside a line, any
+/// other byte outside the alphabet, a third `=` or a character after `=` fail. Four
+/// characters give three bytes, less one per `=`; a last group of fewer than four is dropped.
+pub fn base64_decode(value: &[u8]) -> Vec<u8> {
+    let text = &value[..value.iter().position(|b| *b == 0).unwrap_or(value.len())];
+    let (mut i, mut padding) = (0, 0);
+    while i < text.len() {
+        let spaces = text[i..].iter().take_while(|b| **b == b' ').count();
+        i += spaces;
+        if i == text.len() {
+            break;
+        }
+        if text[i..].starts_with(b"\r\n") {
+            i += 2;
+            continue;
+        }
+        if text[i] == b'\n' {
+            i += 1;
+            continue;
+        }
+        if spaces != 0 {
+            return Vec::new();
+        }
+        if text[i] == b'=' {
+            padding += 1;
+            if padding > 2 {
+                return Vec::new();
+            }
+        }
+        match base64_value(text[i]) {
+            None => return Vec::new(),
+            Some(v) if v < 64 && padding != 0 => return Vec::new(),
+            Some(_) => {}
+        }
+        i += 1;
+    }
+    let mut out = Vec::with_capacity(text.len() / 4 * 3);
+    let (mut group, mut count, mut keep) = (0u32, 0, 3);
+    for &b in text {
+        if matches!(b, b'\r' | b'\n' | b' ') {
+            continue;
+        }
+        let v = base64_value(b).unwrap_or(0);
+        keep -= usize::from(v == 64);
+        group = (group << 6) | u32::from(v & 0x3F);
+        count += 1;
+        if count == 4 {
+            count = 0;
+            out.extend_from_slice(&[(group >> 16) as u8, (group >> 8) as u8, group as u8][..keep]);
+        }
     }
     out
 }
@@ -439,6 +509,32 @@ pub fn compress_whitespace(value: &[u8]) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn base64_as_modsecurity_decodes_it() {
+        assert_eq!(base64_decode(b"ZXZhbCgxKQ=="), b"eval(1)");
+        assert_eq!(base64_decode(b"QUJD\r\nREVG\nR0g="), b"ABCDEFGH");
+        assert_eq!(base64_decode(b"QUJD  \nREVG  "), b"ABCDEF");
+        // A last group of fewer than four characters is dropped.
+        assert_eq!(base64_decode(b"QUJDRA"), b"ABC");
+        assert_eq!(base64_decode(b"QQ="), b"");
+        assert_eq!(base64_decode(b"QQ=="), b"A");
+        // Up to the first NUL, as a C string.
+        assert_eq!(base64_decode(b"QUJD\0REVG"), b"ABC");
+        // Anything the strict decoder refuses gives nothing.
+        for refused in [
+            &b"QUJD REVG"[..],
+            b"eval(1)",
+            b"Q===",
+            b"QQ==QUJD",
+            b"QUJD\rREVG",
+            b"\xC3\xA9AAA",
+        ] {
+            assert_eq!(base64_decode(refused), b"", "{refused:?}");
+        }
+        assert_eq!(base64_decode(b""), b"");
+        assert_eq!(base64_decode(b" \n "), b"");
+    }
 
     #[test]
     fn modsecurity_decodings() {

@@ -446,12 +446,15 @@ fn condition_holds(
             .holds(n, count.value)
             .then(|| n.to_string().into_bytes());
     }
+    let chains = condition.chains();
     for value in values {
-        let decoded = decodings::apply(&condition.decode, &value);
-        let hit = matchers.iter().any(|m| match m {
-            CompiledMatcher::Regex(r) => r.is_match(&decoded),
-            CompiledMatcher::Literal(l) => decoded.windows(l.len()).any(|w| w == l.as_slice()),
-            CompiledMatcher::Detect(kind) => edgepack_bundles::detect::detect(*kind, &decoded),
+        let hit = chains.iter().any(|chain| {
+            let decoded = decodings::apply(chain, &value);
+            matchers.iter().any(|m| match m {
+                CompiledMatcher::Regex(r) => r.is_match(&decoded),
+                CompiledMatcher::Literal(l) => decoded.windows(l.len()).any(|w| w == l.as_slice()),
+                CompiledMatcher::Detect(kind) => edgepack_bundles::detect::detect(*kind, &decoded),
+            })
         });
         if hit != condition.negated {
             return Some(value.to_vec());

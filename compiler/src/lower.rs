@@ -354,6 +354,11 @@ impl<'p> Lowering<'p> {
                         .iter()
                         .map(|c| condition(&c.parts, &c.decode, &c.matchers, c.negated, c.count))
                         .collect(),
+                    also_after: if rule.every_step {
+                        step_ends(&rule.decode)
+                    } else {
+                        Vec::new()
+                    },
                     source: self.source(rule.id.span),
                 }
             })
@@ -658,6 +663,18 @@ fn part(written: &p::RequestPart) -> PartPlan {
     }
 }
 
+/// Where the policy's decodings before the last end in the plan's chain (0 first): a
+/// decoding may take more than one plan step (`normalize-path-win`), and matching stops
+/// only between the policy's own.
+fn step_ends(decode: &[edgepack_schema::Spanned<p::Decoding>]) -> Vec<u32> {
+    let mut ends = vec![0];
+    for d in &decode[..decode.len().saturating_sub(1)] {
+        let last = *ends.last().unwrap_or(&0);
+        ends.push(last + decoding(d.value).len() as u32);
+    }
+    ends
+}
+
 /// One condition of a WAF rule as the plan holds it.
 fn condition(
     parts: &[edgepack_schema::Spanned<p::RequestPart>],
@@ -692,6 +709,7 @@ fn condition(
             },
             value: c.value,
         }),
+        also_after: Vec::new(),
     }
 }
 
@@ -711,6 +729,7 @@ fn decoding(d: p::Decoding) -> Vec<DecodingPlan> {
         p::Decoding::CmdLine => DecodingPlan::CmdLine,
         p::Decoding::RemoveWhitespace => DecodingPlan::RemoveWhitespace,
         p::Decoding::ReplaceComments => DecodingPlan::ReplaceComments,
+        p::Decoding::Base64Decode => DecodingPlan::Base64Decode,
         p::Decoding::NormalizePathWin => {
             return vec![DecodingPlan::BackslashToSlash, DecodingPlan::NormalizePath];
         }

@@ -812,6 +812,7 @@ fn decode_waf_rule(cx: &mut Ctx, file: FileId, node: &KdlNode, budget: u64) -> O
         .and_then(|v| cx.int_in(v, "score", 0, 10_000, "score=5"));
     let mut parts = Vec::new();
     let mut decode = Vec::new();
+    let mut every_step = false;
     let mut matchers = Vec::new();
     let mut once = Once::default();
     for child in r.children() {
@@ -830,6 +831,10 @@ fn decode_waf_rule(cx: &mut Ctx, file: FileId, node: &KdlNode, budget: u64) -> O
                 let mut c = NodeReader::new(cx, file, child);
                 let vals =
                     c.req_rest_args(cx, 0, "decodings", "decode \"url-decode\" \"lowercase\"");
+                every_step = c
+                    .prop("every-step")
+                    .and_then(|v| cx.boolean(v, "every-step=#true"))
+                    .is_some_and(|v| v.value);
                 c.no_children(cx);
                 c.finish(cx);
                 decode.extend(
@@ -919,6 +924,7 @@ fn decode_waf_rule(cx: &mut Ctx, file: FileId, node: &KdlNode, budget: u64) -> O
         negated: false,
         count: None,
         and: Vec::new(),
+        every_step,
         span: r.span,
     })
 }

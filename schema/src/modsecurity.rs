@@ -507,8 +507,12 @@ impl Importer {
                         .iter()
                         .any(|a| a.name.eq_ignore_ascii_case("multiMatch"))
                 });
-                let decodes =
-                    !own.decode.is_empty() || conditions.iter().any(|c| !c.decode.is_empty());
+                // The rule's own condition matches at every step; a chain's further links
+                // (none in the CRS carries `multiMatch`) after all of their decodings.
+                let every_step =
+                    multi_match && !own.decode.is_empty() && !own.negated && own.count.is_none();
+                let decodes = (!own.decode.is_empty() && !every_step)
+                    || conditions.iter().any(|c| !c.decode.is_empty());
                 if multi_match && decodes {
                     self.report.approximated.push(SkippedRule {
                         id: id.clone(),
@@ -527,6 +531,7 @@ impl Importer {
                     negated: own.negated,
                     count: own.count,
                     and: conditions,
+                    every_step,
                     span,
                 });
             }
@@ -1079,6 +1084,7 @@ fn decodings(actions: &[Action]) -> Result<Vec<Decoding>, String> {
             "removewhitespace" => Decoding::RemoveWhitespace,
             "normalizepathwin" => Decoding::NormalizePathWin,
             "replacecomments" => Decoding::ReplaceComments,
+            "base64decode" => Decoding::Base64Decode,
             "lowercase" => Decoding::Lowercase,
             "urldecode" => Decoding::UrlDecode,
             "htmlentitydecode" => Decoding::HtmlEntityDecode,

@@ -254,6 +254,9 @@ pub struct WafRule {
     pub count: Option<Count>,
     /// Further conditions that must hold too (an imported chain).
     pub and: Vec<WafCondition>,
+    /// The matchers also run on the value before decoding and after each step of `decode`
+    /// (`decode … every-step=#true`; ModSecurity's `multiMatch`).
+    pub every_step: bool,
     pub span: Span,
 }
 
@@ -389,10 +392,11 @@ pub enum Decoding {
     RemoveWhitespace,
     NormalizePathWin,
     ReplaceComments,
+    Base64Decode,
 }
 
 impl Decoding {
-    pub const ALL: [(&'static str, Decoding); 14] = [
+    pub const ALL: [(&'static str, Decoding); 15] = [
         ("url-decode", Decoding::UrlDecode),
         ("lowercase", Decoding::Lowercase),
         ("html-entity-decode", Decoding::HtmlEntityDecode),
@@ -407,6 +411,7 @@ impl Decoding {
         ("remove-whitespace", Decoding::RemoveWhitespace),
         ("normalize-path-win", Decoding::NormalizePathWin),
         ("replace-comments", Decoding::ReplaceComments),
+        ("base64-decode", Decoding::Base64Decode),
     ];
 
     pub fn as_str(&self) -> &'static str {

@@ -69,6 +69,8 @@ fn dirty_mask(d: DecodingPlan) -> u32 {
         DecodingPlan::CmdLine => DIRTY_COMMAND,
         DecodingPlan::RemoveWhitespace => DIRTY_ANY_SPACE,
         DecodingPlan::ReplaceComments => DIRTY_COMMENT,
+        // It changes every value (one that is not base64 decodes to nothing).
+        DecodingPlan::Base64Decode => DIRTY_ALWAYS,
     }
 }
 
@@ -431,42 +433,38 @@ impl Tables {
                 } else {
                     holds
                 };
+                // One pattern per decoding chain the matchers run after (more than one for a
+                // rule decoding `every-step`), all setting the same slot.
+                let chains = condition.chains();
                 for matcher in &condition.matchers {
-                    if let MatcherPlan::Detect(kind) = matcher {
-                        patterns.push(Pattern {
-                            rule: rule.id,
-                            slot,
-                            parts: condition.parts.clone(),
-                            decode: condition.decode.clone(),
-                            regex: String::new(),
-                            literals: None,
-                            detect: Some(*kind),
-                        });
-                        continue;
-                    }
-                    let (regex, literals) = match matcher {
+                    let (regex, literals, detect) = match matcher {
+                        MatcherPlan::Detect(kind) => (String::new(), None, Some(*kind)),
                         MatcherPlan::Regex(r) => {
-                            (r.clone(), automata::required_literals(r, LITERAL_LEN))
+                            (r.clone(), automata::required_literals(r, LITERAL_LEN), None)
                         }
                         MatcherPlan::Literal(l) => {
                             let bytes = l.as_bytes();
                             (
                                 regex_syntax::escape(l),
                                 Some(vec![bytes[..bytes.len().min(LITERAL_LEN)].to_vec()]),
+                                None,
                             )
                         }
-                        MatcherPlan::Detect(_) => unreachable!("handled above"),
                     };
-                    *folds.entry(regex.clone()).or_default() |= lowercases(&condition.decode);
-                    patterns.push(Pattern {
-                        rule: rule.id,
-                        slot,
-                        parts: condition.parts.clone(),
-                        decode: condition.decode.clone(),
-                        regex,
-                        literals,
-                        detect: None,
-                    });
+                    for chain in &chains {
+                        if detect.is_none() {
+                            *folds.entry(regex.clone()).or_default() |= lowercases(chain);
+                        }
+                        patterns.push(Pattern {
+                            rule: rule.id,
+                            slot,
+                            parts: condition.parts.clone(),
+                            decode: chain.to_vec(),
+                            regex: regex.clone(),
+                            literals: literals.clone(),
+                            detect,
+                        });
+                    }
                 }
                 for d in &condition.decode {
                     dirty_all |= dirty_mask(*d);
@@ -754,6 +752,7 @@ impl Fns {
                 DecodingPlan::NormalizePath => normalize_path_body(),
                 DecodingPlan::CompressWhitespace => compress_body(),
                 DecodingPlan::RemoveNulls => remove_nulls_body(),
+                DecodingPlan::Base64Decode => base64_decode_body(),
             };
             funcs.define(*index, body);
         }
@@ -2054,6 +2053,159 @@ fn cmd_line_body() -> wasm_encoder::Function {
         a.c(26);
         a.i().i32_lt_u().select();
     });
+    a.i().br(0);
+    a.end().end();
+    a.get(out).get(dst);
+    a.i().i32_sub();
+    a.finish()
+}
+
+/// Sets `v` to the base64 value of the byte in `c`: 0–63, 64 for `=`, 127 for any other.
+fn base64_value(a: &mut Asm, c: u32, v: u32) {
+    a.set_c(v, 127);
+    for (first, count, value) in [(b'A', 26, 0), (b'a', 26, 26), (b'0', 10, 52)] {
+        // v = c - first < count ? c - first + value : v
+        a.get(c).c(u32::from(first));
+        a.i().i32_sub();
+        a.c(value);
+        a.i().i32_add();
+        a.get(v);
+        a.get(c).c(u32::from(first));
+        a.i().i32_sub();
+        a.c(count);
+        a.i().i32_lt_u().select();
+        a.set(v);
+    }
+    for (byte, value) in [(b'+', 62), (b'/', 63), (b'=', 64)] {
+        a.c(value).get(v);
+        a.get(c).c(u32::from(byte));
+        a.i().i32_eq().select();
+        a.set(v);
+    }
+}
+
+/// ModSecurity 3's `base64Decode` (see `decodings::base64_decode`): a first pass checks the
+/// value up to its first NUL as mbed TLS does and gives nothing when it fails; a second
+/// decodes each group of four characters, skipping line breaks and spaces.
+fn base64_decode_body() -> wasm_encoder::Function {
+    let (src, len, dst) = (0, 1, 2);
+    let mut a = Asm::new(3);
+    let [end, i, c, v, spaces, padding, out, group, count, keep] = [(); 10].map(|()| a.local(I32));
+    // The value ends at its first NUL.
+    a.get(src).set(end);
+    a.block().loop_();
+    a.get(end).get(src).get(len);
+    a.i().i32_add().i32_ge_u().br_if(1);
+    a.load8(end, 0);
+    a.i().i32_eqz().br_if(1);
+    a.inc(end, 1);
+    a.i().br(0);
+    a.end().end();
+    // Checking.
+    a.get(src).set(i);
+    a.block().loop_();
+    a.set_c(spaces, 0);
+    a.block().loop_();
+    a.get(i).get(end);
+    a.i().i32_ge_u().br_if(1);
+    a.load8(i, 0).c(u32::from(b' '));
+    a.i().i32_ne().br_if(1);
+    a.inc(i, 1).inc(spaces, 1);
+    a.i().br(0);
+    a.end().end();
+    // Spaces at the end are allowed.
+    a.get(i).get(end);
+    a.i().i32_ge_u().br_if(1);
+    a.load8(i, 0).set(c);
+    // A line break (`\r\n` or `\n`), after spaces or not.
+    a.get(c).c(u32::from(b'\r'));
+    a.i().i32_eq();
+    a.get(end).get(i);
+    a.i().i32_sub().i32_const(2).i32_ge_u().i32_and();
+    a.if_();
+    a.load8(i, 1).c(u32::from(b'\n'));
+    a.i().i32_eq();
+    a.if_();
+    a.inc(i, 2);
+    a.i().br(2);
+    a.end();
+    a.end();
+    a.get(c).c(u32::from(b'\n'));
+    a.i().i32_eq();
+    a.if_();
+    a.inc(i, 1);
+    a.i().br(1);
+    a.end();
+    // A space inside a line, a third `=`, a byte outside the alphabet or a character after
+    // `=`: nothing.
+    a.get(spaces);
+    a.if_();
+    a.ret_c(0);
+    a.end();
+    a.get(c).c(u32::from(b'='));
+    a.i().i32_eq();
+    a.if_();
+    a.inc(padding, 1);
+    a.get(padding).c(2);
+    a.i().i32_gt_u();
+    a.if_();
+    a.ret_c(0);
+    a.end();
+    a.end();
+    base64_value(&mut a, c, v);
+    a.get(v).c(127);
+    a.i().i32_eq();
+    a.get(v).c(64);
+    a.i().i32_lt_u();
+    a.get(padding);
+    a.i().i32_const(0).i32_ne().i32_and().i32_or();
+    a.if_();
+    a.ret_c(0);
+    a.end();
+    a.inc(i, 1);
+    a.i().br(0);
+    a.end().end();
+    // Decoding.
+    a.get(dst).set(out);
+    a.set_c(keep, 3);
+    a.get(src).set(i);
+    a.block().loop_();
+    a.get(i).get(end);
+    a.i().i32_ge_u().br_if(1);
+    a.load8(i, 0).set(c);
+    a.inc(i, 1);
+    a.get(c).c(u32::from(b'\r'));
+    a.i().i32_eq();
+    a.get(c).c(u32::from(b'\n'));
+    a.i().i32_eq().i32_or();
+    a.get(c).c(u32::from(b' '));
+    a.i().i32_eq().i32_or().br_if(0);
+    base64_value(&mut a, c, v);
+    a.get(keep);
+    a.get(v).c(64);
+    a.i().i32_eq().i32_sub();
+    a.set(keep);
+    a.get(group).c(6);
+    a.i().i32_shl();
+    a.get(v).c(0x3F);
+    a.i().i32_and().i32_or();
+    a.set(group);
+    a.inc(count, 1);
+    a.get(count).c(4);
+    a.i().i32_eq();
+    a.if_();
+    a.set_c(count, 0);
+    for (kept, shift) in [(0, 16), (1, 8), (2, 0)] {
+        a.get(keep).c(kept);
+        a.i().i32_gt_u();
+        a.if_();
+        emit_byte(&mut a, out, |a| {
+            a.get(group).c(shift);
+            a.i().i32_shr_u();
+        });
+        a.end();
+    }
+    a.end();
     a.i().br(0);
     a.end().end();
     a.get(out).get(dst);
