@@ -172,6 +172,12 @@ fn main() {
                 "{literals} phrases in the prefilter, each confirmed by its own small DFA"
             ));
         }
+        if !rule.also_after.is_empty() {
+            strategies.push(format!(
+                "matched on {} forms of each value: before decoding and after each step (`multiMatch`)",
+                rule.also_after.len() + 1
+            ));
+        }
         let parts: Vec<String> = rule.parts.iter().map(|p| format!("{p:?}")).collect();
         println!(
             "| {} | {} | {} |",
