@@ -133,8 +133,9 @@ fn exceeds_limit(error: &regex_automata::dfa::dense::BuildError) -> bool {
 /// unanchored, every offset may start a match and the DFA's states become sets of positions
 /// in the list; anchored, the list is a trie. The middle takes the repetitions whose `.*`
 /// lets the list start at any later offset (CRS 932100's `\w+=(?:\$.*|'.*'|…)\s+`), which
-/// makes even the anchored tail large. Each cut is the last one whose stage fits: `None`
-/// when no head fits, or the rest fits neither as a tail nor as a middle and a tail.
+/// makes even the anchored tail large. The head is the longest that fits, and the tail the
+/// longest that fits after it (which leaves the shortest middle): `None` when no head fits,
+/// or the rest fits neither as a tail nor as a middle and a tail.
 pub fn sequence(pattern: &str, budget: u64) -> Option<Vec<String>> {
     static CUTS: Memo<(String, u64), Option<Vec<String>>> = Memo::new();
     CUTS.get_or((pattern.to_string(), budget), || {
