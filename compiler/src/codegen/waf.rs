@@ -159,8 +159,14 @@ fn markers(mask: u32) -> Vec<(Vec<u8>, u32)> {
         out.push((b"\\".to_vec(), DIRTY_BACKSLASH));
     }
     if mask & DIRTY_COMMAND != 0 {
-        for b in b"\"'\\^ ,;\t\r\n" {
+        // `cmd-line` changes a value beyond lower-casing only where one of these occurs: a
+        // deleted byte, a separator other than a space, a run of spaces, or a space before
+        // the `/` or `(` that drop it. Words between single spaces stay as they are.
+        for b in b"\"'\\^,;\t\r\n" {
             out.push((vec![*b], DIRTY_COMMAND));
+        }
+        for pair in [b"  ", b" /", b" ("] {
+            out.push((pair.to_vec(), DIRTY_COMMAND));
         }
     }
     if mask & DIRTY_COMMENT != 0 {
