@@ -182,33 +182,25 @@ fn cut_sequence(pattern: &str, budget: u64) -> Option<Vec<String>> {
 const MIDDLE_CONSTRUCTION: usize = 4;
 
 /// Builds a sequence's middle: anchored, every end reported, minimized, and within
-/// `budget` once minimized.
-pub fn build_middle(
-    pattern: &str,
-    budget: usize,
-) -> Result<dense::DFA<Vec<u32>>, Box<regex_automata::dfa::dense::BuildError>> {
-    type Built = Result<dense::DFA<Vec<u32>>, Box<regex_automata::dfa::dense::BuildError>>;
+/// `budget` once minimized; the error says what did not fit.
+pub fn build_middle(pattern: &str, budget: usize) -> Result<dense::DFA<Vec<u32>>, String> {
+    type Built = Result<dense::DFA<Vec<u32>>, String>;
     static MIDDLES: Memo<(String, usize), Built> = Memo::new();
     MIDDLES.get_or((pattern.to_string(), budget), || {
-        build_middle_once(pattern, budget)
+        let dfa = build(
+            pattern,
+            budget.saturating_mul(MIDDLE_CONSTRUCTION),
+            Anchor::StartAllEnds,
+            true,
+        )
+        .map_err(|e| e.to_string())?;
+        match dfa.memory_usage() {
+            size if size > budget => Err(format!(
+                "the middle stage's minimized DFA ({size} bytes) exceeds the budget of {budget} bytes"
+            )),
+            _ => Ok(dfa),
+        }
     })
-}
-
-fn build_middle_once(
-    pattern: &str,
-    budget: usize,
-) -> Result<dense::DFA<Vec<u32>>, Box<regex_automata::dfa::dense::BuildError>> {
-    let dfa = build(
-        pattern,
-        budget.saturating_mul(MIDDLE_CONSTRUCTION),
-        Anchor::StartAllEnds,
-        true,
-    )?;
-    if dfa.memory_usage() > budget {
-        // Reported as the size limit it exceeds, as an oversized build is.
-        return build(pattern, budget, Anchor::StartAllEnds, false);
-    }
-    Ok(dfa)
 }
 
 /// Results of a pure, costly computation, kept for the life of the process by their input:

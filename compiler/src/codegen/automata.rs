@@ -153,7 +153,7 @@ fn build_pattern_automaton(
     let middle = match &stages[1..stages.len() - 1] {
         [] => None,
         [middle] => {
-            let dfa = waf_regex::build_middle(middle, budget).map_err(|e| fail(e.to_string()))?;
+            let dfa = waf_regex::build_middle(middle, budget).map_err(fail)?;
             let (dfa, starts, dead) = ends_tables(&dfa, &anchored).map_err(fail)?;
             Some(MiddleDfa {
                 dfa,

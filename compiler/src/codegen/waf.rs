@@ -1611,6 +1611,16 @@ fn sequence_body(
         a.set(s);
         advance(a);
     };
+    // Pushes `ends[state] & bit`: whether a run ends before the byte that led to `state`
+    // (bit 1) or at the end of the value (bit 2).
+    let ends_bit = |a: &mut Asm, ends: u32, state: u32, bit: i32| {
+        a.get(ends).get(state);
+        a.i()
+            .i32_add()
+            .i32_load8_u(mem(0, 0))
+            .i32_const(bit)
+            .i32_and();
+    };
     // Advances middle state `ms` over byte `b` into the next middle list; a run ending
     // before `b` starts a tail run.
     let advance_middle = |a: &mut Asm| {
@@ -1621,12 +1631,7 @@ fn sequence_body(
         a.tee(mt).get(m_dead);
         a.i().i32_ne();
         a.if_();
-        a.get(m_ends).get(mt);
-        a.i()
-            .i32_add()
-            .i32_load8_u(mem(0, 0))
-            .i32_const(1)
-            .i32_and();
+        ends_bit(a, m_ends, mt, 1);
         a.if_();
         start_tail(a);
         a.end();
@@ -1648,14 +1653,6 @@ fn sequence_body(
         a.i().br(0);
         a.end().end();
     };
-    let head_ends = |a: &mut Asm, bit: i32| {
-        a.get(h_ends).get(h);
-        a.i()
-            .i32_add()
-            .i32_load8_u(mem(0, 0))
-            .i32_const(bit)
-            .i32_and();
-    };
     a.block().loop_();
     a.get(i).get(len);
     a.i().i32_ge_u().br_if(1);
@@ -1668,7 +1665,7 @@ fn sequence_body(
     a.set_c(m, 0);
     a.set_c(m_m, 0);
     // A head match ends before this byte: the next stage's run starts here, and reads it.
-    head_ends(&mut a, 1);
+    ends_bit(&mut a, h_ends, h, 1);
     a.if_();
     if middle {
         start_at(&mut a, m_starts, i);
@@ -1715,18 +1712,13 @@ fn sequence_body(
         a.get(ms).get(m_dead);
         a.i().i32_ne();
         a.if_();
-        a.get(m_ends).get(ms);
-        a.i()
-            .i32_add()
-            .i32_load8_u(mem(0, 0))
-            .i32_const(2)
-            .i32_and();
+        ends_bit(a, m_ends, ms, 2);
         a.if_();
         tail_at_end(a);
         a.end();
         a.end();
     };
-    head_ends(&mut a, 2);
+    ends_bit(&mut a, h_ends, h, 2);
     a.if_();
     if middle {
         start_at(&mut a, m_starts, len);
