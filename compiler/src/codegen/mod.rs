@@ -38,6 +38,9 @@ pub struct Layout {
     /// Prefilter hit bits for the value as received, and for a decoded copy.
     pub hits: u32,
     pub hits_decoded: u32,
+    /// The prefilter's generation word, then one word per action state: the generation
+    /// that last applied it (see `waf::prefilter_body`).
+    pub prefilter_stamps: u32,
     /// One byte per WAF rule (fired in this request), then per further condition of a
     /// compound rule.
     pub fired: u32,
@@ -79,6 +82,7 @@ pub fn emit(plan: &RegionPlan) -> Result<Vec<u8>, CodegenError> {
         decision,
         hits: area(hit_bytes),
         hits_decoded: area(hit_bytes),
+        prefilter_stamps: area(waf_tables.as_ref().map_or(0, |w| w.prefilter_stamp_bytes())),
         fired: area(slot_count),
         scratch_a: if waf_tables.is_some() {
             area(request_capacity)

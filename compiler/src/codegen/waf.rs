@@ -197,6 +197,8 @@ struct PrefilterTables {
     first_action: u32,
     start: u32,
     actions: u32,
+    /// How many states have actions.
+    action_count: u32,
     width: u32,
 }
 
@@ -338,8 +340,10 @@ fn write_dfa(data: &mut Data, dfa: &PatternDfa, folds: bool) -> u32 {
 
 fn write_prefilter(data: &mut Data, p: &Prefilter) -> PrefilterTables {
     // The prefilter reads every byte of every value, so its loop is kept to an add and a
-    // load: states are byte offsets into the table, and the class map holds each class's
-    // byte offset within a row. Larger automata fall back to indices.
+    // load on the state: states are byte offsets into the table, and the class map holds
+    // each class's byte offset within a row (a multiply per byte would add its latency to
+    // every byte). Small automata take 16-bit entries, large ones 32-bit entries and a
+    // 16-bit class map.
     let (width, classes, table) = if p.stride * 2 <= 255 && p.states * p.stride * 2 <= 65536 {
         let scaled: Vec<u8> = p.classes.iter().map(|c| c * 2).collect();
         let classes = data.bytes(&scaled);
@@ -349,24 +353,15 @@ fn write_prefilter(data: &mut Data, p: &Prefilter) -> PrefilterTables {
             bytes.extend_from_slice(&((s * p.stride * 2) as u16).to_le_bytes());
         }
         (2, classes, data.bytes(&bytes))
-    } else if p.states <= 256 {
-        let classes = data.bytes(&p.classes);
-        let bytes: Vec<u8> = p.next.iter().map(|s| *s as u8).collect();
-        (1, classes, data.bytes(&bytes))
-    } else if p.states <= 65536 {
-        // Half the size of 32-bit entries, for a multiply per byte: large literal sets
-        // (an imported CRS's phrase lists) stay cache-friendlier.
-        let classes = data.bytes(&p.classes);
-        data.align(2);
-        let mut bytes = Vec::with_capacity(p.next.len() * 2);
-        for s in &p.next {
-            bytes.extend_from_slice(&(*s as u16).to_le_bytes());
-        }
-        (3, classes, data.bytes(&bytes))
     } else {
-        let classes = data.bytes(&p.classes);
-        let words: Vec<u32> = p.next.iter().map(|s| s * p.stride).collect();
-        (4, classes, data.words(&words))
+        data.align(2);
+        let mut scaled = Vec::with_capacity(512);
+        for c in p.classes {
+            scaled.extend_from_slice(&(u16::from(c) * 4).to_le_bytes());
+        }
+        let classes = data.bytes(&scaled);
+        let offsets: Vec<u32> = p.next.iter().map(|s| s * p.stride * 4).collect();
+        (4, classes, data.words(&offsets))
     };
     let action_ptrs: Vec<u32> = p
         .actions
@@ -384,11 +379,17 @@ fn write_prefilter(data: &mut Data, p: &Prefilter) -> PrefilterTables {
         first_action: p.first_action,
         start: p.start,
         actions: data.words(&action_ptrs),
+        action_count: action_ptrs.len() as u32,
         width,
     }
 }
 
 impl Tables {
+    /// The size of the prefilter's stamp area: a generation word and a word per action.
+    pub fn prefilter_stamp_bytes(&self) -> u32 {
+        self.prefilter.map_or(0, |p| 4 + 4 * p.action_count)
+    }
+
     pub fn new(waf: &WafPlan, data: &mut Data) -> Result<Tables, CodegenError> {
         let scores: Vec<u32> = waf.rules.iter().map(|r| r.score).collect();
         let scores = data.words(&scores);
@@ -730,7 +731,7 @@ impl Fns {
             funcs.define(self.scans[i], self.scan_body(layout, t, part));
         }
         if let (Some(f), Some(p)) = (self.prefilter, t.prefilter) {
-            funcs.define(f, prefilter_body(&p));
+            funcs.define(f, prefilter_body(&p, layout.prefilter_stamps));
         }
         funcs.define(self.run_hits, self.run_hits_body(layout));
         funcs.define(self.run_always, self.run_always_body(layout));
@@ -1745,7 +1746,14 @@ fn sequence_body(
 /// `prefilter(ptr, len, hits) -> dirty bits`: one part's literal automaton over the bytes,
 /// with its tables' addresses and sizes as constants; sets a hit bit for every pattern whose
 /// literal occurs.
-fn prefilter_body(p: &PrefilterTables) -> wasm_encoder::Function {
+/// The prefilter scan: `(ptr, len, hits) -> dirty`. It sets the hit bit of every pattern
+/// whose literal occurs in the value and returns the decoding markers found.
+///
+/// An action is applied once per call: plain text re-enters the same action states at most
+/// of its bytes (single-letter literals, whitespace), and applying one again changes
+/// nothing. Each call takes a new generation, and an action state is applied only when its
+/// stamp (`stamps`: the generation word, then a word per action state) is older.
+fn prefilter_body(p: &PrefilterTables, stamps: u32) -> wasm_encoder::Function {
     let (ptr, len, hits) = (0, 1, 2);
     let mut a = Asm::new(3);
     let s = a.local(I32);
@@ -1754,13 +1762,23 @@ fn prefilter_body(p: &PrefilterTables) -> wasm_encoder::Function {
     let action = a.local(I32);
     let n = a.local(I32);
     let id = a.local(I32);
-    // Width 2: states are byte offsets (state * stride * 2); width 4: state * stride;
-    // widths 1 and 3: state indices.
-    let scale = match p.width {
-        1 | 3 => 1,
-        2 => p.stride * 2,
-        _ => p.stride,
-    };
+    let generation = a.local(I32);
+    let stamp = a.local(I32);
+    // generation = stamps[0] + 1; on wrapping to 0 every stamp is cleared first, so no
+    // stamp left from 2^32 calls ago passes for this call's.
+    a.c(0);
+    a.i().i32_load(mem(stamps, 2)).i32_const(1).i32_add();
+    a.tee(generation);
+    a.i().i32_eqz();
+    a.if_();
+    a.c(stamps + 4).c(0).c(4 * p.action_count);
+    a.i().memory_fill(0);
+    a.set_c(generation, 1);
+    a.end();
+    a.c(0).get(generation);
+    a.i().i32_store(mem(stamps, 2));
+    // States are byte offsets into the table: state * stride * width.
+    let scale = p.stride * p.width;
     let first_action = p.first_action * scale;
     a.set_c(s, p.start * scale);
     a.get(ptr).get(len);
@@ -1769,61 +1787,50 @@ fn prefilter_body(p: &PrefilterTables) -> wasm_encoder::Function {
     a.block().loop_();
     a.get(ptr).get(end);
     a.i().i32_ge_u().br_if(1);
-    match p.width {
-        1 => {
-            // s = table[s * stride + classes[byte]]
-            a.get(s).c(p.stride);
-            a.i().i32_mul();
-            a.load8(ptr, 0);
-            a.i()
-                .i32_load8_u(mem(p.classes, 0))
-                .i32_add()
-                .i32_load8_u(mem(p.table, 0));
-        }
-        2 => {
-            a.get(s);
-            a.load8(ptr, 0);
-            a.i()
-                .i32_load8_u(mem(p.classes, 0))
-                .i32_add()
-                .i32_load16_u(mem(p.table, 1));
-        }
-        3 => {
-            // s = table16[s * stride + classes[byte]]
-            a.get(s).c(p.stride);
-            a.i().i32_mul();
-            a.load8(ptr, 0);
-            a.i()
-                .i32_load8_u(mem(p.classes, 0))
-                .i32_add()
-                .i32_const(1)
-                .i32_shl()
-                .i32_load16_u(mem(p.table, 1));
-        }
-        _ => {
-            a.get(s);
-            a.load8(ptr, 0);
-            a.i()
-                .i32_load8_u(mem(p.classes, 0))
-                .i32_add()
-                .i32_const(2)
-                .i32_shl()
-                .i32_load(mem(p.table, 2));
-        }
+    a.get(s);
+    a.load8(ptr, 0);
+    if p.width == 2 {
+        a.i()
+            .i32_load8_u(mem(p.classes, 0))
+            .i32_add()
+            .i32_load16_u(mem(p.table, 1));
+    } else {
+        a.i()
+            .i32_const(1)
+            .i32_shl()
+            .i32_load16_u(mem(p.classes, 1))
+            .i32_add()
+            .i32_load(mem(p.table, 2));
     }
     a.tee(s);
     a.c(first_action);
     a.i().i32_ge_u();
     a.if_();
-    // action = actions[(s - first_action) / scale]
+    // stamp = &stamps[1 + (s - first_action) / scale]; unless it holds this generation,
+    // stamp it and apply action = actions[(s - first_action) / scale].
+    // The offset is a multiple of `scale`: dividing by multiplying with ⌈2^32 / scale⌉ is
+    // exact (the error, index × (M × scale − 2^32) / 2^32, stays below one).
+    let reciprocal = (1u64 << 32).div_ceil(u64::from(scale));
     a.get(s).c(first_action);
-    a.i().i32_sub();
-    if scale != 1 {
-        a.c(scale);
-        a.i().i32_div_u();
-    }
+    a.i()
+        .i32_sub()
+        .i64_extend_i32_u()
+        .i64_const(reciprocal as i64)
+        .i64_mul()
+        .i64_const(32)
+        .i64_shr_u()
+        .i32_wrap_i64();
     a.c(4);
-    a.i().i32_mul().i32_load(mem(p.actions, 2));
+    a.i().i32_mul();
+    a.tee(stamp);
+    a.i().i32_load(mem(stamps + 4, 2));
+    a.get(generation);
+    a.i().i32_ne();
+    a.if_();
+    a.get(stamp).get(generation);
+    a.i().i32_store(mem(stamps + 4, 2));
+    a.get(stamp);
+    a.i().i32_load(mem(p.actions, 2));
     a.set(action);
     a.get(dirty).load(action, 0);
     a.i().i32_or();
@@ -1845,6 +1852,7 @@ fn prefilter_body(p: &PrefilterTables) -> wasm_encoder::Function {
     a.set(n);
     a.i().br(0);
     a.end().end();
+    a.end();
     a.end();
     a.inc(ptr, 1);
     a.i().br(0);
