@@ -997,7 +997,13 @@ fn chains_sharing_decoded_values_agree() {
         "cat/etc",
         r"ls\(",
     ];
-    let mut rules = String::new();
+    // A rule decoding every step, after a rule whose chain is its last step: the group of
+    // that chain comes first, yet a value it decodes must still be matched as received
+    // (`\w%\w` has no literal for the prefilter: it runs on every value of its groups).
+    let mut rules = String::from(
+        "rule \"url-first\" score=1 { in \"args\"; decode \"url-decode-uni\"; regex #\"\\d\\w\\d\"#; }\n\
+         rule \"every-step\" score=1 { in \"args\"; decode \"url-decode-uni\" every-step=#true; regex #\"\\w%\\w\"#; }\n",
+    );
     for (i, chain) in chains.iter().enumerate() {
         for (j, pattern) in patterns.iter().enumerate() {
             rules.push_str(&format!(

@@ -186,6 +186,45 @@ struct GroupTables {
     /// [count, then pattern indices]: patterns without literals, which always run.
     always: u32,
     always_count: u32,
+    /// The same for a value the group leaves as it is: without the patterns that another
+    /// group then runs on the very same value (see [`clean_always`]).
+    clean_always: u32,
+    clean_always_count: u32,
+}
+
+/// The patterns without literals that group `g` runs on a value its decodings leave as it
+/// is. A pattern is left out when another group, clean whenever `g` is (its markers a subset
+/// of `g`'s, ties going to the earlier group), reads the value with the same case folding
+/// and runs the same matcher for the same slot: the result is the same. The chains of a
+/// rule decoding `every-step` (`[]`, `[url-decode]`, `[url-decode, remove-nulls]`, …) thus
+/// run a detector once on a clean value, not once per step. `table` holds each pattern's
+/// (group, rule, matcher, slot).
+fn clean_always(
+    g: usize,
+    chains: &[Vec<DecodingPlan>],
+    dirty: &[u32],
+    always: &[Vec<u32>],
+    table: &[u32],
+) -> Vec<u32> {
+    let serves = |other: usize| {
+        other != g
+            && dirty[other] & !dirty[g] == 0
+            && (dirty[other] != dirty[g] || other < g)
+            && lowercases(&chains[other]) == lowercases(&chains[g])
+    };
+    let key = |p: u32| {
+        let at = p as usize * 4;
+        (table[at + 2], table[at + 3])
+    };
+    always[g]
+        .iter()
+        .copied()
+        .filter(|p| {
+            !(0..chains.len())
+                .filter(|other| serves(*other))
+                .any(|other| always[other].iter().any(|q| key(*q) == key(*p)))
+        })
+        .collect()
 }
 
 /// A part's prefilter, as addresses and constants for its specialized scan loop.
@@ -582,21 +621,33 @@ impl Tables {
                     pattern.slot,
                 ]);
             }
-            let groups = chains
-                .into_iter()
-                .zip(always)
-                .zip(detecting)
-                .map(|((chain, list), detects)| {
-                    let mut words = vec![list.len() as u32];
-                    words.extend(&list);
-                    // Folding lower-case into byte classes serves DFAs, not detectors.
-                    let always_decode = detects && lowercases(&chain);
+            // Folding lower-case into byte classes serves DFAs, not detectors.
+            let dirty: Vec<u32> = chains
+                .iter()
+                .zip(&detecting)
+                .map(|(chain, detects)| {
+                    chain.iter().fold(0, |m, d| m | dirty_mask(*d))
+                        | if *detects && lowercases(chain) {
+                            DIRTY_ALWAYS
+                        } else {
+                            0
+                        }
+                })
+                .collect();
+            let groups = (0..chains.len())
+                .map(|g| {
+                    let clean = clean_always(g, &chains, &dirty, &always, &table);
+                    let mut words = vec![always[g].len() as u32];
+                    words.extend(&always[g]);
+                    let mut clean_words = vec![clean.len() as u32];
+                    clean_words.extend(&clean);
                     GroupTables {
-                        dirty: chain.iter().fold(0, |m, d| m | dirty_mask(*d))
-                            | if always_decode { DIRTY_ALWAYS } else { 0 },
-                        chain,
-                        always_count: list.len() as u32,
+                        dirty: dirty[g],
+                        chain: chains[g].clone(),
+                        always_count: always[g].len() as u32,
                         always: data.words(&words),
+                        clean_always_count: clean.len() as u32,
+                        clean_always: data.words(&clean_words),
                     }
                 })
                 .collect();
@@ -1069,10 +1120,15 @@ impl Fns {
                     a.i().call(self.run_hits);
                     a.end();
                 };
-            let run_always = |a: &mut Asm, text: u32, text_len: u32, fold: u32| {
-                if g.always_count > 0 {
+            let run_always = |a: &mut Asm, text: u32, text_len: u32, fold: u32, clean: bool| {
+                let (list, count) = if clean {
+                    (g.clean_always, g.clean_always_count)
+                } else {
+                    (g.always, g.always_count)
+                };
+                if count > 0 {
                     a.c(part.patterns)
-                        .c(g.always)
+                        .c(list)
                         .get(text)
                         .get(text_len)
                         .c(fold)
@@ -1089,7 +1145,7 @@ impl Fns {
             if prefilter.is_some() {
                 run_hits(&mut a, any, ptr, len, layout.hits, fold);
             }
-            run_always(&mut a, ptr, len, fold);
+            run_always(&mut a, ptr, len, fold, true);
             a.else_();
             // Leading decodings whose markers the value lacks leave it as it is: they are
             // skipped, and the rest run from the value itself. The dirty branch always
@@ -1178,7 +1234,7 @@ impl Fns {
                 a.i().call(self.run_hits);
                 a.end();
             }
-            run_always(&mut a, last_src, last_n, 0);
+            run_always(&mut a, last_src, last_n, 0, false);
             a.end();
         }
         if prefilter.is_some() {
