@@ -38,6 +38,8 @@ pub struct Layout {
     /// Prefilter hit bits for the value as received, and for a decoded copy.
     pub hits: u32,
     pub hits_decoded: u32,
+    /// Prefilter hit bits for the output of a decoding chain's first step.
+    pub hits_first: u32,
     /// The prefilter's generation word, then one word per action state: the generation
     /// that last applied it (see `waf::prefilter_body`).
     pub prefilter_stamps: u32,
@@ -46,6 +48,8 @@ pub struct Layout {
     pub fired: u32,
     pub scratch_a: u32,
     pub scratch_b: u32,
+    /// The output of a decoding chain's first step, shared by chains starting alike.
+    pub scratch_first: u32,
     /// The thread sets of sequence matchers (see `waf::sequence_area`).
     pub threads: u32,
     pub request: u32,
@@ -82,6 +86,7 @@ pub fn emit(plan: &RegionPlan) -> Result<Vec<u8>, CodegenError> {
         decision,
         hits: area(hit_bytes),
         hits_decoded: area(hit_bytes),
+        hits_first: area(hit_bytes),
         prefilter_stamps: area(waf_tables.as_ref().map_or(0, |w| w.prefilter_stamp_bytes())),
         fired: area(slot_count),
         scratch_a: if waf_tables.is_some() {
@@ -90,6 +95,11 @@ pub fn emit(plan: &RegionPlan) -> Result<Vec<u8>, CodegenError> {
             0
         },
         scratch_b: if waf_tables.is_some() {
+            area(request_capacity)
+        } else {
+            0
+        },
+        scratch_first: if waf_tables.is_some() {
             area(request_capacity)
         } else {
             0

@@ -1053,7 +1053,19 @@ impl Fns {
         let skipped = a.local(I32);
         let key = a.local(I32);
         let dst = a.local(I32);
+        // The output of a chain's first step run (in `scratch_first`, its hits in
+        // `hits_first`), by the key of that step, with the markers found in it.
+        let first_key = a.local(I32);
+        let first_out_key = a.local(I32);
+        let first_src = a.local(I32);
+        let first_n = a.local(I32);
+        let first_dirty = a.local(I32);
+        let any_first = a.local(I64);
+        // The markers that would make a chain's later steps change the first step's output.
+        let later = a.local(I32);
         a.set_c(last_key, NO_KEY);
+        a.set_c(first_out_key, NO_KEY);
+        a.set_c(first_src, layout.scratch_first);
         // Pushes the OR of a hit area's words.
         let any_hit = |a: &mut Asm, area: u32| {
             a.i().i64_const(0);
@@ -1147,94 +1159,192 @@ impl Fns {
             }
             run_always(&mut a, ptr, len, fold, true);
             a.else_();
-            // Leading decodings whose markers the value lacks leave it as it is: they are
-            // skipped, and the rest run from the value itself. The dirty branch always
-            // keeps a step to run (a group is dirty through some step's markers, or decodes
-            // always because it lower-cases, which is never skipped).
-            let most = skippable_prefix(&g.chain).min(g.chain.len().saturating_sub(1));
-            a.set_c(skipped, 0);
-            for step in &g.chain[..most] {
-                a.get(dirty).c(dirty_mask(*step));
-                a.i().i32_and().i32_eqz();
-                a.if_();
-                a.inc(skipped, 1);
-            }
-            for _ in 0..most {
-                a.end();
-            }
-            // The key of the decodings left to run: one per number of steps skipped.
-            a.c(key_of(&g.chain[most..])).set(key);
-            for from in (0..most).rev() {
-                // key = skipped == from ? key_of(chain[from..]) : key
-                a.c(key_of(&g.chain[from..])).get(key);
-                a.get(skipped).c(from as u32);
-                a.i().i32_eq().select();
-                a.set(key);
-            }
-            a.get(key).get(last_key);
-            a.i().i32_ne();
-            a.if_();
-            // Another output than the one in place: decode, then prefilter it. Each step runs
-            // once in the code; the skipped ones are jumped over, and outputs alternate
-            // between the two scratch areas as steps run.
-            a.get(ptr).set(src);
-            a.get(len).set(n);
-            a.set_c(dst, layout.scratch_a);
-            for (at, d) in g.chain.iter().enumerate() {
-                let f = self
-                    .decoders
-                    .iter()
-                    .find(|(x, _)| x == d)
-                    .map(|(_, f)| *f)
-                    .expect("every decoding used has a function");
-                let guarded = at < most;
-                if guarded {
-                    a.get(skipped).c(at as u32);
-                    a.i().i32_le_u();
+            // A chain without steps is never dirty.
+            if !g.chain.is_empty() {
+                // Leading decodings whose markers the value lacks leave it as it is: they are
+                // skipped, and the rest run from the value itself. The dirty branch always
+                // keeps a step to run (a group is dirty through some step's markers, or decodes
+                // always because it lower-cases, which is never skipped).
+                let most = skippable_prefix(&g.chain).min(g.chain.len().saturating_sub(1));
+                a.set_c(skipped, 0);
+                for step in &g.chain[..most] {
+                    a.get(dirty).c(dirty_mask(*step));
+                    a.i().i32_and().i32_eqz();
                     a.if_();
+                    a.inc(skipped, 1);
                 }
-                a.get(src).get(n).get(dst);
-                a.i().call(f);
-                a.set(n);
-                a.get(dst).set(src);
-                a.c(layout.scratch_a + layout.scratch_b).get(dst);
-                a.i().i32_sub();
-                a.set(dst);
-                if guarded {
+                for _ in 0..most {
                     a.end();
                 }
-            }
-            if let Some(f) = prefilter {
-                a.get(last_key).c(NO_KEY);
+                // Per number of steps skipped (`from`): the key of the first step run, the
+                // markers that would make the later steps change its output, and the key of
+                // all the steps left to run. A detector reads text as it is, so a lower-casing
+                // later step always changes its input.
+                let always_decode = g.dirty & DIRTY_ALWAYS != 0;
+                let later_markers = |from: usize| {
+                    let later = &g.chain[from + 1..];
+                    later.iter().fold(0, |m, d| m | dirty_mask(*d))
+                        | if always_decode && lowercases(later) {
+                            DIRTY_ALWAYS
+                        } else {
+                            0
+                        }
+                };
+                let select_by_skipped = |a: &mut Asm, local: u32, values: &[u32]| {
+                    a.c(values[most]).set(local);
+                    for from in (0..most).rev() {
+                        // local = skipped == from ? values[from] : local
+                        a.c(values[from]).get(local);
+                        a.get(skipped).c(from as u32);
+                        a.i().i32_eq().select();
+                        a.set(local);
+                    }
+                };
+                let first_keys: Vec<u32> = (0..=most)
+                    .map(|from| key_of(&g.chain[from..from + 1]))
+                    .collect();
+                let later_by_skipped: Vec<u32> = (0..=most).map(later_markers).collect();
+                let keys_by_skipped: Vec<u32> =
+                    (0..=most).map(|from| key_of(&g.chain[from..])).collect();
+                select_by_skipped(&mut a, first_key, &first_keys);
+                select_by_skipped(&mut a, later, &later_by_skipped);
+                select_by_skipped(&mut a, key, &keys_by_skipped);
+                let decoder = |d: &DecodingPlan| {
+                    self.decoders
+                        .iter()
+                        .find(|(x, _)| x == d)
+                        .map(|(_, f)| *f)
+                        .expect("every decoding used has a function")
+                };
+                // The first step's output, kept in its own area with its prefilter hits and
+                // markers: chains that start with the same step share it, and where their later
+                // steps find no markers in it, it is their output too.
+                a.get(first_key).get(first_out_key);
                 a.i().i32_ne();
                 a.if_();
-                clear(&mut a, layout.hits_decoded);
+                for (at, d) in g.chain.iter().enumerate().take(most + 1) {
+                    let guarded = most > 0;
+                    if guarded {
+                        a.get(skipped).c(at as u32);
+                        a.i().i32_eq();
+                        a.if_();
+                    }
+                    a.get(ptr).get(len).c(layout.scratch_first);
+                    a.i().call(decoder(d));
+                    a.set(first_n);
+                    if guarded {
+                        a.end();
+                    }
+                }
+                match prefilter {
+                    Some(f) => {
+                        a.get(first_out_key).c(NO_KEY);
+                        a.i().i32_ne();
+                        a.if_();
+                        clear(&mut a, layout.hits_first);
+                        a.end();
+                        a.c(layout.scratch_first).get(first_n).c(layout.hits_first);
+                        a.i().call(f);
+                        a.c(DIRTY_ALWAYS);
+                        a.i().i32_or();
+                        a.set(first_dirty);
+                        if t.path_marker {
+                            a.get(first_n);
+                            a.if_();
+                            a.c(layout.scratch_first);
+                            a.i().i32_load8_u(mem(0, 0));
+                            a.c(b'.' as u32);
+                            a.i().i32_eq();
+                            a.if_();
+                            a.get(first_dirty).c(DIRTY_PATH);
+                            a.i().i32_or();
+                            a.set(first_dirty);
+                            a.end();
+                            a.end();
+                        }
+                    }
+                    // Without a prefilter nothing says what the later steps would change.
+                    None => {
+                        a.set_c(first_dirty, u32::MAX);
+                    }
+                }
+                a.get(first_key).set(first_out_key);
                 a.end();
-                a.get(src).get(n).c(layout.hits_decoded);
-                a.i().call(f);
-                a.i().drop();
-            }
-            a.get(key).set(last_key);
-            a.get(src).set(last_src);
-            a.get(n).set(last_n);
-            a.end();
-            if prefilter.is_some() {
-                any_hit(&mut a, layout.hits_decoded);
-                a.tee(any_decoded);
-                a.i().i64_eqz().i32_eqz();
+                a.get(first_dirty).get(later);
+                a.i().i32_and().i32_eqz();
                 a.if_();
-                a.c(part.patterns)
-                    .c(group as u32)
-                    .c(t.hit_words)
-                    .get(last_src)
-                    .get(last_n)
-                    .c(layout.hits_decoded)
-                    .c(0)
-                    .get(enabled);
-                a.i().call(self.run_hits);
+                // The later steps leave the first step's output as it is (up to lower-casing,
+                // which the folded byte classes apply).
+                if prefilter.is_some() {
+                    any_hit(&mut a, layout.hits_first);
+                    a.set(any_first);
+                    run_hits(
+                        &mut a,
+                        any_first,
+                        first_src,
+                        first_n,
+                        layout.hits_first,
+                        fold,
+                    );
+                }
+                run_always(&mut a, first_src, first_n, fold, false);
+                a.else_();
+                a.get(key).get(last_key);
+                a.i().i32_ne();
+                a.if_();
+                // Another output than the one in place: the later steps run on the first
+                // step's output, each once in the code (those before it jumped over), outputs
+                // alternating between the two scratch areas; then its prefilter pass.
+                a.set_c(src, layout.scratch_first);
+                a.get(first_n).set(n);
+                a.set_c(dst, layout.scratch_a);
+                for (at, d) in g.chain.iter().enumerate().skip(1) {
+                    let guarded = at <= most;
+                    if guarded {
+                        a.get(skipped).c(at as u32);
+                        a.i().i32_lt_u();
+                        a.if_();
+                    }
+                    a.get(src).get(n).get(dst);
+                    a.i().call(decoder(d));
+                    a.set(n);
+                    a.get(dst).set(src);
+                    a.c(layout.scratch_a + layout.scratch_b).get(dst);
+                    a.i().i32_sub();
+                    a.set(dst);
+                    if guarded {
+                        a.end();
+                    }
+                }
+                if let Some(f) = prefilter {
+                    a.get(last_key).c(NO_KEY);
+                    a.i().i32_ne();
+                    a.if_();
+                    clear(&mut a, layout.hits_decoded);
+                    a.end();
+                    a.get(src).get(n).c(layout.hits_decoded);
+                    a.i().call(f);
+                    a.i().drop();
+                }
+                a.get(key).set(last_key);
+                a.get(src).set(last_src);
+                a.get(n).set(last_n);
+                a.end();
+                if prefilter.is_some() {
+                    any_hit(&mut a, layout.hits_decoded);
+                    a.set(any_decoded);
+                    run_hits(
+                        &mut a,
+                        any_decoded,
+                        last_src,
+                        last_n,
+                        layout.hits_decoded,
+                        0,
+                    );
+                }
+                run_always(&mut a, last_src, last_n, 0, false);
                 a.end();
             }
-            run_always(&mut a, last_src, last_n, 0, false);
             a.end();
         }
         if prefilter.is_some() {
@@ -1247,6 +1357,11 @@ impl Fns {
             a.i().i32_ne();
             a.if_();
             clear(&mut a, layout.hits_decoded);
+            a.end();
+            a.get(first_out_key).c(NO_KEY);
+            a.i().i32_ne();
+            a.if_();
+            clear(&mut a, layout.hits_first);
             a.end();
         }
         // Negated conditions: a value that matched none of the matchers makes them hold;
