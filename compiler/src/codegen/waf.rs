@@ -1207,6 +1207,21 @@ impl Fns {
                 let keys_by_skipped: Vec<u32> =
                     (0..=most).map(|from| key_of(&g.chain[from..])).collect();
                 select_by_skipped(&mut a, first_key, &first_keys);
+                // Without a UTF-8 lead byte in the value, `utf8-url-decode-uni` gives what
+                // `url-decode-uni` gives: their outputs share a key.
+                let plain = key_of(&[DecodingPlan::UrlDecodeUni]);
+                for from in 0..=most {
+                    if g.chain[from] != DecodingPlan::Utf8UrlDecodeUni {
+                        continue;
+                    }
+                    a.get(skipped).c(from as u32);
+                    a.i().i32_eq();
+                    a.get(dirty).c(DIRTY_UTF8);
+                    a.i().i32_and().i32_eqz().i32_and();
+                    a.if_();
+                    a.set_c(first_key, plain);
+                    a.end();
+                }
                 select_by_skipped(&mut a, later, &later_by_skipped);
                 select_by_skipped(&mut a, key, &keys_by_skipped);
                 let decoder = |d: &DecodingPlan| {
