@@ -347,28 +347,46 @@ fn write_sequence(data: &mut Data, seq: &SequenceDfa, folds: bool) -> u32 {
     }
 }
 
+/// A pattern DFA's descriptor: `[classes, folded, table, stride, normal, start, eoi,
+/// width]`. States are byte offsets into the table (state × stride × width) and the class
+/// maps hold each class's byte offset within a row, so a step is two adds and a load.
+/// Narrow DFAs take 16-bit entries and 8-bit class maps, the rest 32-bit entries and 16-bit
+/// class maps.
 fn write_dfa(data: &mut Data, dfa: &PatternDfa, folds: bool) -> u32 {
-    let classes = data.bytes(&dfa.classes);
+    // The largest entry is the dead state's offset, (normal + 1) × stride × width.
+    let narrow = dfa.stride * 2 <= 256 && (dfa.normal + 1) * dfa.stride * 2 <= 0xFFFF;
+    let width = if narrow { 2 } else { 4 };
+    let class_map = |data: &mut Data, map: &[u8; 256]| {
+        if narrow {
+            let scaled: Vec<u8> = map.iter().map(|c| c * 2).collect();
+            data.bytes(&scaled)
+        } else {
+            data.align(2);
+            let mut scaled = Vec::with_capacity(512);
+            for c in map {
+                scaled.extend_from_slice(&(u16::from(*c) * 4).to_le_bytes());
+            }
+            data.bytes(&scaled)
+        }
+    };
+    let classes = class_map(data, &dfa.classes);
     // Only patterns read through a lower-casing chain walk the folded classes.
     let folded = if folds {
-        data.bytes(&dfa.folded)
+        class_map(data, &dfa.folded)
     } else {
         classes
     };
-    let states = dfa.normal + 2;
-    let (width, table) = if states <= 256 {
-        let bytes: Vec<u8> = dfa.next.iter().map(|s| *s as u8).collect();
-        (1, data.bytes(&bytes))
-    } else if states * dfa.stride <= 65536 {
+    let scale = dfa.stride * width;
+    let table = if narrow {
         data.align(2);
         let mut bytes = Vec::with_capacity(dfa.next.len() * 2);
         for s in &dfa.next {
-            bytes.extend_from_slice(&((s * dfa.stride) as u16).to_le_bytes());
+            bytes.extend_from_slice(&((s * scale) as u16).to_le_bytes());
         }
-        (2, data.bytes(&bytes))
+        data.bytes(&bytes)
     } else {
-        let words: Vec<u32> = dfa.next.iter().map(|s| s * dfa.stride).collect();
-        (4, data.words(&words))
+        let words: Vec<u32> = dfa.next.iter().map(|s| s * scale).collect();
+        data.words(&words)
     };
     let eoi: Vec<u8> = dfa.eoi_match.iter().map(|m| u8::from(*m)).collect();
     let eoi = data.bytes(&eoi);
@@ -1569,7 +1587,7 @@ fn dfa_body() -> wasm_encoder::Function {
     let mut a = Asm::new(4);
     let classes = a.local(I32);
     let table = a.local(I32);
-    let stride = a.local(I32);
+    let scale = a.local(I32);
     let special = a.local(I32);
     let s = a.local(I32);
     let end = a.local(I32);
@@ -1593,62 +1611,50 @@ fn dfa_body() -> wasm_encoder::Function {
     a.i().select();
     a.set(classes);
     a.load(desc, 8).set(table);
-    a.load(desc, 12).set(stride);
-    a.load(desc, 16).set(special);
-    a.load(desc, 20).set(s);
     a.load(desc, 28).set(width);
+    // States are byte offsets: state × stride × width (see `write_dfa`).
+    a.load(desc, 12).get(width);
+    a.i().i32_mul();
+    a.set(scale);
+    a.load(desc, 16).get(scale);
+    a.i().i32_mul();
+    a.set(special);
+    a.load(desc, 20).get(scale);
+    a.i().i32_mul();
+    a.set(s);
     a.get(ptr).get(len);
     a.i().i32_add();
     a.set(end);
-    a.get(width).c(1);
-    a.i().i32_eq();
-    a.if_();
-    a.block().loop_();
-    a.get(ptr).get(end);
-    a.i().i32_ge_u().br_if(1);
-    // s = table[s * stride + classes[byte]]
-    a.get(table).get(s).get(stride);
-    a.i().i32_mul().i32_add();
-    a.get(classes).load8(ptr, 0);
-    a.i()
-        .i32_add()
-        .i32_load8_u(mem(0, 0))
-        .i32_add()
-        .i32_load8_u(mem(0, 0));
-    next_byte(&mut a);
-    a.get(s).load(desc, 24);
-    a.i().i32_add().i32_load8_u(mem(0, 0)).return_();
-    a.end();
-    // Wider tables hold premultiplied states (state * stride).
-    a.get(special).get(stride);
-    a.i().i32_mul();
-    a.set(special);
-    a.get(s).get(stride);
-    a.i().i32_mul();
-    a.set(s);
-    // One loop per width, so the entry size is a constant shift rather than a multiply by
-    // a variable on the path from one state to the next.
-    for (entry, shift) in [(2u32, 1u32), (4, 2)] {
-        a.get(width).c(entry);
+    // One loop per width: s = table[s + classes[byte]], the class map's entries and the
+    // table's as wide as the width says.
+    for wide in [false, true] {
+        a.get(width).c(if wide { 4 } else { 2 });
         a.i().i32_eq();
         a.if_();
         a.block().loop_();
         a.get(ptr).get(end);
         a.i().i32_ge_u().br_if(1);
-        // address = table + (s + classes[byte]) << shift
-        a.get(table).get(s).get(classes).load8(ptr, 0);
-        a.i().i32_add().i32_load8_u(mem(0, 0)).i32_add();
-        a.c(shift);
-        a.i().i32_shl().i32_add();
-        if entry == 2 {
-            a.i().i32_load16_u(mem(0, 1));
+        a.get(table).get(s);
+        a.i().i32_add();
+        a.get(classes);
+        a.load8(ptr, 0);
+        if wide {
+            a.c(1);
+            a.i().i32_shl().i32_add().i32_load16_u(mem(0, 1));
         } else {
+            a.i().i32_add().i32_load8_u(mem(0, 0));
+        }
+        a.i().i32_add();
+        if wide {
             a.i().i32_load(mem(0, 2));
+        } else {
+            a.i().i32_load16_u(mem(0, 1));
         }
         next_byte(&mut a);
         a.end();
     }
-    a.get(s).get(stride);
+    // The end of the text: does it complete a match from the state reached?
+    a.get(s).get(scale);
     a.i().i32_div_u();
     a.load(desc, 24);
     a.i().i32_add().i32_load8_u(mem(0, 0));
