@@ -1849,6 +1849,33 @@ fn sequence_body(
     a.block().loop_();
     a.get(i).get(len);
     a.i().i32_ge_u().br_if(1);
+    // While no run of a later stage is alive only the head moves: a tight loop takes the
+    // bytes up to one after which a head match ends, which the full step below then takes.
+    a.get(n);
+    if middle {
+        a.get(m_n);
+        a.i().i32_or();
+    }
+    a.i().i32_eqz();
+    a.if_();
+    a.block().loop_();
+    a.get(i).get(len);
+    a.i().i32_ge_u().br_if(1);
+    a.get(ptr).get(i);
+    a.i().i32_add().i32_load8_u(mem(0, 0));
+    a.set(b);
+    transition(&mut a, h_next, h, h_stride, h_classes);
+    a.set(t);
+    ends_bit(&mut a, h_ends, t, 1);
+    a.i().br_if(1);
+    a.get(t).set(h);
+    a.inc(step, 1);
+    a.inc(i, 1);
+    a.i().br(0);
+    a.end().end();
+    a.end();
+    a.get(i).get(len);
+    a.i().i32_ge_u().br_if(1);
     a.get(ptr).get(i);
     a.i().i32_add().i32_load8_u(mem(0, 0));
     a.set(b);
@@ -1935,11 +1962,9 @@ fn sequence_body(
     a.finish()
 }
 
-/// `prefilter(ptr, len, hits) -> dirty bits`: one part's literal automaton over the bytes,
-/// with its tables' addresses and sizes as constants; sets a hit bit for every pattern whose
-/// literal occurs.
-/// The prefilter scan: `(ptr, len, hits) -> dirty`. It sets the hit bit of every pattern
-/// whose literal occurs in the value and returns the decoding markers found.
+/// `prefilter(ptr, len, hits) -> dirty bits`: the literal automaton over the bytes, with its
+/// tables' addresses and sizes as constants. It sets the hit bit of every pattern whose
+/// literal occurs in the value and returns the decoding markers found.
 ///
 /// An action is applied once per call: plain text re-enters the same action states at most
 /// of its bytes (single-letter literals, whitespace), and applying one again changes
