@@ -347,20 +347,32 @@ fn write_sequence(data: &mut Data, seq: &SequenceDfa, folds: bool) -> u32 {
     }
 }
 
-/// A pattern DFA's descriptor: `[classes, folded, table, stride, normal, start, eoi,
-/// width]`. States are byte offsets into the table (state × stride × width) and the class
-/// maps hold each class's byte offset within a row, so a step is two adds and a load.
-/// Narrow DFAs take 16-bit entries and 8-bit class maps, the rest 32-bit entries and 16-bit
-/// class maps.
+/// A pattern DFA's descriptor: `[classes, folded, table, row, normal, start, eoi, width]`.
+/// A step is kept to a few adds and a load, with no multiply on the path from one state to
+/// the next. DFAs of at most 256 states keep one byte per entry, a state index, and rows
+/// padded to a power of two (`row`), so a step shifts the index; in larger ones states are
+/// byte offsets into the table (state × stride × width) and the class maps hold each
+/// class's byte offset within a row: 16-bit entries and 8-bit class maps up to 64 KiB,
+/// 32-bit entries and 16-bit class maps beyond. (Offsets in the small ones too made the
+/// CRS's module a tenth and its bundle a third larger.)
 fn write_dfa(data: &mut Data, dfa: &PatternDfa, folds: bool) -> u32 {
+    let small = dfa.normal + 2 <= 256;
     // The largest entry is the dead state's offset, (normal + 1) × stride × width.
     let narrow = dfa.stride * 2 <= 256 && (dfa.normal + 1) * dfa.stride * 2 <= 0xFFFF;
-    let width = if narrow { 2 } else { 4 };
-    let class_map = |data: &mut Data, map: &[u8; 256]| {
-        if narrow {
+    let width = if small {
+        1
+    } else if narrow {
+        2
+    } else {
+        4
+    };
+    let class_map = |data: &mut Data, map: &[u8; 256]| match width {
+        1 => data.bytes(map),
+        2 => {
             let scaled: Vec<u8> = map.iter().map(|c| c * 2).collect();
             data.bytes(&scaled)
-        } else {
+        }
+        _ => {
             data.align(2);
             let mut scaled = Vec::with_capacity(512);
             for c in map {
@@ -377,7 +389,20 @@ fn write_dfa(data: &mut Data, dfa: &PatternDfa, folds: bool) -> u32 {
         classes
     };
     let scale = dfa.stride * width;
-    let table = if narrow {
+    let row = if small {
+        dfa.stride.next_power_of_two()
+    } else {
+        dfa.stride
+    };
+    let table = if small {
+        let mut bytes = vec![0u8; dfa.next.len() / dfa.stride as usize * row as usize];
+        for (state, next) in dfa.next.chunks(dfa.stride as usize).enumerate() {
+            for (class, s) in next.iter().enumerate() {
+                bytes[state * row as usize + class] = *s as u8;
+            }
+        }
+        data.bytes(&bytes)
+    } else if narrow {
         data.align(2);
         let mut bytes = Vec::with_capacity(dfa.next.len() * 2);
         for s in &dfa.next {
@@ -391,7 +416,7 @@ fn write_dfa(data: &mut Data, dfa: &PatternDfa, folds: bool) -> u32 {
     let eoi: Vec<u8> = dfa.eoi_match.iter().map(|m| u8::from(*m)).collect();
     let eoi = data.bytes(&eoi);
     data.words(&[
-        classes, folded, table, dfa.stride, dfa.normal, dfa.start, eoi, width,
+        classes, folded, table, row, dfa.normal, dfa.start, eoi, width,
     ])
 }
 
@@ -1588,6 +1613,8 @@ fn dfa_body() -> wasm_encoder::Function {
     let classes = a.local(I32);
     let table = a.local(I32);
     let scale = a.local(I32);
+    let stride = a.local(I32);
+    let shift = a.local(I32);
     let special = a.local(I32);
     let s = a.local(I32);
     let end = a.local(I32);
@@ -1612,9 +1639,17 @@ fn dfa_body() -> wasm_encoder::Function {
     a.set(classes);
     a.load(desc, 8).set(table);
     a.load(desc, 28).set(width);
-    // States are byte offsets: state × stride × width (see `write_dfa`).
-    a.load(desc, 12).get(width);
+    a.load(desc, 12).set(stride);
+    // States are indices in one-byte tables (rows of 2^shift entries), else byte offsets:
+    // state × stride × width (see `write_dfa`).
+    a.get(stride);
+    a.i().i32_ctz();
+    a.set(shift);
+    a.get(stride).get(width);
     a.i().i32_mul();
+    a.c(1);
+    a.get(width).c(1);
+    a.i().i32_ne().select();
     a.set(scale);
     a.load(desc, 16).get(scale);
     a.i().i32_mul();
@@ -1625,8 +1660,25 @@ fn dfa_body() -> wasm_encoder::Function {
     a.get(ptr).get(len);
     a.i().i32_add();
     a.set(end);
-    // One loop per width: s = table[s + classes[byte]], the class map's entries and the
-    // table's as wide as the width says.
+    a.get(width).c(1);
+    a.i().i32_eq();
+    a.if_();
+    a.block().loop_();
+    a.get(ptr).get(end);
+    a.i().i32_ge_u().br_if(1);
+    // s = table[(s << shift) + classes[byte]]
+    a.get(table).get(s).get(shift);
+    a.i().i32_shl().i32_add();
+    a.get(classes).load8(ptr, 0);
+    a.i()
+        .i32_add()
+        .i32_load8_u(mem(0, 0))
+        .i32_add()
+        .i32_load8_u(mem(0, 0));
+    next_byte(&mut a);
+    a.end();
+    // Wider tables: s = table[s + classes[byte]], the class map's entries and the table's
+    // as wide as the width says.
     for wide in [false, true] {
         a.get(width).c(if wide { 4 } else { 2 });
         a.i().i32_eq();
