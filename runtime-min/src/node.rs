@@ -594,7 +594,8 @@ impl Node {
             .inc();
     }
 
-    /// Compiles the optimized tier of a freshly activated bundle off the activation path.
+    /// Compiles the optimized tier of a freshly activated bundle off the activation path,
+    /// then hands the memory both compiles freed back to the system.
     fn optimize_later(&self, active: Arc<Active>) {
         let engine = self.loader.engine.clone();
         let modules = self.loader.modules.clone();
@@ -616,6 +617,7 @@ impl Node {
                         "the optimized module failed to build; the quick one keeps serving"
                     ),
                 }
+                release_freed_memory();
             });
         if let Err(error) = spawned {
             tracing::warn!(target: "edgepack::activation", error = %error, "cannot start the optimizer thread");
@@ -818,4 +820,23 @@ fn read_pseudonymize_key(path: Option<&Path>) -> Result<Option<Vec<u8>>, StartEr
 /// Reads a bundle file, refusing one larger than any bundle may be.
 fn read_bounded(path: &Path) -> Result<Vec<u8>, String> {
     bundle::read_file(path).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// Returns the memory freed since to the system. glibc keeps what a thread frees in that
+/// thread's arena, and compiling a policy module frees a lot of it: with the CRS imported,
+/// the quick and optimized compiles left a node idling at 139 MiB resident, 103 MiB once
+/// trimmed.
+fn release_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    #[allow(unsafe_code)]
+    {
+        unsafe extern "C" {
+            fn malloc_trim(pad: usize) -> i32;
+        }
+        // SAFETY: `malloc_trim` takes no pointer and only gives free pages of the
+        // allocator's arenas back to the system; any thread may call it at any time.
+        unsafe {
+            malloc_trim(0);
+        }
+    }
 }
