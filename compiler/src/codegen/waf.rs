@@ -1121,6 +1121,33 @@ impl Fns {
             a.c(area).c(0).c(t.hit_words * 8);
             a.i().memory_fill(0);
         };
+        // Pushes the prefilter's markers of `text` (`n` bytes), its hits written to `area`,
+        // cleared first when `used_key`, the key of the text scanned there before, is set.
+        let scan_into = |a: &mut Asm, f: u32, used_key: u32, text: u32, n: u32, area: u32| {
+            a.get(used_key).c(NO_KEY);
+            a.i().i32_ne();
+            a.if_();
+            clear(a, area);
+            a.end();
+            a.get(text).get(n).c(area);
+            a.i().call(f);
+        };
+        // A leading `.` in `text` marks `dirty` for path normalization: it may be a relative
+        // `./` or `../` that normalization removes.
+        let mark_leading_dot = |a: &mut Asm, text: u32, n: u32, dirty: u32| {
+            if t.path_marker {
+                a.get(n);
+                a.if_();
+                a.load8(text, 0).c(b'.' as u32);
+                a.i().i32_eq();
+                a.if_();
+                a.get(dirty).c(DIRTY_PATH);
+                a.i().i32_or();
+                a.set(dirty);
+                a.end();
+                a.end();
+            }
+        };
         if let Some(f) = prefilter {
             a.get(ptr).get(len).c(layout.hits);
             a.i().call(f);
@@ -1131,19 +1158,7 @@ impl Fns {
         a.get(dirty).c(DIRTY_ALWAYS);
         a.i().i32_or();
         a.set(dirty);
-        if t.path_marker {
-            // A leading `.` may be a relative `./` or `../` that path normalization removes.
-            a.get(len);
-            a.if_();
-            a.load8(ptr, 0).c(b'.' as u32);
-            a.i().i32_eq();
-            a.if_();
-            a.get(dirty).c(DIRTY_PATH);
-            a.i().i32_or();
-            a.set(dirty);
-            a.end();
-            a.end();
-        }
+        mark_leading_dot(&mut a, ptr, len, dirty);
         let mut keys: HashMap<Vec<DecodingPlan>, u32> = HashMap::new();
         let mut key_of = |steps: &[DecodingPlan]| {
             let canonical = effective_key(steps);
@@ -1190,6 +1205,16 @@ impl Fns {
                         .get(enabled);
                     a.i().call(self.run_always);
                 }
+            };
+            // Matches a decoded output (`text`, `n` bytes, its hits in `area`; `any` takes
+            // whether it has any).
+            let match_output = |a: &mut Asm, any: u32, text: u32, n: u32, area: u32, fold: u32| {
+                if prefilter.is_some() {
+                    any_hit(a, area);
+                    a.set(any);
+                    run_hits(a, any, text, n, area, fold);
+                }
+                run_always(a, text, n, fold, false);
             };
             a.get(dirty).c(g.dirty);
             a.i().i32_and().i32_eqz();
@@ -1296,30 +1321,18 @@ impl Fns {
                 }
                 match prefilter {
                     Some(f) => {
-                        a.get(first_out_key).c(NO_KEY);
-                        a.i().i32_ne();
-                        a.if_();
-                        clear(&mut a, layout.hits_first);
-                        a.end();
-                        a.c(layout.scratch_first).get(first_n).c(layout.hits_first);
-                        a.i().call(f);
+                        scan_into(
+                            &mut a,
+                            f,
+                            first_out_key,
+                            first_src,
+                            first_n,
+                            layout.hits_first,
+                        );
                         a.c(DIRTY_ALWAYS);
                         a.i().i32_or();
                         a.set(first_dirty);
-                        if t.path_marker {
-                            a.get(first_n);
-                            a.if_();
-                            a.c(layout.scratch_first);
-                            a.i().i32_load8_u(mem(0, 0));
-                            a.c(b'.' as u32);
-                            a.i().i32_eq();
-                            a.if_();
-                            a.get(first_dirty).c(DIRTY_PATH);
-                            a.i().i32_or();
-                            a.set(first_dirty);
-                            a.end();
-                            a.end();
-                        }
+                        mark_leading_dot(&mut a, first_src, first_n, first_dirty);
                     }
                     // Without a prefilter nothing says what the later steps would change.
                     None => {
@@ -1333,19 +1346,14 @@ impl Fns {
                 a.if_();
                 // The later steps leave the first step's output as it is (up to lower-casing,
                 // which the folded byte classes apply).
-                if prefilter.is_some() {
-                    any_hit(&mut a, layout.hits_first);
-                    a.set(any_first);
-                    run_hits(
-                        &mut a,
-                        any_first,
-                        first_src,
-                        first_n,
-                        layout.hits_first,
-                        fold,
-                    );
-                }
-                run_always(&mut a, first_src, first_n, fold, false);
+                match_output(
+                    &mut a,
+                    any_first,
+                    first_src,
+                    first_n,
+                    layout.hits_first,
+                    fold,
+                );
                 a.else_();
                 a.get(key).get(last_key);
                 a.i().i32_ne();
@@ -1375,32 +1383,21 @@ impl Fns {
                     }
                 }
                 if let Some(f) = prefilter {
-                    a.get(last_key).c(NO_KEY);
-                    a.i().i32_ne();
-                    a.if_();
-                    clear(&mut a, layout.hits_decoded);
-                    a.end();
-                    a.get(src).get(n).c(layout.hits_decoded);
-                    a.i().call(f);
+                    scan_into(&mut a, f, last_key, src, n, layout.hits_decoded);
                     a.i().drop();
                 }
                 a.get(key).set(last_key);
                 a.get(src).set(last_src);
                 a.get(n).set(last_n);
                 a.end();
-                if prefilter.is_some() {
-                    any_hit(&mut a, layout.hits_decoded);
-                    a.set(any_decoded);
-                    run_hits(
-                        &mut a,
-                        any_decoded,
-                        last_src,
-                        last_n,
-                        layout.hits_decoded,
-                        0,
-                    );
-                }
-                run_always(&mut a, last_src, last_n, 0, false);
+                match_output(
+                    &mut a,
+                    any_decoded,
+                    last_src,
+                    last_n,
+                    layout.hits_decoded,
+                    0,
+                );
                 a.end();
             }
             a.end();
