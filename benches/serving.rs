@@ -1,25 +1,35 @@
 //! What the policy costs a served request: requests/s on `/api/health` of the example
 //! (a route the policy answers itself) with `decide` called, against the same node
-//! answering without calling it. Both run in this process on loopback, the server on one
-//! worker thread and the load on another, in pairs of rounds (one of each, the order
-//! alternating from pair to pair) so drift hits both alike; the ratio is the median of the
-//! pairs' ratios, since single rounds on a shared machine move by more than the effect.
+//! answering without calling it. One node in this process on loopback, the server on one
+//! worker thread and the load on another, switched between the two modes every
+//! `WINDOW` under continuous load, in pairs of windows (one of each, the order alternating
+//! from pair to pair) so drift hits both alike; the ratio is the median of the pairs'
+//! ratios, since the machine's speed moves by more than the effect within seconds.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use edgepack_benches::{example_bundle, node_args, one_worker_runtime};
-use edgepack_runtime_min::config::NodeArgs;
 use edgepack_runtime_min::host::Tier;
 use edgepack_runtime_min::node::Node;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;
 
 const CONNECTIONS: usize = 32;
-const ROUND: Duration = Duration::from_secs(2);
-const ROUNDS: usize = 9;
+const WARM_UP: Duration = Duration::from_secs(2);
+const WINDOW: Duration = Duration::from_millis(100);
+const PAIRS: usize = 150;
+
+/// Requests served and the decide histogram's sum and count, read at a window's edge.
+#[derive(Clone, Copy)]
+struct Reading {
+    at: Instant,
+    done: u64,
+    decide_sum: f64,
+    decide_count: f64,
+}
 
 fn main() {
     let dir = tempfile::tempdir().expect("temp dir");
@@ -27,70 +37,18 @@ fn main() {
     let args = node_args(dir.path(), "eu-west", &bytes, &key);
     let server = one_worker_runtime();
     let client = one_worker_runtime();
-    let mut with_policy = Vec::new();
-    let mut without = Vec::new();
-    let mut decide_us = Vec::new();
-    let mut ratios = Vec::new();
-    for pair in 0..ROUNDS {
-        let order = if pair % 2 == 0 {
-            [true, false]
-        } else {
-            [false, true]
-        };
-        for skip in order {
-            let (rps, decide) = round(&args, skip, &server, &client);
-            if skip {
-                without.push(rps);
-            } else {
-                with_policy.push(rps);
-                decide_us.push(decide);
-            }
-        }
-        ratios.push(with_policy[pair] / without[pair]);
-    }
-    let median = |v: &[f64]| {
-        let mut v = v.to_vec();
-        v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
-    };
-    let (on, off) = (median(&with_policy), median(&without));
-    println!(
-        "serving /api/health, {CONNECTIONS} keep-alive connections, {ROUNDS} pairs of rounds of {}s each:",
-        ROUND.as_secs()
-    );
-    println!("  policy on (decide called):   {on:>9.0} requests/s  rounds {with_policy:.0?}");
-    println!("  decide skipped (baseline):   {off:>9.0} requests/s  rounds {without:.0?}");
-    println!(
-        "  ratio on / skipped:          {:>9.3}  (median of pairs; pairs {ratios:.3?})",
-        median(&ratios)
-    );
-    println!(
-        "  decide step in the node:     {:>9.2} µs mean (median of rounds)",
-        median(&decide_us)
-    );
-}
 
-/// One round: a fresh node, loaded for `ROUND`; requests per second and the mean time of
-/// the decide step (the node's own histogram).
-fn round(
-    args: &NodeArgs,
-    skip_decide: bool,
-    server: &tokio::runtime::Runtime,
-    client: &tokio::runtime::Runtime,
-) -> (f64, f64) {
-    let mut node = Node::new(args).expect("a node");
-    node.settings.skip_decide = skip_decide;
+    let node = Node::new(&args).expect("a node");
     assert!(node.start(), "the bundle activates");
     wait_for_optimized(&node);
     let node = Arc::new(node);
-    let metrics_node = node.clone();
     let listener = server
         .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
         .expect("bind");
     let addr = listener.local_addr().expect("address");
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let serving = {
-        let args = args.clone();
+        let (args, node) = (args.clone(), node.clone());
         server.spawn(async move {
             edgepack_runtime_min::server::serve_plain(listener, node, &args, async {
                 let _ = stopped.await;
@@ -99,30 +57,93 @@ fn round(
         })
     };
     let done = Arc::new(AtomicU64::new(0));
-    let deadline = Instant::now() + ROUND;
-    let started = Instant::now();
+    let stopping = Arc::new(AtomicBool::new(false));
+    let workers: Vec<_> = (0..CONNECTIONS)
+        .map(|_| client.spawn(load(addr, stopping.clone(), done.clone())))
+        .collect();
+
+    let read = || {
+        let text = node.metrics.render();
+        let value = |name: &str| -> f64 {
+            text.lines()
+                .find(|l| l.starts_with(name))
+                .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+                .unwrap_or(0.0)
+        };
+        Reading {
+            at: Instant::now(),
+            done: done.load(Ordering::Relaxed),
+            decide_sum: value("edgepack_decide_duration_seconds_sum"),
+            decide_count: value("edgepack_decide_duration_seconds_count"),
+        }
+    };
+    // Both modes once before measuring: the replayed decision gets recorded, and caches,
+    // connections and the optimized code settle.
+    for skip in [true, false] {
+        node.skip_decide.store(skip, Ordering::Relaxed);
+        std::thread::sleep(WARM_UP / 2);
+    }
+
+    let (mut with_policy, mut without, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut decide_sum, mut decide_count) = (0.0, 0.0);
+    for pair in 0..PAIRS {
+        let order = if pair % 2 == 0 {
+            [false, true]
+        } else {
+            [true, false]
+        };
+        let mut rates = [0.0; 2];
+        for skip in order {
+            node.skip_decide.store(skip, Ordering::Relaxed);
+            let start = read();
+            std::thread::sleep(WINDOW);
+            let end = read();
+            let rate = (end.done - start.done) as f64 / (end.at - start.at).as_secs_f64();
+            rates[usize::from(skip)] = rate;
+            if !skip {
+                decide_sum += end.decide_sum - start.decide_sum;
+                decide_count += end.decide_count - start.decide_count;
+            }
+        }
+        with_policy.push(rates[0]);
+        without.push(rates[1]);
+        ratios.push(rates[0] / rates[1]);
+    }
+    stopping.store(true, Ordering::Relaxed);
     client.block_on(async {
-        let workers: Vec<_> = (0..CONNECTIONS)
-            .map(|_| tokio::spawn(load(addr, deadline, done.clone())))
-            .collect();
         for worker in workers {
             worker.await.expect("a load worker");
         }
     });
-    let rps = done.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64();
     let _ = stop.send(());
     let _ = server.block_on(serving);
-    let text = metrics_node.metrics.render();
-    let value = |name: &str| -> f64 {
-        text.lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
-            .unwrap_or(0.0)
+
+    let quartiles = |v: &[f64]| {
+        let mut v = v.to_vec();
+        v.sort_by(f64::total_cmp);
+        (v[v.len() / 4], v[v.len() / 2], v[v.len() * 3 / 4])
     };
-    let decide_us = value("edgepack_decide_duration_seconds_sum")
-        / value("edgepack_decide_duration_seconds_count")
-        * 1e6;
-    (rps, decide_us)
+    let (on_low, on, on_high) = quartiles(&with_policy);
+    let (off_low, off, off_high) = quartiles(&without);
+    let (ratio_low, ratio, ratio_high) = quartiles(&ratios);
+    println!(
+        "serving /api/health, {CONNECTIONS} keep-alive connections, {PAIRS} pairs of {} ms windows \
+         under continuous load:",
+        WINDOW.as_millis()
+    );
+    println!(
+        "  policy on (decide called):   {on:>9.0} requests/s  (windows' quartiles {on_low:.0}–{on_high:.0})"
+    );
+    println!(
+        "  decide skipped (baseline):   {off:>9.0} requests/s  (windows' quartiles {off_low:.0}–{off_high:.0})"
+    );
+    println!(
+        "  ratio on / skipped:          {ratio:>9.3}  (median of pairs; quartiles {ratio_low:.3}–{ratio_high:.3})"
+    );
+    println!(
+        "  decide step in the node:     {:>9.2} µs mean",
+        decide_sum / decide_count * 1e6
+    );
 }
 
 /// Waits until the node serves the optimized tier: until then `decide` runs the quick
@@ -141,15 +162,15 @@ fn wait_for_optimized(node: &Node) {
     }
 }
 
-/// Sends GET /api/health on one connection until `deadline`, counting 200s.
-async fn load(addr: std::net::SocketAddr, deadline: Instant, done: Arc<AtomicU64>) {
+/// Sends GET /api/health on one connection until `stopping`, counting 200s.
+async fn load(addr: std::net::SocketAddr, stopping: Arc<AtomicBool>, done: Arc<AtomicU64>) {
     let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
     stream.set_nodelay(true).expect("nodelay");
     let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .expect("handshake");
     tokio::spawn(connection);
-    while Instant::now() < deadline {
+    while !stopping.load(Ordering::Relaxed) {
         let request = http::Request::get("/api/health")
             .header("host", "api.example.com")
             .header("cf-ipcountry", "DE")

@@ -250,8 +250,8 @@ pub fn encode(
     // and query when there is one (so the path's offset spans the URI), space, protocol.
     let (line, method_len) = w.bytes(method.as_bytes())?;
     w.bytes(b" ")?;
-    let (off, len) = w.bytes(parts.path())?;
-    w.put_u32_at(req::PATH as usize, off);
+    let (path_at, len) = w.bytes(parts.path())?;
+    w.put_u32_at(req::PATH as usize, path_at);
     w.put_u32_at(req::PATH as usize + 4, len);
     if !parts.query().is_empty() {
         w.bytes(b"?")?;
@@ -269,26 +269,32 @@ pub fn encode(
     w.put_u32_at(req::HOST as usize, off);
     w.put_u32_at(req::HOST as usize + 4, len);
 
-    write_segments(&mut w, parts.path(), limits)?;
+    write_segments(&mut w, parts.path(), path_at as usize, limits)?;
     let (flags, content_type, forwarded) = write_headers(&mut w, parts, limits)?;
     let mut flags = flags;
     if method_code == method::OPTIONS && flags & flag::HAS_ACRM != 0 {
         flags |= flag::PREFLIGHT;
     }
     let body = &parts.body()[..parts.body().len().min(body_limit)];
-    // A multipart body's boundary, copied out of the block the writer goes on extending.
-    let mut boundary_copy = [0u8; multipart::MAX_CONTENT_TYPE];
+    // A multipart body's boundary, copied out of the block the writer goes on extending
+    // (into a buffer set up only then: zeroing it for every request costs more than the
+    // rest of encoding a small one).
+    let boundary_copy: [u8; multipart::MAX_CONTENT_TYPE];
     let mut boundary = None;
     if let Some((off, len)) = content_type {
         let content_type = &w.buf[off as usize..(off + len) as usize];
         if let Some(named) = multipart::boundary(content_type).map_err(|_| {
             EncodeError::Ambiguous("multipart content type names more than one boundary")
         })? {
-            boundary_copy[..named.len()].copy_from_slice(named);
+            let mut copy = [0u8; multipart::MAX_CONTENT_TYPE];
+            copy[..named.len()].copy_from_slice(named);
+            boundary_copy = copy;
             boundary = Some(&boundary_copy[..named.len()]);
         }
     }
-    write_args(&mut w, parts.query(), body, content_type, boundary, limits)?;
+    if !parts.query().is_empty() || !body.is_empty() {
+        write_args(&mut w, parts.query(), body, content_type, boundary, limits)?;
+    }
     // Lists absent from the request stay (0, 0) from the zeroed header.
     if flags & flag::HAS_COOKIE != 0 {
         write_cookies(&mut w, parts, limits)?;
@@ -313,17 +319,32 @@ pub fn encode(
 }
 
 /// Path segments: split on `/`, percent-decoded, empty and `.` segments dropped, `..` removing
-/// the one before it. Each record is (offset, length).
-fn write_segments(w: &mut Writer<'_>, path: &[u8], limits: &Limits) -> Result<(), EncodeError> {
-    // Decode every segment into the arena, remembering (off, len) on the fly in the record
-    // array, which is reserved at its largest size (one record per `/`-separated piece, up
-    // to the limit) and trimmed by the count.
+/// the one before it. Each record is (offset, length). `copy` is where the block already
+/// holds `path` (in the request line).
+fn write_segments(
+    w: &mut Writer<'_>,
+    path: &[u8],
+    copy: usize,
+    limits: &Limits,
+) -> Result<(), EncodeError> {
+    // Remember each segment's (off, len) on the fly in the record array, which is reserved
+    // at its largest size (one record per `/`-separated piece, up to the limit) and trimmed
+    // by the count. A path without escapes (nearly all of them) needs no decoding: its
+    // segments point into the request line's copy. Otherwise each segment is decoded into
+    // the arena.
     let most = (memchr::memchr_iter(b'/', path).count() + 1).min(limits.max_segments as usize);
     w.align()?;
     let records = w.reserve(most * 8)?;
+    let plain = memchr::memchr(b'%', path).is_none();
     let mut pieces: u32 = 0;
     let mut count: u32 = 0;
-    for piece in path.split(|b| *b == b'/').filter(|p| !p.is_empty()) {
+    let mut piece_start = 0;
+    for piece in path.split(|b| *b == b'/') {
+        let start = piece_start;
+        piece_start += piece.len() + 1;
+        if piece.is_empty() {
+            continue;
+        }
         pieces += 1;
         if pieces > limits.max_segments {
             return Err(EncodeError::TooMany {
@@ -332,7 +353,11 @@ fn write_segments(w: &mut Writer<'_>, path: &[u8], limits: &Limits) -> Result<()
             });
         }
         let mark = w.pos;
-        let (off, len) = w.decoded(piece, false)?;
+        let (off, len) = if plain {
+            ((copy + start) as u32, piece.len() as u32)
+        } else {
+            w.decoded(piece, false)?
+        };
         let text = &w.buf[off as usize..(off + len) as usize];
         if text == b"." {
             w.pos = mark;
@@ -1184,6 +1209,16 @@ mod tests {
             parsed.path,
             b"/api//data/./x/../%2e%2e/items/a%20b/..%2f..%2fetc"
         );
+    }
+
+    #[test]
+    fn splits_and_normalizes_a_path_without_escapes() {
+        // No `%`: the segments point into the request line instead of decoded copies.
+        let parsed = roundtrip(&Request::new("GET", "/../api//data/./x/../items/y/"));
+        let segments: Vec<&[u8]> = parsed.segments.iter().map(Vec::as_slice).collect();
+        assert_eq!(segments, [&b"api"[..], b"data", b"items", b"y"]);
+        let parsed = roundtrip(&Request::new("GET", "/"));
+        assert!(parsed.segments.is_empty());
     }
 
     #[test]

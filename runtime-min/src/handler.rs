@@ -223,14 +223,12 @@ impl Exchange<'_> {
             peer: self.peer,
         };
         let decided_at = Instant::now();
-        let decided = match self.node.replayed_decision() {
-            Some(decision) => Ok(decision.clone()),
-            None => crate::decide::decide(&self.active, &view, |d| d.clone()),
+        let replayed = self.node.replayed_decision();
+        let decided = match replayed {
+            Some(Some(decision)) => Ok(decision.clone()),
+            _ => crate::decide::decide(&self.active, &view, |d| d.clone()),
         };
-        if self.node.settings.skip_decide
-            && self.node.replayed_decision().is_none()
-            && let Ok(decision) = &decided
-        {
+        if let (Some(None), Ok(decision)) = (replayed, &decided) {
             self.node.replay_decision(decision);
         }
         self.node

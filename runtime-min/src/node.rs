@@ -2,7 +2,7 @@
 //! metrics), and activation — the one place a bundle is swapped in.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -36,10 +36,6 @@ pub struct Settings {
     /// Attach each request's decision to its response as an extension (in-process callers
     /// such as `edgepack test` read it; it never goes on the wire).
     pub expose_decisions: bool,
-    /// Decide the first request, then give every later one that decision without calling
-    /// `decide`: the baseline the serving bench measures the policy's cost against (never
-    /// set by a flag).
-    pub skip_decide: bool,
     /// Send a bundle's `test` blocks through it before it may serve, and refuse it if one
     /// fails (always on for `edgepack-node`; `edgepack test` runs and reports them itself).
     pub golden_requests: bool,
@@ -159,6 +155,10 @@ const GOLDEN_PASSED_KEPT: usize = 8;
 pub struct Node {
     pub settings: Settings,
     replayed: std::sync::OnceLock<Decision>,
+    /// While set, the node decides one request and gives every later one that decision
+    /// without calling `decide`: the baseline the serving bench measures the policy's cost
+    /// against, switched on and off under load (never set by a flag).
+    pub skip_decide: AtomicBool,
     pub active: ArcSwapOption<Active>,
     pub metrics: Metrics,
     pub cache: ResponseCache,
@@ -215,10 +215,10 @@ impl Node {
                 access_log: !args.no_access_log,
                 stand_in_origins: false,
                 expose_decisions: false,
-                skip_decide: false,
                 golden_requests: true,
             },
             replayed: std::sync::OnceLock::new(),
+            skip_decide: AtomicBool::new(false),
             active: ArcSwapOption::empty(),
             metrics: Metrics::new(),
             cache: ResponseCache::new(args.cache_bytes, args.cache_max_entry),
@@ -267,13 +267,12 @@ impl Node {
         format!("{:08x}{:012x}", self.request_prefix, n & 0xffff_ffff_ffff)
     }
 
-    /// The decision replayed instead of deciding, once one is recorded (`skip_decide`).
-    pub fn replayed_decision(&self) -> Option<&Decision> {
-        if self.settings.skip_decide {
-            self.replayed.get()
-        } else {
-            None
-        }
+    /// With `skip_decide` set, the decision to replay (`None` until one is recorded) and
+    /// whether one is; `None` when the node decides.
+    pub fn replayed_decision(&self) -> Option<Option<&Decision>> {
+        self.skip_decide
+            .load(Ordering::Relaxed)
+            .then(|| self.replayed.get())
     }
 
     pub fn replay_decision(&self, decision: &Decision) {
@@ -484,11 +483,11 @@ impl Node {
                 access_log: false,
                 stand_in_origins: true,
                 expose_decisions: true,
-                skip_decide: false,
                 golden_requests: false,
                 ..self.settings.clone()
             },
             replayed: std::sync::OnceLock::new(),
+            skip_decide: AtomicBool::new(false),
             active: ArcSwapOption::from_pointee(active),
             metrics: Metrics::new(),
             cache: ResponseCache::new(1 << 20, 1 << 20),
