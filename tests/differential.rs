@@ -721,6 +721,18 @@ fn generated_policies_agree() {
     assert!(compiled.get() > 0, "every generated policy was rejected");
 }
 
+/// A directory holding a one-region policy with `rules` in a WAF that never blocks (each
+/// fired rule shows in the decision) and one route answering everything.
+fn rules_policy(rules: &str) -> std::path::PathBuf {
+    let kdl = format!(
+        "edgepack 1\nregion \"r\" zone=\"GLOBAL\"\nwaf threshold=1000 {{\n{rules}}}\n\
+         route \"/*\" {{\n    respond 200\n}}\n"
+    );
+    let dir = tempdir();
+    std::fs::write(dir.join("edgepack.kdl"), &kdl).expect("write policy");
+    dir
+}
+
 fn tempdir() -> std::path::PathBuf {
     use std::sync::atomic::{AtomicU64, Ordering};
     static NEXT: AtomicU64 = AtomicU64::new(0);
@@ -1018,12 +1030,7 @@ fn chains_sharing_decoded_values_agree() {
             ));
         }
     }
-    let kdl = format!(
-        "edgepack 1\nregion \"r\" zone=\"GLOBAL\"\nwaf threshold=1000 {{\n{rules}}}\n\
-         route \"/*\" {{\n    respond 200\n}}\n"
-    );
-    let dir = tempdir();
-    std::fs::write(dir.join("edgepack.kdl"), &kdl).expect("write policy");
+    let dir = rules_policy(&rules);
     let tokens = [
         "cat", " ", "/etc", "'", "\\", "^", "%2f", "%00", "\0", "AB", "&amp;", "&", "c", "x", "y",
         "  ", "\t", "/a//b", "/./", "<s>", "%3Cs%3E", "q", "%2541", "ls", ";", "%u0041", "(", "é",
@@ -1071,6 +1078,67 @@ fn chains_sharing_decoded_values_agree() {
         // The values reach the patterns through the chains: a test that fires nothing
         // would not reach the shared copies.
         assert!(fired > 200, "{fired} rules fired");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The prefilter reads a long value as two halves at once, the second from a little before
+/// the middle: a literal at any offset around the middle, or split across it, is found as
+/// in a single pass (the module agrees with the evaluator, and the rules fire).
+#[test]
+fn literals_anywhere_in_long_values_agree() {
+    let engine = PolicyEngine::new().expect("engine");
+    let patterns = [
+        r"union\s+select",
+        r"(?i)xlink:href",
+        "q",
+        r"12345678",
+        r"ab\(",
+        r"(?m:^)\s*(?:cat|ls)\b",
+    ];
+    let mut rules = String::new();
+    for (i, pattern) in patterns.iter().enumerate() {
+        rules.push_str(&format!(
+            "rule \"p{i}\" score=1 {{ in \"args\"; regex #\"{pattern}\"#; }}\n"
+        ));
+    }
+    let dir = rules_policy(&rules);
+    let needles = [
+        "union select",
+        "XLINK:HREF",
+        "q",
+        "12345678",
+        "ab(",
+        "\ncat x",
+    ];
+    for tier in [Tier::Quick, Tier::Optimized] {
+        let mut regions = compile_policy(&dir, &engine, tier).expect("the policy compiles");
+        let (plan, instance) = &mut regions[0];
+        let evaluator = Evaluator::new(plan);
+        let mut fired = 0;
+        let mut requests = 0;
+        for len in [70, 77, 78, 79, 80, 101, 150, 333, 1024] {
+            for needle in needles {
+                let middle = (len + 8) / 2;
+                let offsets = (0..len - needle.len()).filter(|at| {
+                    at.abs_diff(middle) <= 12 || *at < 3 || at + needle.len() + 3 > len
+                });
+                for at in offsets {
+                    let mut value = "w".repeat(len);
+                    value.replace_range(at..at + needle.len(), needle);
+                    let encoded: String = value.bytes().map(|b| format!("%{b:02X}")).collect();
+                    let request = Request::new("GET", &format!("/x?a={encoded}"));
+                    compare(plan, &evaluator, instance, &request).unwrap_or_else(|e| panic!("{e}"));
+                    fired += instance.decide(&request).expect("a decision").rules.len();
+                    requests += 1;
+                }
+            }
+        }
+        // Each value holds one needle, and each needle fires its rule.
+        assert_eq!(
+            fired, requests,
+            "{fired} rules fired in {requests} requests"
+        );
     }
     let _ = std::fs::remove_dir_all(&dir);
 }

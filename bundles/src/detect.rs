@@ -36,11 +36,24 @@ impl DetectKind {
 /// should the detector panic on some input, that input counts as an attack (a WAF that
 /// fails open on a crafted value is one an attacker can walk through).
 pub fn detect(kind: DetectKind, value: &[u8]) -> bool {
+    if kind == DetectKind::Xss && !may_hold_xss(value) {
+        return false;
+    }
     std::panic::catch_unwind(|| match kind {
         DetectKind::Sqli => libinjectionrs::detect_sqli(value).is_injection(),
         DetectKind::Xss => libinjectionrs::detect_xss(value).is_injection(),
     })
     .unwrap_or(true)
+}
+
+/// Whether libinjection's XSS detector could find anything in `value`. It reports a value
+/// for a tag, doctype or comment, each opened by `<`, or for an attribute value after a
+/// dangerous attribute name, which needs `=` between them (in every one of the five HTML
+/// contexts it tries, a value's own first part is never preceded by a name). Ordinary
+/// text has neither, and the tokenizer's walk over it (each word taken as an attribute name
+/// and looked up) is the costliest part of a request's WAF time: this test is a `memchr2`.
+fn may_hold_xss(value: &[u8]) -> bool {
+    memchr::memchr2(b'<', b'=', value).is_some()
 }
 
 #[cfg(test)]
@@ -66,5 +79,93 @@ mod tests {
             let _ = detect(DetectKind::Sqli, &value);
             let _ = detect(DetectKind::Xss, &value);
         }
+
+        /// The XSS shortcut against the detector itself: bytes without `<` or `=`, drawn
+        /// mostly from what its tokenizer reacts to (quotes, `>`, `/`, `!`, `?`, `%`,
+        /// whitespace, NUL, 0xFF) and from dangerous names, never make it report.
+        #[test]
+        fn libinjection_finds_no_xss_without_a_tag_or_an_attribute_value(
+            pieces in proptest::collection::vec(
+                proptest::sample::select(vec![
+                    &b"\""[..], b"'", b"`", b">", b"/", b"!", b"?", b"%", b" ", b"\t",
+                    b"\n", b"\x00", b"\xff", b"-", b"[", b"onerror", b"style", b"src",
+                    b"xlink:href", b"javascript:alert(1)", b"DOCTYPE", b"[CDATA[", b"script",
+                    b"x", b"1",
+                ]),
+                0..24,
+            )
+        ) {
+            let value: Vec<u8> = pieces.concat();
+            proptest::prop_assert!(!may_hold_xss(&value));
+            proptest::prop_assert!(
+                !libinjectionrs::detect_xss(&value).is_injection(),
+                "{:?}",
+                String::from_utf8_lossy(&value)
+            );
+        }
+    }
+
+    /// Every XSS libinjection finds in the corpora (each line as written and percent-decoded)
+    /// holds `<` or `=`, so the shortcut loses none of them.
+    #[test]
+    fn the_xss_shortcut_keeps_every_detection_in_the_corpora() {
+        fn files(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
+            for entry in std::fs::read_dir(dir).expect("a corpus directory") {
+                let path = entry.expect("an entry").path();
+                if path.is_dir() {
+                    files(&path, out);
+                } else {
+                    out.push(path);
+                }
+            }
+        }
+        fn percent_decoded(line: &[u8]) -> Vec<u8> {
+            let hex = |b: u8| (b as char).to_digit(16).map(|d| d as u8);
+            let mut out = Vec::with_capacity(line.len());
+            let mut i = 0;
+            while i < line.len() {
+                match (
+                    line[i],
+                    line.get(i + 1).copied().and_then(hex),
+                    line.get(i + 2).copied().and_then(hex),
+                ) {
+                    (b'%', Some(h), Some(l)) => {
+                        out.push(h << 4 | l);
+                        i += 3;
+                    }
+                    (b'+', ..) => {
+                        out.push(b' ');
+                        i += 1;
+                    }
+                    (b, ..) => {
+                        out.push(b);
+                        i += 1;
+                    }
+                }
+            }
+            out
+        }
+        let root =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/waf-dev");
+        let mut paths = Vec::new();
+        files(&root, &mut paths);
+        let mut detected = 0;
+        for path in paths {
+            let text = std::fs::read(&path).expect("a corpus file");
+            for line in text.split(|b| *b == b'\n') {
+                for value in [line.to_vec(), percent_decoded(line)] {
+                    if libinjectionrs::detect_xss(&value).is_injection() {
+                        detected += 1;
+                        assert!(
+                            may_hold_xss(&value),
+                            "{}: {:?}",
+                            path.display(),
+                            String::from_utf8_lossy(&value)
+                        );
+                    }
+                }
+            }
+        }
+        assert!(detected > 100, "{detected} detections: the corpus was read");
     }
 }

@@ -18,6 +18,7 @@ use regex_automata::dfa::{Automaton, dense};
 use regex_automata::util::primitives::StateID;
 use regex_automata::util::start;
 use regex_syntax::hir::literal::{ExtractKind, Extractor};
+use regex_syntax::hir::{Hir, HirKind};
 
 /// A pattern's DFA as flat tables.
 #[derive(Clone, Debug)]
@@ -650,48 +651,118 @@ pub fn minimal_literals(mut set: Vec<Vec<u8>>) -> Vec<Vec<u8>> {
 }
 
 /// Literals every match of `pattern` contains, lower-cased and cut to at most `max_len`
-/// bytes, or `None` when there is no small such set (the pattern then always runs). Of the
-/// prefix and suffix sets, the one with fewer (then longer) literals wins.
+/// bytes, or `None` when there is no small such set (the pattern then always runs). The
+/// candidates are the prefixes and the suffixes of every match and, taking the pattern
+/// apart, the sets of its pieces: in a concatenation, the prefixes of what its later items
+/// match, the suffixes of what its earlier ones match and each item's own set (a match of
+/// `a b c` holds a match of `b c`, of `a b` and of `b`); in an alternation, the union of its
+/// branches' sets. A pattern that opens with a class or an anchor (`[\s\S](?:xlink:href|…)`,
+/// `^[^)]*\)`, `(?m:^)[^a-z]+(?:select|…)`) gets the literals of what follows it. Of all
+/// candidate sets, the one expected to hit ordinary text least wins.
 pub fn required_literals(pattern: &str, max_len: usize) -> Option<Vec<Vec<u8>>> {
     let hir = edgepack_schema::waf_regex::parse(pattern).ok()?;
+    best_literals(&hir, max_len, 0)
+}
+
+/// How often a literal set is expected to hit ordinary text, per byte: a literal's chance is
+/// the product of its bytes' (letters and spaces are common, punctuation is not); each
+/// literal also costs automaton states, counted as a small fixed chance.
+fn literal_score(set: &[Vec<u8>]) -> (f64, usize) {
+    let expected: f64 = set
+        .iter()
+        .map(|l| {
+            l.iter()
+                .map(|b| match b {
+                    b'a'..=b'z' => 0.1,
+                    b' ' => 0.2,
+                    b'0'..=b'9' => 0.05,
+                    _ => 0.01,
+                })
+                .product::<f64>()
+                + 1e-4
+        })
+        .sum();
+    (expected, set.len())
+}
+
+/// Keeps `set` in `best` when it scores better.
+fn keep_better(best: &mut Option<Vec<Vec<u8>>>, set: Vec<Vec<u8>>) {
+    if best.as_ref().is_none_or(|b| {
+        literal_score(&set).partial_cmp(&literal_score(b)) == Some(std::cmp::Ordering::Less)
+    }) {
+        *best = Some(set);
+    }
+}
+
+/// How deep [`best_literals`] takes a pattern apart.
+const LITERAL_DEPTH: usize = 3;
+
+/// The best required literal set of `hir` (see [`required_literals`]).
+fn best_literals(hir: &Hir, max_len: usize, depth: usize) -> Option<Vec<Vec<u8>>> {
+    let mut best = None;
+    for kind in [ExtractKind::Prefix, ExtractKind::Suffix] {
+        if let Some(set) = literal_set(hir, &kind, max_len) {
+            keep_better(&mut best, set);
+        }
+    }
+    if depth >= LITERAL_DEPTH {
+        return best;
+    }
+    match hir.kind() {
+        HirKind::Capture(capture) => {
+            if let Some(set) = best_literals(&capture.sub, max_len, depth) {
+                keep_better(&mut best, set);
+            }
+        }
+        HirKind::Concat(items) => {
+            for at in 1..items.len() {
+                let later = Hir::concat(items[at..].to_vec());
+                let earlier = Hir::concat(items[..at].to_vec());
+                for set in [
+                    literal_set(&later, &ExtractKind::Prefix, max_len),
+                    literal_set(&earlier, &ExtractKind::Suffix, max_len),
+                ]
+                .into_iter()
+                .flatten()
+                {
+                    keep_better(&mut best, set);
+                }
+            }
+            for item in items {
+                if let Some(set) = best_literals(item, max_len, depth + 1) {
+                    keep_better(&mut best, set);
+                }
+            }
+        }
+        HirKind::Alternation(branches) => {
+            let mut union = Vec::new();
+            for branch in branches {
+                union.extend(best_literals(branch, max_len, depth + 1)?);
+            }
+            keep_better(&mut best, minimal_literals(union));
+        }
+        _ => {}
+    }
+    best
+}
+
+/// The best set of `kind` literals (prefixes or suffixes) of `hir`'s matches, cut to at most
+/// `max_len` bytes.
+fn literal_set(hir: &Hir, kind: &ExtractKind, max_len: usize) -> Option<Vec<Vec<u8>>> {
+    let prefix = matches!(kind, ExtractKind::Prefix);
     let mut best: Option<Vec<Vec<u8>>> = None;
-    // How often a set is expected to hit ordinary text, per byte: a literal's chance is the
-    // product of its bytes' (letters and spaces are common, punctuation is not); each
-    // literal also costs automaton states, counted as a small fixed chance.
-    let score = |s: &[Vec<u8>]| {
-        let expected: f64 = s
-            .iter()
-            .map(|l| {
-                l.iter()
-                    .map(|b| match b {
-                        b'a'..=b'z' => 0.1,
-                        b' ' => 0.2,
-                        b'0'..=b'9' => 0.05,
-                        _ => 0.01,
-                    })
-                    .product::<f64>()
-                    + 1e-4
-            })
-            .sum();
-        (expected, s.len())
-    };
     // Up to 64 literals before cutting; only when that finds no set, up to 512: word lists
     // of a few hundred (the CRS's SQL and XSS alternations) then get one instead of running
     // on every value, while patterns with a small set keep it (and their prefilter its size).
-    for (prefix, total) in [(true, 64), (false, 64), (true, 512), (false, 512)] {
+    for total in [64, 512] {
         if total > 64 && best.is_some() {
             break;
         }
-        let kind = if prefix {
-            ExtractKind::Prefix
-        } else {
-            ExtractKind::Suffix
-        };
         let seq = Extractor::new()
-            .kind(kind)
+            .kind(kind.clone())
             .limit_class(10)
             .limit_total(total)
-            .extract(&hir);
+            .extract(hir);
         // Cutting literals shorter can merge many into few (`union\s` gives six literals of
         // six bytes, or one of five): try every length and keep the best set.
         for len in 1..=max_len {
@@ -713,11 +784,7 @@ pub fn required_literals(pattern: &str, max_len: usize) -> Option<Vec<Vec<u8>>> 
                     .map(|l| l.as_bytes().to_ascii_lowercase())
                     .collect(),
             );
-            if best.as_ref().is_none_or(|b| {
-                score(&set).partial_cmp(&score(b)) == Some(std::cmp::Ordering::Less)
-            }) {
-                best = Some(set);
-            }
+            keep_better(&mut best, set);
         }
     }
     best
@@ -917,5 +984,100 @@ mod tests {
         let lits = required_literals(r"\b(sleep|benchmark)\s*\(", 8).unwrap();
         assert!(lits.contains(&b"sleep".to_vec()), "{lits:?}");
         assert_eq!(required_literals(r"\w+", 8), None);
+        // What follows a leading class or anchor gives the literals.
+        let lits = required_literals(r"(?i)[\s\S](?:xlink:href|xhtml|formaction)", 8).unwrap();
+        assert!(!lits.iter().any(|l| l.len() < 4), "{lits:?}");
+        assert_eq!(
+            required_literals(r"^[^:\(\)\&]*\)", 8),
+            Some(vec![b")".to_vec()])
+        );
+        let lits = required_literals(r"(?m:^)[^a-z]+\s*?(?:alter|select|union)\b", 8).unwrap();
+        assert!(lits.contains(&b"select".to_vec()), "{lits:?}");
+        // An alternation's set is the union of its branches' (each found on its own).
+        let lits = required_literals(r"(?:\d+abc\d|\w+defg)", 8).unwrap();
+        assert!(
+            lits.contains(&b"abc".to_vec()) && lits.contains(&b"defg".to_vec()),
+            "{lits:?}"
+        );
+        // An optional piece gives nothing: `x?` may be absent.
+        assert_eq!(required_literals(r"\w+(?:xyz)?\w", 8), None);
+    }
+
+    /// Every match of each pattern holds one of its required literals (lower-cased, as the
+    /// prefilter folds case), over token soups from a fixed generator.
+    #[test]
+    fn every_match_holds_a_required_literal() {
+        let cases: &[(&str, &[&str])] = &[
+            (
+                r"(?i)[\s\S](?:!ENTITY\s+(?:\S+|%\s+\S+)\s+(?:PUBLIC|SYSTEM)|x(?:link:href|html|mlns)|data:text/html|pattern\b.*?=|formaction)",
+                &[
+                    "!entity",
+                    "!ENTITY",
+                    " ",
+                    "%",
+                    "public",
+                    "x",
+                    "xlink:href",
+                    "XHTML",
+                    "mlns",
+                    "data:text/html",
+                    "pattern",
+                    "=",
+                    "formaction",
+                    "a",
+                ],
+            ),
+            (
+                r"^[^:\(\)\&\|\!<>\~]*\)\s*(?:\((?:[^,\(\)\=\&\|\!<>\~]+[><\~]?=|\s*[\&!|]\s*(?:\)|\()?\s*)|\)\s*\(\s*[\&\|\!]\s*)",
+                &["a", ")", "(", " ", "=", "&", "|", "!", "<", "~", ","],
+            ),
+            (
+                r"(?:(?m:^)[\x00-@\[-\^`\{-\xFF]+\s*?(?:alter|create|select|union)\b\s*?(?:\(|from))|(?:\binto\s+outfile)",
+                &[
+                    "\n", "1", "'", " ", "alter", "SELECT", "union", "(", "from", "into",
+                    "outfile", "x",
+                ],
+            ),
+            (
+                r"(?i)(?:j|&#x?0*(?:74|4A);?)(?:\t|&tab;)*(?:a|&#x?0*(?:65|41);?)(?:\t|&tab;)*v(?:\t)*a(?:\t)*s(?:\t)*c(?:\t)*r(?:\t)*i(?:\t)*p(?:\t)*t(?:\t)*:",
+                &[
+                    "j", "J", "&#74;", "&#x4A", "&#0074", "\t", "&tab;", "a", "&#65;", "v", "s",
+                    "c", "r", "i", "p", "t", ":", "java", "script:",
+                ],
+            ),
+            (
+                r"(?:\d+abc\d|\w+defg|(?:x|y)z{2,}[!?])",
+                &["1", "abc", "a", "defg", "x", "y", "z", "zz", "!", "?", "_"],
+            ),
+        ];
+        let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+        for (pattern, tokens) in cases {
+            let literals = required_literals(pattern, 8).expect("a literal set");
+            let regex = regex_automata::meta::Regex::builder()
+                .syntax(waf_regex::syntax_config())
+                .build(pattern)
+                .expect("the pattern compiles");
+            let mut matched = 0;
+            for _ in 0..20_000 {
+                let mut text = Vec::new();
+                seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+                for _ in 0..(seed >> 59) {
+                    seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+                    text.extend_from_slice(tokens[(seed >> 33) as usize % tokens.len()].as_bytes());
+                }
+                if regex.is_match(&text) {
+                    matched += 1;
+                    let lower = text.to_ascii_lowercase();
+                    assert!(
+                        literals
+                            .iter()
+                            .any(|l| lower.windows(l.len()).any(|w| w == l.as_slice())),
+                        "{pattern}: {:?} holds none of {literals:?}",
+                        String::from_utf8_lossy(&text)
+                    );
+                }
+            }
+            assert!(matched > 20, "{pattern}: only {matched} texts matched");
+        }
     }
 }

@@ -239,6 +239,9 @@ struct PrefilterTables {
     /// How many states have actions.
     action_count: u32,
     width: u32,
+    /// The longest literal's length: the state after a byte depends on that many bytes
+    /// up to it and no more (see `prefilter_body`).
+    context: u32,
 }
 
 struct PartTables {
@@ -420,7 +423,7 @@ fn write_dfa(data: &mut Data, dfa: &PatternDfa, folds: bool) -> u32 {
     ])
 }
 
-fn write_prefilter(data: &mut Data, p: &Prefilter) -> PrefilterTables {
+fn write_prefilter(data: &mut Data, p: &Prefilter, context: u32) -> PrefilterTables {
     // The prefilter reads every byte of every value, so its loop is kept to an add and a
     // load on the state: states are byte offsets into the table, and the class map holds
     // each class's byte offset within a row (a multiply per byte would add its latency to
@@ -463,6 +466,7 @@ fn write_prefilter(data: &mut Data, p: &Prefilter) -> PrefilterTables {
         actions: data.words(&action_ptrs),
         action_count: action_ptrs.len() as u32,
         width,
+        context,
     }
 }
 
@@ -585,7 +589,8 @@ impl Tables {
             None
         } else {
             let p = automata::prefilter(&literals, PREFILTER_STATES)?;
-            Some(write_prefilter(data, &p))
+            let longest = literals.iter().map(|l| l.bytes.len()).max().unwrap_or(1);
+            Some(write_prefilter(data, &p, longest as u32))
         };
         let hit_words = (patterns.len() as u32).div_ceil(64).max(1);
         let mut dfas: HashMap<String, u32> = HashMap::new();
@@ -2030,6 +2035,9 @@ fn prefilter_body(p: &PrefilterTables, stamps: u32) -> wasm_encoder::Function {
     let id = a.local(I32);
     let generation = a.local(I32);
     let stamp = a.local(I32);
+    let s2 = a.local(I32);
+    let ptr2 = a.local(I32);
+    let end2 = a.local(I32);
     // generation = stamps[0] + 1; on wrapping to 0 every stamp is cleared first, so no
     // stamp left from 2^32 calls ago passes for this call's.
     a.c(0);
@@ -2046,81 +2054,117 @@ fn prefilter_body(p: &PrefilterTables, stamps: u32) -> wasm_encoder::Function {
     // States are byte offsets into the table: state * stride * width.
     let scale = p.stride * p.width;
     let first_action = p.first_action * scale;
-    a.set_c(s, p.start * scale);
+    let start = p.start * scale;
+    // One byte through the automaton from state `s` at `at`, applying the action of an
+    // action state reached.
+    let step = |a: &mut Asm, at: u32, s: u32| {
+        a.get(s);
+        a.load8(at, 0);
+        if p.width == 2 {
+            a.i()
+                .i32_load8_u(mem(p.classes, 0))
+                .i32_add()
+                .i32_load16_u(mem(p.table, 1));
+        } else {
+            a.i()
+                .i32_const(1)
+                .i32_shl()
+                .i32_load16_u(mem(p.classes, 1))
+                .i32_add()
+                .i32_load(mem(p.table, 2));
+        }
+        a.tee(s);
+        a.c(first_action);
+        a.i().i32_ge_u();
+        a.if_();
+        // stamp = &stamps[1 + (s - first_action) / scale]; unless it holds this generation,
+        // stamp it and apply action = actions[(s - first_action) / scale].
+        // The offset is a multiple of `scale`: dividing by multiplying with ⌈2^32 / scale⌉
+        // is exact (the error, index × (M × scale − 2^32) / 2^32, stays below one).
+        let reciprocal = (1u64 << 32).div_ceil(u64::from(scale));
+        a.get(s).c(first_action);
+        a.i()
+            .i32_sub()
+            .i64_extend_i32_u()
+            .i64_const(reciprocal as i64)
+            .i64_mul()
+            .i64_const(32)
+            .i64_shr_u()
+            .i32_wrap_i64();
+        a.c(4);
+        a.i().i32_mul();
+        a.tee(stamp);
+        a.i().i32_load(mem(stamps + 4, 2));
+        a.get(generation);
+        a.i().i32_ne();
+        a.if_();
+        a.get(stamp).get(generation);
+        a.i().i32_store(mem(stamps + 4, 2));
+        a.get(stamp);
+        a.i().i32_load(mem(p.actions, 2));
+        a.set(action);
+        a.get(dirty).load(action, 0);
+        a.i().i32_or();
+        a.set(dirty);
+        a.load(action, 4).set(n);
+        a.block().loop_();
+        a.get(n);
+        a.i().i32_eqz().br_if(1);
+        a.inc(action, 4);
+        a.load(action, 4).set(id);
+        a.get(hits).get(id).c(3);
+        a.i().i32_shr_u().i32_add();
+        a.get(hits).get(id).c(3);
+        a.i().i32_shr_u().i32_add().i32_load8_u(mem(0, 0));
+        a.c(1).get(id).c(7);
+        a.i().i32_and().i32_shl().i32_or().i32_store8(mem(0, 0));
+        a.get(n).c(1);
+        a.i().i32_sub();
+        a.set(n);
+        a.i().br(0);
+        a.end().end();
+        a.end();
+        a.end();
+        a.inc(at, 1);
+    };
+    a.set_c(s, start);
     a.get(ptr).get(len);
     a.i().i32_add();
     a.set(end);
-    a.block().loop_();
-    a.get(ptr).get(end);
-    a.i().i32_ge_u().br_if(1);
-    a.get(s);
-    a.load8(ptr, 0);
-    if p.width == 2 {
-        a.i()
-            .i32_load8_u(mem(p.classes, 0))
-            .i32_add()
-            .i32_load16_u(mem(p.table, 1));
-    } else {
-        a.i()
-            .i32_const(1)
-            .i32_shl()
-            .i32_load16_u(mem(p.classes, 1))
-            .i32_add()
-            .i32_load(mem(p.table, 2));
-    }
-    a.tee(s);
-    a.c(first_action);
+    // A long value is read as two halves at once, so the two walks' loads overlap instead
+    // of each byte waiting for the one before. The state after a byte depends only on the
+    // `context` bytes up to it (the longest literal), so the second walk starts from the
+    // start state `context - 1` bytes before the middle: from the middle on its states are
+    // exactly those of one walk over the whole value, and before it, it can only find
+    // literals that are there (which the first walk finds as well; stamps apply each
+    // action once). The first walk stops at the middle.
+    let overlap = p.context.max(1) - 1;
+    a.get(len).c(2 * overlap + 64);
     a.i().i32_ge_u();
     a.if_();
-    // stamp = &stamps[1 + (s - first_action) / scale]; unless it holds this generation,
-    // stamp it and apply action = actions[(s - first_action) / scale].
-    // The offset is a multiple of `scale`: dividing by multiplying with ⌈2^32 / scale⌉ is
-    // exact (the error, index × (M × scale − 2^32) / 2^32, stays below one).
-    let reciprocal = (1u64 << 32).div_ceil(u64::from(scale));
-    a.get(s).c(first_action);
-    a.i()
-        .i32_sub()
-        .i64_extend_i32_u()
-        .i64_const(reciprocal as i64)
-        .i64_mul()
-        .i64_const(32)
-        .i64_shr_u()
-        .i32_wrap_i64();
-    a.c(4);
-    a.i().i32_mul();
-    a.tee(stamp);
-    a.i().i32_load(mem(stamps + 4, 2));
-    a.get(generation);
-    a.i().i32_ne();
-    a.if_();
-    a.get(stamp).get(generation);
-    a.i().i32_store(mem(stamps + 4, 2));
-    a.get(stamp);
-    a.i().i32_load(mem(p.actions, 2));
-    a.set(action);
-    a.get(dirty).load(action, 0);
-    a.i().i32_or();
-    a.set(dirty);
-    a.load(action, 4).set(n);
-    a.block().loop_();
-    a.get(n);
-    a.i().i32_eqz().br_if(1);
-    a.inc(action, 4);
-    a.load(action, 4).set(id);
-    a.get(hits).get(id).c(3);
-    a.i().i32_shr_u().i32_add();
-    a.get(hits).get(id).c(3);
-    a.i().i32_shr_u().i32_add().i32_load8_u(mem(0, 0));
-    a.c(1).get(id).c(7);
-    a.i().i32_and().i32_shl().i32_or().i32_store8(mem(0, 0));
-    a.get(n).c(1);
+    // middle = ptr + (len + overlap + 1) / 2; the second walk covers [middle - overlap, end),
+    // never longer than the first's [ptr, middle).
+    a.get(ptr).get(len).c(overlap + 1);
+    a.i().i32_add().i32_const(1).i32_shr_u().i32_add();
+    a.tee(end2);
+    a.c(overlap);
     a.i().i32_sub();
-    a.set(n);
+    a.set(ptr2);
+    a.set_c(s2, start);
+    a.block().loop_();
+    a.get(ptr2).get(end);
+    a.i().i32_ge_u().br_if(1);
+    step(&mut a, ptr, s);
+    step(&mut a, ptr2, s2);
     a.i().br(0);
     a.end().end();
+    a.else_();
+    a.get(end).set(end2);
     a.end();
-    a.end();
-    a.inc(ptr, 1);
+    a.block().loop_();
+    a.get(ptr).get(end2);
+    a.i().i32_ge_u().br_if(1);
+    step(&mut a, ptr, s);
     a.i().br(0);
     a.end().end();
     a.get(dirty);
