@@ -661,25 +661,73 @@ pub fn minimal_literals(mut set: Vec<Vec<u8>>) -> Vec<Vec<u8>> {
 /// candidate sets, the one expected to hit ordinary text least wins.
 pub fn required_literals(pattern: &str, max_len: usize) -> Option<Vec<Vec<u8>>> {
     let hir = edgepack_schema::waf_regex::parse(pattern).ok()?;
-    best_literals(&hir, max_len, 0)
+    best_literals(&folded(&hir), max_len, 0)
+}
+
+/// `hir` with every class that is one ASCII letter in either case (`[Aa]`, which `(?i)`
+/// and the imported rules' case-insensitive forms are made of) as that letter in lower
+/// case, and literals lower-cased. The literals only feed the prefilter, which ignores
+/// case; extracted from the classes instead, a word of n letters is 2^n literals, cut
+/// short long before the word ends (`allo` for `allow_url_fopen`, `s` for `select`).
+fn folded(hir: &Hir) -> Hir {
+    use regex_syntax::hir::{Capture, Class, Repetition};
+    match hir.kind() {
+        HirKind::Literal(literal) => Hir::literal(literal.0.to_ascii_lowercase()),
+        HirKind::Class(class) => {
+            // The class's members when it is two single characters.
+            let pair: Option<[u32; 2]> = match class {
+                Class::Bytes(c) => match c.ranges() {
+                    [a, b] if a.start() == a.end() && b.start() == b.end() => {
+                        Some([a.start().into(), b.start().into()])
+                    }
+                    _ => None,
+                },
+                Class::Unicode(c) => match c.ranges() {
+                    [a, b] if a.start() == a.end() && b.start() == b.end() => {
+                        Some([a.start().into(), b.start().into()])
+                    }
+                    _ => None,
+                },
+            };
+            match pair.map(|[a, b]| (u8::try_from(a), u8::try_from(b))) {
+                Some((Ok(a), Ok(b)))
+                    if a.is_ascii_alphabetic() && a != b && a.eq_ignore_ascii_case(&b) =>
+                {
+                    Hir::literal([a.to_ascii_lowercase()])
+                }
+                _ => hir.clone(),
+            }
+        }
+        HirKind::Repetition(r) => Hir::repetition(Repetition {
+            sub: Box::new(folded(&r.sub)),
+            ..r.clone()
+        }),
+        HirKind::Capture(c) => Hir::capture(Capture {
+            sub: Box::new(folded(&c.sub)),
+            ..c.clone()
+        }),
+        HirKind::Concat(items) => Hir::concat(items.iter().map(folded).collect()),
+        HirKind::Alternation(branches) => Hir::alternation(branches.iter().map(folded).collect()),
+        HirKind::Empty | HirKind::Look(_) => hir.clone(),
+    }
 }
 
 /// How often a literal set is expected to hit ordinary text, per byte: a literal's chance is
-/// the product of its bytes' (letters and spaces are common, punctuation is not); each
-/// literal also costs automaton states, counted as a small fixed chance.
+/// the product of its bytes' (letters and spaces are common, punctuation is not; a letter
+/// counts as likely as a third, for ordinary words: `report` occurs in text, `report_m`
+/// hardly); each literal also costs automaton states, counted as a small fixed chance.
 fn literal_score(set: &[Vec<u8>]) -> (f64, usize) {
     let expected: f64 = set
         .iter()
         .map(|l| {
             l.iter()
                 .map(|b| match b {
-                    b'a'..=b'z' => 0.1,
-                    b' ' => 0.2,
-                    b'0'..=b'9' => 0.05,
-                    _ => 0.01,
+                    b'a'..=b'z' | b' ' => 0.3,
+                    b'0'..=b'9' => 0.1,
+                    _ => 0.02,
                 })
                 .product::<f64>()
-                + 1e-4
+                + 1e-5
         })
         .sum();
     (expected, set.len())
@@ -751,13 +799,10 @@ fn best_literals(hir: &Hir, max_len: usize, depth: usize) -> Option<Vec<Vec<u8>>
 fn literal_set(hir: &Hir, kind: &ExtractKind, max_len: usize) -> Option<Vec<Vec<u8>>> {
     let prefix = matches!(kind, ExtractKind::Prefix);
     let mut best: Option<Vec<Vec<u8>>> = None;
-    // Up to 64 literals before cutting; only when that finds no set, up to 512: word lists
-    // of a few hundred (the CRS's SQL and XSS alternations) then get one instead of running
-    // on every value, while patterns with a small set keep it (and their prefilter its size).
+    // Up to 64 literals before cutting, then up to 512: past its limit the extractor cuts
+    // every literal to four bytes, so a list of fifty words (933120's PHP settings) comes
+    // out as `repo`, `regi`, … at 64 and whole at 512; the score picks.
     for total in [64, 512] {
-        if total > 64 && best.is_some() {
-            break;
-        }
         let seq = Extractor::new()
             .kind(kind.clone())
             .limit_class(10)
@@ -977,12 +1022,17 @@ mod tests {
     #[test]
     fn finds_required_literals() {
         let lits = required_literals(r"union\s+select", 8).unwrap();
+        let within = |l: &Vec<u8>, word: &[u8]| l.windows(word.len()).any(|w| w == word);
         assert!(
-            lits == [b"union".to_vec()] || lits == [b"select".to_vec()],
+            lits.iter().all(|l| within(l, b"union")) || lits.iter().all(|l| within(l, b"select")),
             "{lits:?}"
         );
         let lits = required_literals(r"\b(sleep|benchmark)\s*\(", 8).unwrap();
-        assert!(lits.contains(&b"sleep".to_vec()), "{lits:?}");
+        assert!(
+            lits.iter()
+                .all(|l| l.starts_with(b"sleep") || l.starts_with(b"benchmar")),
+            "{lits:?}"
+        );
         assert_eq!(required_literals(r"\w+", 8), None);
         // What follows a leading class or anchor gives the literals.
         let lits = required_literals(r"(?i)[\s\S](?:xlink:href|xhtml|formaction)", 8).unwrap();
@@ -999,6 +1049,14 @@ mod tests {
             lits.contains(&b"abc".to_vec()) && lits.contains(&b"defg".to_vec()),
             "{lits:?}"
         );
+        // Case-insensitive words give whole words, not their first letters: from classes
+        // (`[Aa][Ll]…`), and in a list of more than 64 (which the extractor cuts to four
+        // bytes at its first limit).
+        let lits = required_literals(r"(?i)(?:allow_url_fopen|report_memleaks)", 8).unwrap();
+        assert_eq!(lits, [b"allow_ur".to_vec(), b"report_m".to_vec()]);
+        let words: Vec<String> = (0..70).map(|i| format!("word{i:02}_setting")).collect();
+        let lits = required_literals(&format!("(?i)(?:{})", words.join("|")), 8).unwrap();
+        assert!(lits.iter().all(|l| l.len() == 8), "{lits:?}");
         // An optional piece gives nothing: `x?` may be absent.
         assert_eq!(required_literals(r"\w+(?:xyz)?\w", 8), None);
     }
