@@ -727,7 +727,7 @@ fn literal_score(set: &[Vec<u8>]) -> (f64, usize) {
                     _ => 0.02,
                 })
                 .product::<f64>()
-                + 1e-5
+                + 1e-4
         })
         .sum();
     (expected, set.len())
@@ -803,9 +803,12 @@ fn literal_set(hir: &Hir, kind: &ExtractKind, max_len: usize) -> Option<Vec<Vec<
     // every literal to four bytes, so a list of fifty words (933120's PHP settings) comes
     // out as `repo`, `regi`, … at 64 and whole at 512; the score picks.
     for total in [64, 512] {
+        // Classes of more than four bytes end a literal: `\s` spelled out six ways makes six
+        // literals of every word after it (`\tselect`, `\nselect`, …), prefilter states that
+        // took the example's module past its 64 KiB, for text that holds the word anyway.
         let seq = Extractor::new()
             .kind(kind.clone())
-            .limit_class(10)
+            .limit_class(4)
             .limit_total(total)
             .extract(hir);
         // Cutting literals shorter can merge many into few (`union\s` gives six literals of
