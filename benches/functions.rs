@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use edgepack_benches::{copy_example, node_args, one_worker_runtime, policy_bundle};
+use edgepack_benches::{copy_example, metric_value, node_args, one_worker_runtime, policy_bundle};
 use edgepack_runtime_min::config::NodeArgs;
 use edgepack_runtime_min::node::Node;
 use http_body_util::{BodyExt, Full};
@@ -105,12 +105,7 @@ fn main() {
         function_median / static_median
     );
     let text = node.metrics.render();
-    let value = |name: &str| -> f64 {
-        text.lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
-            .unwrap_or(0.0)
-    };
+    let value = |name: &str| metric_value(&text, name);
     let served = r#"{function="ml-infer"}"#;
     println!(
         "  instantiation in the node:    {:>8.2} µs mean over {} requests",

@@ -236,3 +236,13 @@ pub fn one_worker_runtime() -> tokio::runtime::Runtime {
         .build()
         .expect("a runtime")
 }
+
+/// The value of the first line of Prometheus text `metrics` that starts with `name` (a
+/// metric name, with its labels when it has any), or 0 when there is none.
+pub fn metric_value(metrics: &str, name: &str) -> f64 {
+    metrics
+        .lines()
+        .find(|l| l.starts_with(name))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or(0.0)
+}

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use edgepack_benches::{example_bundle, node_args, one_worker_runtime};
+use edgepack_benches::{example_bundle, metric_value, node_args, one_worker_runtime};
 use edgepack_runtime_min::host::Tier;
 use edgepack_runtime_min::node::Node;
 use http_body_util::{BodyExt, Empty};
@@ -64,12 +64,7 @@ fn main() {
 
     let read = || {
         let text = node.metrics.render();
-        let value = |name: &str| -> f64 {
-            text.lines()
-                .find(|l| l.starts_with(name))
-                .and_then(|l| l.rsplit(' ').next()?.parse().ok())
-                .unwrap_or(0.0)
-        };
+        let value = |name: &str| metric_value(&text, name);
         Reading {
             at: Instant::now(),
             done: done.load(Ordering::Relaxed),

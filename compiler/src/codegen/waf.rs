@@ -1887,6 +1887,16 @@ fn sequence_body(
         a.end();
     };
     // Runs `body` for every state in `list` (holding `count`), the state in `into`.
+    // Leaves the enclosing loop's block at the end of the text; otherwise reads byte `i`
+    // into `b` and pushes the head's next state.
+    let head_step = |a: &mut Asm| {
+        a.get(i).get(len);
+        a.i().i32_ge_u().br_if(1);
+        a.get(ptr).get(i);
+        a.i().i32_add().i32_load8_u(mem(0, 0));
+        a.set(b);
+        transition(a, h_next, h, h_stride, h_classes);
+    };
     let each = |a: &mut Asm, list: u32, count: u32, into: u32, body: &dyn Fn(&mut Asm)| {
         a.set_c(k, 0);
         a.block().loop_();
@@ -1913,12 +1923,7 @@ fn sequence_body(
     a.i().i32_eqz();
     a.if_();
     a.block().loop_();
-    a.get(i).get(len);
-    a.i().i32_ge_u().br_if(1);
-    a.get(ptr).get(i);
-    a.i().i32_add().i32_load8_u(mem(0, 0));
-    a.set(b);
-    transition(&mut a, h_next, h, h_stride, h_classes);
+    head_step(&mut a);
     a.set(t);
     ends_bit(&mut a, h_ends, t, 1);
     a.i().br_if(1);
@@ -1928,12 +1933,7 @@ fn sequence_body(
     a.i().br(0);
     a.end().end();
     a.end();
-    a.get(i).get(len);
-    a.i().i32_ge_u().br_if(1);
-    a.get(ptr).get(i);
-    a.i().i32_add().i32_load8_u(mem(0, 0));
-    a.set(b);
-    transition(&mut a, h_next, h, h_stride, h_classes);
+    head_step(&mut a);
     a.set(h);
     a.inc(step, 1);
     a.set_c(m, 0);
