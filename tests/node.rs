@@ -800,8 +800,14 @@ fn ambiguous_framing_oversized_requests_and_slow_clients_are_refused() {
         started.elapsed()
     );
     assert!(!answer.contains("200 OK"), "{answer}");
-    // The node still serves others.
-    assert_eq!(get(&edge.url("/api/health"), &[DE]).status, 200);
+    // The node still serves others: a new client on a connection of its own (the shared
+    // client's pooled connections have idled past the one-second header timeout, and the
+    // node may be closing one as the client reuses it).
+    let answer = raw(
+        &edge,
+        b"GET /api/health HTTP/1.1\r\nHost: a\r\ncf-ipcountry: DE\r\nConnection: close\r\n\r\n",
+    );
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
 }
 
 #[test]
