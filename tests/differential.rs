@@ -807,6 +807,15 @@ fn decodings_match_the_reference_byte_for_byte() {
             .expect("a generated payload");
         inputs.push(tree.current());
     }
+    // Decoders read plain text eight bytes at a time: what needs decoding at every offset
+    // of a word, and words of plain text between.
+    for shift in 0..9 {
+        let mut input = "a".repeat(shift).into_bytes();
+        input.extend_from_slice("plain+text+%41%u0042+\u{dc}n\u{cf}+%zz+%2".as_bytes());
+        input.extend_from_slice(&[0xC3, b'+', 0x80, 0xFF]);
+        input.extend_from_slice(b"+tail+of+the+value+%");
+        inputs.push(input);
+    }
     use DecodingPlan::*;
     let decodings: [(&str, &[DecodingPlan]); 14] = [
         ("url-decode", &[UrlDecode]),
@@ -1139,6 +1148,89 @@ fn literals_anywhere_in_long_values_agree() {
             fired, requests,
             "{fired} rules fired in {requests} requests"
         );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// With hundreds of literals, parts few rules read (method, a header, path, URI, request
+/// line) get prefilters of their own while the arguments share the large one: each part
+/// still finds exactly its own rules' literals, in either direction (a literal of an
+/// argument rule in a header fires nothing; the same literal in the query fires the
+/// argument rule and the URI rule that looks for it too).
+#[test]
+fn parts_with_prefilters_of_their_own_agree() {
+    let engine = PolicyEngine::new().expect("engine");
+    let mut rules = String::new();
+    for i in 0..300 {
+        rules.push_str(&format!(
+            "rule \"a{i}\" score=1 {{ in \"args\"; regex #\"k{i}z\"#; }}\n"
+        ));
+    }
+    for (name, part, pattern) in [
+        ("m", "method", "^PU"),
+        ("h", "header:x-a", "evil"),
+        ("p", "path", "adm[io]n"),
+        ("u", "uri", "k7z"),
+        ("l", "request-line", "(?i)http/1\\.0"),
+    ] {
+        rules.push_str(&format!(
+            "rule \"{name}\" score=1 {{ in \"{part}\"; regex #\"{pattern}\"#; }}\n"
+        ));
+    }
+    let dir = rules_policy(&rules);
+    for tier in [Tier::Quick, Tier::Optimized] {
+        let mut regions = compile_policy(&dir, &engine, tier).expect("the policy compiles");
+        let (plan, instance) = &mut regions[0];
+        let evaluator = Evaluator::new(plan);
+        let names = |rules: &[u32]| -> Vec<String> {
+            let waf = plan.waf.as_ref().expect("a WAF");
+            let mut names: Vec<String> = rules
+                .iter()
+                .map(|id| {
+                    waf.rules
+                        .iter()
+                        .find(|r| r.id == *id)
+                        .expect("a rule")
+                        .name
+                        .clone()
+                })
+                .collect();
+            names.sort();
+            names
+        };
+        let long = "w".repeat(600);
+        let cases: Vec<(Request, Vec<&str>)> = vec![
+            (Request::new("GET", "/x?q=k7z"), vec!["a7", "u"]),
+            (
+                Request::new("GET", &format!("/x?q={long}k299z{long}")),
+                vec!["a299"],
+            ),
+            (
+                Request::new("GET", "/x?q=evil").header("x-a", "k5z"),
+                vec![],
+            ),
+            (
+                Request::new("GET", "/x").header("x-a", "an evil one"),
+                vec!["h"],
+            ),
+            (Request::new("PUT", "/admin?q=PUT"), vec!["m", "p"]),
+            (
+                Request::new("GET", "/x?q=admin+k12z+k13z"),
+                vec!["a12", "a13"],
+            ),
+            (
+                Request {
+                    protocol: "HTTP/1.0".to_string(),
+                    ..Request::new("GET", "/k7z")
+                },
+                vec!["l", "u"],
+            ),
+        ];
+        for (request, expected) in cases {
+            compare(plan, &evaluator, instance, &request).unwrap_or_else(|e| panic!("{e}"));
+            let fired = instance.decide(&request).expect("a decision").rules;
+            assert_eq!(names(&fired), expected, "{request:?}");
+        }
     }
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -110,7 +110,9 @@ mod tests {
     #[test]
     fn the_xss_shortcut_keeps_every_detection_in_the_corpora() {
         fn files(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
-            for entry in std::fs::read_dir(dir).expect("a corpus directory") {
+            let entries = std::fs::read_dir(dir)
+                .unwrap_or_else(|e| panic!("corpus directory {}: {e}", dir.display()));
+            for entry in entries {
                 let path = entry.expect("an entry").path();
                 if path.is_dir() {
                     files(&path, out);

@@ -51,6 +51,9 @@ const SEQUENCE3_BASE: u32 = 0xC000_0000;
 const STEP_LIMIT: u32 = 0xF000_0000;
 /// The most states one part's prefilter may have.
 const PREFILTER_STATES: usize = 1 << 20;
+/// A WAF with at least this many literals gives parts few rules read prefilters of their
+/// own (with fewer, one prefilter serves every part, and the module stays small).
+const SPLIT_LITERALS: usize = 256;
 /// Prefilter literals are cut to this many bytes.
 const LITERAL_LEN: usize = 8;
 
@@ -258,11 +261,14 @@ struct PartTables {
     /// Per pattern number: (group in this part or NONE, rule, DFA descriptor, 0).
     patterns: u32,
     groups: Vec<GroupTables>,
+    /// The prefilter its values go through (an index into `Tables::prefilters`).
+    prefilter: Option<usize>,
 }
 
 pub struct Tables {
-    /// The literal prefilter shared by every part.
-    prefilter: Option<PrefilterTables>,
+    /// The literal prefilters: one shared by the parts most rules read, and one for each
+    /// part read by few rules (see `Tables::new`).
+    prefilters: Vec<PrefilterTables>,
     /// Prefilter hit bits, in 64-bit words.
     pub hit_words: u32,
     /// Whether some rule normalizes paths (a leading `.` then marks a value dirty).
@@ -473,14 +479,27 @@ fn write_prefilter(data: &mut Data, p: &Prefilter, context: u32) -> PrefilterTab
 impl Tables {
     /// The size of the prefilter's stamp area: a generation word and a word per action.
     pub fn prefilter_stamp_bytes(&self) -> u32 {
-        self.prefilter.map_or(0, |p| 4 + 4 * p.action_count)
+        self.prefilters
+            .iter()
+            .map(|p| 4 + 4 * p.action_count)
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// The stamps the prefilters share: one per action of the one with the most.
+    fn stamp_words(&self) -> u32 {
+        self.prefilters
+            .iter()
+            .map(|p| p.action_count)
+            .max()
+            .unwrap_or(0)
     }
 
     pub fn new(waf: &WafPlan, data: &mut Data) -> Result<Tables, CodegenError> {
         let scores: Vec<u32> = waf.rules.iter().map(|r| r.score).collect();
         let scores = data.words(&scores);
-        // Every (rule, matcher) is one pattern, numbered across the whole WAF: one
-        // prefilter serves every part, and its hit bits are pattern numbers.
+        // Every (rule, matcher) is one pattern, numbered across the whole WAF: the
+        // prefilters' hit bits are pattern numbers.
         struct Pattern {
             rule: u32,
             /// The fired byte a match sets.
@@ -570,28 +589,6 @@ impl Tables {
                 compounds.push((rule.id, needed));
             }
         }
-        let mut literals: Vec<PrefilterLiteral> = Vec::new();
-        for (index, pattern) in patterns.iter().enumerate() {
-            for literal in pattern.literals.iter().flatten() {
-                literals.push(PrefilterLiteral {
-                    bytes: literal.clone(),
-                    action: LiteralAction::Pattern(index as u32),
-                });
-            }
-        }
-        for (bytes, bit) in markers(dirty_all) {
-            literals.push(PrefilterLiteral {
-                bytes,
-                action: LiteralAction::Dirty(bit),
-            });
-        }
-        let prefilter = if literals.is_empty() {
-            None
-        } else {
-            let p = automata::prefilter(&literals, PREFILTER_STATES)?;
-            let longest = literals.iter().map(|l| l.bytes.len()).max().unwrap_or(1);
-            Some(write_prefilter(data, &p, longest as u32))
-        };
         let hit_words = (patterns.len() as u32).div_ceil(64).max(1);
         let mut dfas: HashMap<String, u32> = HashMap::new();
         let budget = usize::try_from(waf.automaton_budget).unwrap_or(usize::MAX);
@@ -631,8 +628,72 @@ impl Tables {
                 part_keys.push(part.clone());
             }
         }
+        // The patterns each part's prefilter looks for. A prefilter reads every byte of every
+        // value, and on most bytes of text it reaches a state whose literal some pattern
+        // needs: a part few rules read (the method, the protocol, a header) has a prefilter
+        // of its own patterns, so that the long values of the parts most rules read do not
+        // stop at every letter another part's patterns look for; those parts share one.
+        let reading: Vec<Vec<usize>> = part_keys
+            .iter()
+            .map(|part| {
+                (0..patterns.len())
+                    .filter(|i| patterns[*i].parts.contains(part))
+                    .collect()
+            })
+            .collect();
+        let literal_count = |set: &[usize]| -> usize {
+            set.iter()
+                .map(|i| patterns[*i].literals.as_ref().map_or(0, Vec::len))
+                .sum()
+        };
+        let total = literal_count(&(0..patterns.len()).collect::<Vec<_>>());
+        let own = |set: &[usize]| total >= SPLIT_LITERALS && literal_count(set) * 4 <= total;
+        let mut shared: Vec<usize> = reading
+            .iter()
+            .filter(|set| !own(set))
+            .flatten()
+            .copied()
+            .collect();
+        shared.sort_unstable();
+        shared.dedup();
+        let mut prefilters = Vec::new();
+        let mut built: HashMap<Vec<PrefilterLiteral>, usize> = HashMap::new();
+        let mut part_prefilter = Vec::new();
+        for set in &reading {
+            let set = if own(set) { set } else { &shared };
+            let mut literals: Vec<PrefilterLiteral> = Vec::new();
+            for &index in set {
+                for literal in patterns[index].literals.iter().flatten() {
+                    literals.push(PrefilterLiteral {
+                        bytes: literal.clone(),
+                        action: LiteralAction::Pattern(index as u32),
+                    });
+                }
+            }
+            for (bytes, bit) in markers(dirty_all) {
+                literals.push(PrefilterLiteral {
+                    bytes,
+                    action: LiteralAction::Dirty(bit),
+                });
+            }
+            if literals.is_empty() {
+                part_prefilter.push(None);
+                continue;
+            }
+            let index = match built.get(&literals) {
+                Some(index) => *index,
+                None => {
+                    let p = automata::prefilter(&literals, PREFILTER_STATES)?;
+                    let longest = literals.iter().map(|l| l.bytes.len()).max().unwrap_or(1);
+                    prefilters.push(write_prefilter(data, &p, longest as u32));
+                    built.insert(literals, prefilters.len() - 1);
+                    prefilters.len() - 1
+                }
+            };
+            part_prefilter.push(Some(index));
+        }
         let mut parts = Vec::new();
-        for part in part_keys {
+        for (part, prefilter) in part_keys.into_iter().zip(part_prefilter) {
             // This part's rules, grouped by decoding chain; patterns of other parts' rules
             // are marked absent (group NONE) in its table.
             let mut chains: Vec<Vec<DecodingPlan>> = Vec::new();
@@ -730,6 +791,7 @@ impl Tables {
                 except,
                 patterns: data.words(&table),
                 groups,
+                prefilter,
             });
         }
         let hex: Vec<u8> = (0..=255u8)
@@ -753,7 +815,7 @@ impl Tables {
         .map(|(name, byte)| (data.bytes(name), name.len() as u32, *byte))
         .collect();
         Ok(Tables {
-            prefilter,
+            prefilters,
             hit_words,
             path_marker: dirty_all & DIRTY_PATH != 0,
             scores,
@@ -786,7 +848,7 @@ struct PatternLocals {
 pub struct Fns {
     pub waf: u32,
     scans: Vec<u32>,
-    prefilter: Option<u32>,
+    prefilters: Vec<u32>,
     run_hits: u32,
     run_always: u32,
     dfa: u32,
@@ -809,7 +871,11 @@ impl Fns {
                 .iter()
                 .map(|_| funcs.declare(&[I32, I32, I32], &[]))
                 .collect(),
-            prefilter: t.prefilter.map(|_| funcs.declare(&[I32, I32, I32], &[I32])),
+            prefilters: t
+                .prefilters
+                .iter()
+                .map(|_| funcs.declare(&[I32, I32, I32], &[I32]))
+                .collect(),
             run_hits: funcs.declare(&[I32, I32, I32, I32, I32, I32, I32, I32], &[]),
             run_always: funcs.declare(&[I32, I32, I32, I32, I32, I32], &[]),
             dfa: funcs.declare(&[I32, I32, I32, I32], &[I32]),
@@ -829,8 +895,11 @@ impl Fns {
         for (i, part) in t.parts.iter().enumerate() {
             funcs.define(self.scans[i], self.scan_body(layout, t, part));
         }
-        if let (Some(f), Some(p)) = (self.prefilter, t.prefilter) {
-            funcs.define(f, prefilter_body(&p, layout.prefilter_stamps));
+        for (f, p) in self.prefilters.iter().zip(&t.prefilters) {
+            funcs.define(
+                *f,
+                prefilter_body(p, layout.prefilter_stamps, t.stamp_words()),
+            );
         }
         funcs.define(self.run_hits, self.run_hits_body(layout));
         funcs.define(self.run_always, self.run_always_body(layout));
@@ -1085,7 +1154,7 @@ impl Fns {
     /// `scan(ptr, len, enabled)`: one value of a part through its groups. The hit areas
     /// are all zero between values: whoever sets bits clears them.
     fn scan_body(&self, layout: &Layout, t: &Tables, part: &PartTables) -> wasm_encoder::Function {
-        let prefilter = self.prefilter;
+        let prefilter = part.prefilter.map(|i| self.prefilters[i]);
         let (ptr, len, enabled) = (0, 1, 2);
         let mut a = Asm::new(3);
         let dirty = a.local(I32);
@@ -2024,7 +2093,9 @@ fn sequence_body(
 /// of its bytes (single-letter literals, whitespace), and applying one again changes
 /// nothing. Each call takes a new generation, and an action state is applied only when its
 /// stamp (`stamps`: the generation word, then a word per action state) is older.
-fn prefilter_body(p: &PrefilterTables, stamps: u32) -> wasm_encoder::Function {
+/// `stamp_words`: the stamps every prefilter shares (cleared whole when the generation
+/// they share wraps).
+fn prefilter_body(p: &PrefilterTables, stamps: u32, stamp_words: u32) -> wasm_encoder::Function {
     let (ptr, len, hits) = (0, 1, 2);
     let mut a = Asm::new(3);
     let s = a.local(I32);
@@ -2045,7 +2116,7 @@ fn prefilter_body(p: &PrefilterTables, stamps: u32) -> wasm_encoder::Function {
     a.tee(generation);
     a.i().i32_eqz();
     a.if_();
-    a.c(stamps + 4).c(0).c(4 * p.action_count);
+    a.c(stamps + 4).c(0).c(4 * stamp_words);
     a.i().memory_fill(0);
     a.set_c(generation, 1);
     a.end();
@@ -2660,6 +2731,8 @@ fn url_decode_body(hex_values: u32, uni: bool, utf8: bool) -> wasm_encoder::Func
     let code = a.local(I32);
     let ok = a.local(I32);
     let c = a.local(I32);
+    let word = a.local(I64);
+    let plain = a.local(I32);
     a.get(src).get(len);
     a.i().i32_add();
     a.set(end);
@@ -2667,6 +2740,48 @@ fn url_decode_body(hex_values: u32, uni: bool, utf8: bool) -> wasm_encoder::Func
     a.block().loop_();
     a.get(src).get(end);
     a.i().i32_ge_u().br_if(1);
+    // Eight bytes at a time while none needs decoding: written out with `+` made a space,
+    // then `plain` (the bytes before the first `%`, or with `utf8` the first byte of 0x80 or
+    // more) moves on; the byte loop below takes the one that stopped it. The whole word is
+    // written even when fewer bytes move on: output never outruns input, so it stays inside
+    // the destination, and the bytes past `plain` are written again.
+    a.get(src).c(8);
+    a.i().i32_add();
+    a.get(end);
+    a.i().i32_le_u();
+    a.if_();
+    a.get(src);
+    a.i().i64_load(mem(0, 0));
+    a.set(word);
+    a.get(out);
+    a.get(word);
+    swar_equal_bytes(&mut a, word, b'+');
+    a.i()
+        .i64_const(7)
+        .i64_shr_u()
+        .i64_const(i64::from(b'+' ^ b' '))
+        .i64_mul()
+        .i64_xor()
+        .i64_store(mem(0, 0));
+    swar_equal_bytes(&mut a, word, b'%');
+    if utf8 {
+        a.get(word);
+        a.i()
+            .i64_const(0x8080_8080_8080_8080u64 as i64)
+            .i64_and()
+            .i64_or();
+    }
+    a.i().i64_ctz().i64_const(3).i64_shr_u().i32_wrap_i64();
+    a.tee(plain);
+    a.get(src);
+    a.i().i32_add();
+    a.set(src);
+    a.get(out).get(plain);
+    a.i().i32_add();
+    a.set(out);
+    a.get(plain).c(8);
+    a.i().i32_eq().br_if(1);
+    a.end();
     a.load8(src, 0).set(b);
     if utf8 {
         // A lead byte 0xC0..=0xF7 with all its continuation bytes present.
@@ -2824,6 +2939,30 @@ fn url_decode_body(hex_values: u32, uni: bool, utf8: bool) -> wasm_encoder::Func
     a.get(out).get(dst);
     a.i().i32_sub();
     a.finish()
+}
+
+/// Pushes a word with 0x80 in each byte of `word` that equals `byte`, 0 elsewhere (exact:
+/// no carry crosses a byte).
+fn swar_equal_bytes(a: &mut Asm, word: u32, byte: u8) {
+    const LOW7: i64 = 0x7F7F_7F7F_7F7F_7F7F;
+    let splat = i64::from_le_bytes([byte; 8]);
+    // t = word ^ splat is zero where equal; ((t & LOW7) + LOW7) | t has the top bit of every
+    // byte set except where t's byte is zero.
+    a.get(word);
+    a.i().i64_const(splat).i64_xor();
+    a.get(word);
+    a.i()
+        .i64_const(splat)
+        .i64_xor()
+        .i64_const(LOW7)
+        .i64_and()
+        .i64_const(LOW7)
+        .i64_add()
+        .i64_or()
+        .i64_const(LOW7)
+        .i64_or()
+        .i64_const(-1)
+        .i64_xor();
 }
 
 /// `js-decode`; see `decodings::js_decode`.
