@@ -479,11 +479,11 @@ fn write_prefilter(data: &mut Data, p: &Prefilter, context: u32) -> PrefilterTab
 impl Tables {
     /// The size of the prefilter's stamp area: a generation word and a word per action.
     pub fn prefilter_stamp_bytes(&self) -> u32 {
-        self.prefilters
-            .iter()
-            .map(|p| 4 + 4 * p.action_count)
-            .max()
-            .unwrap_or(0)
+        if self.prefilters.is_empty() {
+            0
+        } else {
+            4 + 4 * self.stamp_words()
+        }
     }
 
     /// The stamps the prefilters share: one per action of the one with the most.
