@@ -675,19 +675,29 @@ fn folded(hir: &Hir) -> Hir {
         HirKind::Literal(literal) => Hir::literal(literal.0.to_ascii_lowercase()),
         HirKind::Class(class) => {
             // The class's members when it is two single characters.
-            let pair: Option<[u32; 2]> = match class {
-                Class::Bytes(c) => match c.ranges() {
-                    [a, b] if a.start() == a.end() && b.start() == b.end() => {
-                        Some([a.start().into(), b.start().into()])
-                    }
-                    _ => None,
-                },
-                Class::Unicode(c) => match c.ranges() {
-                    [a, b] if a.start() == a.end() && b.start() == b.end() => {
-                        Some([a.start().into(), b.start().into()])
-                    }
-                    _ => None,
-                },
+            let pair = |ranges: &mut dyn Iterator<Item = (u32, u32)>| match [
+                ranges.next(),
+                ranges.next(),
+                ranges.next(),
+            ] {
+                [Some((a, a_end)), Some((b, b_end)), None] if a == a_end && b == b_end => {
+                    Some([a, b])
+                }
+                _ => None,
+            };
+            let pair = match class {
+                Class::Bytes(c) => pair(
+                    &mut c
+                        .ranges()
+                        .iter()
+                        .map(|r| (r.start().into(), r.end().into())),
+                ),
+                Class::Unicode(c) => pair(
+                    &mut c
+                        .ranges()
+                        .iter()
+                        .map(|r| (r.start().into(), r.end().into())),
+                ),
             };
             match pair.map(|[a, b]| (u8::try_from(a), u8::try_from(b))) {
                 Some((Ok(a), Ok(b)))

@@ -641,13 +641,12 @@ impl Tables {
                     .collect()
             })
             .collect();
-        let literal_count = |set: &[usize]| -> usize {
-            set.iter()
-                .map(|i| patterns[*i].literals.as_ref().map_or(0, Vec::len))
-                .sum()
+        let literal_count = |i: usize| patterns[i].literals.as_ref().map_or(0, Vec::len);
+        let total: usize = (0..patterns.len()).map(literal_count).sum();
+        let own = |set: &[usize]| {
+            total >= SPLIT_LITERALS
+                && set.iter().map(|i| literal_count(*i)).sum::<usize>() * 4 <= total
         };
-        let total = literal_count(&(0..patterns.len()).collect::<Vec<_>>());
-        let own = |set: &[usize]| total >= SPLIT_LITERALS && literal_count(set) * 4 <= total;
         let mut shared: Vec<usize> = reading
             .iter()
             .filter(|set| !own(set))
