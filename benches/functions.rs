@@ -17,8 +17,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use edgepack_benches::{copy_example, metric_value, node_args, one_worker_runtime, policy_bundle};
-use edgepack_runtime_min::config::NodeArgs;
+use edgepack_benches::{
+    copy_example, metric_value, node_args, one_worker_runtime, policy_bundle, serve_one_worker,
+};
 use edgepack_runtime_min::node::Node;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Body as _;
@@ -64,9 +65,8 @@ fn main() {
         "  store setup before it:        {setup_median:>8.2} µs median  {setup_p99:>8.2} µs p99"
     );
 
-    let server = one_worker_runtime();
     let client = one_worker_runtime();
-    let (addr, stop, serving) = serve(&node, &args, &server);
+    let (addr, workers) = serve_one_worker(&node, &args);
     let (static_first, function_first) = client.block_on(async {
         let static_first = first_byte_latencies(addr, Route::Static).await;
         let function_first = first_byte_latencies(addr, Route::Function).await;
@@ -118,8 +118,7 @@ fn main() {
             "edgepack_function_instantiate_duration_seconds_count{served}"
         ))
     );
-    let _ = stop.send(());
-    let _ = server.block_on(serving);
+    assert!(workers.stop(), "the worker drains");
 }
 
 /// Median and p99 of starting `ml-infer` fresh, in µs: instantiation, and the store set up
@@ -154,29 +153,6 @@ fn percentiles(values: &mut [f64]) -> (f64, f64) {
     values.sort_by(f64::total_cmp);
     let at = |q: f64| values[((values.len() - 1) as f64 * q).round() as usize];
     (at(0.5), at(0.99))
-}
-
-type Serving = (
-    std::net::SocketAddr,
-    tokio::sync::oneshot::Sender<()>,
-    tokio::task::JoinHandle<()>,
-);
-
-fn serve(node: &Arc<Node>, args: &NodeArgs, server: &tokio::runtime::Runtime) -> Serving {
-    let listener = server
-        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-        .expect("bind");
-    let addr = listener.local_addr().expect("address");
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let node = node.clone();
-    let args = args.clone();
-    let serving = server.spawn(async move {
-        edgepack_runtime_min::server::serve_plain(listener, node, &args, async {
-            let _ = stopped.await;
-        })
-        .await;
-    });
-    (addr, stop, serving)
 }
 
 type Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;

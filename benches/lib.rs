@@ -228,7 +228,22 @@ pub fn node_args(
     ])
 }
 
-/// A tokio runtime with one worker thread: a bench's server, or its load generator.
+/// Serves `node` on a loopback port as `edgepack-node --workers 1` does: one worker thread
+/// with a runtime of its own. Stop the workers at the end (they drain first).
+pub fn serve_one_worker(
+    node: &std::sync::Arc<edgepack_runtime_min::node::Node>,
+    args: &edgepack_runtime_min::config::NodeArgs,
+) -> (std::net::SocketAddr, edgepack_runtime_min::server::Workers) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("address");
+    let mut args = args.clone();
+    args.workers = Some(1);
+    let workers = edgepack_runtime_min::server::Workers::start(listener, node.clone(), &args)
+        .expect("the worker starts");
+    (addr, workers)
+}
+
+/// A tokio runtime with one worker thread: a bench's load generator.
 pub fn one_worker_runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)

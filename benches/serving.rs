@@ -11,7 +11,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use edgepack_benches::{example_bundle, metric_value, node_args, one_worker_runtime};
+use edgepack_benches::{
+    example_bundle, metric_value, node_args, one_worker_runtime, serve_one_worker,
+};
 use edgepack_runtime_min::host::Tier;
 use edgepack_runtime_min::node::Node;
 use http_body_util::{BodyExt, Empty};
@@ -35,27 +37,13 @@ fn main() {
     let dir = tempfile::tempdir().expect("temp dir");
     let (bytes, key) = example_bundle("eu-west", 1);
     let args = node_args(dir.path(), "eu-west", &bytes, &key);
-    let server = one_worker_runtime();
     let client = one_worker_runtime();
 
     let node = Node::new(&args).expect("a node");
     assert!(node.start(), "the bundle activates");
     wait_for_optimized(&node);
     let node = Arc::new(node);
-    let listener = server
-        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-        .expect("bind");
-    let addr = listener.local_addr().expect("address");
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let serving = {
-        let (args, node) = (args.clone(), node.clone());
-        server.spawn(async move {
-            edgepack_runtime_min::server::serve_plain(listener, node, &args, async {
-                let _ = stopped.await;
-            })
-            .await;
-        })
-    };
+    let (addr, server) = serve_one_worker(&node, &args);
     let done = Arc::new(AtomicU64::new(0));
     let stopping = Arc::new(AtomicBool::new(false));
     let workers: Vec<_> = (0..CONNECTIONS)
@@ -110,8 +98,7 @@ fn main() {
             worker.await.expect("a load worker");
         }
     });
-    let _ = stop.send(());
-    let _ = server.block_on(serving);
+    assert!(server.stop(), "the server's worker drains");
 
     let quartiles = |v: &[f64]| {
         let mut v = v.to_vec();

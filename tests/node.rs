@@ -903,20 +903,27 @@ fn tls_get(
 
 #[test]
 fn sigterm_lets_requests_in_flight_finish_and_exits_zero() {
-    let mut edge = Edge::start("eu-west", example("eu-west"), &[]);
-    let url = edge.url("/api/data/slow");
-    let in_flight =
-        e2e::runtime().spawn(async move { e2e::send_async("GET", &url, &[DE], "").await });
+    // Two workers, each with its own runtime and origin connections: every one drains.
+    let mut edge = Edge::start("eu-west", example("eu-west"), &["--workers", "2"]);
+    const IN_FLIGHT: usize = 8;
+    let in_flight: Vec<_> = (0..IN_FLIGHT)
+        .map(|i| {
+            let url = edge.url(&format!("/api/data/slow/{i}"));
+            e2e::runtime().spawn(async move { e2e::send_async("GET", &url, &[DE], "").await })
+        })
+        .collect();
     let deadline = Instant::now() + Duration::from_secs(10);
-    while edge.origin.count("/api/data/slow") == 0 && Instant::now() < deadline {
+    while edge.origin.count("/api/data/slow") < IN_FLIGHT && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(5));
     }
     edge.node.signal("TERM");
-    let reply = e2e::runtime()
-        .block_on(in_flight)
-        .expect("the request task")
-        .expect("the request in flight is answered");
-    assert_eq!(reply.status, 200, "{}", reply.body);
+    for request in in_flight {
+        let reply = e2e::runtime()
+            .block_on(request)
+            .expect("the request task")
+            .expect("the request in flight is answered");
+        assert_eq!(reply.status, 200, "{}", reply.body);
+    }
     let status = edge
         .node
         .wait_exit(Duration::from_secs(15))

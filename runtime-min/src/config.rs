@@ -156,7 +156,8 @@ pub struct NodeArgs {
     #[arg(long, value_name = "BYTES", default_value_t = 1 << 30)]
     pub function_memory_max: u64,
 
-    /// Threads serving requests (default: one per CPU).
+    /// Threads serving requests, each with its own event loop and origin connections
+    /// (default: one per CPU).
     #[arg(long, value_name = "COUNT")]
     pub workers: Option<usize>,
 

@@ -3,13 +3,14 @@
 //! overrides, connect and response timeouts, and the request and response rewriting a
 //! reverse proxy owes: hop-by-hop headers removed, `X-Forwarded-*` added.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -20,8 +21,8 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, Uri};
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::{Connected, Connection};
+use hyper_util::client::legacy::{Client, ResponseFuture};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
@@ -195,11 +196,23 @@ impl OriginConnector {
     }
 }
 
-/// The node's origin client, shared by every request (a clone shares the pools).
+type OriginClient = Client<OriginConnector, Full<Bytes>>;
+
+/// The node's origin client, shared by every request. Each thread that sends keeps its own
+/// pool of keep-alive connections: a worker's origin connections are driven by its own
+/// runtime, so a request never waits on another thread's, and they end with their worker.
+/// A clone shares the pools.
 #[derive(Clone)]
 pub struct Origins {
-    client: Client<OriginConnector, Full<Bytes>>,
+    connector: OriginConnector,
     connect_timeouts: Arc<ArcSwap<HashMap<(String, u16), Duration>>>,
+    /// Alive while any clone is: a thread drops the pools of origins that are gone.
+    alive: Arc<()>,
+}
+
+thread_local! {
+    /// This thread's connection pool for each live [`Origins`].
+    static POOLS: RefCell<Vec<(Weak<()>, OriginClient)>> = const { RefCell::new(Vec::new()) };
 }
 
 impl Origins {
@@ -239,13 +252,31 @@ impl Origins {
             connect_timeouts: connect_timeouts.clone(),
             tls: TlsConnector::from(Arc::new(config)),
         };
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(90))
-            .pool_max_idle_per_host(256)
-            .build(connector);
         Ok(Origins {
-            client,
+            connector,
             connect_timeouts,
+            alive: Arc::new(()),
+        })
+    }
+
+    /// Starts `request` on this thread's pool (made on first use).
+    fn request(&self, request: Request<Full<Bytes>>) -> ResponseFuture {
+        POOLS.with(|pools| {
+            let mut pools = pools.borrow_mut();
+            // A live `Origins` keeps its allocation, and a weak entry keeps a dead one's:
+            // addresses are not reused while an entry holds them.
+            let mine = Arc::as_ptr(&self.alive);
+            if let Some((_, client)) = pools.iter().find(|(alive, _)| alive.as_ptr() == mine) {
+                return client.request(request);
+            }
+            pools.retain(|(alive, _)| alive.strong_count() > 0);
+            let client = Client::builder(TokioExecutor::new())
+                .pool_idle_timeout(Duration::from_secs(90))
+                .pool_max_idle_per_host(256)
+                .build(self.connector.clone());
+            let pending = client.request(request);
+            pools.push((Arc::downgrade(&self.alive), client));
+            pending
         })
     }
 
@@ -270,7 +301,7 @@ impl Origins {
         request: Request<Full<Bytes>>,
         timeout: Duration,
     ) -> Result<Response<Incoming>, UpstreamError> {
-        match tokio::time::timeout(timeout, self.client.request(request)).await {
+        match tokio::time::timeout(timeout, self.request(request)).await {
             Err(_) => Err(UpstreamError::Timeout),
             Ok(Ok(response)) => Ok(response),
             Ok(Err(error)) => {

@@ -136,18 +136,7 @@ pub fn run(args: &DevArgs, style: HumanStyle) -> Output {
         args.admin,
         watched.display()
     );
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(error) => {
-            let _ = writeln!(out.stderr, "error: {error}");
-            out.fail(Exit::Usage);
-            return out;
-        }
-    };
-    let status = runtime.block_on(edgepack_runtime_min::server::run(node_args));
+    let status = edgepack_runtime_min::server::run(node_args);
     if status != std::process::ExitCode::SUCCESS {
         out.fail(Exit::Usage);
     }
