@@ -811,6 +811,26 @@ fn ambiguous_framing_oversized_requests_and_slow_clients_are_refused() {
 }
 
 #[test]
+fn idle_keep_alive_connections_are_closed_after_the_idle_timeout() {
+    let edge = Edge::start("eu-west", example("eu-west"), &["--idle-timeout", "1s"]);
+    let started = Instant::now();
+    // A keep-alive request, answered; then the client says nothing more.
+    let answer = raw(
+        &edge,
+        b"GET /api/health HTTP/1.1\r\nHost: a\r\ncf-ipcountry: DE\r\n\r\n",
+    );
+    let held = started.elapsed();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(
+        held >= Duration::from_secs(1) && held < Duration::from_secs(4),
+        "closed after {held:?}"
+    );
+    // A request slower than a quarter of the timeout is not cut short by the idle check.
+    let reply = get(&edge.url("/api/data/slow/idle"), &[DE]);
+    assert_eq!(reply.status, 200, "{}", reply.body);
+}
+
+#[test]
 fn tls_termination_serves_http2_and_reloads_its_certificate_on_sighup() {
     let fixture = fixture();
     let dir = tempfile::tempdir().expect("tempdir");

@@ -21,11 +21,13 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// What the wrapper learns about one connection: which requests (0, 1, 2, … in order)
-/// carried both framing headers, when bytes last moved, and how many requests are in flight.
+/// carried both framing headers, whether bytes have moved, and how many requests are in
+/// flight.
 pub struct Connection {
     ambiguous: Mutex<HashSet<u64>>,
-    opened: Instant,
-    last_io_ms: AtomicU64,
+    /// Counts reads, writes and finished requests: the idle check compares it from one look
+    /// to the next instead of reading the clock on every read and write.
+    activity: AtomicU64,
     in_flight: AtomicUsize,
 }
 
@@ -39,12 +41,17 @@ impl Drop for InFlight {
     }
 }
 
+/// Follows a connection's activity from one look to the next (see [`Connection::idle`]).
+pub struct IdleWatch {
+    activity: u64,
+    quiet_since: Instant,
+}
+
 impl Connection {
     fn new() -> Connection {
         Connection {
             ambiguous: Mutex::default(),
-            opened: Instant::now(),
-            last_io_ms: AtomicU64::new(0),
+            activity: AtomicU64::new(0),
             in_flight: AtomicUsize::new(0),
         }
     }
@@ -55,18 +62,28 @@ impl Connection {
         InFlight(self.clone())
     }
 
-    /// How long the connection has had no request in flight and no bytes moving.
-    pub fn idle_for(&self) -> Duration {
-        if self.in_flight.load(Ordering::Relaxed) > 0 {
-            return Duration::ZERO;
+    /// Starts following the connection's activity, as of now.
+    pub fn idle_watch(&self) -> IdleWatch {
+        IdleWatch {
+            activity: self.activity.load(Ordering::Relaxed),
+            quiet_since: Instant::now(),
         }
-        let last = Duration::from_millis(self.last_io_ms.load(Ordering::Relaxed));
-        self.opened.elapsed().saturating_sub(last)
+    }
+
+    /// How long the connection has had no request in flight and no bytes moving, as far as
+    /// the looks through `watch` tell (the quiet time is counted from the first look that
+    /// saw nothing change).
+    pub fn idle(&self, watch: &mut IdleWatch) -> Duration {
+        let activity = self.activity.load(Ordering::Relaxed);
+        if activity != watch.activity || self.in_flight.load(Ordering::Relaxed) > 0 {
+            watch.activity = activity;
+            watch.quiet_since = Instant::now();
+        }
+        watch.quiet_since.elapsed()
     }
 
     fn touch(&self) {
-        let now = self.opened.elapsed().as_millis() as u64;
-        self.last_io_ms.store(now, Ordering::Relaxed);
+        self.activity.fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn is_ambiguous(&self, request: u64) -> bool {
@@ -138,6 +155,16 @@ impl<S> Watched<S> {
                             self.state = State::Head(head);
                             return;
                         }
+                    }
+                    if head.is_empty()
+                        && let Some(end) = find_end_of_head(bytes)
+                        && end <= self.max_head
+                    {
+                        // The whole head is in this read (nearly always): no copy.
+                        let (whole, rest) = bytes.split_at(end);
+                        bytes = rest;
+                        self.state = self.after_head(whole);
+                        continue;
                     }
                     let before = head.len();
                     let start = before.saturating_sub(3);
@@ -217,9 +244,11 @@ impl<S> Watched<S> {
         if head.starts_with(b"PRI * HTTP/2.0") {
             return State::Off;
         }
-        let mut headers = [httparse::EMPTY_HEADER; 256];
-        let mut request = httparse::Request::new(&mut headers);
-        match request.parse(head) {
+        // Left uninitialized: zeroing 256 headers (8 KiB) on every request cost more than
+        // the parse.
+        let mut headers = [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; 256];
+        let mut request = httparse::Request::new(&mut []);
+        match request.parse_with_uninit_headers(head, &mut headers) {
             Ok(httparse::Status::Complete(_)) => {}
             _ => return State::Off,
         }
@@ -268,7 +297,7 @@ impl<S> Watched<S> {
 /// The end of a head (just after its blank line) in `bytes`, if there: lines may end in
 /// CRLF or a bare LF, as hyper accepts.
 fn find_end_of_head(bytes: &[u8]) -> Option<usize> {
-    (0..bytes.len()).find_map(|i| match &bytes[i..] {
+    memchr::memchr_iter(b'\n', bytes).find_map(|i| match &bytes[i..] {
         [b'\n', b'\n', ..] => Some(i + 2),
         [b'\n', b'\r', b'\n', ..] => Some(i + 3),
         _ => None,

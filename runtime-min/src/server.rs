@@ -405,6 +405,7 @@ async fn drive<C>(
 {
     tokio::pin!(connection);
     let mut idle_check = tokio::time::interval((idle_timeout / 4).max(Duration::from_millis(10)));
+    let mut idle = flags.idle_watch();
     let mut closed = false;
     loop {
         tokio::select! {
@@ -414,7 +415,7 @@ async fn drive<C>(
                 connection.as_mut().close_gracefully();
             }
             _ = idle_check.tick(), if !closed => {
-                if flags.idle_for() >= idle_timeout {
+                if flags.idle(&mut idle) >= idle_timeout {
                     closed = true;
                     connection.as_mut().close_gracefully();
                 }
