@@ -454,8 +454,9 @@ impl FunctionEngine {
         store.limiter(|state| &mut state.memory);
         // Every epoch tick, a running instance yields to the other tasks of its worker
         // thread (a spinning function holds up no one), and past its time limit it traps.
+        // The first deadline is set when the task starts (below): the time it waits to be
+        // run does not make the instance yield before it has run at all.
         let started = Instant::now();
-        store.set_epoch_deadline(1);
         store.epoch_deadline_callback(move |_| {
             if started.elapsed() >= limit {
                 Ok(UpdateDeadline::Interrupt)
@@ -480,6 +481,7 @@ impl FunctionEngine {
         let pre = function.pre.clone();
         let ended_badly = cut_off.clone();
         let task = tokio::spawn(async move {
+            store.set_epoch_deadline(1);
             let instantiating = Instant::now();
             let proxy = pre.instantiate_async(&mut store).await?;
             meters
