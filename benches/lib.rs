@@ -234,11 +234,10 @@ pub fn serve_one_worker(
     node: &std::sync::Arc<edgepack_runtime_min::node::Node>,
     args: &edgepack_runtime_min::config::NodeArgs,
 ) -> (std::net::SocketAddr, edgepack_runtime_min::server::Workers) {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let addr = listener.local_addr().expect("address");
-    let mut args = args.clone();
-    args.workers = Some(1);
-    let workers = edgepack_runtime_min::server::Workers::start(listener, node.clone(), &args)
+    let listeners =
+        edgepack_runtime_min::server::bind_workers(([127, 0, 0, 1], 0).into(), 1).expect("bind");
+    let addr = listeners[0].local_addr().expect("address");
+    let workers = edgepack_runtime_min::server::Workers::start(listeners, node.clone(), args)
         .expect("the worker starts");
     (addr, workers)
 }

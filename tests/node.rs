@@ -993,6 +993,51 @@ fn metrics_and_health_describe_the_node() {
     );
 }
 
+#[test]
+fn a_second_node_on_the_same_address_is_refused_and_the_first_serves_alone() {
+    let edge = Edge::start("eu-west", example("eu-west"), &["--workers", "2"]);
+    let listen = edge.node.listen.to_string();
+    let state = tempfile::tempdir().expect("tempdir");
+    let admin = format!("127.0.0.1:{}", free_port());
+    let args = node_args(
+        &edge.bundles,
+        state.path(),
+        &edge.origin,
+        &["--listen", &listen, "--admin", &admin],
+    );
+    let mut second = std::process::Command::new(e2e::binary("edgepack-node"))
+        .args(&args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("the second node starts");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = second.try_wait().expect("the second node's status") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = second.kill();
+            panic!("a second node on {listen} is still running: it shares the address");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut stderr = String::new();
+    if let Some(mut pipe) = second.stderr.take() {
+        let _ = pipe.read_to_string(&mut stderr);
+    }
+    assert_eq!(status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains(&format!("cannot listen on {listen}")),
+        "{stderr}"
+    );
+    // Its workers' sockets would share the port's connections: none is left behind.
+    for _ in 0..20 {
+        let reply = get(&edge.url("/api/health"), &[DE]);
+        assert_eq!(reply.status, 200, "{}", reply.body);
+    }
+}
+
 /// A port nothing listens on now.
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

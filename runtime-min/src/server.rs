@@ -82,11 +82,11 @@ async fn control(args: NodeArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let (listener, admin) = match (
-        TcpListener::bind(args.listen).await,
+    let (listeners, admin) = match (
+        bind_workers(args.listen, worker_count(&args)),
         TcpListener::bind(args.admin).await,
     ) {
-        (Ok(listener), Ok(admin)) => (listener, admin),
+        (Ok(listeners), Ok(admin)) => (listeners, admin),
         (Err(e), _) => {
             eprintln!("edgepack-node: cannot listen on {}: {e}", args.listen);
             return ExitCode::from(2);
@@ -141,22 +141,19 @@ async fn control(args: NodeArgs) -> ExitCode {
             crate::logs::flush_access();
         }
     });
-    let local = |listener: &TcpListener, asked: SocketAddr| listener.local_addr().unwrap_or(asked);
+    let listen = listeners
+        .first()
+        .and_then(|l| l.local_addr().ok())
+        .unwrap_or(args.listen);
     tracing::info!(
         target: "edgepack::node",
-        listen = %local(&listener, args.listen),
+        listen = %listen,
+        workers = listeners.len(),
         admin = %admin_addr,
         tls = tls.load().is_some(),
         "serving"
     );
-    let listener = match listener.into_std() {
-        Ok(listener) => listener,
-        Err(error) => {
-            eprintln!("edgepack-node: cannot share the listener: {error}");
-            return ExitCode::from(2);
-        }
-    };
-    let workers = match Workers::start_with_tls(listener, node, tls, &args) {
+    let workers = match Workers::start_with_tls(listeners, node, tls, &args) {
         Ok(workers) => workers,
         Err(message) => {
             eprintln!("edgepack-node: {message}");
@@ -177,8 +174,39 @@ async fn control(args: NodeArgs) -> ExitCode {
     }
 }
 
-/// The threads serving requests: `--workers` of them (one per CPU by default), each on a
-/// single-threaded runtime of its own accepting from the shared listener. They share the
+/// How many threads serve requests: `--workers`, or one per CPU.
+fn worker_count(args: &NodeArgs) -> usize {
+    args.workers
+        .unwrap_or_else(|| {
+            std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+        })
+        .max(1)
+}
+
+/// Binds one listening socket per worker on `addr`, all with `SO_REUSEPORT`, so the kernel
+/// spreads new connections over the workers. (Workers accepting from one shared socket
+/// left a burst of connections to whichever woke first: the comparison's 32 keep-alive
+/// connections all went to one of two workers.) A plain bind first fails while anything
+/// else listens there, so a second node on the same address is refused instead of sharing
+/// its traffic. Port 0 picks one free port for all.
+pub fn bind_workers(addr: SocketAddr, count: usize) -> std::io::Result<Vec<std::net::TcpListener>> {
+    use socket2::{Domain, Socket, Type};
+    let addr = std::net::TcpListener::bind(addr)?.local_addr()?;
+    (0..count.max(1))
+        .map(|_| {
+            let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+            socket.set_reuse_address(true)?;
+            socket.set_reuse_port(true)?;
+            socket.set_nonblocking(true)?;
+            socket.bind(&addr.into())?;
+            socket.listen(1024)?;
+            Ok(socket.into())
+        })
+        .collect()
+}
+
+/// The threads serving requests: one per listener [`bind_workers`] gives, each on a
+/// single-threaded runtime of its own accepting from its listener. They share the
 /// connection limit and drain on their own when stopped.
 pub struct Workers {
     threads: Vec<std::thread::JoinHandle<()>>,
@@ -187,43 +215,34 @@ pub struct Workers {
 }
 
 impl Workers {
-    /// Starts serving plain HTTP on `listener` (benches and in-process tools).
+    /// Starts serving plain HTTP on `listeners` (benches and in-process tools).
     pub fn start(
-        listener: std::net::TcpListener,
+        listeners: Vec<std::net::TcpListener>,
         node: Arc<Node>,
         args: &NodeArgs,
     ) -> Result<Workers, String> {
-        Self::start_with_tls(listener, node, Arc::new(ArcSwapOption::empty()), args)
+        Self::start_with_tls(listeners, node, Arc::new(ArcSwapOption::empty()), args)
     }
 
-    /// Starts serving `listener`, with TLS whenever `tls` holds an acceptor.
+    /// Starts serving `listeners`, with TLS whenever `tls` holds an acceptor.
     fn start_with_tls(
-        listener: std::net::TcpListener,
+        listeners: Vec<std::net::TcpListener>,
         node: Arc<Node>,
         tls: Arc<ArcSwapOption<TlsAcceptor>>,
         args: &NodeArgs,
     ) -> Result<Workers, String> {
-        let count = args
-            .workers
-            .unwrap_or_else(|| {
-                std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
-            })
-            .max(1);
-        listener
-            .set_nonblocking(true)
-            .map_err(|e| format!("cannot share the listener: {e}"))?;
         let (stop, stopping) = watch::channel(false);
         let connections = Connections::new(args.max_connections);
         let mut workers = Workers {
-            threads: Vec::with_capacity(count),
+            threads: Vec::with_capacity(listeners.len()),
             stop,
             connections,
         };
-        for index in 0..count {
+        for (index, listener) in listeners.into_iter().enumerate() {
             let started = listener
-                .try_clone()
-                .map_err(|e| format!("cannot share the listener: {e}"))
-                .and_then(|listener| {
+                .set_nonblocking(true)
+                .map_err(|e| format!("cannot listen: {e}"))
+                .and_then(|()| {
                     let runtime = tokio::runtime::Builder::new_current_thread()
                         .enable_all()
                         .build()
