@@ -35,9 +35,9 @@ pub struct AmbiguousFraming;
 ///
 /// The control tasks (admin endpoints, bundle watching and pulling, signals) run on a
 /// runtime of their own on this thread; requests are served by `--workers` threads, each
-/// with a single-threaded runtime of its own that accepts connections from the shared
-/// listener and keeps its own pool of origin connections. One event loop per thread, as
-/// nginx runs one per worker process: a connection, its requests and the origin
+/// with a single-threaded runtime of its own that accepts connections on a socket of its
+/// own ([`bind_workers`]) and keeps its own pool of origin connections. One event loop per
+/// thread, as nginx runs one per worker process: a connection, its requests and the origin
 /// connections they use stay on one thread, with no scheduler moving tasks between threads
 /// (a proxied request served 15–18% more requests/s this way than on tokio's work-stealing
 /// runtime with one worker).
@@ -197,7 +197,6 @@ pub fn bind_workers(addr: SocketAddr, count: usize) -> std::io::Result<Vec<std::
             let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
             socket.set_reuse_address(true)?;
             socket.set_reuse_port(true)?;
-            socket.set_nonblocking(true)?;
             socket.bind(&addr.into())?;
             socket.listen(1024)?;
             Ok(socket.into())
