@@ -461,50 +461,34 @@ where
     }
 }
 
-/// The per-connection service: numbers requests so the framing watcher's flags line up.
-struct RequestService {
-    node: Arc<Node>,
-    peer: SocketAddr,
-    https: bool,
-    flags: Arc<crate::framing::Connection>,
-    counter: AtomicU64,
-}
-
-impl hyper::service::Service<Request<Incoming>> for RequestService {
-    type Response = Response<Body>;
-    type Error = Infallible;
-    type Future = std::pin::Pin<
-        Box<dyn std::future::Future<Output = Result<Response<Body>, Infallible>> + Send>,
-    >;
-
-    fn call(&self, mut request: Request<Incoming>) -> Self::Future {
-        let index = self.counter.fetch_add(1, Ordering::Relaxed);
-        if request.version() < http::Version::HTTP_2 && self.flags.is_ambiguous(index) {
-            request.extensions_mut().insert(AmbiguousFraming);
-        }
-        let (node, peer, https) = (self.node.clone(), self.peer, self.https);
-        let in_flight = self.flags.start_request();
-        Box::pin(async move {
-            let response = node.handle(request, peer, https).await;
-            drop(in_flight);
-            Ok(response)
-        })
-    }
-}
-
+/// The service of one connection: each request handled by `node`, numbered so the framing
+/// watcher's flags line up. Its future lives in the slot hyper keeps per connection, not in
+/// a box of its own per request.
 fn request_service(
     node: Arc<Node>,
     peer: SocketAddr,
     https: bool,
     flags: Arc<crate::framing::Connection>,
-) -> RequestService {
-    RequestService {
-        node,
-        peer,
-        https,
-        flags,
-        counter: AtomicU64::new(0),
-    }
+) -> impl hyper::service::Service<
+    Request<Incoming>,
+    Response = Response<Body>,
+    Error = Infallible,
+    Future: Send + 'static,
+> {
+    let counter = AtomicU64::new(0);
+    service_fn(move |mut request: Request<Incoming>| {
+        let index = counter.fetch_add(1, Ordering::Relaxed);
+        if request.version() < http::Version::HTTP_2 && flags.is_ambiguous(index) {
+            request.extensions_mut().insert(AmbiguousFraming);
+        }
+        let node = node.clone();
+        let in_flight = flags.start_request();
+        async move {
+            let response = node.handle(request, peer, https).await;
+            drop(in_flight);
+            Ok::<_, Infallible>(response)
+        }
+    })
 }
 
 /// Waits for SIGTERM or SIGINT.
