@@ -30,16 +30,20 @@ use crate::cache::{self, Entry, Lookup};
 use crate::functions::{Function, FunctionEngine, RunError, RunMeters};
 use crate::jwt::{Claims, TokenError};
 use crate::metrics::{
-    CacheLabels, FunctionErrorLabels, FunctionLabels, JwtLabels, LimitLabels, RequestLabels,
-    RuleLabels, UpstreamLabels, UpstreamOrigin,
+    CacheLabels, FunctionErrorLabels, FunctionLabels, JwtLabels, LimitLabels, RuleLabels,
+    UpstreamLabels, UpstreamOrigin,
 };
-use crate::node::Node;
+use crate::node::{Node, RequestId};
 use crate::proxy::{self, UpstreamError};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Where a function finds the claims of the token the node verified, as JSON.
 pub const IDENTITY_HEADER: &str = "edgepack-identity";
+
+const X_EDGE_REGION: HeaderName = HeaderName::from_static("x-edge-region");
+const X_EDGE_BUNDLE: HeaderName = HeaderName::from_static("x-edge-bundle");
+const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// Function responses up to this size are sent whole; longer ones stream.
 const FUNCTION_BUFFER: usize = 64 << 10;
@@ -148,7 +152,7 @@ struct Record {
 struct Exchange<'a> {
     node: &'a Arc<Node>,
     active: Arc<Active>,
-    id: String,
+    id: RequestId,
     peer: IpAddr,
     https: bool,
     started: Instant,
@@ -180,11 +184,11 @@ impl Node {
             let mut response = error_response(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "no policy is active on this node",
-                &id,
+                id.as_str(),
             );
             response
                 .headers_mut()
-                .insert("x-request-id", header_value(&id));
+                .insert(X_REQUEST_ID, id.header_value());
             return response;
         };
         let mut exchange = Exchange {
@@ -309,6 +313,10 @@ impl Exchange<'_> {
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "the request body is too large",
             ));
+        }
+        // Most requests have no body: nothing to wait for, no timer to set.
+        if body.is_end_stream() {
+            return Ok(Bytes::new());
         }
         let limited = Limited::new(body, settings.max_body as usize);
         match tokio::time::timeout(settings.body_timeout, limited.collect()).await {
@@ -734,7 +742,7 @@ impl Exchange<'_> {
             headers.remove(name);
         }
         proxy::add_forwarded(&mut headers, self.peer, self.https, original_host.as_ref());
-        headers.insert("x-request-id", header_value(&self.id));
+        headers.insert(X_REQUEST_ID, self.id.header_value());
         if let Some(authority) = uri.authority()
             && let Ok(host) = HeaderValue::from_str(authority.as_str())
         {
@@ -817,7 +825,7 @@ impl Exchange<'_> {
         {
             headers.insert(IDENTITY_HEADER, value);
         }
-        headers.insert("x-request-id", header_value(&self.id));
+        headers.insert(X_REQUEST_ID, self.id.header_value());
         if !headers.contains_key(header::HOST) {
             let host = parts.uri.authority().map_or("localhost", |a| a.as_str());
             headers.insert(header::HOST, header_value(host));
@@ -1150,7 +1158,7 @@ impl Exchange<'_> {
     }
 
     fn error(&self, status: StatusCode, message: &str) -> Response<Body> {
-        error_response(status, message, &self.id)
+        error_response(status, message, self.id.as_str())
     }
 
     /// Adds what every response carries, counts it and logs it.
@@ -1178,35 +1186,34 @@ impl Exchange<'_> {
             apply_edits(response.headers_mut(), &edits.response);
         }
         let headers = response.headers_mut();
-        headers.insert("x-edge-region", header_value(&active.manifest.region));
-        headers.insert("x-edge-bundle", HeaderValue::from(active.manifest.version));
-        headers.insert("x-request-id", header_value(&self.id));
+        headers.insert(X_EDGE_REGION, header_value(&active.manifest.region));
+        headers.insert(X_EDGE_BUNDLE, HeaderValue::from(active.manifest.version));
+        headers.insert(X_REQUEST_ID, self.id.header_value());
         if self.node.settings.expose_decisions {
             response.extensions_mut().insert(self.decision.clone());
         }
         let status = response.status().as_u16();
         active.watch.count(status);
-        let route = active.route_name(self.decision.route).to_string();
+        let route = active.route_name(self.decision.route);
         let elapsed = self.started.elapsed();
         self.node
             .metrics
             .request_seconds
             .observe(elapsed.as_secs_f64());
-        self.node
-            .metrics
-            .requests
-            .get_or_create(&RequestLabels {
-                route: route.clone(),
-                action: if self.record.action.is_empty() {
-                    "none"
-                } else {
-                    self.record.action
-                },
-                status,
-            })
-            .inc();
+        let action = if self.record.action.is_empty() {
+            "none"
+        } else {
+            self.record.action
+        };
+        self.node.metrics.count_request(
+            active.generation,
+            self.decision.route,
+            route,
+            action,
+            status,
+        );
         if self.node.settings.access_log {
-            self.log(parts, status, &route, elapsed);
+            self.log(parts, status, route, elapsed);
         }
         response
     }
@@ -1229,7 +1236,7 @@ impl Exchange<'_> {
         let line = AccessLine {
             kind: "access",
             time: crate::logs::utc_now(),
-            request_id: &self.id,
+            request_id: self.id.as_str(),
             client: self.client,
             method: parts.method.as_str(),
             host: parts

@@ -3,6 +3,9 @@
 //! Label values come from the bundle (route patterns, rule and limit names) or from a small
 //! fixed set (actions, results), never from the request, so their number stays bounded.
 
+use std::cell::RefCell;
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -87,10 +90,25 @@ pub struct JwtLabels {
     pub result: &'static str,
 }
 
+/// A request counter's key: the metrics, the active plan's generation and the route's index
+/// in it, what the node did, the status.
+type RequestKey = (u64, u64, Option<u32>, &'static str, u16);
+
+/// Request counters a thread holds a handle to, at most this many.
+const CACHED_REQUEST_COUNTERS: usize = 64;
+
+thread_local! {
+    /// The request counters this thread has counted into: counting a request then takes
+    /// neither the family's lock nor a hash of its labels (nor a copy of the route's name).
+    static REQUEST_COUNTERS: RefCell<Vec<(RequestKey, Counter)>> = const { RefCell::new(Vec::new()) };
+}
+
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
 /// Every metric the node exports.
 pub struct Metrics {
+    /// Tells this node's metrics from another's in the same process (see `REQUEST_COUNTERS`).
+    id: u64,
     registry: Registry,
     pub requests: Family<RequestLabels, Counter>,
     pub request_seconds: Histogram,
@@ -135,7 +153,9 @@ fn instantiate_histogram() -> Histogram {
 impl Metrics {
     pub fn new() -> Metrics {
         let mut registry = Registry::with_prefix("edgepack");
+        static NEXT_ID: AtomicU64 = AtomicU64::new(0);
         let m = Metrics {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             requests: Family::default(),
             request_seconds: latency_histogram(),
             decide_seconds: Histogram::new(exponential_buckets(0.000_000_25, 2.0, 20)),
@@ -291,6 +311,46 @@ impl Default for Metrics {
     }
 }
 
+impl Metrics {
+    /// Counts a request under its route (`route_id` in the plan of `generation`; `route` is
+    /// its name, the label), what the node did and the status.
+    pub fn count_request(
+        &self,
+        generation: u64,
+        route_id: Option<u32>,
+        route: &str,
+        action: &'static str,
+        status: u16,
+    ) {
+        let key = (self.id, generation, route_id, action, status);
+        REQUEST_COUNTERS.with(|cached| {
+            let mut cached = cached.borrow_mut();
+            if let Some(at) = cached.iter().position(|(k, _)| *k == key) {
+                cached[at].1.inc();
+                // The busiest counters move to the front.
+                if at > 0 {
+                    cached.swap(at, at - 1);
+                }
+                return;
+            }
+            let counter = self
+                .requests
+                .get_or_create(&RequestLabels {
+                    route: route.to_string(),
+                    action,
+                    status,
+                })
+                .clone();
+            counter.inc();
+            // Full, most likely of plans no longer active: start over.
+            if cached.len() == CACHED_REQUEST_COUNTERS {
+                cached.clear();
+            }
+            cached.push((key, counter));
+        });
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -318,5 +378,37 @@ mod tests {
             "{text}"
         );
         assert!(text.ends_with("# EOF\n"), "{text}");
+    }
+
+    #[test]
+    fn requests_are_counted_under_their_own_node_route_and_status() {
+        let (first, second) = (Metrics::new(), Metrics::new());
+        for _ in 0..3 {
+            first.count_request(1, Some(0), "GET /a", "respond", 200);
+        }
+        first.count_request(1, Some(1), "GET /b", "proxy", 502);
+        // The same route index in the next plan may be another route.
+        first.count_request(2, Some(0), "GET /c", "respond", 200);
+        second.count_request(1, Some(0), "GET /other", "respond", 200);
+        // More keys than a thread keeps handles for: counts are still kept.
+        for status in 0..(2 * CACHED_REQUEST_COUNTERS as u16) {
+            first.count_request(1, None, "none", "none", status);
+        }
+        first.count_request(1, Some(0), "GET /a", "respond", 200);
+        let text = first.render();
+        for line in [
+            r#"edgepack_requests_total{route="GET /a",action="respond",status="200"} 4"#,
+            r#"edgepack_requests_total{route="GET /b",action="proxy",status="502"} 1"#,
+            r#"edgepack_requests_total{route="GET /c",action="respond",status="200"} 1"#,
+            r#"edgepack_requests_total{route="none",action="none",status="127"} 1"#,
+        ] {
+            assert!(text.contains(line), "{line} in {text}");
+        }
+        assert!(!text.contains("GET /other"), "{text}");
+        assert!(
+            second.render().contains(
+                r#"edgepack_requests_total{route="GET /other",action="respond",status="200"} 1"#
+            )
+        );
     }
 }

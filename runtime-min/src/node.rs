@@ -262,9 +262,9 @@ impl Node {
         node
     }
 
-    pub fn next_request_id(&self) -> String {
+    pub fn next_request_id(&self) -> RequestId {
         let n = self.request_counter.fetch_add(1, Ordering::Relaxed);
-        format!("{:08x}{:012x}", self.request_prefix, n & 0xffff_ffff_ffff)
+        RequestId::new(self.request_prefix, n)
     }
 
     /// With `skip_decide` set, the decision to replay (`None` until one is recorded) and
@@ -836,6 +836,61 @@ fn release_freed_memory() {
         // allocator's arenas back to the system; any thread may call it at any time.
         unsafe {
             malloc_trim(0);
+        }
+    }
+}
+
+/// A request's id: this node's random prefix and its request count, 20 hex digits, kept
+/// on the stack (a request's id is written into a header, an error body and a log line).
+#[derive(Clone, Copy)]
+pub struct RequestId([u8; 20]);
+
+impl RequestId {
+    fn new(prefix: u32, count: u64) -> RequestId {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        // 80 bits: the prefix's 32, then the count's low 48.
+        let value = (u128::from(prefix) << 48) | u128::from(count & 0xffff_ffff_ffff);
+        let mut text = [0u8; 20];
+        for (i, digit) in text.iter_mut().enumerate() {
+            *digit = HEX[((value >> (4 * (19 - i))) & 0xf) as usize];
+        }
+        RequestId(text)
+    }
+
+    pub fn as_str(&self) -> &str {
+        // Hex digits only: always UTF-8.
+        std::str::from_utf8(&self.0).unwrap_or_default()
+    }
+
+    pub fn header_value(&self) -> http::HeaderValue {
+        http::HeaderValue::from_bytes(&self.0)
+            .unwrap_or_else(|_| http::HeaderValue::from_static("-"))
+    }
+}
+
+impl std::fmt::Display for RequestId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::fmt::Debug for RequestId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::RequestId;
+
+    #[test]
+    fn a_request_id_is_the_prefix_then_the_count_in_twenty_hex_digits() {
+        for (prefix, count) in [(0, 0), (0x0a1b_2c3d, 42), (u32::MAX, u64::MAX)] {
+            let id = RequestId::new(prefix, count);
+            let expected = format!("{prefix:08x}{:012x}", count & 0xffff_ffff_ffff);
+            assert_eq!(id.as_str(), expected);
+            assert_eq!(id.header_value(), expected.as_str());
         }
     }
 }
