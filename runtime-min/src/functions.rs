@@ -810,8 +810,7 @@ impl WasiHttpHooks for Outbound {
                 .await
                 .map_err(|_| HttpError::HttpRequestBodySize(None))?
                 .to_bytes();
-            let path_and_query = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-            parts.uri = proxy::origin_uri(&origin, path_and_query)
+            parts.uri = proxy::origin_uri(&origin, parts.uri.path_and_query())
                 .map_err(|_| HttpError::HttpRequestUriInvalid)?;
             proxy::strip_hop_by_hop(&mut parts.headers);
             if let Some(authority) = parts.uri.authority()

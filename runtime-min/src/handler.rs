@@ -724,8 +724,7 @@ impl Exchange<'_> {
         let Some(plan) = self.active.plan.origins.get(origin as usize) else {
             return Err(self.error(StatusCode::INTERNAL_SERVER_ERROR, "unknown origin"));
         };
-        let path_and_query = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-        let uri = match proxy::origin_uri(plan, path_and_query) {
+        let uri = match proxy::origin_uri(plan, parts.uri.path_and_query()) {
             Ok(uri) => uri,
             Err(_) => {
                 return Err(self.error(

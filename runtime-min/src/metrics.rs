@@ -405,10 +405,8 @@ mod tests {
             assert!(text.contains(line), "{line} in {text}");
         }
         assert!(!text.contains("GET /other"), "{text}");
-        assert!(
-            second.render().contains(
-                r#"edgepack_requests_total{route="GET /other",action="respond",status="200"} 1"#
-            )
-        );
+        assert!(second.render().contains(
+            r#"edgepack_requests_total{route="GET /other",action="respond",status="200"} 1"#
+        ));
     }
 }

@@ -18,6 +18,7 @@ use arc_swap::ArcSwap;
 use bytes::Bytes;
 use edgepack_bundles::plan::{OriginPlan, RegionPlan};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Request, Response, Uri};
 use http_body_util::Full;
 use hyper::body::Incoming;
@@ -33,16 +34,20 @@ use tokio_rustls::client::TlsStream;
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Headers that describe one connection, never forwarded (RFC 9110 §7.6.1).
-pub const HOP_BY_HOP: [&str; 8] = [
-    "connection",
-    "keep-alive",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "transfer-encoding",
+pub const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    HeaderName::from_static("proxy-connection"),
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
 ];
+
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
 /// Why an origin request failed.
 #[derive(Debug, thiserror::Error)]
@@ -331,29 +336,37 @@ fn error_chain(error: &dyn std::error::Error) -> String {
     text
 }
 
-/// The URI of a request to `origin`: its path prefix, then the request's path and query.
-pub fn origin_uri(origin: &OriginPlan, path_and_query: &str) -> Result<Uri, http::Error> {
-    let scheme = if origin.tls { "https" } else { "http" };
+/// The URI of a request to `origin`: its path prefix, then the request's path and query
+/// (`/` when it has none).
+pub fn origin_uri(
+    origin: &OriginPlan,
+    path_and_query: Option<&PathAndQuery>,
+) -> Result<Uri, http::Error> {
     let default_port = if origin.tls { 443 } else { 80 };
-    let authority = if origin.port == default_port {
-        bracket(&origin.host)
-    } else {
-        format!("{}:{}", bracket(&origin.host), origin.port)
+    let authority = match (origin.port == default_port, origin.host.contains(':')) {
+        (true, false) => Authority::try_from(origin.host.as_str())?,
+        (true, true) => Authority::try_from(format!("[{}]", origin.host))?,
+        (false, false) => Authority::try_from(format!("{}:{}", origin.host, origin.port))?,
+        (false, true) => Authority::try_from(format!("[{}]:{}", origin.host, origin.port))?,
     };
     let prefix = origin.path_prefix.trim_end_matches('/');
-    Uri::builder()
-        .scheme(scheme)
-        .authority(authority)
-        .path_and_query(format!("{prefix}{path_and_query}"))
-        .build()
-}
-
-fn bracket(host: &str) -> String {
-    if host.contains(':') && !host.starts_with('[') {
-        format!("[{host}]")
+    let path_and_query = match path_and_query {
+        // The request's own, already checked: shared, not parsed again.
+        Some(path_and_query) if prefix.is_empty() => path_and_query.clone(),
+        path_and_query => PathAndQuery::try_from(format!(
+            "{prefix}{}",
+            path_and_query.map_or("/", PathAndQuery::as_str)
+        ))?,
+    };
+    let mut parts = http::uri::Parts::default();
+    parts.scheme = Some(if origin.tls {
+        Scheme::HTTPS
     } else {
-        host.to_string()
-    }
+        Scheme::HTTP
+    });
+    parts.authority = Some(authority);
+    parts.path_and_query = Some(path_and_query);
+    Ok(Uri::from_parts(parts)?)
 }
 
 /// Removes hop-by-hop headers, and those the `Connection` header names.
@@ -381,19 +394,19 @@ pub fn add_forwarded(
     https: bool,
     original_host: Option<&HeaderValue>,
 ) {
-    let forwarded_for = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+    let forwarded_for = match headers.get(X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
         Some(previous) if !previous.trim().is_empty() => format!("{previous}, {client}"),
         _ => client.to_string(),
     };
-    if let Ok(value) = HeaderValue::from_str(&forwarded_for) {
-        headers.insert("x-forwarded-for", value);
+    if let Ok(value) = HeaderValue::try_from(forwarded_for) {
+        headers.insert(X_FORWARDED_FOR, value);
     }
     headers.insert(
-        "x-forwarded-proto",
+        X_FORWARDED_PROTO,
         HeaderValue::from_static(if https { "https" } else { "http" }),
     );
     if let Some(host) = original_host {
-        headers.insert("x-forwarded-host", host.clone());
+        headers.insert(X_FORWARDED_HOST, host.clone());
     }
 }
 
@@ -424,12 +437,21 @@ mod tests {
 
     #[test]
     fn origin_uris_keep_prefix_path_and_query() {
-        let uri = origin_uri(&origin("api.internal", 8443, true, "/v2/"), "/api/x?a=1").unwrap();
+        let target = |text: &'static str| Some(PathAndQuery::from_static(text));
+        let uri = origin_uri(
+            &origin("api.internal", 8443, true, "/v2/"),
+            target("/api/x?a=1").as_ref(),
+        )
+        .unwrap();
         assert_eq!(uri.to_string(), "https://api.internal:8443/v2/api/x?a=1");
-        let uri = origin_uri(&origin("api.internal", 80, false, ""), "/").unwrap();
+        let uri = origin_uri(&origin("api.internal", 80, false, ""), target("/").as_ref()).unwrap();
         assert_eq!(uri.to_string(), "http://api.internal/");
-        let uri = origin_uri(&origin("::1", 9000, false, ""), "/a").unwrap();
-        assert_eq!(uri.to_string(), "http://[::1]:9000/a");
+        let uri = origin_uri(&origin("api.internal", 443, true, "/v2"), None).unwrap();
+        assert_eq!(uri.to_string(), "https://api.internal/v2/");
+        let uri = origin_uri(&origin("::1", 9000, false, ""), target("/a?b").as_ref()).unwrap();
+        assert_eq!(uri.to_string(), "http://[::1]:9000/a?b");
+        let uri = origin_uri(&origin("::1", 80, false, ""), target("/").as_ref()).unwrap();
+        assert_eq!(uri.to_string(), "http://[::1]/");
     }
 
     #[test]
