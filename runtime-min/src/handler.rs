@@ -29,10 +29,7 @@ use crate::activation::Active;
 use crate::cache::{self, Entry, Lookup};
 use crate::functions::{Function, FunctionEngine, RunError, RunMeters};
 use crate::jwt::{Claims, TokenError};
-use crate::metrics::{
-    CacheLabels, FunctionErrorLabels, FunctionLabels, JwtLabels, LimitLabels, RuleLabels,
-    UpstreamLabels, UpstreamOrigin,
-};
+use crate::metrics::{FunctionErrorLabels, JwtLabels, LimitLabels, RuleLabels, UpstreamLabels};
 use crate::node::{Node, RequestId};
 use crate::proxy::{self, UpstreamError};
 
@@ -667,11 +664,7 @@ impl Exchange<'_> {
 
     fn count_cache(&mut self, result: &'static str) {
         self.record.cache = Some(result);
-        self.node
-            .metrics
-            .cache
-            .get_or_create(&CacheLabels { result })
-            .inc();
+        self.node.metrics.count_cache(result);
     }
 
     fn cached(&self, entry: &Entry, state: &'static str) -> Response<Body> {
@@ -768,7 +761,7 @@ impl Exchange<'_> {
             let name = plan.name.clone();
             return self.stand_in(&name);
         }
-        let (took, result) = fetch(self.node, plan, request).await;
+        let (took, result) = fetch(self.node, self.active.generation, plan, request).await;
         self.record.upstream_ms = Some(took.as_secs_f64() * 1000.0);
         let response = match result {
             Ok(response) => response,
@@ -855,7 +848,15 @@ impl Exchange<'_> {
             return self.error(StatusCode::INTERNAL_SERVER_ERROR, "unknown function");
         };
         let started = Instant::now();
-        let result = run_function(self.node, engine, function, request, self.https).await;
+        let result = run_function(
+            self.node,
+            active.generation,
+            engine,
+            function,
+            request,
+            self.https,
+        )
+        .await;
         self.record.upstream_ms = Some(started.elapsed().as_secs_f64() * 1000.0);
         let response = match result {
             Ok(response) => response,
@@ -1015,7 +1016,7 @@ impl Exchange<'_> {
             let Some(plan) = active.plan.origins.get(origin as usize) else {
                 return;
             };
-            let (_, result) = fetch(&node, plan, request).await;
+            let (_, result) = fetch(&node, active.generation, plan, request).await;
             let stored = match result {
                 Ok(response) => {
                     let (mut head, incoming) = response.into_parts();
@@ -1056,7 +1057,16 @@ impl Exchange<'_> {
                 node.cache.refresh_failed(&key);
                 return;
             };
-            let stored = match run_function(&node, engine, function, request, https).await {
+            let stored = match run_function(
+                &node,
+                active.generation,
+                engine,
+                function,
+                request,
+                https,
+            )
+            .await
+            {
                 Ok(response) => {
                     let (mut head, body) = response.into_parts();
                     proxy::strip_hop_by_hop(&mut head.headers);
@@ -1309,30 +1319,19 @@ impl serde::Serialize for Located<'_> {
 /// Runs a function with the node's metrics; the response body is boxed like every other.
 async fn run_function(
     node: &Node,
+    generation: u64,
     engine: &FunctionEngine,
     function: &Function,
     request: Request<Full<Bytes>>,
     https: bool,
 ) -> Result<Response<Body>, RunError> {
-    let name = &function.plan.name;
-    let labels = FunctionLabels {
-        function: name.clone(),
-    };
+    let (instantiate, refused) =
+        node.metrics
+            .function_meters(generation, function.plan.id, &function.plan.name);
     let meters = RunMeters {
-        instantiate: node
-            .metrics
-            .function_instantiate_seconds
-            .get_or_create(&labels)
-            .clone(),
+        instantiate,
         live: node.metrics.function_instances.clone(),
-        refused: node
-            .metrics
-            .function_errors
-            .get_or_create(&FunctionErrorLabels {
-                function: name.clone(),
-                kind: "outbound_refused",
-            })
-            .clone(),
+        refused,
     };
     let result = engine
         .run(function, request, https, node.origins.clone(), meters)
@@ -1340,7 +1339,7 @@ async fn run_function(
     match result {
         Ok(response) => Ok(response.map(BodyExt::boxed)),
         Err(error) => {
-            count_function_error(node, name, error.kind());
+            count_function_error(node, &function.plan.name, error.kind());
             Err(error)
         }
     }
@@ -1358,6 +1357,7 @@ fn count_function_error(node: &Node, function: &str, kind: &'static str) {
 
 async fn fetch(
     node: &Node,
+    generation: u64,
     origin: &OriginPlan,
     request: Request<Full<Bytes>>,
 ) -> (
@@ -1369,11 +1369,7 @@ async fn fetch(
     let result = node.origins.send(request, timeout).await;
     let took = sent.elapsed();
     node.metrics
-        .upstream_seconds
-        .get_or_create(&UpstreamOrigin {
-            origin: origin.name.clone(),
-        })
-        .observe(took.as_secs_f64());
+        .observe_upstream(generation, origin.id, &origin.name, took.as_secs_f64());
     if let Err(error) = &result {
         node.metrics
             .upstream_errors

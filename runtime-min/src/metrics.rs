@@ -90,24 +90,60 @@ pub struct JwtLabels {
     pub result: &'static str,
 }
 
-/// A request counter's key: the metrics, the active plan's generation and the route's index
-/// in it, what the node did, the status.
-type RequestKey = (u64, u64, Option<u32>, &'static str, u16);
+/// Handles to metrics a thread keeps per family, at most this many.
+const CACHED_HANDLES: usize = 64;
 
-/// Request counters a thread holds a handle to, at most this many.
-const CACHED_REQUEST_COUNTERS: usize = 64;
+/// The handles to one family's metrics a thread has used, by a key that is cheap to compare
+/// (ids, not names): counting into one then takes neither the family's lock (shared by all
+/// workers) nor a hash of its labels, nor a copy of the names in them. Every key starts
+/// with its `Metrics`'s id, and keys of plan objects carry the plan's generation.
+type Handles<K, M> = RefCell<Vec<(K, M)>>;
 
 thread_local! {
-    /// The request counters this thread has counted into: counting a request then takes
-    /// neither the family's lock nor a hash of its labels (nor a copy of the route's name).
-    static REQUEST_COUNTERS: RefCell<Vec<(RequestKey, Counter)>> = const { RefCell::new(Vec::new()) };
+    /// Keyed by plan generation, route index, action and status.
+    static REQUESTS: Handles<(u64, u64, Option<u32>, &'static str, u16), Counter> = const { RefCell::new(Vec::new()) };
+    /// Keyed by result.
+    static CACHE_RESULTS: Handles<(u64, &'static str), Counter> = const { RefCell::new(Vec::new()) };
+    /// Keyed by plan generation and origin index.
+    static UPSTREAM_SECONDS: Handles<(u64, u64, u32), Histogram> = const { RefCell::new(Vec::new()) };
+    /// Keyed by plan generation and function index: instantiation time, refused calls.
+    static FUNCTION_METERS: Handles<(u64, u64, u32), (Histogram, Counter)> = const { RefCell::new(Vec::new()) };
+}
+
+/// Runs `use_handle` on the handle `key` names in `handles`, made by `make` the first time.
+fn with_handle<K: PartialEq + 'static, M: 'static, R>(
+    handles: &'static std::thread::LocalKey<Handles<K, M>>,
+    key: K,
+    make: impl FnOnce() -> M,
+    use_handle: impl FnOnce(&M) -> R,
+) -> R {
+    handles.with(|handles| {
+        let mut handles = handles.borrow_mut();
+        let at = match handles.iter().position(|(k, _)| *k == key) {
+            // The busiest handles move to the front.
+            Some(at) if at > 0 => {
+                handles.swap(at, at - 1);
+                at - 1
+            }
+            Some(at) => at,
+            None => {
+                // Full, most likely of plans no longer active: start over.
+                if handles.len() == CACHED_HANDLES {
+                    handles.clear();
+                }
+                handles.push((key, make()));
+                handles.len() - 1
+            }
+        };
+        use_handle(&handles[at].1)
+    })
 }
 
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
 /// Every metric the node exports.
 pub struct Metrics {
-    /// Tells this node's metrics from another's in the same process (see `REQUEST_COUNTERS`).
+    /// Tells this node's metrics from another's in the same process (see `Handles`).
     id: u64,
     registry: Registry,
     pub requests: Family<RequestLabels, Counter>,
@@ -322,32 +358,73 @@ impl Metrics {
         action: &'static str,
         status: u16,
     ) {
-        let key = (self.id, generation, route_id, action, status);
-        REQUEST_COUNTERS.with(|cached| {
-            let mut cached = cached.borrow_mut();
-            if let Some(at) = cached.iter().position(|(k, _)| *k == key) {
-                cached[at].1.inc();
-                // The busiest counters move to the front.
-                if at > 0 {
-                    cached.swap(at, at - 1);
-                }
-                return;
-            }
-            let counter = self
-                .requests
-                .get_or_create(&RequestLabels {
-                    route: route.to_string(),
-                    action,
-                    status,
+        let labels = || RequestLabels {
+            route: route.to_string(),
+            action,
+            status,
+        };
+        with_handle(
+            &REQUESTS,
+            (self.id, generation, route_id, action, status),
+            || self.requests.get_or_create(&labels()).clone(),
+            Counter::inc,
+        );
+    }
+
+    /// Counts a cache lookup's result: `hit`, `stale`, `miss` or `bypass`.
+    pub fn count_cache(&self, result: &'static str) {
+        with_handle(
+            &CACHE_RESULTS,
+            (self.id, result),
+            || self.cache.get_or_create(&CacheLabels { result }).clone(),
+            Counter::inc,
+        );
+    }
+
+    /// Records how long origin `origin_id` (in the plan of `generation`; `origin` is its
+    /// name) took to answer.
+    pub fn observe_upstream(&self, generation: u64, origin_id: u32, origin: &str, seconds: f64) {
+        let labels = || UpstreamOrigin {
+            origin: origin.to_string(),
+        };
+        with_handle(
+            &UPSTREAM_SECONDS,
+            (self.id, generation, origin_id),
+            || self.upstream_seconds.get_or_create(&labels()).clone(),
+            |histogram| histogram.observe(seconds),
+        );
+    }
+
+    /// Function `function_id`'s (in the plan of `generation`; `function` is its name)
+    /// instantiation-time histogram and refused-outbound-call counter.
+    pub fn function_meters(
+        &self,
+        generation: u64,
+        function_id: u32,
+        function: &str,
+    ) -> (Histogram, Counter) {
+        let make = || {
+            let instantiate = self
+                .function_instantiate_seconds
+                .get_or_create(&FunctionLabels {
+                    function: function.to_string(),
                 })
                 .clone();
-            counter.inc();
-            // Full, most likely of plans no longer active: start over.
-            if cached.len() == CACHED_REQUEST_COUNTERS {
-                cached.clear();
-            }
-            cached.push((key, counter));
-        });
+            let refused = self
+                .function_errors
+                .get_or_create(&FunctionErrorLabels {
+                    function: function.to_string(),
+                    kind: "outbound_refused",
+                })
+                .clone();
+            (instantiate, refused)
+        };
+        with_handle(
+            &FUNCTION_METERS,
+            (self.id, generation, function_id),
+            make,
+            Clone::clone,
+        )
     }
 }
 
@@ -391,7 +468,7 @@ mod tests {
         first.count_request(2, Some(0), "GET /c", "respond", 200);
         second.count_request(1, Some(0), "GET /other", "respond", 200);
         // More keys than a thread keeps handles for: counts are still kept.
-        for status in 0..(2 * CACHED_REQUEST_COUNTERS as u16) {
+        for status in 0..(2 * CACHED_HANDLES as u16) {
             first.count_request(1, None, "none", "none", status);
         }
         first.count_request(1, Some(0), "GET /a", "respond", 200);
@@ -408,5 +485,32 @@ mod tests {
         assert!(second.render().contains(
             r#"edgepack_requests_total{route="GET /other",action="respond",status="200"} 1"#
         ));
+    }
+
+    #[test]
+    fn cache_origin_and_function_metrics_go_to_their_own_series() {
+        let metrics = Metrics::new();
+        for result in ["hit", "hit", "miss"] {
+            metrics.count_cache(result);
+        }
+        metrics.observe_upstream(1, 0, "api", 0.002);
+        metrics.observe_upstream(1, 0, "api", 0.004);
+        metrics.observe_upstream(2, 0, "ml", 0.001);
+        let (instantiate, refused) = metrics.function_meters(1, 3, "ml-infer");
+        instantiate.observe(0.000_005);
+        refused.inc();
+        // The same handles the next time.
+        metrics.function_meters(1, 3, "ml-infer").1.inc();
+        let text = metrics.render();
+        for line in [
+            r#"edgepack_cache_lookups_total{result="hit"} 2"#,
+            r#"edgepack_cache_lookups_total{result="miss"} 1"#,
+            r#"edgepack_upstream_duration_seconds_count{origin="api"} 2"#,
+            r#"edgepack_upstream_duration_seconds_count{origin="ml"} 1"#,
+            r#"edgepack_function_instantiate_duration_seconds_count{function="ml-infer"} 1"#,
+            r#"edgepack_function_errors_total{function="ml-infer",kind="outbound_refused"} 2"#,
+        ] {
+            assert!(text.contains(line), "{line} in {text}");
+        }
     }
 }
