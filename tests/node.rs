@@ -251,6 +251,11 @@ fn the_edge_answers_waf_geo_routes_and_redirects_itself() {
                 .is_some_and(|s| s.starts_with("waf.kdl:"))),
         "the access log names the rule and its file:line: {line}"
     );
+    let time = line["time"].as_str().expect("time").as_bytes();
+    assert!(
+        time.len() == 24 && time[10] == b'T' && time[19] == b'.' && time[23] == b'Z',
+        "the line's time is RFC 3339 UTC with milliseconds: {line}"
+    );
 }
 
 #[test]

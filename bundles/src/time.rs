@@ -7,12 +7,6 @@ pub fn utc(seconds: u64) -> String {
     format!("{date}T{time}Z")
 }
 
-/// Seconds and milliseconds → `2023-11-14T22:13:20.123Z`.
-pub fn utc_millis(seconds: u64, millis: u32) -> String {
-    let (date, time) = civil(seconds);
-    format!("{date}T{time}.{:03}Z", millis.min(999))
-}
-
 /// (`YYYY-MM-DD`, `hh:mm:ss`) of a Unix time.
 fn civil(seconds: u64) -> (String, String) {
     let days = (seconds / 86_400) as i64;
@@ -40,9 +34,5 @@ mod tests {
         assert_eq!(super::utc(0), "1970-01-01T00:00:00Z");
         assert_eq!(super::utc(1_700_000_000), "2023-11-14T22:13:20Z");
         assert_eq!(super::utc(951_782_400), "2000-02-29T00:00:00Z");
-        assert_eq!(
-            super::utc_millis(1_700_000_000, 7),
-            "2023-11-14T22:13:20.007Z"
-        );
     }
 }

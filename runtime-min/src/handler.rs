@@ -1279,7 +1279,7 @@ impl Exchange<'_> {
 #[derive(serde::Serialize)]
 struct AccessLine<'a> {
     kind: &'static str,
-    time: String,
+    time: crate::logs::UtcMillis,
     request_id: &'a str,
     client: IpAddr,
     method: &'a str,

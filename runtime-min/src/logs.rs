@@ -55,10 +55,84 @@ fn write_out(buffer: &mut Vec<u8>) {
     buffer.clear();
 }
 
+/// A time as RFC 3339 UTC with milliseconds, `2026-12-07T03:20:00.123Z`: an access-log
+/// line's `time`.
+#[derive(Clone, Copy)]
+pub struct UtcMillis([u8; 24]);
+
+impl UtcMillis {
+    pub fn as_str(&self) -> &str {
+        // ASCII digits and separators only: always UTF-8.
+        std::str::from_utf8(&self.0).unwrap_or_default()
+    }
+}
+
+impl serde::Serialize for UtcMillis {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
+thread_local! {
+    /// The second this thread last wrote a time in, up to its seconds (`…T03:20:00`): a
+    /// line's time is then that and its milliseconds, not a date computed again.
+    static SECOND: std::cell::Cell<(u64, [u8; 19])> = const { std::cell::Cell::new((u64::MAX, [0; 19])) };
+}
+
 /// Now, as RFC 3339 UTC with milliseconds.
-pub fn utc_now() -> String {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default();
-    edgepack_bundles::time::utc_millis(now.as_secs(), now.subsec_millis())
+pub fn utc_now() -> UtcMillis {
+    utc_at(
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default(),
+    )
+}
+
+/// `now` (since the Unix epoch) as RFC 3339 UTC with milliseconds.
+fn utc_at(now: std::time::Duration) -> UtcMillis {
+    let seconds = now.as_secs();
+    let prefix = SECOND.with(|second| match second.get() {
+        (cached, prefix) if cached == seconds => prefix,
+        _ => {
+            // `YYYY-MM-DDThh:mm:ssZ`; a time past the year 9999 is written as its end.
+            let text = edgepack_bundles::time::utc(seconds);
+            let mut prefix = *b"9999-12-31T23:59:59";
+            if text.len() == 20 {
+                prefix.copy_from_slice(&text.as_bytes()[..19]);
+            }
+            second.set((seconds, prefix));
+            prefix
+        }
+    });
+    let millis = now.subsec_millis().min(999);
+    let mut text = [0u8; 24];
+    text[..19].copy_from_slice(&prefix);
+    text[19] = b'.';
+    for (at, digit) in [
+        (20, millis / 100),
+        (21, millis / 10 % 10),
+        (22, millis % 10),
+    ] {
+        text[at] = b'0' + digit as u8;
+    }
+    text[23] = b'Z';
+    UtcMillis(text)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    #[test]
+    fn access_log_times_are_rfc_3339_utc_with_milliseconds() {
+        let at = |seconds: u64, millis: u64| {
+            super::utc_at(Duration::from_millis(seconds * 1000 + millis))
+        };
+        assert_eq!(at(1_700_000_000, 7).as_str(), "2023-11-14T22:13:20.007Z");
+        // The same second again (its text kept), then the next, then an earlier one.
+        assert_eq!(at(1_700_000_000, 999).as_str(), "2023-11-14T22:13:20.999Z");
+        assert_eq!(at(1_700_000_001, 40).as_str(), "2023-11-14T22:13:21.040Z");
+        assert_eq!(at(951_782_400, 100).as_str(), "2000-02-29T00:00:00.100Z");
+        assert_eq!(at(0, 0).as_str(), "1970-01-01T00:00:00.000Z");
+    }
 }
