@@ -224,8 +224,8 @@ fn normalized_host(host: &[u8]) -> &[u8] {
 
 /// Writes `parts` as a request block into `out` and returns the block's length. At most
 /// `body_limit` bytes of the body are written (the policy inspects no more).
-pub fn encode(
-    parts: &dyn RequestParts,
+pub fn encode<R: RequestParts + ?Sized>(
+    parts: &R,
     limits: &Limits,
     body_limit: usize,
     out: &mut [u8],
@@ -382,9 +382,9 @@ fn write_segments(
 type HeaderSummary = (u32, Option<(u32, u32)>, bool);
 
 /// Headers as (name, value) records.
-fn write_headers(
+fn write_headers<R: RequestParts + ?Sized>(
     w: &mut Writer<'_>,
-    parts: &dyn RequestParts,
+    parts: &R,
     limits: &Limits,
 ) -> Result<HeaderSummary, EncodeError> {
     let count = u32::try_from(parts.header_count()).unwrap_or(u32::MAX);
@@ -947,9 +947,9 @@ impl JsonFlattener<'_, '_> {
 }
 
 /// Cookies from every `Cookie` header: `a=1; b=2`.
-fn write_cookies(
+fn write_cookies<R: RequestParts + ?Sized>(
     w: &mut Writer<'_>,
-    parts: &dyn RequestParts,
+    parts: &R,
     limits: &Limits,
 ) -> Result<(), EncodeError> {
     let mut most = 0usize;
@@ -1002,9 +1002,9 @@ fn write_cookies(
 }
 
 /// `X-Forwarded-For` hops, left to right, each 16 address bytes and a validity word.
-fn write_xff(
+fn write_xff<R: RequestParts + ?Sized>(
     w: &mut Writer<'_>,
-    parts: &dyn RequestParts,
+    parts: &R,
     limits: &Limits,
 ) -> Result<(), EncodeError> {
     let mut most = 0usize;

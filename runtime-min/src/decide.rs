@@ -31,9 +31,9 @@ thread_local! {
 
 /// Decides `request` with this thread's instance of `active`'s module and hands the
 /// decision to `use_decision` (borrowed: the buffer is reused by the next request).
-pub fn decide<R>(
+pub fn decide<P: RequestParts + ?Sized, R>(
     active: &Active,
-    request: &dyn RequestParts,
+    request: &P,
     use_decision: impl FnOnce(&Decision) -> R,
 ) -> Result<R, HostError> {
     SLOT.with(|slot| {

@@ -356,16 +356,16 @@ impl PolicyInstance {
     }
 
     /// Writes the request into the instance and returns the policy's decision.
-    pub fn decide(&mut self, request: &dyn RequestParts) -> Result<Decision, HostError> {
+    pub fn decide<R: RequestParts + ?Sized>(&mut self, request: &R) -> Result<Decision, HostError> {
         let mut decision = Decision::default();
         self.decide_into(request, &mut decision)?;
         Ok(decision)
     }
 
     /// Like [`PolicyInstance::decide`], writing into a decision the caller reuses.
-    pub fn decide_into(
+    pub fn decide_into<R: RequestParts + ?Sized>(
         &mut self,
-        request: &dyn RequestParts,
+        request: &R,
         decision: &mut Decision,
     ) -> Result<(), HostError> {
         let memory = self.memory.data_mut(&mut self.store);
