@@ -1176,7 +1176,7 @@ impl Exchange<'_> {
         parts: &http::request::Parts,
         mut response: Response<Body>,
     ) -> Response<Body> {
-        let active = self.active.clone();
+        let active = &*self.active;
         if let Some(id) = self.cors
             && let Some(policy) = active.plan.cors.get(id as usize)
         {
