@@ -344,15 +344,7 @@ impl Metrics {
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
     }
-}
 
-impl Default for Metrics {
-    fn default() -> Self {
-        Metrics::new()
-    }
-}
-
-impl Metrics {
     /// Counts a request under its route (`route_id` in the plan of `generation`; `route` is
     /// its name, the label), what the node did and the status.
     pub fn count_request(
@@ -430,6 +422,12 @@ impl Metrics {
             make,
             Clone::clone,
         )
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
     }
 }
 
