@@ -1,11 +1,14 @@
 //! Warm `decide`: the compiled module (instance reused, request copy included) against the
 //! reference evaluator on the same requests, for the main example and for generated policies
 //! of 1,000 routes with 10 and with 100 WAF rules, on small requests and on requests with
-//! 2 KB of query and body.
+//! 2 KB of query and body; and, where Debian's `modsecurity-crs` is installed, for
+//! `examples/global-api-crs` (the CRS at paranoia level 1) on those and on the comparison's
+//! 1 KB query.
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use edgepack_benches::{
-    compile_policy_dir, generated_policy, large_request, small_request, workspace_root,
+    CRS_RULES, compile_policy_dir, generated_policy, large_request, query_1kb_request,
+    small_request, workspace_root,
 };
 use edgepack_compiler::eval::{self, Evaluator};
 
@@ -21,15 +24,13 @@ fn decide_benches(c: &mut Criterion) {
         std::fs::write(path.join("edgepack.kdl"), generated_policy(1000, rules)).expect("write");
         policies.push((format!("1000-routes-{rules}-rules"), path));
     }
+    with_crs(&mut policies, "global-api-crs");
     let mut group = c.benchmark_group("decide");
     for (name, path) in &policies {
         let (plan, mut instance) = compile_policy_dir(path);
         let evaluator = Evaluator::new(&plan);
         let body_limit = plan.waf.as_ref().map_or(0, |w| w.body_limit);
-        for (size, request) in [
-            ("small", small_request(&plan)),
-            ("2KB", large_request(&plan)),
-        ] {
+        for (size, request) in requests(name, &plan) {
             let expected = evaluator.eval(&eval::parse(&request, body_limit).expect("parses"));
             assert_eq!(
                 instance.decide(&request).expect("decides"),
@@ -50,6 +51,31 @@ fn decide_benches(c: &mut Criterion) {
         }
     }
     group.finish();
+}
+
+/// Adds `examples/global-api-crs` as `name` where the CRS it imports is installed.
+fn with_crs(policies: &mut Vec<(String, std::path::PathBuf)>, name: &str) {
+    if std::path::Path::new(CRS_RULES).is_dir() {
+        policies.push((
+            name.to_string(),
+            workspace_root().join("examples/global-api-crs"),
+        ));
+    } else {
+        eprintln!("{CRS_RULES} missing (apt install modsecurity-crs): the CRS rows are left out");
+    }
+}
+
+/// The requests each policy is measured on: small and 2 KB, and for the CRS the
+/// comparison's 1 KB query as well.
+fn requests(
+    name: &str,
+    plan: &edgepack_compiler::plan::RegionPlan,
+) -> Vec<(&'static str, edgepack_bundles::request::Request)> {
+    let mut requests = vec![("small", small_request(plan)), ("2KB", large_request(plan))];
+    if name.contains("crs") {
+        requests.push(("1KB-query", query_1kb_request(plan)));
+    }
+    requests
 }
 
 /// Median time per call of `f` over `rounds` batches of `batch` calls.
@@ -82,15 +108,13 @@ fn summary(_: &mut Criterion) {
         std::fs::write(path.join("edgepack.kdl"), generated_policy(1000, rules)).expect("write");
         policies.push((format!("1000 routes, {rules} WAF rules"), path));
     }
+    with_crs(&mut policies, "global-api-crs (CRS PL1)");
     for (name, path) in &policies {
         let (plan, mut instance) = compile_policy_dir(path);
         let evaluator = Evaluator::new(&plan);
         let body_limit = plan.waf.as_ref().map_or(0, |w| w.body_limit);
         let mut decision = edgepack_bundles::abi::Decision::default();
-        for (size, request) in [
-            ("small", small_request(&plan)),
-            ("2 KB", large_request(&plan)),
-        ] {
+        for (size, request) in requests(name, &plan) {
             let module = median_ns(
                 || {
                     instance
@@ -113,12 +137,12 @@ fn summary(_: &mut Criterion) {
         }
     }
     println!(
-        "\n{:<28} {:<6} {:>12} {:>14} {:>8}",
+        "\n{:<28} {:<9} {:>12} {:>14} {:>8}",
         "policy", "request", "module", "evaluator", "ratio"
     );
     for (name, size, module, reference) in &rows {
         println!(
-            "{name:<28} {size:<6} {:>9.0} ns {:>11.0} ns {:>8.3}",
+            "{name:<28} {size:<9} {:>9.0} ns {:>11.0} ns {:>8.3}",
             module,
             reference,
             module / reference
@@ -129,7 +153,7 @@ fn summary(_: &mut Criterion) {
             .find(|r| r.0.contains(rules) && r.1 == size)
             .map_or(f64::NAN, |r| r.2)
     };
-    for size in ["small", "2 KB"] {
+    for size in ["small", "2KB"] {
         println!(
             "100 vs 10 WAF rules, {size} request: {:.2}x",
             cost("100 WAF", size) / cost("10 WAF", size)

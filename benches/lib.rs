@@ -136,6 +136,23 @@ pub fn large_request(
     .body(body)
 }
 
+/// The comparison's WAF request (`benches/compare/run`, row 4): 1 KB of ordinary words in
+/// one query argument, URL-encoded with `+` for spaces.
+pub fn query_1kb_request(
+    plan: &edgepack_compiler::plan::RegionPlan,
+) -> edgepack_bundles::request::Request {
+    let words = "the quick brown fox jumps over the lazy dog while the committee reviews the quarterly report about regional shipping volumes and customer feedback ";
+    let mut query = format!("q={}", words.repeat(8).replace(' ', "+"));
+    query.truncate(1024);
+    with_common_headers(edgepack_bundles::request::Request::new(
+        "GET",
+        &format!("{}?{query}", routed_path(plan)),
+    ))
+}
+
+/// Where Debian's `modsecurity-crs` installs the rules `examples/global-api-crs` imports.
+pub const CRS_RULES: &str = "/usr/share/modsecurity-crs/rules";
+
 /// The example policy's bundle for `region` at `version`, built and signed in this process,
 /// and the key that signed it.
 pub fn example_bundle(region: &str, version: u64) -> (Vec<u8>, ed25519_dalek::SigningKey) {

@@ -250,8 +250,14 @@ impl PolicyModule {
             .memories(1)
             .tables(4)
             .build();
-        let mut store = Store::new(&self.engine, limits);
-        store.limiter(|limits| limits);
+        let mut store = Store::new(
+            &self.engine,
+            InstanceData {
+                limits,
+                memory: None,
+            },
+        );
+        store.limiter(|data| &mut data.limits);
         if let Some(ticks) = self.deadline_ticks {
             // Instantiation runs no start function, but bound it all the same.
             store.set_epoch_deadline(ticks);
@@ -267,6 +273,7 @@ impl PolicyModule {
         let memory = instance
             .get_memory(&mut store, export::MEMORY)
             .ok_or(HostError::MissingExport(export::MEMORY))?;
+        store.data_mut().memory = Some(memory);
         let decide = instance
             .get_typed_func::<i32, i32>(&mut store, export::DECIDE)
             .map_err(|_| HostError::MissingExport(export::DECIDE))?;
@@ -318,8 +325,8 @@ impl PolicyModule {
 
 /// The module's `detect(kind, ptr, len)` import: libinjection over bytes of its memory. Out
 /// of range arguments find nothing (the module only passes its own values).
-fn detect(mut caller: Caller<'_, StoreLimits>, kind: i32, ptr: i32, len: i32) -> i32 {
-    let Some(Extern::Memory(memory)) = caller.get_export(export::MEMORY) else {
+fn detect(caller: Caller<'_, InstanceData>, kind: i32, ptr: i32, len: i32) -> i32 {
+    let Some(memory) = caller.data().memory else {
         return 0;
     };
     let (Some(kind), Ok(start), Ok(len)) = (
@@ -336,9 +343,16 @@ fn detect(mut caller: Caller<'_, StoreLimits>, kind: i32, ptr: i32, len: i32) ->
     }
 }
 
+/// What an instance's store holds: its limits, and its memory for the `detect` import
+/// (found once, not by name on every call).
+struct InstanceData {
+    limits: StoreLimits,
+    memory: Option<Memory>,
+}
+
 /// An instantiated policy: decides one request at a time.
 pub struct PolicyInstance {
-    store: Store<StoreLimits>,
+    store: Store<InstanceData>,
     deadline_ticks: Option<u64>,
     memory: Memory,
     decide: TypedFunc<i32, i32>,

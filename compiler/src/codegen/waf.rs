@@ -193,6 +193,25 @@ struct GroupTables {
     /// group then runs on the very same value (see [`clean_always`]).
     clean_always: u32,
     clean_always_count: u32,
+    /// [count, then (hit word, mask low, mask high) per word holding some of the group's
+    /// patterns]: `run_hits` reads only these words, and of each only the group's bits.
+    hit_masks: u32,
+}
+
+/// The hit words that hold patterns of group `g` (`table` holds each pattern's group
+/// first), as [count, then (word, mask low, mask high) per word].
+fn hit_masks(g: u32, table: &[u32]) -> Vec<u32> {
+    let mut masks: std::collections::BTreeMap<u32, u64> = std::collections::BTreeMap::new();
+    for (index, entry) in table.chunks_exact(4).enumerate() {
+        if entry[0] == g {
+            *masks.entry(index as u32 / 64).or_default() |= 1 << (index % 64);
+        }
+    }
+    let mut words = vec![masks.len() as u32];
+    for (word, mask) in masks {
+        words.extend([word, mask as u32, (mask >> 32) as u32]);
+    }
+    words
 }
 
 /// The patterns without literals that group `g` runs on a value its decodings leave as it
@@ -589,6 +608,24 @@ impl Tables {
                 compounds.push((rule.id, needed));
             }
         }
+        // Patterns with the same decoding chain take consecutive numbers: in each part a
+        // group is one chain, so its hit bits fill few words, which `run_hits` alone reads.
+        let mut chains_seen: Vec<Vec<DecodingPlan>> = Vec::new();
+        let mut numbered: Vec<(usize, Pattern)> = patterns
+            .into_iter()
+            .map(|pattern| {
+                let chain = match chains_seen.iter().position(|c| *c == pattern.decode) {
+                    Some(chain) => chain,
+                    None => {
+                        chains_seen.push(pattern.decode.clone());
+                        chains_seen.len() - 1
+                    }
+                };
+                (chain, pattern)
+            })
+            .collect();
+        numbered.sort_by_key(|(chain, _)| *chain);
+        let patterns: Vec<Pattern> = numbered.into_iter().map(|(_, pattern)| pattern).collect();
         let hit_words = (patterns.len() as u32).div_ceil(64).max(1);
         let mut dfas: HashMap<String, u32> = HashMap::new();
         let budget = usize::try_from(waf.automaton_budget).unwrap_or(usize::MAX);
@@ -750,6 +787,7 @@ impl Tables {
                     let mut clean_words = vec![clean.len() as u32];
                     clean_words.extend(&clean);
                     GroupTables {
+                        hit_masks: data.words(&hit_masks(g as u32, &table)),
                         dirty: dirty[g],
                         chain: chains[g].clone(),
                         always_count: always[g].len() as u32,
@@ -875,7 +913,7 @@ impl Fns {
                 .iter()
                 .map(|_| funcs.declare(&[I32, I32, I32], &[I32]))
                 .collect(),
-            run_hits: funcs.declare(&[I32, I32, I32, I32, I32, I32, I32, I32], &[]),
+            run_hits: funcs.declare(&[I32, I32, I32, I32, I32, I32, I32], &[]),
             run_always: funcs.declare(&[I32, I32, I32, I32, I32, I32], &[]),
             dfa: funcs.declare(&[I32, I32, I32, I32], &[I32]),
             sequences: t
@@ -1253,8 +1291,7 @@ impl Fns {
                     a.i().i64_eqz().i32_eqz();
                     a.if_();
                     a.c(part.patterns)
-                        .c(group as u32)
-                        .c(t.hit_words)
+                        .c(g.hit_masks)
                         .get(text)
                         .get(text_len)
                         .c(hits)
@@ -1583,20 +1620,26 @@ impl Fns {
         a.end();
     }
 
-    /// `run_hits(patterns, group, words, ptr, len, hits, fold, enabled)`: the group's
-    /// patterns whose literals the prefilter saw, found by walking the set hit bits.
+    /// `run_hits(patterns, masks, ptr, len, hits, fold, enabled)`: the group's patterns
+    /// whose literals the prefilter saw, found by walking the set hit bits of the words
+    /// `masks` lists (see [`hit_masks`]), each masked to the group's own patterns.
     fn run_hits_body(&self, layout: &Layout) -> wasm_encoder::Function {
-        let (patterns, group, words, ptr, len, hits, fold, enabled) = (0, 1, 2, 3, 4, 5, 6, 7);
-        let mut a = Asm::new(8);
+        let (patterns, masks, ptr, len, hits, fold, enabled) = (0, 1, 2, 3, 4, 5, 6);
+        let mut a = Asm::new(7);
+        let n = a.local(I32);
         let w = a.local(I32);
         let word = a.local(I64);
         let index = a.local(I32);
         let entry = a.local(I32);
+        a.load(masks, 0).set(n);
         a.block().loop_();
-        a.get(w).get(words);
-        a.i().i32_ge_u().br_if(1);
+        a.get(n);
+        a.i().i32_eqz().br_if(1);
+        a.load(masks, 4).set(w);
         a.get(hits).get(w).c(8);
         a.i().i32_mul().i32_add().i64_load(mem(0, 3));
+        a.get(masks);
+        a.i().i64_load(mem(8, 2)).i64_and();
         a.set(word);
         a.block().loop_();
         a.get(word);
@@ -1614,11 +1657,7 @@ impl Fns {
         a.i().i32_mul();
         a.get(patterns);
         a.i().i32_add();
-        a.tee(entry);
-        a.i().i32_load(mem(0, 2));
-        a.get(group);
-        a.i().i32_eq();
-        a.if_();
+        a.set(entry);
         self.try_pattern(
             &mut a,
             layout,
@@ -1630,10 +1669,12 @@ impl Fns {
                 enabled,
             },
         );
-        a.end();
         a.i().br(0);
         a.end().end();
-        a.inc(w, 1);
+        a.inc(masks, 12);
+        a.get(n).c(1);
+        a.i().i32_sub();
+        a.set(n);
         a.i().br(0);
         a.end().end();
         a.finish()
