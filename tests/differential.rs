@@ -1152,6 +1152,42 @@ fn literals_anywhere_in_long_values_agree() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// A DFA walk passes over 16 bytes at a time while it stays in a state few bytes leave:
+/// an exit byte at any offset, around and across those blocks, in the plain and the
+/// lower-cased walk, is still seen where the reference evaluator sees it.
+#[test]
+fn loop_state_skips_agree() {
+    let engine = PolicyEngine::new().expect("engine");
+    let rules = [
+        // Leaves its loop on `#` and whitespace; fires when `#` comes first.
+        r##"rule "hash-first" score=1 { in "args"; regex #"^[^#\s]*#"#; }"##,
+        // Read lower-cased: leaves on `x` (an `X` in the text); fires on a value without.
+        r##"rule "no-x" score=1 { in "args"; decode "lowercase"; regex #"^[^x]*$"#; }"##,
+    ]
+    .join("\n");
+    let dir = rules_policy(&format!("{rules}\n"));
+    for tier in [Tier::Quick, Tier::Optimized] {
+        let mut regions = compile_policy(&dir, &engine, tier).expect("the policy compiles");
+        let (plan, instance) = &mut regions[0];
+        let evaluator = Evaluator::new(plan);
+        for len in [15, 16, 17, 18, 32, 33, 34, 49, 100] {
+            for at in 0..len {
+                // How many of the two rules fire with this byte at `at` among `w`s.
+                for (exit, fires) in [("#", 2), (" ", 1), ("X", 0)] {
+                    let mut value = "w".repeat(len);
+                    value.replace_range(at..at + 1, exit);
+                    let encoded: String = value.bytes().map(|b| format!("%{b:02X}")).collect();
+                    let request = Request::new("GET", &format!("/x?a={encoded}"));
+                    compare(plan, &evaluator, instance, &request).unwrap_or_else(|e| panic!("{e}"));
+                    let decision = instance.decide(&request).expect("a decision");
+                    assert_eq!(decision.rules.len(), fires, "{value:?}");
+                }
+            }
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// With hundreds of literals, parts few rules read (method, a header, path, URI, request
 /// line) get prefilters of their own while the arguments share the large one: each part
 /// still finds exactly its own rules' literals, in either direction (a literal of an

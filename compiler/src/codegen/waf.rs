@@ -25,6 +25,7 @@ use super::automata::{
 use super::funcs::Funcs;
 use super::{CodegenError, Layout, Util};
 use crate::plan::*;
+use wasm_encoder::ValType;
 
 const DIRTY_URL: u32 = 1;
 const DIRTY_HTML: u32 = 2;
@@ -375,7 +376,8 @@ fn write_sequence(data: &mut Data, seq: &SequenceDfa, folds: bool) -> u32 {
     }
 }
 
-/// A pattern DFA's descriptor: `[classes, folded, table, row, normal, start, eoi, width]`.
+/// A pattern DFA's descriptor: `[classes, folded, table, row, normal, start, eoi, width,
+/// loop, exits, folded loop, folded exits]` (see [`loop_state`]).
 /// A step is kept to a few adds and a load, with no multiply on the path from one state to
 /// the next. DFAs of at most 256 states keep one byte per entry, a state index, and rows
 /// padded to a power of two (`row`), so a step shifts the index; in larger ones states are
@@ -443,9 +445,63 @@ fn write_dfa(data: &mut Data, dfa: &PatternDfa, folds: bool) -> u32 {
     };
     let eoi: Vec<u8> = dfa.eoi_match.iter().map(|m| u8::from(*m)).collect();
     let eoi = data.bytes(&eoi);
+    // The loop state of each class map, in the walk's units (an index in one-byte tables,
+    // else a byte offset), and its exit bytes.
+    let unit = if small { 1 } else { scale };
+    let skip = |data: &mut Data, map: &[u8; 256]| match loop_state(dfa, map) {
+        Some((state, exits)) => (state * unit, data.bytes(&exits)),
+        None => (NO_LOOP, 0),
+    };
+    let (loop_plain, exits_plain) = skip(data, &dfa.classes);
+    let (loop_folded, exits_folded) = if folds {
+        skip(data, &dfa.folded)
+    } else {
+        (loop_plain, exits_plain)
+    };
     data.words(&[
-        classes, folded, table, row, dfa.normal, dfa.start, eoi, width,
+        classes,
+        folded,
+        table,
+        row,
+        dfa.normal,
+        dfa.start,
+        eoi,
+        width,
+        loop_plain,
+        exits_plain,
+        loop_folded,
+        exits_folded,
     ])
+}
+
+/// `loop` word of a DFA descriptor without a loop state (no state's offset comes near it).
+const NO_LOOP: u32 = u32::MAX;
+/// The most bytes that may leave a loop state: the walk compares 16 bytes of text with each.
+const LOOP_EXITS: usize = 8;
+
+/// The DFA's loop state for `map`: the ordinary state that the fewest bytes leave (one to
+/// [`LOOP_EXITS`]; ties to the lower state), with those bytes, padded to [`LOOP_EXITS`] by
+/// repeating the first. A walk in it skips 16 bytes at a time while none of them leaves
+/// it: the long walks (a request-line check, a URI rule over a kilobyte query) spend most
+/// of their bytes in such a state (`[^#\s]*` after the `?`).
+fn loop_state(dfa: &PatternDfa, map: &[u8; 256]) -> Option<(u32, Vec<u8>)> {
+    let stride = dfa.stride as usize;
+    (0..dfa.normal)
+        .filter_map(|state| {
+            let row = &dfa.next[state as usize * stride..][..stride];
+            let exits: Vec<u8> = (0..=255u8)
+                .filter(|b| row[map[*b as usize] as usize] != state)
+                .collect();
+            (1..=LOOP_EXITS)
+                .contains(&exits.len())
+                .then_some((state, exits))
+        })
+        .min_by_key(|(state, exits)| (exits.len(), *state))
+        .map(|(state, mut exits)| {
+            let first = exits[0];
+            exits.resize(LOOP_EXITS, first);
+            (state, exits)
+        })
 }
 
 fn write_prefilter(data: &mut Data, p: &Prefilter, context: u32) -> PrefilterTables {
@@ -1730,8 +1786,13 @@ fn dfa_body() -> wasm_encoder::Function {
     let s = a.local(I32);
     let end = a.local(I32);
     let width = a.local(I32);
+    let loop_state = a.local(I32);
+    let exits = a.local(I32);
+    let exit_bytes: Vec<u32> = (0..LOOP_EXITS).map(|_| a.local(ValType::V128)).collect();
+    let block = a.local(ValType::V128);
     // With the next state on the stack: it becomes `s`; a special state ends the walk
-    // (matched when it is the match state), any other goes on to the next byte.
+    // (matched when it is the match state), any other goes on to the next byte. In the
+    // loop state, whole blocks of 16 bytes none of which leaves it are passed over first.
     let next_byte = |a: &mut Asm| {
         a.tee(s);
         a.get(special);
@@ -1740,14 +1801,48 @@ fn dfa_body() -> wasm_encoder::Function {
         a.get(s).get(special);
         a.i().i32_eq().return_();
         a.end();
+        a.get(s).get(loop_state);
+        a.i().i32_eq();
+        a.if_();
+        for (k, v) in exit_bytes.iter().enumerate() {
+            a.load8(exits, k as u32);
+            a.i().i8x16_splat();
+            a.set(*v);
+        }
+        // While the 16 bytes after `ptr` are all in the text and none leaves the state.
+        a.block().loop_();
+        a.get(ptr).c(17);
+        a.i().i32_add();
+        a.get(end);
+        a.i().i32_gt_u().br_if(1);
+        a.get(ptr);
+        a.i().v128_load(mem(1, 0));
+        a.set(block);
+        a.get(block).get(exit_bytes[0]);
+        a.i().i8x16_eq();
+        for v in &exit_bytes[1..] {
+            a.get(block).get(*v);
+            a.i().i8x16_eq().v128_or();
+        }
+        a.i().v128_any_true().br_if(1);
+        a.inc(ptr, 16);
+        a.i().br(0);
+        a.end().end();
+        a.end();
         a.inc(ptr, 1);
         a.i().br(0);
         a.end().end();
     };
-    // classes = fold ? folded : classes
+    // classes = fold ? folded : classes, and the loop state and exits of that map.
     a.load(desc, 4).load(desc, 0).get(fold);
     a.i().select();
     a.set(classes);
+    a.load(desc, 40).load(desc, 32).get(fold);
+    a.i().select();
+    a.set(loop_state);
+    a.load(desc, 44).load(desc, 36).get(fold);
+    a.i().select();
+    a.set(exits);
     a.load(desc, 8).set(table);
     a.load(desc, 28).set(width);
     a.load(desc, 12).set(stride);
