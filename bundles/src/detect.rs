@@ -3,7 +3,8 @@
 //!
 //! The node answers the module's `edgepack.detect` import with [`detect`], and the
 //! compiler's reference evaluator calls the same function, so the two agree by construction.
-//! The detectors are a pure-Rust port of libinjection (`libinjectionrs`).
+//! The detectors are a pure-Rust port of libinjection (`libinjectionrs`), built from a
+//! copy whose keyword lookup does not allocate (`third_party/README.md`).
 
 /// What to look for: the `kind` argument of the `detect` import.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
@@ -120,50 +121,8 @@ mod tests {
     /// asked of libinjection's state is its `detect_sqli`'s on every line.
     #[test]
     fn shortcuts_keep_every_detection_in_the_corpora() {
-        fn files(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
-            let entries = std::fs::read_dir(dir)
-                .unwrap_or_else(|e| panic!("corpus directory {}: {e}", dir.display()));
-            for entry in entries {
-                let path = entry.expect("an entry").path();
-                if path.is_dir() {
-                    files(&path, out);
-                } else {
-                    out.push(path);
-                }
-            }
-        }
-        fn percent_decoded(line: &[u8]) -> Vec<u8> {
-            let hex = |b: u8| (b as char).to_digit(16).map(|d| d as u8);
-            let mut out = Vec::with_capacity(line.len());
-            let mut i = 0;
-            while i < line.len() {
-                match (
-                    line[i],
-                    line.get(i + 1).copied().and_then(hex),
-                    line.get(i + 2).copied().and_then(hex),
-                ) {
-                    (b'%', Some(h), Some(l)) => {
-                        out.push(h << 4 | l);
-                        i += 3;
-                    }
-                    (b'+', ..) => {
-                        out.push(b' ');
-                        i += 1;
-                    }
-                    (b, ..) => {
-                        out.push(b);
-                        i += 1;
-                    }
-                }
-            }
-            out
-        }
-        let root =
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/waf-dev");
-        let mut paths = Vec::new();
-        files(&root, &mut paths);
         let mut detected = 0;
-        for path in paths {
+        for path in corpus_files() {
             let text = std::fs::read(&path).expect("a corpus file");
             for line in text.split(|b| *b == b'\n') {
                 for value in [line.to_vec(), percent_decoded(line)] {
@@ -188,4 +147,135 @@ mod tests {
         }
         assert!(detected > 100, "{detected} detections: the corpus was read");
     }
+
+    /// Every file of the public corpora in `../shared/data/waf-dev`, in a stable order.
+    fn corpus_files() -> Vec<std::path::PathBuf> {
+        let root =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/waf-dev");
+        let mut paths = Vec::new();
+        files(&root, &mut paths);
+        paths.sort();
+        paths
+    }
+
+    fn files(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
+        let entries = std::fs::read_dir(dir)
+            .unwrap_or_else(|e| panic!("corpus directory {}: {e}", dir.display()));
+        for entry in entries {
+            let path = entry.expect("an entry").path();
+            if path.is_dir() {
+                files(&path, out);
+            } else {
+                out.push(path);
+            }
+        }
+    }
+    fn percent_decoded(line: &[u8]) -> Vec<u8> {
+        let hex = |b: u8| (b as char).to_digit(16).map(|d| d as u8);
+        let mut out = Vec::with_capacity(line.len());
+        let mut i = 0;
+        while i < line.len() {
+            match (
+                line[i],
+                line.get(i + 1).copied().and_then(hex),
+                line.get(i + 2).copied().and_then(hex),
+            ) {
+                (b'%', Some(h), Some(l)) => {
+                    out.push(h << 4 | l);
+                    i += 3;
+                }
+                (b'+', ..) => {
+                    out.push(b' ');
+                    i += 1;
+                }
+                (b, ..) => {
+                    out.push(b);
+                    i += 1;
+                }
+            }
+        }
+        out
+    }
+
+    /// The patched libinjection (`third_party/libinjectionrs`) answers as the published crate
+    /// does: the digest of its answers and fingerprints on every corpus line (as written, `+`
+    /// as space, percent-decoded), every keyword of its table (as written, lower-cased, and
+    /// merged with another), and 200,000 seeded strings of keywords and SQL punctuation is
+    /// the one the published 0.1.1 gives on the same inputs.
+    #[test]
+    fn patched_libinjection_answers_as_the_published_crate() {
+        use sha2::Digest;
+        let keywords: Vec<&str> = libinjectionrs::sqli::sqli_data::SQL_KEYWORDS
+            .iter()
+            .map(|k| k.word)
+            .collect();
+        let mut inputs: Vec<Vec<u8>> = Vec::new();
+        for path in corpus_files() {
+            let text = std::fs::read(&path).expect("a corpus file");
+            for line in text.split(|b| *b == b'\n') {
+                let spaced: Vec<u8> = line
+                    .iter()
+                    .map(|&b| if b == b'+' { b' ' } else { b })
+                    .collect();
+                inputs.extend([line.to_vec(), spaced, percent_decoded(line)]);
+            }
+        }
+        for (i, word) in keywords.iter().enumerate() {
+            let other = keywords[i * 7919 % keywords.len()];
+            inputs.push(word.as_bytes().to_vec());
+            inputs.push(word.to_ascii_lowercase().into_bytes());
+            inputs.push(format!("{word} {}", other.to_ascii_lowercase()).into_bytes());
+        }
+        let punctuation = [
+            " ", "'", "\"", "(", ")", "--", "/*", "*/", "#", ";", ",", "1", "=", " or ", "`", ".",
+            "@", "\\", "\u{e9}", "\u{ff}",
+        ];
+        let mut seed: u64 = 12345;
+        let mut next = |n: usize| {
+            seed = seed
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            (seed >> 33) as usize % n
+        };
+        for _ in 0..200_000 {
+            let mut value = String::new();
+            for _ in 0..1 + next(7) {
+                if next(2) == 0 {
+                    value.push_str(keywords[next(keywords.len())]);
+                } else {
+                    value.push_str(punctuation[next(punctuation.len())]);
+                }
+                if next(3) == 0 {
+                    value.push(' ');
+                }
+            }
+            inputs.push(value.into_bytes());
+        }
+        let mut digest = sha2::Sha256::new();
+        let mut found = 0;
+        for input in &inputs {
+            let answer = libinjectionrs::detect_sqli(input);
+            found += usize::from(answer.is_injection());
+            let fingerprint = answer.fingerprint.as_ref().map_or("", |f| f.as_str());
+            digest.update(format!(
+                "{} {fingerprint}\n",
+                u8::from(answer.is_injection())
+            ));
+        }
+        let digest: String = digest
+            .finalize()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        eprintln!(
+            "{} inputs, {found} SQL injections, digest {digest}",
+            inputs.len()
+        );
+        assert!(found > 1000, "{found} detections: the inputs were built");
+        assert_eq!(digest, PUBLISHED_ANSWERS);
+    }
+
+    /// The digest the published libinjectionrs 0.1.1 gives in the test above.
+    const PUBLISHED_ANSWERS: &str =
+        "b11b05712d7dd042842cdcca2c4e47b0d8fb2e3b18653c32cec1ad2bc164e0b7";
 }
