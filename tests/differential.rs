@@ -1091,9 +1091,10 @@ fn chains_sharing_decoded_values_agree() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// The prefilter reads a long value as two halves at once, the second from a little before
-/// the middle: a literal at any offset around the middle, or split across it, is found as
-/// in a single pass (the module agrees with the evaluator, and the rules fire).
+/// The prefilter reads a long value as two halves or four quarters at once, each walk after
+/// the first from a little before its part: a literal at any offset around those borders, or
+/// split across one, is found as in a single pass (the module agrees with the evaluator, and
+/// the rules fire).
 #[test]
 fn literals_anywhere_in_long_values_agree() {
     let engine = PolicyEngine::new().expect("engine");
@@ -1126,11 +1127,14 @@ fn literals_anywhere_in_long_values_agree() {
         let evaluator = Evaluator::new(plan);
         let mut fired = 0;
         let mut requests = 0;
-        for len in [70, 77, 78, 79, 80, 101, 150, 333, 1024] {
+        // Around the thresholds for two and four walks (longest literal 8 bytes), and longer.
+        for len in [70, 77, 78, 79, 80, 101, 148, 149, 150, 151, 333, 1024, 1027] {
             for needle in needles {
-                let middle = (len + 8) / 2;
+                let borders = [len / 4, len / 2, 3 * len / 4];
                 let offsets = (0..len - needle.len()).filter(|at| {
-                    at.abs_diff(middle) <= 12 || *at < 3 || at + needle.len() + 3 > len
+                    borders.iter().any(|b| at.abs_diff(b + 4) <= 14)
+                        || *at < 3
+                        || at + needle.len() + 3 > len
                 });
                 for at in offsets {
                     let mut value = "w".repeat(len);

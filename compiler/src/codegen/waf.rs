@@ -2241,9 +2241,7 @@ fn prefilter_body(p: &PrefilterTables, stamps: u32, stamp_words: u32) -> wasm_en
     let id = a.local(I32);
     let generation = a.local(I32);
     let stamp = a.local(I32);
-    let s2 = a.local(I32);
-    let ptr2 = a.local(I32);
-    let end2 = a.local(I32);
+    let [s2, ptr2, s3, ptr3, s4, ptr4, piece] = [(); 7].map(|()| a.local(I32));
     // generation = stamps[0] + 1; on wrapping to 0 every stamp is cleared first, so no
     // stamp left from 2^32 calls ago passes for this call's.
     a.c(0);
@@ -2333,48 +2331,85 @@ fn prefilter_body(p: &PrefilterTables, stamps: u32, stamp_words: u32) -> wasm_en
         a.end();
         a.inc(at, 1);
     };
-    a.set_c(s, start);
     a.get(ptr).get(len);
     a.i().i32_add();
     a.set(end);
-    // A long value is read as two halves at once, so the two walks' loads overlap instead
-    // of each byte waiting for the one before. The state after a byte depends only on the
-    // `context` bytes up to it (the longest literal), so the second walk starts from the
-    // start state `context - 1` bytes before the middle: from the middle on its states are
-    // exactly those of one walk over the whole value, and before it, it can only find
-    // literals that are there (which the first walk finds as well; stamps apply each
-    // action once). The first walk stops at the middle.
+    // A long value is read as several pieces at once, so the walks' loads overlap instead of
+    // each byte waiting for the one before. The state after a byte depends only on the
+    // `context` bytes up to it (the longest literal), so each walk after the first starts
+    // from the start state at least `context - 1` bytes before its part of the value: within
+    // that part its states are exactly those of one walk over the whole value, and before it,
+    // it can only find literals that are there (which the walk before finds as well; stamps
+    // apply each action once). Each walk reads on to where the next one's part begins.
     let overlap = p.context.max(1) - 1;
-    a.get(len).c(2 * overlap + 64);
+    let walks_for = |walks: u32| PREFILTER_MIN_PIECE * walks + overlap * (walks - 1);
+    let locals = [ptr, s, ptr2, s2, ptr3, s3, ptr4, s4, piece];
+    let bounds = [len, end, overlap, start];
+    a.get(len).c(walks_for(4));
     a.i().i32_ge_u();
     a.if_();
-    // middle = ptr + (len + overlap + 1) / 2; the second walk covers [middle - overlap, end),
-    // never longer than the first's [ptr, middle).
-    a.get(ptr).get(len).c(overlap + 1);
-    a.i().i32_add().i32_const(1).i32_shr_u().i32_add();
-    a.tee(end2);
-    a.c(overlap);
-    a.i().i32_sub();
-    a.set(ptr2);
-    a.set_c(s2, start);
-    a.block().loop_();
-    a.get(ptr2).get(end);
-    a.i().i32_ge_u().br_if(1);
-    step(&mut a, ptr, s);
-    step(&mut a, ptr2, s2);
-    a.i().br(0);
-    a.end().end();
+    walk_pieces(&mut a, &step, locals, 4, bounds);
     a.else_();
-    a.get(end).set(end2);
+    a.get(len).c(walks_for(2));
+    a.i().i32_ge_u();
+    a.if_();
+    walk_pieces(&mut a, &step, locals, 2, bounds);
+    a.else_();
+    walk_pieces(&mut a, &step, locals, 1, bounds);
     a.end();
-    a.block().loop_();
-    a.get(ptr).get(end2);
-    a.i().i32_ge_u().br_if(1);
-    step(&mut a, ptr, s);
-    a.i().br(0);
-    a.end().end();
+    a.end();
     a.get(dirty);
     a.finish()
+}
+
+/// The fewest bytes of a value each of the prefilter's walks reads (beyond the context it
+/// starts with): below this, more walks cost more in setup than their overlap saves.
+const PREFILTER_MIN_PIECE: u32 = 32;
+
+/// Walks `ptr..end` (`len` bytes) with `walks` walks of the prefilter (1, 2 or 4) in one
+/// loop, each `step`ping its pointer and state (`locals`: pointer and state of each walk, the
+/// first being the value's own pointer; then `piece`). Every walk reads `piece` bytes: walk
+/// w from `w × (piece - overlap)`, the last one the value's last `piece` bytes (which may
+/// begin more than `overlap` bytes before its part; the extra bytes are read twice).
+fn walk_pieces(
+    a: &mut Asm,
+    step: &impl Fn(&mut Asm, u32, u32),
+    locals: [u32; 9],
+    walks: u32,
+    [len, end, overlap, start]: [u32; 4],
+) {
+    let piece = locals[8];
+    let (ptrs, states): (Vec<u32>, Vec<u32>) = (0..walks as usize)
+        .map(|w| (locals[2 * w], locals[2 * w + 1]))
+        .unzip();
+    let last = walks as usize - 1;
+    if last > 0 {
+        // piece = ⌈(len + (walks - 1) × overlap) / walks⌉
+        a.get(len).c((walks - 1) * overlap + walks - 1);
+        a.i().i32_add();
+        a.c(walks.trailing_zeros());
+        a.i().i32_shr_u();
+        a.set(piece);
+        for w in 1..last {
+            a.get(ptrs[w - 1]).get(piece).c(overlap);
+            a.i().i32_sub().i32_add();
+            a.set(ptrs[w]);
+        }
+        a.get(end).get(piece);
+        a.i().i32_sub();
+        a.set(ptrs[last]);
+    }
+    for &state in &states {
+        a.set_c(state, start);
+    }
+    a.block().loop_();
+    a.get(ptrs[last]).get(end);
+    a.i().i32_ge_u().br_if(1);
+    for w in 0..walks as usize {
+        step(a, ptrs[w], states[w]);
+    }
+    a.i().br(0);
+    a.end().end();
 }
 
 /// Emits a byte-at-a-time transform loop: `body` sees the byte in `b` and writes through
