@@ -458,18 +458,21 @@ fn write_dfa(data: &mut Data, dfa: &PatternDfa, folds: bool) -> u32 {
     } else {
         (loop_plain, exits_plain)
     };
+    // The walk's values ready to use (see `dfa_body`): each pair that depends on the class
+    // map is chosen by address, plain then folded.
     data.words(&[
         classes,
         folded,
         table,
-        row,
-        dfa.normal,
-        dfa.start,
+        row.trailing_zeros(),
+        dfa.normal * unit,
+        dfa.start * unit,
         eoi,
         width,
+        unit,
         loop_plain,
-        exits_plain,
         loop_folded,
+        exits_plain,
         exits_folded,
     ])
 }
@@ -1779,8 +1782,6 @@ fn dfa_body() -> wasm_encoder::Function {
     let mut a = Asm::new(4);
     let classes = a.local(I32);
     let table = a.local(I32);
-    let scale = a.local(I32);
-    let stride = a.local(I32);
     let shift = a.local(I32);
     let special = a.local(I32);
     let s = a.local(I32);
@@ -1833,36 +1834,27 @@ fn dfa_body() -> wasm_encoder::Function {
         a.i().br(0);
         a.end().end();
     };
-    // classes = fold ? folded : classes, and the loop state and exits of that map.
-    a.load(desc, 4).load(desc, 0).get(fold);
-    a.i().select();
-    a.set(classes);
-    a.load(desc, 40).load(desc, 32).get(fold);
-    a.i().select();
-    a.set(loop_state);
-    a.load(desc, 44).load(desc, 36).get(fold);
-    a.i().select();
-    a.set(exits);
+    // The descriptor (see `write_dfa`) holds the walk's values ready to use, and the class
+    // map, loop state and exits of the plain and the folded walk side by side: `fold`
+    // picks by address. The loops then keep few values live, so none of them, the state
+    // least of all, waits in a stack slot.
+    let by_fold = |a: &mut Asm, offset: u32, local: u32| {
+        a.get(fold).c(2);
+        a.i().i32_shl();
+        a.get(desc);
+        a.i().i32_add().i32_load(mem(offset, 2));
+        a.set(local);
+    };
+    by_fold(&mut a, 0, classes);
+    by_fold(&mut a, 36, loop_state);
+    by_fold(&mut a, 44, exits);
     a.load(desc, 8).set(table);
-    a.load(desc, 28).set(width);
-    a.load(desc, 12).set(stride);
     // States are indices in one-byte tables (rows of 2^shift entries), else byte offsets:
-    // state × stride × width (see `write_dfa`).
-    a.get(stride);
-    a.i().i32_ctz();
-    a.set(shift);
-    a.get(stride).get(width);
-    a.i().i32_mul();
-    a.c(1);
-    a.get(width).c(1);
-    a.i().i32_ne().select();
-    a.set(scale);
-    a.load(desc, 16).get(scale);
-    a.i().i32_mul();
-    a.set(special);
-    a.load(desc, 20).get(scale);
-    a.i().i32_mul();
-    a.set(s);
+    // state × stride × width.
+    a.load(desc, 12).set(shift);
+    a.load(desc, 16).set(special);
+    a.load(desc, 20).set(s);
+    a.load(desc, 28).set(width);
     a.get(ptr).get(len);
     a.i().i32_add();
     a.set(end);
@@ -1912,7 +1904,8 @@ fn dfa_body() -> wasm_encoder::Function {
         a.end();
     }
     // The end of the text: does it complete a match from the state reached?
-    a.get(s).get(scale);
+    a.get(s);
+    a.load(desc, 32);
     a.i().i32_div_u();
     a.load(desc, 24);
     a.i().i32_add().i32_load8_u(mem(0, 0));
