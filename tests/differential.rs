@@ -880,7 +880,8 @@ fn decodings_match_the_reference_byte_for_byte() {
 /// A pattern too large for one automaton runs as a sequence (the head's DFA marks where it
 /// ends, a set of tail runs starts there; in three stages, a set of middle runs starts
 /// there and tail runs where they end): on both compiler tiers, the module fires exactly
-/// when the reference evaluator's regex engine matches, folded to lower case or not.
+/// when the reference evaluator's regex engine matches, folded to lower case or not, also
+/// where the head passes over blocks of bytes in its loop state.
 #[test]
 fn sequence_patterns_agree() {
     let mut words: Vec<String> = (0..300).map(|i| format!("fn{i}x{}", i * 7)).collect();
@@ -954,6 +955,16 @@ fn sequence_agrees(pattern: &str, budget_kib: u64, stages: usize, texts: &[&str]
     std::fs::write(dir.join("edgepack.kdl"), &kdl).expect("write policy");
     let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
     let mut texts: Vec<Vec<u8>> = texts.iter().map(|t| t.as_bytes().to_vec()).collect();
+    // Each text after and before runs of one byte, long enough for the head to pass over
+    // 16 bytes at a time in its loop state, the text at every offset around those blocks.
+    for text in texts.clone() {
+        for filler in [" ", "a", "-", "."] {
+            for run in [1, 15, 16, 17, 31, 33, 47, 64, 100] {
+                let around = [filler.repeat(run), filler.repeat(run % 7 + 13)];
+                texts.push([around[0].as_bytes(), &text, around[1].as_bytes()].concat());
+            }
+        }
+    }
     for _ in 0..400 {
         let mut text = Vec::new();
         seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);

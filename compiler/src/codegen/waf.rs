@@ -355,6 +355,24 @@ fn write_sequence(data: &mut Data, seq: &SequenceDfa, folds: bool) -> u32 {
         let starts = data.words(&m.starts);
         [classes, folded, next, m.dfa.stride, ends, m.dead, starts]
     });
+    // The head's loop state for each class map, with its exit bytes: one that no head match
+    // ends in, so passing over bytes that keep the head there is exact.
+    let head_states = (0..head.ends.len() as u32).filter(|s| head.ends[*s as usize] & 1 == 0);
+    let skip = |data: &mut Data, map: &[u8; 256]| match loop_state_of(
+        &head.next,
+        head.stride,
+        head_states.clone(),
+        map,
+    ) {
+        Some((state, exits)) => (state, data.bytes(&exits)),
+        None => (NO_LOOP, 0),
+    };
+    let (loop_plain, exits_plain) = skip(data, &head.classes);
+    let (loop_folded, exits_folded) = if folds {
+        skip(data, &head.folded)
+    } else {
+        (loop_plain, exits_plain)
+    };
     let head_and_tail = [
         h_classes,
         h_folded,
@@ -369,6 +387,10 @@ fn write_sequence(data: &mut Data, seq: &SequenceDfa, folds: bool) -> u32 {
         t_starts,
         h_ends,
         head.start,
+        loop_plain,
+        loop_folded,
+        exits_plain,
+        exits_folded,
     ];
     match middle {
         Some(middle) => data.words(&[head_and_tail.as_slice(), &middle].concat()),
@@ -488,10 +510,21 @@ const LOOP_EXITS: usize = 8;
 /// it: the long walks (a request-line check, a URI rule over a kilobyte query) spend most
 /// of their bytes in such a state (`[^#\s]*` after the `?`).
 fn loop_state(dfa: &PatternDfa, map: &[u8; 256]) -> Option<(u32, Vec<u8>)> {
-    let stride = dfa.stride as usize;
-    (0..dfa.normal)
+    loop_state_of(&dfa.next, dfa.stride, 0..dfa.normal, map)
+}
+
+/// The loop state among `states` of the automaton `next` (rows of `stride`) read through
+/// `map`: see `loop_state`.
+fn loop_state_of(
+    next: &[u32],
+    stride: u32,
+    states: impl Iterator<Item = u32>,
+    map: &[u8; 256],
+) -> Option<(u32, Vec<u8>)> {
+    let stride = stride as usize;
+    states
         .filter_map(|state| {
-            let row = &dfa.next[state as usize * stride..][..stride];
+            let row = &next[state as usize * stride..][..stride];
             let exits: Vec<u8> = (0..=255u8)
                 .filter(|b| row[map[*b as usize] as usize] != state)
                 .collect();
@@ -951,6 +984,10 @@ pub struct Fns {
     /// The sequence walks, when some pattern is a sequence of two stages, or of three.
     sequences: [Option<u32>; 2],
     decoders: Vec<(DecodingPlan, u32)>,
+    /// `head_run(next, stride, classes, ends, ptr, i, len, h, loop, exits) -> i64`: a
+    /// sequence's head alone over the value from `i` (see `head_run_body`); declared when a
+    /// sequence is used.
+    head_run: Option<u32>,
     /// The imported `detect`, when some rule uses it.
     detect: Option<u32>,
 }
@@ -978,6 +1015,10 @@ impl Fns {
             sequences: t
                 .sequences
                 .map(|used| used.then(|| funcs.declare(&[I32, I32, I32, I32], &[I32]))),
+            head_run: t
+                .sequences
+                .contains(&true)
+                .then(|| funcs.declare(&[I32; 10], &[I64])),
             decoders: t
                 .decoders_used
                 .iter()
@@ -1000,11 +1041,18 @@ impl Fns {
         funcs.define(self.run_hits, self.run_hits_body(layout));
         funcs.define(self.run_always, self.run_always_body(layout));
         funcs.define(self.dfa, dfa_body());
-        for (middle, sequence) in [false, true].into_iter().zip(self.sequences) {
-            if let Some(sequence) = sequence {
-                let body =
-                    sequence_body(layout.threads, t.sequence_states, t.middle_states, middle);
-                funcs.define(sequence, body);
+        if let Some(head_run) = self.head_run {
+            funcs.define(head_run, head_run_body());
+            for (middle, sequence) in [false, true].into_iter().zip(self.sequences) {
+                if let Some(sequence) = sequence {
+                    let body = sequence_body(
+                        layout.threads,
+                        [t.sequence_states, t.middle_states],
+                        middle,
+                        head_run,
+                    );
+                    funcs.define(sequence, body);
+                }
             }
         }
         for (d, index) in &self.decoders {
@@ -1777,6 +1825,40 @@ impl Fns {
 }
 
 /// `dfa(descriptor, ptr, len, fold) -> matched`: walks a pattern DFA over the bytes.
+/// In a loop state: splats its eight exit bytes (at `exits`) into `exit_bytes`, then passes
+/// over 16 bytes at a time, moving the pointer `at`, while the block `ahead` bytes after it
+/// lies before `end` and holds none of them (`block` is scratch).
+fn pass_loop_blocks(
+    a: &mut Asm,
+    [at, end, exits, block]: [u32; 4],
+    ahead: u32,
+    exit_bytes: &[u32],
+) {
+    for (k, v) in exit_bytes.iter().enumerate() {
+        a.load8(exits, k as u32);
+        a.i().i8x16_splat();
+        a.set(*v);
+    }
+    a.block().loop_();
+    a.get(at).c(ahead + 16);
+    a.i().i32_add();
+    a.get(end);
+    a.i().i32_gt_u().br_if(1);
+    a.get(at);
+    a.i().v128_load(mem(ahead, 0));
+    a.set(block);
+    a.get(block).get(exit_bytes[0]);
+    a.i().i8x16_eq();
+    for v in &exit_bytes[1..] {
+        a.get(block).get(*v);
+        a.i().i8x16_eq().v128_or();
+    }
+    a.i().v128_any_true().br_if(1);
+    a.inc(at, 16);
+    a.i().br(0);
+    a.end().end();
+}
+
 fn dfa_body() -> wasm_encoder::Function {
     let (desc, ptr, len, fold) = (0, 1, 2, 3);
     let mut a = Asm::new(4);
@@ -1805,30 +1887,8 @@ fn dfa_body() -> wasm_encoder::Function {
         a.get(s).get(loop_state);
         a.i().i32_eq();
         a.if_();
-        for (k, v) in exit_bytes.iter().enumerate() {
-            a.load8(exits, k as u32);
-            a.i().i8x16_splat();
-            a.set(*v);
-        }
-        // While the 16 bytes after `ptr` are all in the text and none leaves the state.
-        a.block().loop_();
-        a.get(ptr).c(17);
-        a.i().i32_add();
-        a.get(end);
-        a.i().i32_gt_u().br_if(1);
-        a.get(ptr);
-        a.i().v128_load(mem(1, 0));
-        a.set(block);
-        a.get(block).get(exit_bytes[0]);
-        a.i().i8x16_eq();
-        for v in &exit_bytes[1..] {
-            a.get(block).get(*v);
-            a.i().i8x16_eq().v128_or();
-        }
-        a.i().v128_any_true().br_if(1);
-        a.inc(ptr, 16);
-        a.i().br(0);
-        a.end().end();
+        // The byte at `ptr` is read: the blocks start after it.
+        pass_loop_blocks(a, [ptr, end, exits, block], 1, &exit_bytes);
         a.end();
         a.inc(ptr, 1);
         a.i().br(0);
@@ -1919,9 +1979,9 @@ fn dfa_body() -> wasm_encoder::Function {
 /// `area` is the memory of [`sequence_area`] for `tail_states` and `middle_states`.
 fn sequence_body(
     area: u32,
-    tail_states: u32,
-    middle_states: u32,
+    [tail_states, middle_states]: [u32; 2],
     middle: bool,
+    head_run: u32,
 ) -> wasm_encoder::Function {
     let (desc, ptr, len, fold) = (0, 1, 2, 3);
     let stamps = area + 16;
@@ -1936,6 +1996,7 @@ fn sequence_body(
     let [step, cur, nxt, n, m, i, k, b, s, t] = [(); 10].map(|()| a.local(I32));
     let [m_classes, m_next, m_stride, m_ends, m_dead, m_starts] = [(); 6].map(|()| a.local(I32));
     let [m_cur, m_nxt, m_n, m_m, ms, mt] = [(); 6].map(|()| a.local(I32));
+    let reached = a.local(I64);
     a.load(desc, 4).load(desc, 0).get(fold);
     a.i().select();
     a.set(h_classes);
@@ -1952,14 +2013,14 @@ fn sequence_body(
     a.load(desc, 44).set(h_ends);
     a.load(desc, 48).set(h);
     if middle {
-        a.load(desc, 56).load(desc, 52).get(fold);
+        a.load(desc, 72).load(desc, 68).get(fold);
         a.i().select();
         a.set(m_classes);
-        a.load(desc, 60).set(m_next);
-        a.load(desc, 64).set(m_stride);
-        a.load(desc, 68).set(m_ends);
-        a.load(desc, 72).set(m_dead);
-        a.load(desc, 76).set(m_starts);
+        a.load(desc, 76).set(m_next);
+        a.load(desc, 80).set(m_stride);
+        a.load(desc, 84).set(m_ends);
+        a.load(desc, 88).set(m_dead);
+        a.load(desc, 92).set(m_starts);
     }
     // Stamps hold the step a state was last added at; steps only grow, across calls too,
     // so no clearing per value. Both kinds of walk share the memory: a restart clears all.
@@ -2119,16 +2180,26 @@ fn sequence_body(
     }
     a.i().i32_eqz();
     a.if_();
-    a.block().loop_();
-    head_step(&mut a);
-    a.set(t);
-    ends_bit(&mut a, h_ends, t, 1);
-    a.i().br_if(1);
-    a.get(t).set(h);
-    a.inc(step, 1);
-    a.inc(i, 1);
-    a.i().br(0);
-    a.end().end();
+    // In a function of its own, so the few values that loop needs stay in registers.
+    a.get(i).set(k);
+    for local in [h_next, h_stride, h_classes, h_ends, ptr, i, len, h] {
+        a.get(local);
+    }
+    // The head's loop state and exit bytes for this walk's class map.
+    for (plain, folded) in [(52, 56), (60, 64)] {
+        a.load(desc, folded).load(desc, plain).get(fold);
+        a.i().select();
+    }
+    a.i().call(head_run);
+    a.tee(reached);
+    a.i().i32_wrap_i64();
+    a.set(i);
+    a.get(reached);
+    a.i().i64_const(32).i64_shr_u().i32_wrap_i64();
+    a.set(h);
+    a.get(step).get(i).get(k);
+    a.i().i32_sub().i32_add();
+    a.set(step);
     a.end();
     head_step(&mut a);
     a.set(h);
@@ -2352,6 +2423,65 @@ fn prefilter_body(p: &PrefilterTables, stamps: u32, stamp_words: u32) -> wasm_en
     a.end();
     a.end();
     a.get(dirty);
+    a.finish()
+}
+
+/// A sequence's head alone over the value at `ptr` from offset `i` up to `len`, from state
+/// `h`: it stops at the end, or at the byte after which a head match ends (which the
+/// sequence's full step then takes). In the head's loop state `loop` (whose exit bytes are
+/// the eight at `exits`), it passes over 16 bytes at a time while none of them is an exit
+/// byte, as a DFA's walk does. Returns `(h << 32) | i` for the state and offset reached.
+fn head_run_body() -> wasm_encoder::Function {
+    let (next, stride, classes, ends, ptr, i, len, h, loop_state, exits) =
+        (0, 1, 2, 3, 4, 5, 6, 7, 8, 9);
+    let mut a = Asm::new(10);
+    let t = a.local(I32);
+    let at = a.local(I32);
+    let end = a.local(I32);
+    let exit_bytes: Vec<u32> = (0..LOOP_EXITS).map(|_| a.local(ValType::V128)).collect();
+    let block = a.local(ValType::V128);
+    a.get(ptr).get(i);
+    a.i().i32_add();
+    a.set(at);
+    a.get(ptr).get(len);
+    a.i().i32_add();
+    a.set(end);
+    a.block().loop_();
+    a.get(at).get(end);
+    a.i().i32_ge_u().br_if(1);
+    // t = next[h * stride + classes[byte]]
+    a.get(next).get(h).get(stride);
+    a.i().i32_mul();
+    a.get(classes).load8(at, 0);
+    a.i()
+        .i32_add()
+        .i32_load8_u(mem(0, 0))
+        .i32_add()
+        .i32_const(4)
+        .i32_mul()
+        .i32_add()
+        .i32_load(mem(0, 2));
+    a.tee(t);
+    a.get(ends);
+    a.i()
+        .i32_add()
+        .i32_load8_u(mem(0, 0))
+        .i32_const(1)
+        .i32_and()
+        .br_if(1);
+    a.get(t).set(h);
+    a.inc(at, 1);
+    a.get(h).get(loop_state);
+    a.i().i32_eq();
+    a.if_();
+    pass_loop_blocks(&mut a, [at, end, exits, block], 0, &exit_bytes);
+    a.end();
+    a.i().br(0);
+    a.end().end();
+    a.get(h);
+    a.i().i64_extend_i32_u().i64_const(32).i64_shl();
+    a.get(at).get(ptr);
+    a.i().i32_sub().i64_extend_i32_u().i64_or();
     a.finish()
 }
 
