@@ -158,6 +158,7 @@ mod tests {
         paths
     }
 
+    /// Every file under `dir`, into `out`.
     fn files(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
         let entries = std::fs::read_dir(dir)
             .unwrap_or_else(|e| panic!("corpus directory {}: {e}", dir.display()));
@@ -170,6 +171,8 @@ mod tests {
             }
         }
     }
+
+    /// `line` with `%XX` escapes decoded and `+` as a space.
     fn percent_decoded(line: &[u8]) -> Vec<u8> {
         let hex = |b: u8| (b as char).to_digit(16).map(|d| d as u8);
         let mut out = Vec::with_capacity(line.len());
