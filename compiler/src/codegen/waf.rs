@@ -358,21 +358,10 @@ fn write_sequence(data: &mut Data, seq: &SequenceDfa, folds: bool) -> u32 {
     // The head's loop state for each class map, with its exit bytes: one that no head match
     // ends in, so passing over bytes that keep the head there is exact.
     let head_states = (0..head.ends.len() as u32).filter(|s| head.ends[*s as usize] & 1 == 0);
-    let skip = |data: &mut Data, map: &[u8; 256]| match loop_state_of(
-        &head.next,
-        head.stride,
-        head_states.clone(),
-        map,
-    ) {
-        Some((state, exits)) => (state, data.bytes(&exits)),
-        None => (NO_LOOP, 0),
-    };
-    let (loop_plain, exits_plain) = skip(data, &head.classes);
-    let (loop_folded, exits_folded) = if folds {
-        skip(data, &head.folded)
-    } else {
-        (loop_plain, exits_plain)
-    };
+    let [loop_plain, loop_folded, exits_plain, exits_folded] =
+        write_loop_states(data, [&head.classes, &head.folded], folds, |map| {
+            loop_state_of(&head.next, head.stride, head_states.clone(), map)
+        });
     let head_and_tail = [
         h_classes,
         h_folded,
@@ -470,16 +459,10 @@ fn write_dfa(data: &mut Data, dfa: &PatternDfa, folds: bool) -> u32 {
     // The loop state of each class map, in the walk's units (an index in one-byte tables,
     // else a byte offset), and its exit bytes.
     let unit = if small { 1 } else { scale };
-    let skip = |data: &mut Data, map: &[u8; 256]| match loop_state(dfa, map) {
-        Some((state, exits)) => (state * unit, data.bytes(&exits)),
-        None => (NO_LOOP, 0),
-    };
-    let (loop_plain, exits_plain) = skip(data, &dfa.classes);
-    let (loop_folded, exits_folded) = if folds {
-        skip(data, &dfa.folded)
-    } else {
-        (loop_plain, exits_plain)
-    };
+    let [loop_plain, loop_folded, exits_plain, exits_folded] =
+        write_loop_states(data, [&dfa.classes, &dfa.folded], folds, |map| {
+            loop_state(dfa, map).map(|(state, exits)| (state * unit, exits))
+        });
     // The walk's values ready to use (see `dfa_body`): each pair that depends on the class
     // map is chosen by address, plain then folded.
     data.words(&[
@@ -511,6 +494,28 @@ const LOOP_EXITS: usize = 8;
 /// of their bytes in such a state (`[^#\s]*` after the `?`).
 fn loop_state(dfa: &PatternDfa, map: &[u8; 256]) -> Option<(u32, Vec<u8>)> {
     loop_state_of(&dfa.next, dfa.stride, 0..dfa.normal, map)
+}
+
+/// The loop states `find` gives for the plain and (when the automaton `folds`) the folded
+/// class map, and their exit bytes written to `data`: `[loop plain, loop folded, exits
+/// plain, exits folded]`, `NO_LOOP` where there is none.
+fn write_loop_states(
+    data: &mut Data,
+    [plain, folded]: [&[u8; 256]; 2],
+    folds: bool,
+    find: impl Fn(&[u8; 256]) -> Option<(u32, Vec<u8>)>,
+) -> [u32; 4] {
+    let mut write = |map: &[u8; 256]| match find(map) {
+        Some((state, exits)) => (state, data.bytes(&exits)),
+        None => (NO_LOOP, 0),
+    };
+    let (loop_plain, exits_plain) = write(plain);
+    let (loop_folded, exits_folded) = if folds {
+        write(folded)
+    } else {
+        (loop_plain, exits_plain)
+    };
+    [loop_plain, loop_folded, exits_plain, exits_folded]
 }
 
 /// The loop state among `states` of the automaton `next` (rows of `stride`) read through
@@ -2042,19 +2047,8 @@ fn sequence_body(
     if middle {
         a.set_c(m_cur, middle_a).set_c(m_nxt, middle_b);
     }
-    // Pushes `next[state * stride + classes[b]]`: one step of an automaton over byte `b`.
     let transition = |a: &mut Asm, next: u32, state: u32, stride: u32, classes: u32| {
-        a.get(next).get(state).get(stride);
-        a.i().i32_mul();
-        a.get(classes).get(b);
-        a.i()
-            .i32_add()
-            .i32_load8_u(mem(0, 0))
-            .i32_add()
-            .i32_const(4)
-            .i32_mul()
-            .i32_add()
-            .i32_load(mem(0, 2));
+        push_transition(a, [next, state, stride, classes], b);
     };
     // Adds state `x` to the list `list` (holding `count`) unless this step added it already.
     let add_once = |a: &mut Asm, x: u32, stamps: u32, list: u32, count: u32| {
@@ -2426,6 +2420,22 @@ fn prefilter_body(p: &PrefilterTables, stamps: u32, stamp_words: u32) -> wasm_en
     a.finish()
 }
 
+/// Pushes `next[state * stride + classes[b]]`: one step over byte `b` of a sequence's
+/// automaton (plain `u32` states, locals `[next, state, stride, classes]`).
+fn push_transition(a: &mut Asm, [next, state, stride, classes]: [u32; 4], b: u32) {
+    a.get(next).get(state).get(stride);
+    a.i().i32_mul();
+    a.get(classes).get(b);
+    a.i()
+        .i32_add()
+        .i32_load8_u(mem(0, 0))
+        .i32_add()
+        .i32_const(4)
+        .i32_mul()
+        .i32_add()
+        .i32_load(mem(0, 2));
+}
+
 /// A sequence's head alone over the value at `ptr` from offset `i` up to `len`, from state
 /// `h`: it stops at the end, or at the byte after which a head match ends (which the
 /// sequence's full step then takes). In the head's loop state `loop` (whose exit bytes are
@@ -2435,9 +2445,7 @@ fn head_run_body() -> wasm_encoder::Function {
     let (next, stride, classes, ends, ptr, i, len, h, loop_state, exits) =
         (0, 1, 2, 3, 4, 5, 6, 7, 8, 9);
     let mut a = Asm::new(10);
-    let t = a.local(I32);
-    let at = a.local(I32);
-    let end = a.local(I32);
+    let [t, b, at, end] = [(); 4].map(|()| a.local(I32));
     let exit_bytes: Vec<u32> = (0..LOOP_EXITS).map(|_| a.local(ValType::V128)).collect();
     let block = a.local(ValType::V128);
     a.get(ptr).get(i);
@@ -2449,18 +2457,8 @@ fn head_run_body() -> wasm_encoder::Function {
     a.block().loop_();
     a.get(at).get(end);
     a.i().i32_ge_u().br_if(1);
-    // t = next[h * stride + classes[byte]]
-    a.get(next).get(h).get(stride);
-    a.i().i32_mul();
-    a.get(classes).load8(at, 0);
-    a.i()
-        .i32_add()
-        .i32_load8_u(mem(0, 0))
-        .i32_add()
-        .i32_const(4)
-        .i32_mul()
-        .i32_add()
-        .i32_load(mem(0, 2));
+    a.load8(at, 0).set(b);
+    push_transition(&mut a, [next, h, stride, classes], b);
     a.tee(t);
     a.get(ends);
     a.i()
