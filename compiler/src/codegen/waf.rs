@@ -322,7 +322,11 @@ pub fn sequence_area(tail_states: u32, middle_states: u32) -> u32 {
     16 + 12 * (tail_states + middle_states)
 }
 
-/// A sequence's tables: both automata with plain (not premultiplied) u32 states.
+/// A sequence's tables: both automata with plain (not premultiplied) u32 states. Its
+/// descriptor: `[head classes, head folded, head next, head stride, tail classes, tail
+/// folded, tail next, tail stride, tail normal, tail eoi, tail starts, head ends, head
+/// start, head loop, head folded loop, head exits, head folded exits]`, then for three
+/// stages `[classes, folded, next, stride, ends, dead, starts]` of the middle.
 fn write_sequence(data: &mut Data, seq: &SequenceDfa, folds: bool) -> u32 {
     let (head, tail) = (&seq.head, &seq.tail);
     let h_classes = data.bytes(&head.classes);
@@ -387,8 +391,9 @@ fn write_sequence(data: &mut Data, seq: &SequenceDfa, folds: bool) -> u32 {
     }
 }
 
-/// A pattern DFA's descriptor: `[classes, folded, table, row, normal, start, eoi, width,
-/// loop, exits, folded loop, folded exits]` (see [`loop_state`]).
+/// A pattern DFA's descriptor, its words ready for the walk: `[classes, folded, table,
+/// log2 row, special state, start state, eoi, width, unit, loop, folded loop, exits, folded
+/// exits]`, states (special, start, loop) in the walk's units (see [`loop_state`]).
 /// A step is kept to a few adds and a load, with no multiply on the path from one state to
 /// the next. DFAs of at most 256 states keep one byte per entry, a state index, and rows
 /// padded to a power of two (`row`), so a step shifts the index; in larger ones states are
@@ -1829,7 +1834,6 @@ impl Fns {
     }
 }
 
-/// `dfa(descriptor, ptr, len, fold) -> matched`: walks a pattern DFA over the bytes.
 /// In a loop state: splats its eight exit bytes (at `exits`) into `exit_bytes`, then passes
 /// over 16 bytes at a time, moving the pointer `at`, while the block `ahead` bytes after it
 /// lies before `end` and holds none of them (`block` is scratch).
@@ -1864,6 +1868,7 @@ fn pass_loop_blocks(
     a.end().end();
 }
 
+/// `dfa(descriptor, ptr, len, fold) -> matched`: walks a pattern DFA over the bytes.
 fn dfa_body() -> wasm_encoder::Function {
     let (desc, ptr, len, fold) = (0, 1, 2, 3);
     let mut a = Asm::new(4);
