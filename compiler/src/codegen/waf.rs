@@ -1868,6 +1868,16 @@ fn pass_loop_blocks(
     a.end().end();
 }
 
+/// Pushes the descriptor word at `offset` for a plain walk, or the word after it for a
+/// folded one (`fold` is 0 or 1): descriptors keep the plain and folded forms of each value
+/// that depends on the class map side by side, so the walk picks by address.
+fn push_for_fold(a: &mut Asm, desc: u32, fold: u32, offset: u32) {
+    a.get(fold).c(2);
+    a.i().i32_shl();
+    a.get(desc);
+    a.i().i32_add().i32_load(mem(offset, 2));
+}
+
 /// `dfa(descriptor, ptr, len, fold) -> matched`: walks a pattern DFA over the bytes.
 fn dfa_body() -> wasm_encoder::Function {
     let (desc, ptr, len, fold) = (0, 1, 2, 3);
@@ -1905,19 +1915,13 @@ fn dfa_body() -> wasm_encoder::Function {
         a.end().end();
     };
     // The descriptor (see `write_dfa`) holds the walk's values ready to use, and the class
-    // map, loop state and exits of the plain and the folded walk side by side: `fold`
-    // picks by address. The loops then keep few values live, so none of them, the state
-    // least of all, waits in a stack slot.
-    let by_fold = |a: &mut Asm, offset: u32, local: u32| {
-        a.get(fold).c(2);
-        a.i().i32_shl();
-        a.get(desc);
-        a.i().i32_add().i32_load(mem(offset, 2));
+    // map, loop state and exits of the plain and the folded walk side by side. The loops
+    // then keep few values live, so none of them, the state least of all, waits in a stack
+    // slot.
+    for (offset, local) in [(0, classes), (36, loop_state), (44, exits)] {
+        push_for_fold(&mut a, desc, fold, offset);
         a.set(local);
-    };
-    by_fold(&mut a, 0, classes);
-    by_fold(&mut a, 36, loop_state);
-    by_fold(&mut a, 44, exits);
+    }
     a.load(desc, 8).set(table);
     // States are indices in one-byte tables (rows of 2^shift entries), else byte offsets:
     // state × stride × width.
@@ -2007,13 +2011,11 @@ fn sequence_body(
     let [m_classes, m_next, m_stride, m_ends, m_dead, m_starts] = [(); 6].map(|()| a.local(I32));
     let [m_cur, m_nxt, m_n, m_m, ms, mt] = [(); 6].map(|()| a.local(I32));
     let reached = a.local(I64);
-    a.load(desc, 4).load(desc, 0).get(fold);
-    a.i().select();
+    push_for_fold(&mut a, desc, fold, 0);
     a.set(h_classes);
     a.load(desc, 8).set(h_next);
     a.load(desc, 12).set(h_stride);
-    a.load(desc, 20).load(desc, 16).get(fold);
-    a.i().select();
+    push_for_fold(&mut a, desc, fold, 16);
     a.set(t_classes);
     a.load(desc, 24).set(t_next);
     a.load(desc, 28).set(t_stride);
@@ -2023,8 +2025,7 @@ fn sequence_body(
     a.load(desc, 44).set(h_ends);
     a.load(desc, 48).set(h);
     if middle {
-        a.load(desc, 72).load(desc, 68).get(fold);
-        a.i().select();
+        push_for_fold(&mut a, desc, fold, 68);
         a.set(m_classes);
         a.load(desc, 76).set(m_next);
         a.load(desc, 80).set(m_stride);
@@ -2185,9 +2186,8 @@ fn sequence_body(
         a.get(local);
     }
     // The head's loop state and exit bytes for this walk's class map.
-    for (plain, folded) in [(52, 56), (60, 64)] {
-        a.load(desc, folded).load(desc, plain).get(fold);
-        a.i().select();
+    for plain in [52, 60] {
+        push_for_fold(&mut a, desc, fold, plain);
     }
     a.i().call(head_run);
     a.tee(reached);
