@@ -72,16 +72,19 @@ struct Writer<'a> {
 }
 
 impl Writer<'_> {
+    #[cold]
     fn full(&self) -> EncodeError {
         EncodeError::TooLarge {
             capacity: self.buf.len(),
         }
     }
 
+    #[inline]
     fn put_u32_at(&mut self, at: usize, value: u32) {
         self.buf[at..at + 4].copy_from_slice(&value.to_le_bytes());
     }
 
+    #[inline]
     fn align(&mut self) -> Result<(), EncodeError> {
         let aligned = (self.pos + 3) & !3;
         if aligned > self.buf.len() {
@@ -91,6 +94,7 @@ impl Writer<'_> {
         Ok(())
     }
 
+    #[inline]
     fn reserve(&mut self, len: usize) -> Result<usize, EncodeError> {
         let start = self.pos;
         let end = start.checked_add(len).ok_or_else(|| self.full())?;
@@ -101,6 +105,7 @@ impl Writer<'_> {
         Ok(start)
     }
 
+    #[inline]
     fn bytes(&mut self, bytes: &[u8]) -> Result<(u32, u32), EncodeError> {
         let start = self.reserve(bytes.len())?;
         self.buf[start..start + bytes.len()].copy_from_slice(bytes);
