@@ -14,23 +14,13 @@ use edgepack_compiler::eval::{self, Evaluator};
 
 fn decide_benches(c: &mut Criterion) {
     let dir = tempfile::tempdir().expect("temp dir");
-    let mut policies = vec![(
-        "global-api".to_string(),
-        workspace_root().join("examples/global-api"),
-    )];
-    for rules in [10, 100] {
-        let path = dir.path().join(format!("gen-{rules}"));
-        std::fs::create_dir_all(&path).expect("mkdir");
-        std::fs::write(path.join("edgepack.kdl"), generated_policy(1000, rules)).expect("write");
-        policies.push((format!("1000-routes-{rules}-rules"), path));
-    }
-    with_crs(&mut policies, "global-api-crs");
+    let policies = policies(dir.path());
     let mut group = c.benchmark_group("decide");
-    for (name, path) in &policies {
+    for Policy { name, path, crs } in &policies {
         let (plan, mut instance) = compile_policy_dir(path);
         let evaluator = Evaluator::new(&plan);
         let body_limit = plan.waf.as_ref().map_or(0, |w| w.body_limit);
-        for (size, request) in requests(name, &plan) {
+        for (size, request) in requests(*crs, &plan) {
             let expected = evaluator.eval(&eval::parse(&request, body_limit).expect("parses"));
             assert_eq!(
                 instance.decide(&request).expect("decides"),
@@ -53,26 +43,52 @@ fn decide_benches(c: &mut Criterion) {
     group.finish();
 }
 
-/// Adds `examples/global-api-crs` as `name` where the CRS it imports is installed.
-fn with_crs(policies: &mut Vec<(String, std::path::PathBuf)>, name: &str) {
+/// A policy the benches decide with.
+struct Policy {
+    name: String,
+    path: std::path::PathBuf,
+    /// Imports the CRS: measured on the comparison's 1 KB query as well.
+    crs: bool,
+}
+
+/// The example; generated policies of 1,000 routes with 10 and with 100 WAF rules, written
+/// under `dir`; and `examples/global-api-crs` where the CRS it imports is installed.
+fn policies(dir: &std::path::Path) -> Vec<Policy> {
+    let mut policies = vec![Policy {
+        name: "global-api".to_string(),
+        path: workspace_root().join("examples/global-api"),
+        crs: false,
+    }];
+    for rules in [10, 100] {
+        let path = dir.join(format!("gen-{rules}"));
+        std::fs::create_dir_all(&path).expect("mkdir");
+        std::fs::write(path.join("edgepack.kdl"), generated_policy(1000, rules)).expect("write");
+        policies.push(Policy {
+            name: format!("1000-routes-{rules}-rules"),
+            path,
+            crs: false,
+        });
+    }
     if std::path::Path::new(CRS_RULES).is_dir() {
-        policies.push((
-            name.to_string(),
-            workspace_root().join("examples/global-api-crs"),
-        ));
+        policies.push(Policy {
+            name: "global-api-crs".to_string(),
+            path: workspace_root().join("examples/global-api-crs"),
+            crs: true,
+        });
     } else {
         eprintln!("{CRS_RULES} missing (apt install modsecurity-crs): the CRS rows are left out");
     }
+    policies
 }
 
 /// The requests each policy is measured on: small and 2 KB, and for the CRS the
 /// comparison's 1 KB query as well.
 fn requests(
-    name: &str,
+    crs: bool,
     plan: &edgepack_compiler::plan::RegionPlan,
 ) -> Vec<(&'static str, edgepack_bundles::request::Request)> {
     let mut requests = vec![("small", small_request(plan)), ("2KB", large_request(plan))];
-    if name.contains("crs") {
+    if crs {
         requests.push(("1KB-query", query_1kb_request(plan)));
     }
     requests
@@ -98,23 +114,12 @@ fn median_ns(mut f: impl FnMut(), batch: u32, rounds: usize) -> f64 {
 fn summary(_: &mut Criterion) {
     let dir = tempfile::tempdir().expect("temp dir");
     let mut rows = Vec::new();
-    let mut policies = vec![(
-        "global-api".to_string(),
-        workspace_root().join("examples/global-api"),
-    )];
-    for rules in [10, 100] {
-        let path = dir.path().join(format!("gen-{rules}"));
-        std::fs::create_dir_all(&path).expect("mkdir");
-        std::fs::write(path.join("edgepack.kdl"), generated_policy(1000, rules)).expect("write");
-        policies.push((format!("1000 routes, {rules} WAF rules"), path));
-    }
-    with_crs(&mut policies, "global-api-crs (CRS PL1)");
-    for (name, path) in &policies {
+    for Policy { name, path, crs } in &policies(dir.path()) {
         let (plan, mut instance) = compile_policy_dir(path);
         let evaluator = Evaluator::new(&plan);
         let body_limit = plan.waf.as_ref().map_or(0, |w| w.body_limit);
         let mut decision = edgepack_bundles::abi::Decision::default();
-        for (size, request) in requests(name, &plan) {
+        for (size, request) in requests(*crs, &plan) {
             let module = median_ns(
                 || {
                     instance
@@ -148,15 +153,15 @@ fn summary(_: &mut Criterion) {
             module / reference
         );
     }
-    let cost = |rules: &str, size: &str| {
+    let cost = |policy: &str, size: &str| {
         rows.iter()
-            .find(|r| r.0.contains(rules) && r.1 == size)
+            .find(|r| r.0 == policy && r.1 == size)
             .map_or(f64::NAN, |r| r.2)
     };
     for size in ["small", "2KB"] {
         println!(
             "100 vs 10 WAF rules, {size} request: {:.2}x",
-            cost("100 WAF", size) / cost("10 WAF", size)
+            cost("1000-routes-100-rules", size) / cost("1000-routes-10-rules", size)
         );
     }
 }
