@@ -516,15 +516,18 @@ impl FunctionEngine {
         match tokio::time::timeout(limit, receiver).await {
             Ok(Ok(Ok(response))) => {
                 // The instance lives on while it writes the body, bounded by the same
-                // time limit from the start.
-                let deadline = tokio::time::Instant::now() + limit;
-                let stopped = cut_off.clone();
-                tokio::spawn(async move {
-                    if tokio::time::timeout_at(deadline, task).await.is_err() {
-                        stopped.store(true, Ordering::Release);
-                        abort.abort();
-                    }
-                });
+                // time limit from the start. Most have finished by now: their body is
+                // complete and nothing is left to bound.
+                if !task.is_finished() {
+                    let deadline = tokio::time::Instant::from_std(started + limit);
+                    let stopped = cut_off.clone();
+                    tokio::spawn(async move {
+                        if tokio::time::timeout_at(deadline, task).await.is_err() {
+                            stopped.store(true, Ordering::Release);
+                            abort.abort();
+                        }
+                    });
+                }
                 Ok(response.map(|body| FunctionBody {
                     body: Mutex::new(body),
                     cut_off,
