@@ -340,6 +340,17 @@ fn traps_timeouts_and_memory_limits_fail_one_request_only() {
     for spin in spinning {
         assert_eq!(spin.join().expect("thread"), 504);
     }
+
+    // One that answers late and then stalls is stopped at its limit counted from the start
+    // of the request, not a whole limit after it answered.
+    let started = std::time::Instant::now();
+    let late = get(&edge.url("/fn/late-stall?800"), &[]);
+    let took = started.elapsed();
+    assert_eq!(late.status, 504, "{}", late.body);
+    assert!(
+        took >= Duration::from_millis(800) && took < Duration::from_millis(1500),
+        "cut off after {took:?}"
+    );
 }
 
 #[test]

@@ -1,7 +1,7 @@
 //! `probe`: a handler that does what its path asks, including what a sandbox must stop —
-//! trap, spin past its time limit, sleep past it, stall in the middle of its body, allocate
-//! past its memory limit, call an origin — so the node's end-to-end tests can watch each
-//! limit at work.
+//! trap, spin past its time limit, sleep past it, stall in the middle of its body (at once or
+//! late), allocate past its memory limit, call an origin — so the node's end-to-end tests can
+//! watch each limit at work.
 
 use std::io::Read;
 
@@ -49,8 +49,16 @@ impl wasip2::exports::http::incoming_handler::Guest for Probe {
                 wasip2::clocks::monotonic_clock::subscribe_duration(60_000_000_000).block();
                 respond_json(out, 200, &json!({ "slept": true }));
             }
-            "stall" => {
-                // Answers, writes a little of the body, then never finishes it.
+            asked @ ("stall" | "late-stall") => {
+                // Answers, writes a little of the body, then never finishes it; `late-stall`
+                // answers only after the milliseconds its query gives.
+                if asked == "late-stall" {
+                    let millis: u64 = query.parse().unwrap_or(0);
+                    wasip2::clocks::monotonic_clock::subscribe_duration(
+                        millis.saturating_mul(1_000_000),
+                    )
+                    .block();
+                }
                 let response = OutgoingResponse::new(Fields::new());
                 let body = response.body().expect("a new response has a body");
                 ResponseOutparam::set(out, Ok(response));
@@ -69,7 +77,7 @@ impl wasip2::exports::http::incoming_handler::Guest for Probe {
             _ => respond_error(
                 out,
                 404,
-                "ask for echo, trap, spin, sleep, stall, grow or fetch",
+                "ask for echo, trap, spin, sleep, stall, late-stall, grow or fetch",
             ),
         }
     }
