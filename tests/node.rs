@@ -359,10 +359,10 @@ fn jwt_routes_need_a_valid_token() {
     let url = edge.url("/api/auth/me");
     let missing = get(&url, &[DE]);
     assert_eq!(missing.status, 401);
-    assert!(
-        missing
-            .header("www-authenticate")
-            .is_some_and(|v| v.starts_with("Bearer")),
+    // No token, no error code in the challenge (RFC 6750, 3.1).
+    assert_eq!(
+        missing.header("www-authenticate"),
+        Some("Bearer realm=\"users\""),
         "{:?}",
         missing.headers
     );
@@ -375,7 +375,14 @@ fn jwt_routes_need_a_valid_token() {
     assert_eq!(edge.origin.count("/api/auth/me"), 1);
 
     let expired = bearer(&e2e::token(&claims(e2e::now() - 3600, "api")));
-    assert_eq!(get(&url, &[DE, ("authorization", &expired)]).status, 401);
+    let refused = get(&url, &[DE, ("authorization", &expired)]);
+    assert_eq!(refused.status, 401);
+    assert_eq!(
+        refused.header("www-authenticate"),
+        Some(
+            "Bearer realm=\"users\", error=\"invalid_token\", error_description=\"the token has expired\""
+        ),
+    );
     let wrong_audience = bearer(&e2e::token(&claims(e2e::now() + 600, "billing")));
     assert_eq!(
         get(&url, &[DE, ("authorization", &wrong_audience)]).status,
