@@ -5,6 +5,7 @@
 
 use std::cell::RefCell;
 use std::collections::HashMap;
+use std::fmt::Write as _;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
@@ -387,17 +388,26 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     headers.remove(header::UPGRADE);
 }
 
-/// Adds the client to `X-Forwarded-For` and sets `X-Forwarded-Proto` and `-Host`.
+/// Adds the client to `X-Forwarded-For` and sets `X-Forwarded-Proto` and `-Host`. Hops the
+/// request already lists, on one line or several, are kept in order on one line.
 pub fn add_forwarded(
     headers: &mut HeaderMap,
     client: std::net::IpAddr,
     https: bool,
     original_host: Option<&HeaderValue>,
 ) {
-    let forwarded_for = match headers.get(X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(previous) if !previous.trim().is_empty() => format!("{previous}, {client}"),
-        _ => client.to_string(),
-    };
+    let mut forwarded_for = String::new();
+    for previous in headers
+        .get_all(X_FORWARDED_FOR)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+    {
+        forwarded_for.push_str(previous);
+        forwarded_for.push_str(", ");
+    }
+    let _ = write!(forwarded_for, "{client}");
     if let Ok(value) = HeaderValue::try_from(forwarded_for) {
         headers.insert(X_FORWARDED_FOR, value);
     }
@@ -465,6 +475,7 @@ mod tests {
         headers.insert("transfer-encoding", HeaderValue::from_static("chunked"));
         headers.insert("accept", HeaderValue::from_static("*/*"));
         headers.insert("x-forwarded-for", HeaderValue::from_static("203.0.113.9"));
+        headers.append("x-forwarded-for", HeaderValue::from_static("198.51.100.7"));
         strip_hop_by_hop(&mut headers);
         add_forwarded(
             &mut headers,
@@ -474,7 +485,14 @@ mod tests {
         );
         assert!(headers.get("x-secret").is_none() && headers.get("transfer-encoding").is_none());
         assert_eq!(headers["accept"], "*/*");
-        assert_eq!(headers["x-forwarded-for"], "203.0.113.9, 10.0.0.1");
+        // Every line the client sent, in order, then the peer, on one line.
+        assert_eq!(
+            headers
+                .get_all("x-forwarded-for")
+                .iter()
+                .collect::<Vec<_>>(),
+            ["203.0.113.9, 198.51.100.7, 10.0.0.1"]
+        );
         assert_eq!(headers["x-forwarded-proto"], "https");
         assert_eq!(headers["x-forwarded-host"], "edge.example");
     }
