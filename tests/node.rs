@@ -298,6 +298,46 @@ fn the_101st_request_in_a_minute_from_one_client_gets_429() {
     );
 }
 
+/// A limit keyed by a header: each value has its own allowance, and requests without the
+/// header share one (they are not let through unlimited).
+#[test]
+fn a_header_keyed_limit_counts_each_key_and_keyless_requests_together() {
+    let fixture = fixture();
+    let policy = fixture.dir.join("header-limit");
+    std::fs::create_dir_all(&policy).expect("mkdir");
+    std::fs::write(
+        policy.join("edgepack.kdl"),
+        r##"edgepack 1
+region "local" zone="GLOBAL"
+ratelimit "per-key" key="header:x-api-key" limit=2 per="1m"
+route "/limited" {
+    ratelimit "per-key"
+    respond 200 json=#"{"ok":true}"#
+}
+"##,
+    )
+    .expect("write the policy");
+    let bundles = e2e::build(
+        &policy,
+        &fixture.keys,
+        &fixture.dir.join("header-limit-out"),
+        1,
+        &["local"],
+    );
+    let edge = Edge::start("local", &bundles["local"], &[]);
+    let url = edge.url("/limited");
+    let statuses = |headers: &[(&str, &str)]| -> Vec<u16> {
+        (0..3).map(|_| get(&url, headers).status).collect()
+    };
+    assert_eq!(statuses(&[("x-api-key", "alpha")]), [200, 200, 429]);
+    assert_eq!(statuses(&[("x-api-key", "beta")]), [200, 200, 429]);
+    assert_eq!(
+        statuses(&[]),
+        [200, 200, 429],
+        "keyless requests share one allowance"
+    );
+}
+
 #[test]
 fn responses_are_cached_by_key_and_expire() {
     let edge = Edge::start("eu-west", &fixture().variant["eu-west"], &[]);
