@@ -690,6 +690,31 @@ fn bad_bundles_are_refused_while_the_good_one_keeps_serving() {
     wait_for_version(&edge, 9);
 }
 
+/// With `--require-expiry`, a bundle without an expiry time is refused, at start as later,
+/// and one that expires in the future is served.
+#[test]
+fn with_require_expiry_a_bundle_without_one_is_refused() {
+    let fixture = fixture();
+    let good = example("eu-west");
+    let edge = Edge::start("eu-west", good, &["--require-expiry"]);
+    let unserved = get(&edge.url("/api/health"), &[DE]);
+    assert_eq!(unserved.status, 503, "{}", unserved.body);
+    let log = edge.node.log();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("bundle refused") && l.contains(r#""reason":"expiry""#)),
+        "{log}"
+    );
+    let expiring = e2e::repack(good, &fixture.keys, |manifest| {
+        manifest.version = 2;
+        manifest.expires = Some(e2e::now() + 3600);
+    });
+    e2e::install(&expiring, &edge.bundles, "eu-west");
+    wait_for_version(&edge, 2);
+    let lasting = e2e::with_version(good, 3, &fixture.keys);
+    offer_refused(&edge, &lasting, "expiry", 2);
+}
+
 #[test]
 fn fifty_swaps_under_concurrent_load_lose_no_request() {
     let fixture = fixture();
