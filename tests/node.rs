@@ -815,6 +815,8 @@ fn ambiguous_framing_oversized_requests_and_slow_clients_are_refused() {
             "1s",
             "--max-header-bytes",
             "8192",
+            "--max-headers",
+            "40",
         ],
     );
     let smuggled = raw(
@@ -866,6 +868,13 @@ fn ambiguous_framing_oversized_requests_and_slow_clients_are_refused() {
         "y".repeat(16 * 1024)
     );
     let answer = raw(&edge, big_head.as_bytes());
+    assert!(answer.starts_with("HTTP/1.1 431"), "{answer}");
+    // More headers than `--max-headers`, each short: refused the same way.
+    let many_headers: String = (0..60).map(|i| format!("x-h{i}: {i}\r\n")).collect();
+    let answer = raw(
+        &edge,
+        format!("GET /api/health HTTP/1.1\r\nHost: a\r\n{many_headers}\r\n").as_bytes(),
+    );
     assert!(answer.starts_with("HTTP/1.1 431"), "{answer}");
 
     // A client that never finishes its head is let go.
