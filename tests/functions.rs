@@ -282,6 +282,27 @@ fn a_function_answers_with_the_request_it_was_given() {
     }
 }
 
+/// A node that gives a function less memory than its bundle asks for refuses the bundle:
+/// the limit is the node's, not the policy's.
+#[test]
+fn a_bundle_asking_more_function_memory_than_the_node_allows_is_refused() {
+    // The probe asks for 16 MiB.
+    let edge = Edge::start_with(
+        "local",
+        &fixture().probe,
+        &["--function-memory-max", "8388608"],
+    );
+    let reply = get(&edge.url("/static"), &[]);
+    assert_eq!(reply.status, 503, "{}", reply.body);
+    let log = edge.node.log();
+    assert!(
+        log.lines().any(|l| l.contains("bundle refused")
+            && l.contains(r#""reason":"function""#)
+            && l.contains("16777216")),
+        "{log}"
+    );
+}
+
 #[test]
 fn traps_timeouts_and_memory_limits_fail_one_request_only() {
     let edge = probe();
