@@ -112,7 +112,17 @@ impl<'p> Validator<'p, '_> {
         if self.partially_defined.contains(&(kind, name.value.clone())) {
             return;
         }
-        let mut diagnostic = diag::undefined(name.span, kind, name, defined);
+        // Names whose definitions had errors are still names the author wrote: suggest them.
+        let mut candidates = defined.to_vec();
+        let mut written: Vec<&str> = self
+            .partially_defined
+            .iter()
+            .filter(|(k, _)| *k == kind)
+            .map(|(_, n)| n.as_str())
+            .collect();
+        written.sort_unstable();
+        candidates.extend(written);
+        let mut diagnostic = diag::undefined(name.span, kind, name, &candidates);
         if let Some(help) = help {
             diagnostic = diagnostic.help(help);
         }
