@@ -191,4 +191,12 @@ fn help_teaches_the_commands() {
         help.contains("--format") && help.contains("Exit status"),
         "{help}"
     );
+    // A two-command example keeps one command per line, ready to copy.
+    let out = edgepack(&["push", "--help"], &root());
+    let help = text(&out.stdout);
+    assert!(
+        help.lines()
+            .any(|line| line.trim_start().starts_with("edgepack push dist ")),
+        "{help}"
+    );
 }

@@ -18,14 +18,16 @@ use clap::Parser;
 /// sets a `rollout` window, the node returns to the previous bundle when its error rate
 /// crosses the bundle's threshold. A bundle that fails any check is refused, logged and
 /// counted, and the active one keeps serving. SIGTERM drains and exits 0.
-///
-/// Examples:
-///   edgepack-node --bundle dist/eu-west.edgepack --trust keys/ci.pub
-///     --listen 0.0.0.0:8080 --admin 127.0.0.1:9090 --state-dir /var/lib/edgepack
-///   edgepack-node --pull registry.example.com/team/api:prod --region eu-west --poll 30s
-///     --trust keys/ci.pub --state-dir /var/lib/edgepack
 #[derive(Debug, Clone, Parser)]
-#[command(name = "edgepack-node", version)]
+#[command(
+    name = "edgepack-node",
+    version,
+    after_help = "Examples:
+  edgepack-node --bundle dist/eu-west.edgepack --trust keys/ci.pub \\
+    --listen 0.0.0.0:8080 --admin 127.0.0.1:9090 --state-dir /var/lib/edgepack
+  edgepack-node --pull registry.example.com/team/api:prod --region eu-west --poll 30s \\
+    --trust keys/ci.pub --state-dir /var/lib/edgepack"
+)]
 pub struct NodeArgs {
     /// The bundle: a `.edgepack` file, or a directory holding one (or `<region>.edgepack`
     /// with `--region`).
@@ -267,5 +269,17 @@ mod tests {
     fn the_command_line_is_well_formed() {
         use clap::CommandFactory;
         NodeArgs::command().debug_assert();
+    }
+
+    #[test]
+    fn help_shows_each_example_command_on_its_own_lines() {
+        use clap::CommandFactory;
+        let help = NodeArgs::command().render_long_help().to_string();
+        let starts: Vec<&str> = help
+            .lines()
+            .map(str::trim_start)
+            .filter(|line| line.starts_with("edgepack-node --"))
+            .collect();
+        assert_eq!(starts.len(), 2, "{help}");
     }
 }

@@ -22,11 +22,10 @@ use crate::{Exit, Output};
 /// Plain HTTP is used only for a registry on this machine (localhost, 127.0.0.1, [::1]).
 /// Credentials: --user with --password-stdin, else the Docker configuration
 /// (`$DOCKER_CONFIG/config.json` or `~/.docker/config.json`, credential helpers included).
-///
-/// Example:
-///   edgepack build examples/global-api --key keys/edgepack.key --out dist --version 42
-///   edgepack push dist registry.example.com/team/global-api:prod
 #[derive(Debug, Args)]
+#[command(after_help = "Example:
+  edgepack build examples/global-api --key keys/edgepack.key --out dist --version 42
+  edgepack push dist registry.example.com/team/global-api:prod")]
 pub struct PushArgs {
     /// The directory `edgepack build` wrote: one `<region>.edgepack` per region.
     pub dir: PathBuf,
@@ -68,10 +67,9 @@ fn parse_tag(text: &str) -> Result<String, String> {
 ///
 /// Writes `<region>.edgepack` into --out. With --trust, the bundle is verified as a node
 /// would before it is written.
-///
-/// Example:
-///   edgepack pull registry.example.com/team/global-api:prod --region eu-west --out dist
 #[derive(Debug, Args)]
+#[command(after_help = "Example:
+  edgepack pull registry.example.com/team/global-api:prod --region eu-west --out dist")]
 pub struct PullArgs {
     /// The release: `registry/repository:tag` or `registry/repository@sha256:…`.
     pub reference: String,
