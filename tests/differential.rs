@@ -568,7 +568,7 @@ fn route() -> impl Strategy<Value = String> {
         any::<bool>(),
         proptest::sample::subsequence(vec!["GET", "POST", "PUT"], 0..3),
         proptest::sample::subsequence(vec!["example.com", "*.example.com"], 0..2),
-        0u8..5,
+        0u8..7,
         proptest::option::of(proptest::sample::select(vec!["off", "log", "block"])),
         any::<bool>(),
         any::<bool>(),
@@ -631,10 +631,19 @@ fn route() -> impl Strategy<Value = String> {
                     3 => "ratelimit \"rl\"; proxy \"app\"",
                     _ => "",
                 });
-                if action == 4 {
-                    body.push_str(&format!(
+                // Redirects: the request's query kept (after `?`, or after `&` and before
+                // the fragment when the target has both), or dropped.
+                match action {
+                    4 => body.push_str(&format!(
                         "redirect \"https://new.example/{capture}\" status=301"
-                    ));
+                    )),
+                    5 => body.push_str(&format!(
+                        "redirect \"https://new.example/{capture}?from=old#top\""
+                    )),
+                    6 => body.push_str(&format!(
+                        "redirect \"https://new.example/{capture}\" query=\"drop\""
+                    )),
+                    _ => {}
                 }
                 format!("route \"{pattern}\" {{ {body} }}")
             },

@@ -223,6 +223,12 @@ fn the_edge_answers_waf_geo_routes_and_redirects_itself() {
         redirect.header("location"),
         Some("https://docs.example.com/guide/start")
     );
+    // The query goes along, as received.
+    let redirect = get(&edge.url("/docs/search?q=edge%20rules&page=2"), &[DE]);
+    assert_eq!(
+        redirect.header("location"),
+        Some("https://docs.example.com/search?q=edge%20rules&page=2")
+    );
     assert_eq!(
         edge.origin.count("/"),
         0,

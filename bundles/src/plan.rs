@@ -155,6 +155,11 @@ pub enum TemplatePart {
     Segment(u32),
     /// The request segments from this index on, joined with `/` (the pattern's `*`).
     Rest(u32),
+    /// The request's query as received, after `join` (`?`, or `&` when the target has a
+    /// query of its own); nothing when the request has none.
+    Query {
+        join: char,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

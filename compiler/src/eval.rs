@@ -279,7 +279,7 @@ impl<'p> Evaluator<'p> {
                 effects.push(Effect::Block(route.id));
             }
             ActionPlan::Redirect { status, target } => {
-                let Some(location) = location(target, &req.segments) else {
+                let Some(location) = location(target, &req.segments, &req.query) else {
                     return finish(decision, Answer::Block { status: 414 }, trace);
                 };
                 if effects.is_empty() {
@@ -608,8 +608,15 @@ pub fn keep_in_location(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:@".contains(&b)
 }
 
-/// The redirect target with captures filled in, or `None` past the decision's limit.
-fn location(template: &[TemplatePart], segments: &[Vec<u8>]) -> Option<String> {
+/// Bytes a redirect keeps as they are in a query it carries over: those of a path segment,
+/// `/`, `?`, and `%` (the query arrives percent-encoded).
+pub fn keep_in_query(b: u8) -> bool {
+    keep_in_location(b) || b"/?%".contains(&b)
+}
+
+/// The redirect target with captures and the query filled in, or `None` past the
+/// decision's limit.
+fn location(template: &[TemplatePart], segments: &[Vec<u8>], query: &[u8]) -> Option<String> {
     let mut out = Vec::new();
     let push_segment = |out: &mut Vec<u8>, segment: &[u8]| {
         for &b in segment {
@@ -634,6 +641,18 @@ fn location(template: &[TemplatePart], segments: &[Vec<u8>]) -> Option<String> {
                         out.push(b'/');
                     }
                     push_segment(&mut out, segment);
+                }
+            }
+            TemplatePart::Query { join } => {
+                if !query.is_empty() {
+                    out.push(*join as u8);
+                    for &b in query {
+                        if keep_in_query(b) {
+                            out.push(b);
+                        } else {
+                            out.extend_from_slice(format!("%{b:02X}").as_bytes());
+                        }
+                    }
                 }
             }
         }

@@ -452,10 +452,18 @@ impl<'p> Lowering<'p> {
                 },
                 None,
             ),
-            Action::Redirect { status, target } => (
+            Action::Redirect {
+                status,
+                target,
+                keep_query,
+            } => (
                 ActionPlan::Redirect {
                     status: status.value,
-                    target: template(&target.value, &route.pattern.value.segments),
+                    target: redirect_template(
+                        &target.value,
+                        &route.pattern.value.segments,
+                        *keep_query,
+                    ),
                 },
                 None,
             ),
@@ -734,6 +742,19 @@ fn decoding(d: p::Decoding) -> Vec<DecodingPlan> {
             return vec![DecodingPlan::BackslashToSlash, DecodingPlan::NormalizePath];
         }
     }]
+}
+
+/// A redirect target as a template; a kept query goes before the target's fragment.
+fn redirect_template(target: &str, segments: &[Segment], keep_query: bool) -> Vec<TemplatePart> {
+    if !keep_query {
+        return template(target, segments);
+    }
+    let (before, fragment) = target.split_at(target.find('#').unwrap_or(target.len()));
+    let join = if before.contains('?') { '&' } else { '?' };
+    let mut parts = template(before, segments);
+    parts.push(TemplatePart::Query { join });
+    parts.extend(template(fragment, segments));
+    parts
 }
 
 /// Splits a redirect target into literal text and captures.

@@ -139,7 +139,7 @@ pub fn verify(plan: &RegionPlan) -> Result<(), Vec<String>> {
                             matches!(route.segments.get(*at as usize), Some(SegmentPlan::Rest)),
                             format!("{name}: capture {at} is not the final `*`"),
                         ),
-                        TemplatePart::Literal(_) => {}
+                        TemplatePart::Literal(_) | TemplatePart::Query { .. } => {}
                     }
                 }
             }

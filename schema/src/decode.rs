@@ -1748,10 +1748,21 @@ fn decode_action(
                 Some(v) => cx.status(v, &[(301, 303), (307, 308)], "301, 302, 303, 307 or 308")?,
                 None => Spanned::new(302, r.name_span),
             };
+            let keep_query = match r.prop("query") {
+                Some(v) => {
+                    cx.choice(v, "query setting", &[("keep", true), ("drop", false)])?
+                        .value
+                }
+                None => true,
+            };
             r.no_children(cx);
             let (val, target) = target?;
             check_redirect_target(cx, val, &target, pattern);
-            Action::Redirect { status, target }
+            Action::Redirect {
+                status,
+                target,
+                keep_query,
+            }
         }
         "respond" => {
             const EXAMPLE: &str = "respond 200 json=#\"{\"status\":\"ok\"}\"#";

@@ -676,6 +676,8 @@ pub enum Action {
     Redirect {
         status: Spanned<u16>,
         target: Spanned<String>,
+        /// Whether the request's query string is carried over to the target.
+        keep_query: bool,
     },
     Function {
         name: Name,

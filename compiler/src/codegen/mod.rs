@@ -197,7 +197,8 @@ struct CommonTables {
     cors: u32,
     /// One byte per zone: has residency transforms.
     residency: u32,
-    /// 256-byte table: bytes a redirect location keeps as they are.
+    /// 256-byte table: bits saying which bytes a redirect location keeps as they are
+    /// (`KEEP_IN_SEGMENT`, `KEEP_IN_QUERY`).
     keep: u32,
     hex: u32,
     origin_name: (u32, u32),
@@ -316,7 +317,10 @@ impl CommonTables {
         }
         let residency = data.bytes(&residency);
         let keep: Vec<u8> = (0..=255u8)
-            .map(|b| u8::from(crate::eval::keep_in_location(b)))
+            .map(|b| {
+                (u8::from(crate::eval::keep_in_location(b)) * KEEP_IN_SEGMENT)
+                    | (u8::from(crate::eval::keep_in_query(b)) * KEEP_IN_QUERY)
+            })
             .collect();
         let keep = data.bytes(&keep);
         let hex = data.bytes(b"0123456789ABCDEF");
@@ -670,6 +674,31 @@ impl Util {
             a.set(out);
         }
         a.else_();
+        a.get(kind).c(3);
+        a.i().i32_eq();
+        a.if_();
+        {
+            // The request's query, if any, after the join byte.
+            a.load_abs(layout.request + req::QUERY + 4).set(seg_end);
+            a.get(seg_end);
+            a.if_();
+            a.get(out).get(limit);
+            a.i().i32_ge_u();
+            a.if_();
+            a.ret_c(u32::MAX);
+            a.end();
+            a.get(out).load(part, 4);
+            a.i().i32_store8(mem(0, 0));
+            a.inc(out, 1);
+            a.c(layout.request).load_abs(layout.request + req::QUERY);
+            a.i().i32_add();
+            a.tee(src).get(seg_end);
+            a.i().i32_add();
+            a.set(src_end);
+            percent_encode(&mut a, t, KEEP_IN_QUERY, [src, src_end, out, limit, b]);
+            a.end();
+        }
+        a.else_();
         {
             // Segments `seg..seg_end`, percent-encoded, joined with `/`.
             a.load(part, 4).set(seg);
@@ -710,50 +739,12 @@ impl Util {
             a.get(segs).get(seg).c(8);
             a.i().i32_mul().i32_add().i32_load(mem(4, 2)).i32_add();
             a.set(src_end);
-            a.block().loop_();
-            a.get(src).get(src_end);
-            a.i().i32_ge_u().br_if(1);
-            a.load8(src, 0).set(b);
-            a.get(b);
-            a.i().i32_load8_u(mem(t.keep, 0));
-            a.if_();
-            a.get(out).get(limit);
-            a.i().i32_ge_u();
-            a.if_();
-            a.ret_c(u32::MAX);
-            a.end();
-            a.get(out).get(b);
-            a.i().i32_store8(mem(0, 0));
-            a.inc(out, 1);
-            a.else_();
-            a.get(out).c(3);
-            a.i().i32_add();
-            a.get(limit);
-            a.i().i32_gt_u();
-            a.if_();
-            a.ret_c(u32::MAX);
-            a.end();
-            a.get(out).c(b'%' as u32);
-            a.i().i32_store8(mem(0, 0));
-            a.get(out).get(b).c(4);
-            a.i()
-                .i32_shr_u()
-                .i32_load8_u(mem(t.hex, 0))
-                .i32_store8(mem(1, 0));
-            a.get(out).get(b).c(15);
-            a.i()
-                .i32_and()
-                .i32_load8_u(mem(t.hex, 0))
-                .i32_store8(mem(2, 0));
-            a.inc(out, 3);
-            a.end();
-            a.inc(src, 1);
-            a.i().br(0);
-            a.end().end();
+            percent_encode(&mut a, t, KEEP_IN_SEGMENT, [src, src_end, out, limit, b]);
             a.inc(seg, 1);
             a.i().br(0);
             a.end().end();
         }
+        a.end();
         a.end();
         a.inc(part, 12);
         a.get(parts_left).c(1);
@@ -765,6 +756,59 @@ impl Util {
         a.i().i32_sub();
         a.finish()
     }
+}
+
+/// In the redirect `keep` table: the byte stays as it is in a path segment.
+const KEEP_IN_SEGMENT: u8 = 1;
+/// In the redirect `keep` table: the byte stays as it is in a carried-over query.
+const KEEP_IN_QUERY: u8 = 2;
+
+/// Copies `src..src_end` to `out`, percent-encoding every byte whose `keep` table entry
+/// lacks `mask`; returns `u32::MAX` from the function when `limit` would be passed.
+fn percent_encode(a: &mut Asm, t: &CommonTables, mask: u8, locals: [u32; 5]) {
+    let [src, src_end, out, limit, b] = locals;
+    a.block().loop_();
+    a.get(src).get(src_end);
+    a.i().i32_ge_u().br_if(1);
+    a.load8(src, 0).set(b);
+    a.get(b);
+    a.i().i32_load8_u(mem(t.keep, 0));
+    a.c(u32::from(mask));
+    a.i().i32_and();
+    a.if_();
+    a.get(out).get(limit);
+    a.i().i32_ge_u();
+    a.if_();
+    a.ret_c(u32::MAX);
+    a.end();
+    a.get(out).get(b);
+    a.i().i32_store8(mem(0, 0));
+    a.inc(out, 1);
+    a.else_();
+    a.get(out).c(3);
+    a.i().i32_add();
+    a.get(limit);
+    a.i().i32_gt_u();
+    a.if_();
+    a.ret_c(u32::MAX);
+    a.end();
+    a.get(out).c(b'%' as u32);
+    a.i().i32_store8(mem(0, 0));
+    a.get(out).get(b).c(4);
+    a.i()
+        .i32_shr_u()
+        .i32_load8_u(mem(t.hex, 0))
+        .i32_store8(mem(1, 0));
+    a.get(out).get(b).c(15);
+    a.i()
+        .i32_and()
+        .i32_load8_u(mem(t.hex, 0))
+        .i32_store8(mem(2, 0));
+    a.inc(out, 3);
+    a.end();
+    a.inc(src, 1);
+    a.i().br(0);
+    a.end().end();
 }
 
 fn memeq() -> wasm_encoder::Function {

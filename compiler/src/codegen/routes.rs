@@ -253,6 +253,7 @@ impl Tables {
                             }
                             TemplatePart::Segment(i) => words.extend([1, *i, 0]),
                             TemplatePart::Rest(i) => words.extend([2, *i, 0]),
+                            TemplatePart::Query { join } => words.extend([3, u32::from(*join), 0]),
                         }
                     }
                     r[(R_TEMPLATE / 4) as usize] = data.words(&words);
