@@ -200,3 +200,52 @@ fn help_teaches_the_commands() {
         "{help}"
     );
 }
+
+#[test]
+fn explain_shows_the_decision_the_route_and_the_rules_that_fired() {
+    let explain = |request: &str, format: &str| {
+        edgepack(
+            &[
+                "explain",
+                "examples/global-api",
+                "--region",
+                "eu-west",
+                "--country",
+                "DE",
+                "--request",
+                request,
+                "--format",
+                format,
+            ],
+            &root(),
+        )
+    };
+    let out = explain("GET /api/data/1?id=1%20union%20select%20password", "human");
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let human = text(&out.stdout);
+    assert!(human.starts_with("region eu-west decides: 403"), "{human}");
+    assert!(human.contains("→ #1 GET,HEAD /api/data/*"), "{human}");
+    assert!(
+        human.contains("✓ sqli-union") && human.contains("✗ xss"),
+        "{human}"
+    );
+    assert!(
+        human.contains("agrees with the reference evaluator"),
+        "{human}"
+    );
+
+    let out = explain("GET /docs/search?q=edge", "human");
+    let human = text(&out.stdout);
+    assert!(
+        human.starts_with(
+            "region eu-west decides: 301 redirect to https://docs.example.com/search?q=edge\n"
+        ),
+        "{human}"
+    );
+
+    let out = explain("GET /api/health", "json");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("stdout is JSON");
+    assert_eq!(report["route"]["name"], "/api/health");
+    assert_eq!(report["decision"]["outcome"]["final"]["status"], 200);
+    assert_eq!(report["agrees_with_reference"], true);
+}

@@ -322,7 +322,11 @@ fn describe_outcome(plan: &RegionPlan, decision: &Decision) -> String {
                 .get("answer")
                 .and_then(|a| a.as_str())
                 .unwrap_or("answer");
-            format!("{} {}", answer.status(), kind.replace('_', " "))
+            let mut described = format!("{} {}", answer.status(), kind.replace('_', " "));
+            if let edgepack_bundles::abi::Answer::Redirect { location, .. } = answer {
+                described.push_str(&format!(" to {location}"));
+            }
+            described
         }
         Outcome::Effects(effects) => {
             let steps: Vec<String> = effects
