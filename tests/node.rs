@@ -217,6 +217,13 @@ fn the_edge_answers_waf_geo_routes_and_redirects_itself() {
     assert_eq!(blocked.header("x-edge-region"), Some("eu-west"));
 
     assert_eq!(get(&edge.url("/nowhere"), &[DE]).status, 404);
+    // A path routes take, with a method none of them takes: 405 and what they do take.
+    let wrong_method = send("PATCH", &edge.url("/api/data/1"), &[DE], "");
+    assert_eq!(wrong_method.status, 405);
+    assert_eq!(
+        wrong_method.header("allow"),
+        Some("GET, HEAD, POST, PUT, DELETE")
+    );
     let redirect = get(&edge.url("/docs/guide/start"), &[DE]);
     assert_eq!(redirect.status, 301);
     assert_eq!(

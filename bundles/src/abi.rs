@@ -11,7 +11,7 @@ use serde::Serialize;
 
 use crate::request::ip_from_bytes;
 
-pub const ABI_VERSION: u32 = 2;
+pub const ABI_VERSION: u32 = 3;
 
 /// Names of the module's exports.
 pub mod export {
@@ -142,6 +142,13 @@ pub mod method {
     pub fn bit(code: u32) -> u32 {
         1 << code
     }
+
+    /// The names of the methods in a mask, in code order.
+    pub fn names(mask: u32) -> impl Iterator<Item = &'static str> {
+        (1..NAMES.len())
+            .filter(move |&code| mask & bit(code as u32) != 0)
+            .map(|code| NAMES[code])
+    }
 }
 
 /// "No id": routes, edit sets and the like that are absent.
@@ -204,6 +211,9 @@ pub mod answer {
     pub const REDIRECT: u32 = 8;
     /// The body is over the WAF's limit and the policy blocks such bodies.
     pub const BODY_TOO_LARGE: u32 = 9;
+    /// Routes take the path but not the method: argument = the methods they take, one bit
+    /// per method code (`method::bit`).
+    pub const METHOD_NOT_ALLOWED: u32 = 10;
 }
 
 /// Effect kinds; each effect is (kind, argument).
@@ -232,15 +242,42 @@ pub mod effect {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(tag = "answer", rename_all = "snake_case")]
 pub enum Answer {
-    Respond { response: u32, status: u16 },
-    Block { status: u16 },
-    NotFound { status: u16 },
-    GeoBlocked { status: u16 },
-    WafBlocked { status: u16 },
-    Unauthorized { jwt: u32, status: u16 },
-    Preflight { cors: u32, status: u16 },
-    Redirect { status: u16, location: String },
-    BodyTooLarge { status: u16 },
+    Respond {
+        response: u32,
+        status: u16,
+    },
+    Block {
+        status: u16,
+    },
+    NotFound {
+        status: u16,
+    },
+    GeoBlocked {
+        status: u16,
+    },
+    WafBlocked {
+        status: u16,
+    },
+    Unauthorized {
+        jwt: u32,
+        status: u16,
+    },
+    Preflight {
+        cors: u32,
+        status: u16,
+    },
+    Redirect {
+        status: u16,
+        location: String,
+    },
+    BodyTooLarge {
+        status: u16,
+    },
+    /// `allow`: the methods routes of this path take, one bit per method code.
+    MethodNotAllowed {
+        allow: u32,
+        status: u16,
+    },
 }
 
 impl Answer {
@@ -254,7 +291,8 @@ impl Answer {
             | Answer::Unauthorized { status, .. }
             | Answer::Preflight { status, .. }
             | Answer::Redirect { status, .. }
-            | Answer::BodyTooLarge { status } => *status,
+            | Answer::BodyTooLarge { status }
+            | Answer::MethodNotAllowed { status, .. } => *status,
         }
     }
 }
@@ -416,6 +454,7 @@ impl Decision {
                     }
                 }
                 answer::BODY_TOO_LARGE => Answer::BodyTooLarge { status },
+                answer::METHOD_NOT_ALLOWED => Answer::MethodNotAllowed { allow: arg, status },
                 other => return Err(DecisionError::Answer(other)),
             }),
             dec::OUTCOME_EFFECTS => {

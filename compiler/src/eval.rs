@@ -154,10 +154,18 @@ impl<'p> Evaluator<'p> {
         } else {
             req.method
         };
-        let (route, considered) = self.match_route(req, method_code);
+        let (route, considered, refused) = self.match_route(req, method_code);
         trace.routes = considered;
         let Some(route) = route else {
-            return finish(decision, Answer::NotFound { status: 404 }, trace);
+            let answer = if refused != 0 {
+                Answer::MethodNotAllowed {
+                    allow: refused,
+                    status: 405,
+                }
+            } else {
+                Answer::NotFound { status: 404 }
+            };
+            return finish(decision, answer, trace);
         };
         decision.route = Some(route.id);
         decision.edits = Some(route.edits);
@@ -378,10 +386,12 @@ impl<'p> Evaluator<'p> {
         &self,
         req: &ParsedRequest,
         method_code: u32,
-    ) -> (Option<&'p RoutePlan>, Vec<(u32, bool)>) {
+    ) -> (Option<&'p RoutePlan>, Vec<(u32, bool)>, u32) {
         let method_name = method::NAMES[method_code as usize % method::NAMES.len()];
         let mut best: Option<(&RoutePlan, (u8, usize), u8)> = None;
         let mut considered = Vec::new();
+        // The methods of routes whose host and path match but whose methods do not.
+        let mut refused = 0;
         for route in &self.plan.routes {
             let host_rank = host_rank(&route.hosts, &req.host);
             let path_ok = path_matches(&route.segments, &req.segments);
@@ -395,6 +405,12 @@ impl<'p> Evaluator<'p> {
             };
             let matched = host_rank.is_some() && path_ok && method_rank.is_some();
             considered.push((route.id, matched));
+            if host_rank.is_some() && path_ok && method_rank.is_none() {
+                refused |= route
+                    .methods
+                    .iter()
+                    .fold(0, |mask, name| mask | method::bit(method::code(name)));
+            }
             let (Some(host_rank), Some(method_rank), true) = (host_rank, method_rank, path_ok)
             else {
                 continue;
@@ -413,7 +429,7 @@ impl<'p> Evaluator<'p> {
                 best = Some((route, host_rank, method_rank));
             }
         }
-        (best.map(|(r, _, _)| r), considered)
+        (best.map(|(r, _, _)| r), considered, refused)
     }
 
     /// Whether every condition of the rule holds; the value its own condition found (for a

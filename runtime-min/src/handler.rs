@@ -365,6 +365,15 @@ impl Exchange<'_> {
                 self.record.action = "not_found";
                 self.error(status, "no route takes this request")
             }
+            Answer::MethodNotAllowed { allow, .. } => {
+                self.record.action = "method_not_allowed";
+                let mut response = self.error(status, "no route takes this method on this path");
+                let allow: Vec<&str> = edgepack_bundles::abi::method::names(*allow).collect();
+                if let Ok(value) = HeaderValue::from_str(&allow.join(", ")) {
+                    response.headers_mut().insert(header::ALLOW, value);
+                }
+                response
+            }
             Answer::GeoBlocked { .. } => {
                 self.record.action = "geo_block";
                 self.error(status, "this service is not available in your country")

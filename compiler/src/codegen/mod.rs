@@ -1142,12 +1142,32 @@ fn decide_body(
     a.else_();
     a.load_abs(r + req::METHOD).set(method);
     a.end();
+    // Matching ors into the answer's argument the methods of routes whose path and host
+    // match but whose methods do not take this one: with none that does, 405 and those.
+    let refused = d + dec::ANSWER_ARG;
+    a.store_abs(refused, |a| {
+        a.c(0);
+    });
     a.get(method);
     a.i().call(route_fns.match_route);
     a.tee(route);
     a.c(abi::NONE);
     a.i().i32_eq();
     a.if_();
+    a.load_abs(refused);
+    a.if_();
+    final_answer(
+        &mut a,
+        layout,
+        answer::METHOD_NOT_ALLOWED,
+        |a| {
+            a.c(405);
+        },
+        |a| {
+            a.load_abs(refused);
+        },
+    );
+    a.end();
     final_answer(
         &mut a,
         layout,
@@ -1160,6 +1180,9 @@ fn decide_body(
         },
     );
     a.end();
+    a.store_abs(refused, |a| {
+        a.c(0);
+    });
     a.store_abs(d + dec::ROUTE, |a| {
         a.get(route);
     });

@@ -8,7 +8,7 @@
 
 use std::collections::BTreeMap;
 
-use edgepack_bundles::abi::{self, method, req};
+use edgepack_bundles::abi::{self, dec, method, req};
 
 use super::asm::{Asm, Data, I32, mem};
 use super::funcs::Funcs;
@@ -346,7 +346,10 @@ impl Fns {
 
     pub fn define(&self, funcs: &mut Funcs, layout: &Layout, t: &Tables, util: &Util) {
         funcs.define(self.hash, hash_body());
-        funcs.define(self.list_match, list_match_body());
+        funcs.define(
+            self.list_match,
+            list_match_body(layout.decision + dec::ANSWER_ARG),
+        );
         funcs.define(
             self.lit_lookup,
             self.probe_body(t.lit_table, t.lit_mask, true, util),
@@ -591,7 +594,9 @@ fn hash_body() -> wasm_encoder::Function {
     a.finish()
 }
 
-fn list_match_body() -> wasm_encoder::Function {
+/// The first route of a list that takes the method; the masks of those that do not are
+/// or-ed into the word at `refused` (the methods that path and host would take).
+fn list_match_body(refused: u32) -> wasm_encoder::Function {
     let (list, method) = (0, 1);
     let mut a = Asm::new(2);
     let n = a.local(I32);
@@ -618,6 +623,10 @@ fn list_match_body() -> wasm_encoder::Function {
     a.load(entry, 0);
     a.i().return_();
     a.end();
+    a.store_abs(refused, |a| {
+        a.load_abs(refused).get(mask);
+        a.i().i32_or();
+    });
     a.inc(entry, 8);
     a.get(n).c(1);
     a.i().i32_sub();

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use clap::Args;
 
 use super::Format;
-use edgepack_bundles::abi::{Decision, Outcome};
+use edgepack_bundles::abi::{Answer, Decision, Outcome};
 use edgepack_bundles::request::Request;
 use edgepack_runtime_min::host::PolicyEngine;
 use serde::Serialize;
@@ -323,8 +323,13 @@ fn describe_outcome(plan: &RegionPlan, decision: &Decision) -> String {
                 .and_then(|a| a.as_str())
                 .unwrap_or("answer");
             let mut described = format!("{} {}", answer.status(), kind.replace('_', " "));
-            if let edgepack_bundles::abi::Answer::Redirect { location, .. } = answer {
-                described.push_str(&format!(" to {location}"));
+            match answer {
+                Answer::Redirect { location, .. } => described.push_str(&format!(" to {location}")),
+                Answer::MethodNotAllowed { allow, .. } => {
+                    let allow: Vec<&str> = edgepack_bundles::abi::method::names(*allow).collect();
+                    described.push_str(&format!(" (the path takes {})", allow.join(", ")));
+                }
+                _ => {}
             }
             described
         }
