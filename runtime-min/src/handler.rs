@@ -771,7 +771,7 @@ impl Exchange<'_> {
             return self.stand_in(&name);
         }
         let (took, result) = fetch(self.node, self.active.generation, plan, request).await;
-        self.record.upstream_ms = Some(took.as_secs_f64() * 1000.0);
+        self.record.upstream_ms = Some(crate::logs::millis(took));
         let response = match result {
             Ok(response) => response,
             Err(error) => {
@@ -866,7 +866,7 @@ impl Exchange<'_> {
             self.https,
         )
         .await;
-        self.record.upstream_ms = Some(started.elapsed().as_secs_f64() * 1000.0);
+        self.record.upstream_ms = Some(crate::logs::millis(started.elapsed()));
         let response = match result {
             Ok(response) => response,
             Err(error) => {
@@ -1276,7 +1276,7 @@ impl Exchange<'_> {
             zone: active.plan.zone_name(self.decision.data_zone),
             cache: self.record.cache,
             upstream_ms: self.record.upstream_ms,
-            duration_ms: elapsed.as_secs_f64() * 1000.0,
+            duration_ms: crate::logs::millis(elapsed),
             bundle: active.manifest.version,
             error: self.record.error.as_deref(),
         };

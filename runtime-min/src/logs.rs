@@ -119,6 +119,12 @@ fn utc_at(now: std::time::Duration) -> UtcMillis {
     UtcMillis(text)
 }
 
+/// A duration for a log line: milliseconds to the microsecond (`470.124`, not
+/// `470.12364299999996`).
+pub fn millis(duration: std::time::Duration) -> f64 {
+    (duration.as_secs_f64() * 1e6).round() / 1e3
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
@@ -134,5 +140,15 @@ mod tests {
         assert_eq!(at(1_700_000_001, 40).as_str(), "2023-11-14T22:13:21.040Z");
         assert_eq!(at(951_782_400, 100).as_str(), "2000-02-29T00:00:00.100Z");
         assert_eq!(at(0, 0).as_str(), "1970-01-01T00:00:00.000Z");
+    }
+
+    #[test]
+    fn log_durations_are_milliseconds_to_the_microsecond() {
+        let ms = super::millis(Duration::from_nanos(470_123_643));
+        assert_eq!(ms.to_string(), "470.124");
+        assert_eq!(
+            super::millis(Duration::from_micros(82)).to_string(),
+            "0.082"
+        );
     }
 }

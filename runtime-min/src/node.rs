@@ -606,7 +606,7 @@ impl Node {
                     Ok(()) => tracing::debug!(
                         target: "edgepack::activation",
                         version = active.manifest.version,
-                        took_ms = started.elapsed().as_secs_f64() * 1000.0,
+                        took_ms = crate::logs::millis(started.elapsed()),
                         "optimized module in use"
                     ),
                     Err(error) => tracing::warn!(
@@ -772,8 +772,8 @@ impl Node {
             version = active.manifest.version,
             previous = previous.map(|p| p.manifest.version),
             sha256 = %active.sha256,
-            took_ms = took.as_secs_f64() * 1000.0,
-            golden_ms = golden_took.as_secs_f64() * 1000.0,
+            took_ms = crate::logs::millis(took),
+            golden_ms = crate::logs::millis(golden_took),
             "bundle activated"
         );
         Ok(())
