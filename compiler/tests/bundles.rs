@@ -436,6 +436,7 @@ fn inspect_shows_manifest_routes_rules_and_signers() {
         "sqli-union",
         "signed by",
         "edgepack.kdl:",
+        "redirect 301 https://docs.example.com/{*} +query",
     ] {
         assert!(
             report.contains(expected),

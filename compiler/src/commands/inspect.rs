@@ -10,7 +10,7 @@ use edgepack_bundles::bundle::{self, Manifest, OpenLimits};
 use edgepack_bundles::time::utc;
 use serde::Serialize;
 
-use crate::plan::{ActionPlan, LeftOutRulePlan, RegionPlan};
+use crate::plan::{ActionPlan, LeftOutRulePlan, RegionPlan, RoutePlan, SegmentPlan, TemplatePart};
 use crate::{Exit, Output};
 
 /// Show a bundle's manifest, files, signers, routes and WAF rules.
@@ -50,8 +50,8 @@ struct Item {
 
 /// A one-line description of a route's action (`?` for an id the plan does not define: a
 /// bundle's plan is only as consistent as whoever built it).
-pub fn describe_action(plan: &RegionPlan, action: &ActionPlan) -> String {
-    match action {
+pub fn describe_action(plan: &RegionPlan, route: &RoutePlan) -> String {
+    match &route.action {
         ActionPlan::Proxy { origin } => match plan.origins.get(*origin as usize) {
             Some(o) => format!("proxy {} ({})", o.name, o.url),
             None => "proxy ?".to_string(),
@@ -60,7 +60,27 @@ pub fn describe_action(plan: &RegionPlan, action: &ActionPlan) -> String {
             Some(r) => format!("respond {}", r.status),
             None => "respond ?".to_string(),
         },
-        ActionPlan::Redirect { status, .. } => format!("redirect {status}"),
+        ActionPlan::Redirect { status, target } => {
+            let mut text = format!("redirect {status} ");
+            for part in target {
+                match part {
+                    TemplatePart::Literal(literal) => text.push_str(literal),
+                    TemplatePart::Segment(at) => match route.segments.get(*at as usize) {
+                        Some(SegmentPlan::Param(name)) => text.push_str(&format!("{{{name}}}")),
+                        _ => text.push_str("{?}"),
+                    },
+                    TemplatePart::Rest(_) => text.push_str("{*}"),
+                    TemplatePart::Query { .. } => {}
+                }
+            }
+            if target
+                .iter()
+                .any(|part| matches!(part, TemplatePart::Query { .. }))
+            {
+                text.push_str(" +query");
+            }
+            text
+        }
         ActionPlan::Function { function } => format!(
             "function {}",
             plan.functions
@@ -103,7 +123,7 @@ pub fn run(args: &InspectArgs) -> Output {
                 } else {
                     format!("{} {}", r.methods.join(","), r.pattern)
                 },
-                detail: describe_action(plan, &r.action),
+                detail: describe_action(plan, r),
                 source: r.source.to_string(),
             })
         })
