@@ -839,6 +839,32 @@ fn ambiguous_framing_oversized_requests_and_slow_clients_are_refused() {
     assert!(smuggled.starts_with("HTTP/1.1 400"), "{smuggled}");
     assert_eq!(edge.origin.count("/"), 0);
 
+    // The host the policy routes on is the host the origin is told of: a request that
+    // names none, two, or one that is not a host is refused.
+    for (head, problem) in [
+        ("GET /api/data/x HTTP/1.1\r\n", "needs a Host header"),
+        (
+            "GET /api/data/x HTTP/1.1\r\nHost: a\r\nHost: b\r\n",
+            "one Host header",
+        ),
+        ("GET /api/data/x HTTP/1.1\r\nHost: a@b\r\n", "is not a host"),
+    ] {
+        let reply = raw(
+            &edge,
+            format!("{head}cf-ipcountry: DE\r\nConnection: close\r\n\r\n").as_bytes(),
+        );
+        assert!(
+            reply.starts_with("HTTP/1.1 400") && reply.contains(problem),
+            "{head:?}: {reply}"
+        );
+    }
+    assert_eq!(edge.origin.count("/"), 0);
+    let http10 = raw(
+        &edge,
+        b"GET /api/health HTTP/1.0\r\ncf-ipcountry: DE\r\n\r\n",
+    );
+    assert!(http10.starts_with("HTTP/1.0 200"), "{http10}");
+
     let big_body = "x".repeat(4096);
     let reply = send("POST", &edge.url("/api/data/x"), &[DE], &big_body);
     assert_eq!(reply.status, 413);
@@ -907,6 +933,23 @@ fn ambiguous_framing_oversized_requests_and_slow_clients_are_refused() {
         b"GET /api/health HTTP/1.1\r\nHost: a\r\ncf-ipcountry: DE\r\nConnection: close\r\n\r\n",
     );
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+
+    // A request target with a host of its own wins over `Host` (RFC 9112 3.2.2).
+    let absolute = raw(
+        &edge,
+        b"GET http://b.example/api/data/absolute HTTP/1.1\r\nHost: a.example\r\ncf-ipcountry: DE\r\nConnection: close\r\n\r\n",
+    );
+    assert!(absolute.starts_with("HTTP/1.1 200"), "{absolute}");
+    let seen = edge
+        .origin
+        .last("/api/data/absolute")
+        .expect("the origin saw it");
+    assert_eq!(
+        seen.headers
+            .get("x-forwarded-host")
+            .and_then(|v| v.to_str().ok()),
+        Some("b.example")
+    );
 }
 
 #[test]
@@ -992,8 +1035,10 @@ fn tls_get(
             .and_then(|c| c.first().cloned())
             .expect("a certificate");
         let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+        // hyper's connection-level client sends HTTP/1.1 in origin form and adds no `Host`.
         let request = http::Request::builder()
             .uri(format!("https://localhost:{}/api/health", addr.port()))
+            .header("host", format!("localhost:{}", addr.port()))
             .header("cf-ipcountry", "DE")
             .body(Full::new(Bytes::new()))
             .expect("a request");

@@ -167,7 +167,7 @@ impl Node {
     /// Answers one request. Never fails: every problem becomes a response.
     pub async fn handle<B>(
         self: &Arc<Self>,
-        request: Request<B>,
+        mut request: Request<B>,
         peer: SocketAddr,
         https: bool,
     ) -> Response<Body>
@@ -176,6 +176,7 @@ impl Node {
         B::Error: Into<BoxError>,
     {
         let started = Instant::now();
+        host_from_target(&mut request);
         let id = self.next_request_id();
         let Some(active) = self.active.load_full() else {
             let mut response = error_response(
@@ -214,6 +215,10 @@ impl Exchange<'_> {
         B: HttpBody<Data = Bytes> + Send + 'static,
         B::Error: Into<BoxError>,
     {
+        if let Some(problem) = host_problem(parts) {
+            self.record.action = "refused";
+            return self.error(StatusCode::BAD_REQUEST, problem);
+        }
         let body = match self.read_body(parts, body).await {
             Ok(body) => body,
             Err(response) => return response,
@@ -735,7 +740,13 @@ impl Exchange<'_> {
                 ));
             }
         };
-        let original_host = parts.headers.get(header::HOST).cloned();
+        // The host the client asked for: `Host`, or HTTP/2's `:authority` without one.
+        let original_host = parts.headers.get(header::HOST).cloned().or_else(|| {
+            parts
+                .uri
+                .authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        });
         proxy::strip_hop_by_hop(&mut headers);
         if self.decision.flags & abi::dec::FLAG_STRIP_COUNTRY_HEADER != 0
             && let Some(name) = &self.active.country_header
@@ -1282,6 +1293,55 @@ impl Exchange<'_> {
         };
         crate::logs::access(&line);
     }
+}
+
+/// Where the request target names a host (HTTP/1.1 absolute form, HTTP/2 `:authority`)
+/// and one `Host` header names another, the target's is the host (RFC 9112 3.2.2, RFC 9113
+/// 8.3.1): `Host` is set to it, so the policy, the cache and the origin all see the same.
+fn host_from_target<B>(request: &mut Request<B>) {
+    let Some(authority) = request.uri().authority() else {
+        return;
+    };
+    let mut hosts = request.headers().get_all(header::HOST).iter();
+    let (Some(host), None) = (hosts.next(), hosts.next()) else {
+        return;
+    };
+    if host
+        .as_bytes()
+        .eq_ignore_ascii_case(authority.as_str().as_bytes())
+    {
+        return;
+    }
+    if let Ok(host) = HeaderValue::from_str(authority.as_str()) {
+        request.headers_mut().insert(header::HOST, host);
+    }
+}
+
+/// Why a request's host cannot be trusted, if it cannot: the policy routes on one host and
+/// the origin is told of one, so there must be exactly one. HTTP/1.1 requires one valid
+/// `Host` (RFC 9112 3.2).
+fn host_problem(parts: &http::request::Parts) -> Option<&'static str> {
+    let mut hosts = parts.headers.get_all(header::HOST).iter();
+    let host = hosts.next();
+    if hosts.next().is_some() {
+        return Some("a request may carry one Host header");
+    }
+    match (host, parts.uri.authority()) {
+        (None, None) if parts.version == http::Version::HTTP_11 => {
+            Some("an HTTP/1.1 request needs a Host header")
+        }
+        (Some(host), _) if !valid_host(host.as_bytes()) => Some("the Host header is not a host"),
+        _ => None,
+    }
+}
+
+/// `host[:port]` as RFC 3986 allows it: a name, an IPv4 address or a bracketed IPv6 one;
+/// no user information, path or spaces.
+fn valid_host(value: &[u8]) -> bool {
+    !value.is_empty()
+        && value
+            .iter()
+            .all(|&b| b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:[]%".contains(&b))
 }
 
 /// One access-log line, serialized straight to JSON.
