@@ -149,7 +149,8 @@ impl ResponseCache {
 }
 
 /// Whether a response may be stored, whatever the TTL: RFC 9111's heuristically cacheable
-/// statuses, not no-store, varying only on request headers the key holds (`keyed_on`, the
+/// statuses, not no-store, not no-cache (it may be reused only after revalidation, which
+/// this cache does not do), varying only on request headers the key holds (`keyed_on`, the
 /// policy's `vary`; never `Vary: *`), and unless the policy stores private responses
 /// (`private="store"`), no `Set-Cookie` and not private.
 pub fn storable(
@@ -177,7 +178,10 @@ pub fn storable(
                 .to_ascii_lowercase()
         });
     for directive in directives {
-        if directive == "no-store" || (directive == "private" && !store_private) {
+        if directive == "no-store"
+            || directive == "no-cache"
+            || (directive == "private" && !store_private)
+        {
             return false;
         }
     }
@@ -295,6 +299,14 @@ mod tests {
         assert!(
             !storable(StatusCode::OK, &headers, true, &[]),
             "no-store always holds"
+        );
+        headers.insert(
+            header::CACHE_CONTROL,
+            HeaderValue::from_static("public, no-cache=\"x-debug\""),
+        );
+        assert!(
+            !storable(StatusCode::OK, &headers, true, &[]),
+            "no-cache needs revalidation, which the cache does not do"
         );
         headers.remove(header::CACHE_CONTROL);
         headers.remove(header::SET_COOKIE);
