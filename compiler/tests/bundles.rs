@@ -478,3 +478,41 @@ fn diff_refuses_inputs_it_cannot_compare() {
         text(&out.stderr)
     );
 }
+
+#[test]
+fn diff_shows_a_changed_redirect_and_where_requests_now_go() {
+    let work = tempfile::tempdir().expect("temp dir");
+    let edited = work.path().join("edited");
+    copy_dir(&root().join("examples/global-api"), &edited);
+    let entry = edited.join("edgepack.kdl");
+    let source = std::fs::read_to_string(&entry).unwrap();
+    let redirect = r#"redirect "https://docs.example.com/{*}" status=301"#;
+    assert!(source.contains(redirect));
+    std::fs::write(
+        &entry,
+        source.replace(redirect, &format!("{redirect} query=\"drop\"")),
+    )
+    .unwrap();
+    let out = edgepack(
+        &[
+            "diff",
+            "examples/global-api",
+            &edited.display().to_string(),
+            "--region",
+            "eu-west",
+        ],
+        &root(),
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    let report = text(&out.stdout);
+    assert!(
+        report.contains(
+            "redirect target: https://docs.example.com/{*} +query → https://docs.example.com/{*}"
+        ),
+        "{report}"
+    );
+    assert!(
+        report.contains("301 redirect to https://docs.example.com/a/b?q=hello"),
+        "{report}"
+    );
+}

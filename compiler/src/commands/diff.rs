@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use clap::Args;
 
 use super::Format;
-use edgepack_bundles::abi::{Decision, Effect, Outcome};
+use edgepack_bundles::abi::{Answer, Decision, Effect, Outcome, method};
 use edgepack_bundles::bundle::{self, OpenLimits};
 use edgepack_runtime_min::host::{PolicyEngine, PolicyInstance};
 use serde::Serialize;
@@ -494,8 +494,8 @@ fn route_key(route: &RoutePlan) -> String {
 }
 
 /// A route's action in names: what a reader of the policy would compare.
-fn action_meaning(plan: &RegionPlan, action: &ActionPlan) -> Value {
-    match action {
+fn action_meaning(plan: &RegionPlan, route: &RoutePlan) -> Value {
+    match &route.action {
         ActionPlan::Proxy { origin } => json!({
             "proxy": plan.origins.get(*origin as usize).map_or("?", |o| o.name.as_str()),
         }),
@@ -503,7 +503,10 @@ fn action_meaning(plan: &RegionPlan, action: &ActionPlan) -> Value {
             "respond": plan.responses.get(*response as usize).map(without_position),
         }),
         ActionPlan::Redirect { status, target } => json!({
-            "redirect": { "status": status, "target": to_value(target) },
+            "redirect": {
+                "status": status,
+                "target": super::inspect::redirect_target(route, target),
+            },
         }),
         ActionPlan::Function { function } => json!({
             "function": plan.functions.get(*function as usize).map_or("?", |f| f.name.as_str()),
@@ -532,7 +535,7 @@ fn routes(plan: &RegionPlan) -> Keyed {
             .collect();
         waf_rules.sort_unstable();
         let meaning = json!({
-            "action": action_meaning(plan, &route.action),
+            "action": action_meaning(plan, route),
             "auth": route.auth.map(|id| name_of(&jwt_names, id)),
             "rate_limits": route.ratelimits.iter().map(|id| name_of(&limit_names, *id)).collect::<Vec<_>>(),
             "cache": route.cache.as_ref().map(to_value),
@@ -769,8 +772,15 @@ pub fn meaning(decision: &Decision, plan: &RegionPlan) -> String {
                 .unwrap_or("answer")
                 .replace('_', " ");
             let mut text = format!("{} {kind}", answer.status());
-            if let Some(location) = &decision.location {
-                let _ = write!(text, " to {location}");
+            match answer {
+                Answer::Redirect { location, .. } => {
+                    let _ = write!(text, " to {location}");
+                }
+                Answer::MethodNotAllowed { allow, .. } => {
+                    let allow: Vec<&str> = method::names(*allow).collect();
+                    let _ = write!(text, " (allow {})", allow.join(", "));
+                }
+                _ => {}
             }
             text
         }

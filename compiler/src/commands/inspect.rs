@@ -61,25 +61,7 @@ pub fn describe_action(plan: &RegionPlan, route: &RoutePlan) -> String {
             None => "respond ?".to_string(),
         },
         ActionPlan::Redirect { status, target } => {
-            let mut text = format!("redirect {status} ");
-            for part in target {
-                match part {
-                    TemplatePart::Literal(literal) => text.push_str(literal),
-                    TemplatePart::Segment(at) => match route.segments.get(*at as usize) {
-                        Some(SegmentPlan::Param(name)) => text.push_str(&format!("{{{name}}}")),
-                        _ => text.push_str("{?}"),
-                    },
-                    TemplatePart::Rest(_) => text.push_str("{*}"),
-                    TemplatePart::Query { .. } => {}
-                }
-            }
-            if target
-                .iter()
-                .any(|part| matches!(part, TemplatePart::Query { .. }))
-            {
-                text.push_str(" +query");
-            }
-            text
+            format!("redirect {status} {}", redirect_target(route, target))
         }
         ActionPlan::Function { function } => format!(
             "function {}",
@@ -89,6 +71,30 @@ pub fn describe_action(plan: &RegionPlan, route: &RoutePlan) -> String {
         ),
         ActionPlan::Block { status } => format!("block {status}"),
     }
+}
+
+/// A redirect target as the policy wrote it (`https://docs.example.com/{*}`), with
+/// ` +query` when the request's query goes along.
+pub fn redirect_target(route: &RoutePlan, target: &[TemplatePart]) -> String {
+    let mut text = String::new();
+    for part in target {
+        match part {
+            TemplatePart::Literal(literal) => text.push_str(literal),
+            TemplatePart::Segment(at) => match route.segments.get(*at as usize) {
+                Some(SegmentPlan::Param(name)) => text.push_str(&format!("{{{name}}}")),
+                _ => text.push_str("{?}"),
+            },
+            TemplatePart::Rest(_) => text.push_str("{*}"),
+            TemplatePart::Query { .. } => {}
+        }
+    }
+    if target
+        .iter()
+        .any(|part| matches!(part, TemplatePart::Query { .. }))
+    {
+        text.push_str(" +query");
+    }
+    text
 }
 
 pub fn run(args: &InspectArgs) -> Output {
