@@ -186,6 +186,18 @@ fn proxied_requests_carry_forwarding_and_edge_headers() {
         "hop-by-hop headers are removed"
     );
     assert_eq!(header("cf-ipcountry"), Some("DE"));
+
+    // The origin is sent the path the policy routed, its dot segments resolved.
+    for (sent, forwarded) in [
+        ("/api/data/x/./items?a=1", "/api/data/x/items?a=1"),
+        ("/api/data/x/%2e/y/..", "/api/data/x/"),
+    ] {
+        let reply = get(&edge.url(sent), &[DE]);
+        assert_eq!(reply.status, 200, "{sent}: {}", reply.body);
+        let seen = edge.origin.seen();
+        let last = seen.last().expect("the origin saw it");
+        assert_eq!(last.target, forwarded, "{sent}");
+    }
 }
 
 #[test]

@@ -351,10 +351,17 @@ pub fn origin_uri(
         (false, true) => Authority::try_from(format!("[{}]:{}", origin.host, origin.port))?,
     };
     let prefix = origin.path_prefix.trim_end_matches('/');
-    let path_and_query = match path_and_query {
+    let resolved = path_and_query.and_then(|target| {
+        resolve_dot_segments(target.path()).map(|path| match target.query() {
+            Some(query) => format!("{path}?{query}"),
+            None => path,
+        })
+    });
+    let path_and_query = match (resolved, path_and_query) {
+        (Some(resolved), _) => PathAndQuery::try_from(format!("{prefix}{resolved}"))?,
         // The request's own, already checked: shared, not parsed again.
-        Some(path_and_query) if prefix.is_empty() => path_and_query.clone(),
-        path_and_query => PathAndQuery::try_from(format!(
+        (None, Some(path_and_query)) if prefix.is_empty() => path_and_query.clone(),
+        (None, path_and_query) => PathAndQuery::try_from(format!(
             "{prefix}{}",
             path_and_query.map_or("/", PathAndQuery::as_str)
         ))?,
@@ -368,6 +375,68 @@ pub fn origin_uri(
     parts.authority = Some(authority);
     parts.path_and_query = Some(path_and_query);
     Ok(Uri::from_parts(parts)?)
+}
+
+/// A path with dot segments (`.` and `..`, percent-encoded or not) as the policy resolved it
+/// before choosing the route: empty segments dropped, each `..` taking off the segment
+/// before it, the others as the client wrote them; `None` for a path without any (sent
+/// as it came). The origin is then sent the path the policy judged, and cannot resolve it
+/// otherwise, or out of its endpoint's path prefix.
+pub fn resolve_dot_segments(path: &str) -> Option<String> {
+    // `Some(true)` for `..`, `Some(false)` for `.`, percent-decoded as the policy reads them.
+    fn dot(piece: &str) -> Option<bool> {
+        let mut dots = 0;
+        let mut rest = piece.as_bytes();
+        while !rest.is_empty() {
+            if rest[0] == b'.' {
+                rest = &rest[1..];
+            } else if rest.len() >= 3 && rest[0] == b'%' && rest[1..3].eq_ignore_ascii_case(b"2e") {
+                rest = &rest[3..];
+            } else {
+                return None;
+            }
+            dots += 1;
+        }
+        match dots {
+            1 => Some(false),
+            2 => Some(true),
+            _ => None,
+        }
+    }
+    if !path.split('/').any(|piece| dot(piece).is_some()) {
+        return None;
+    }
+    let mut kept: Vec<&str> = Vec::new();
+    // Whether the resolved path names a directory: its last piece was a dot segment, or
+    // it ended with `/` (RFC 3986 5.2.4: `/a/b/..` is `/a/`).
+    let mut directory = false;
+    for piece in path.split('/') {
+        if piece.is_empty() {
+            continue;
+        }
+        match dot(piece) {
+            Some(up) => {
+                if up {
+                    kept.pop();
+                }
+                directory = true;
+            }
+            None => {
+                kept.push(piece);
+                directory = false;
+            }
+        }
+    }
+    directory |= path.ends_with('/');
+    let mut resolved = String::with_capacity(path.len());
+    for piece in &kept {
+        resolved.push('/');
+        resolved.push_str(piece);
+    }
+    if resolved.is_empty() || directory {
+        resolved.push('/');
+    }
+    Some(resolved)
 }
 
 /// Removes hop-by-hop headers, and those the `Connection` header names.
@@ -462,6 +531,63 @@ mod tests {
         assert_eq!(uri.to_string(), "http://[::1]:9000/a?b");
         let uri = origin_uri(&origin("::1", 80, false, ""), target("/").as_ref()).unwrap();
         assert_eq!(uri.to_string(), "http://[::1]/");
+        // Dot segments are resolved as the policy resolved them: never out of the prefix.
+        let uri = origin_uri(
+            &origin("api.internal", 443, true, "/tenant-a"),
+            target("/x/../../tenant-b/%2E%2e/secret?k=1").as_ref(),
+        )
+        .unwrap();
+        assert_eq!(uri.to_string(), "https://api.internal/tenant-a/secret?k=1");
+    }
+
+    #[test]
+    fn dot_segments_resolve_as_the_policy_reads_them() {
+        assert_eq!(resolve_dot_segments("/api/data/x"), None);
+        assert_eq!(resolve_dot_segments("/api//data/x/"), None);
+        assert_eq!(
+            resolve_dot_segments("/a/.../b"),
+            None,
+            "three dots name a file"
+        );
+        for (path, resolved) in [
+            ("/a/b/../c", "/a/c"),
+            ("/a/./b", "/a/b"),
+            ("/a/b/..", "/a/"),
+            ("/a/b/.", "/a/b/"),
+            ("/../../etc/passwd", "/etc/passwd"),
+            ("/a//../b", "/b"),
+            ("/a/%2e%2E/b", "/b"),
+            ("/a/.%2e/b/", "/b/"),
+            ("/a%2f..%2fb/../c", "/c"),
+            ("/..", "/"),
+        ] {
+            assert_eq!(
+                resolve_dot_segments(path).as_deref(),
+                Some(resolved),
+                "{path}"
+            );
+        }
+        // The policy reads the resolved path as it read the original: the same segments.
+        let segments = |path: &str| {
+            let request = edgepack_bundles::request::Request::new("GET", path);
+            let mut block = vec![0u8; 64 * 1024];
+            let len = edgepack_bundles::wire::encode(&request, &Default::default(), 0, &mut block)
+                .expect("encodes");
+            edgepack_bundles::wire::decode(&block[..len])
+                .expect("decodes")
+                .segments
+        };
+        for path in [
+            "/a/b/../c",
+            "/a//../b/./c/",
+            "/x/%2E%2e/y/.%2E/z",
+            "/a%2f..%2fb/../c",
+            "/../..",
+            "/a/b/%2e",
+        ] {
+            let resolved = resolve_dot_segments(path).expect("has dot segments");
+            assert_eq!(segments(&resolved), segments(path), "{path} → {resolved}");
+        }
     }
 
     #[test]
