@@ -682,14 +682,9 @@ impl Util {
             a.load_abs(layout.request + req::QUERY + 4).set(seg_end);
             a.get(seg_end);
             a.if_();
-            a.get(out).get(limit);
-            a.i().i32_ge_u();
-            a.if_();
-            a.ret_c(u32::MAX);
-            a.end();
-            a.get(out).load(part, 4);
-            a.i().i32_store8(mem(0, 0));
-            a.inc(out, 1);
+            push_byte(&mut a, out, limit, |a| {
+                a.load(part, 4);
+            });
             a.c(layout.request).load_abs(layout.request + req::QUERY);
             a.i().i32_add();
             a.tee(src).get(seg_end);
@@ -723,14 +718,9 @@ impl Util {
             a.get(seg).load(part, 4);
             a.i().i32_ne();
             a.if_();
-            a.get(out).get(limit);
-            a.i().i32_ge_u();
-            a.if_();
-            a.ret_c(u32::MAX);
-            a.end();
-            a.get(out).c(b'/' as u32);
-            a.i().i32_store8(mem(0, 0));
-            a.inc(out, 1);
+            push_byte(&mut a, out, limit, |a| {
+                a.c(u32::from(b'/'));
+            });
             a.end();
             // src = request + seg.off; src_end = src + seg.len
             a.c(layout.request).get(segs).get(seg).c(8);
@@ -763,6 +753,20 @@ const KEEP_IN_SEGMENT: u8 = 1;
 /// In the redirect `keep` table: the byte stays as it is in a carried-over query.
 const KEEP_IN_QUERY: u8 = 2;
 
+/// Stores the byte `value` pushes at `out` and advances it; returns `u32::MAX` from the
+/// function when `out` has reached `limit`.
+fn push_byte(a: &mut Asm, out: u32, limit: u32, value: impl FnOnce(&mut Asm)) {
+    a.get(out).get(limit);
+    a.i().i32_ge_u();
+    a.if_();
+    a.ret_c(u32::MAX);
+    a.end();
+    a.get(out);
+    value(a);
+    a.i().i32_store8(mem(0, 0));
+    a.inc(out, 1);
+}
+
 /// Copies `src..src_end` to `out`, percent-encoding every byte whose `keep` table entry
 /// lacks `mask`; returns `u32::MAX` from the function when `limit` would be passed.
 fn percent_encode(a: &mut Asm, t: &CommonTables, mask: u8, locals: [u32; 5]) {
@@ -776,14 +780,9 @@ fn percent_encode(a: &mut Asm, t: &CommonTables, mask: u8, locals: [u32; 5]) {
     a.c(u32::from(mask));
     a.i().i32_and();
     a.if_();
-    a.get(out).get(limit);
-    a.i().i32_ge_u();
-    a.if_();
-    a.ret_c(u32::MAX);
-    a.end();
-    a.get(out).get(b);
-    a.i().i32_store8(mem(0, 0));
-    a.inc(out, 1);
+    push_byte(a, out, limit, |a| {
+        a.get(b);
+    });
     a.else_();
     a.get(out).c(3);
     a.i().i32_add();
