@@ -692,6 +692,12 @@ pub mod keys {
     pub enum KeyError {
         #[error("not an edgepack {0} key file")]
         Format(&'static str),
+        #[error(
+            "this is a secret key file: give its public key (the `.pub` beside it), and keep the secret key off machines that only verify"
+        )]
+        SecretWherePublic,
+        #[error("this is a public key file: signing needs the secret key (the `.key` beside it)")]
+        PublicWhereSecret,
         #[error("the key id in the file does not match its key")]
         KeyIdMismatch,
     }
@@ -720,6 +726,9 @@ pub mod keys {
     }
 
     pub fn parse_secret_key(text: &str) -> Result<SigningKey, KeyError> {
+        if field(text, PUBLIC_PREFIX).is_some() {
+            return Err(KeyError::PublicWhereSecret);
+        }
         let fields = field(text, SECRET_PREFIX).ok_or(KeyError::Format("secret"))?;
         let bytes = fields
             .first()
@@ -730,6 +739,9 @@ pub mod keys {
     }
 
     pub fn parse_public_key(text: &str) -> Result<VerifyingKey, KeyError> {
+        if field(text, SECRET_PREFIX).is_some() {
+            return Err(KeyError::SecretWherePublic);
+        }
         let fields = field(text, PUBLIC_PREFIX).ok_or(KeyError::Format("public"))?;
         let [id, key] = fields.as_slice() else {
             return Err(KeyError::Format("public"));

@@ -399,7 +399,19 @@ fn key_files_round_trip_and_refuse_garbage() {
         k.to_bytes()
     );
     assert_eq!(keys::parse_public_key(&public).unwrap(), k.verifying_key());
-    assert!(keys::parse_public_key(&secret).is_err());
+    assert_eq!(
+        keys::parse_public_key(&secret).unwrap_err(),
+        keys::KeyError::SecretWherePublic,
+        "a swapped key file is named as such"
+    );
+    assert_eq!(
+        keys::parse_secret_key(&public).unwrap_err(),
+        keys::KeyError::PublicWhereSecret
+    );
+    assert_eq!(
+        keys::parse_public_key("ssh-ed25519 AAAA").unwrap_err(),
+        keys::KeyError::Format("public")
+    );
     let forged = public.replacen(&key_id(&k.verifying_key()), "0000000000000000", 1);
     assert_eq!(
         keys::parse_public_key(&forged).unwrap_err(),
