@@ -1045,8 +1045,7 @@ impl Exchange<'_> {
                     match store_response(&node, &active, &head, incoming, key.clone(), route).await
                     {
                         Ok((body, stored)) => {
-                            // Drain what was too large to store.
-                            let _ = body.collect().await;
+                            discard(body).await;
                             stored
                         }
                         Err(_) => false,
@@ -1092,7 +1091,7 @@ impl Exchange<'_> {
                     proxy::strip_hop_by_hop(&mut head.headers);
                     match store_response(&node, &active, &head, body, key.clone(), route).await {
                         Ok((body, stored)) => {
-                            let _ = body.collect().await;
+                            discard(body).await;
                             stored
                         }
                         Err(_) => false,
@@ -1453,6 +1452,20 @@ async fn fetch(
 
 /// Stores an origin response in the cache when it may be stored and fits; returns the body
 /// to send on (buffered, or streamed when too large).
+/// Reads and drops what is left of a refresh's body (one not stored: too large, or not
+/// storable), so a short one leaves its connection fit for reuse; past a small allowance
+/// the connection is dropped instead, rather than reading a large body nobody asked for.
+async fn discard(mut body: Body) {
+    const ALLOWANCE: usize = 64 * 1024;
+    let mut read = 0;
+    while read <= ALLOWANCE {
+        match body.frame().await {
+            Some(Ok(frame)) => read += frame.data_ref().map_or(0, Bytes::len),
+            _ => return,
+        }
+    }
+}
+
 async fn store_response(
     node: &Node,
     active: &Active,
@@ -1622,6 +1635,34 @@ impl HttpBody for Resumed {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A body that never ends, counting the bytes read from it.
+    struct Endless(Arc<std::sync::atomic::AtomicUsize>);
+
+    impl HttpBody for Endless {
+        type Data = Bytes;
+        type Error = BoxError;
+
+        fn poll_frame(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, BoxError>>> {
+            self.0.fetch_add(8192, std::sync::atomic::Ordering::Relaxed);
+            std::task::Poll::Ready(Some(Ok(http_body::Frame::data(Bytes::from_static(
+                &[0; 8192],
+            )))))
+        }
+    }
+
+    /// A refresh whose body is not stored reads a small allowance of it and lets the rest
+    /// go with the connection: an endless (or huge) body is neither buffered nor waited on.
+    #[tokio::test]
+    async fn a_refresh_discards_a_long_body_after_a_small_allowance() {
+        let read = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        discard(Endless(read.clone()).boxed()).await;
+        let read = read.load(std::sync::atomic::Ordering::Relaxed);
+        assert!((64 * 1024..=80 * 1024).contains(&read), "{read} bytes read");
+    }
 
     /// The count the encoder reserves header records by is the number of headers the
     /// request gives, repeated names and an HTTP/2 authority standing in for `host`
