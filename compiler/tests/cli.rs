@@ -243,6 +243,15 @@ fn explain_shows_the_decision_the_route_and_the_rules_that_fired() {
         "{human}"
     );
 
+    let out = explain("PATCH /api/data/1", "human");
+    let human = text(&out.stdout);
+    assert!(
+        human.starts_with(
+            "region eu-west decides: 405 method not allowed (the path takes GET, HEAD, POST, PUT, DELETE)\n"
+        ),
+        "{human}"
+    );
+
     let out = explain("GET /api/health", "json");
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("stdout is JSON");
     assert_eq!(report["route"]["name"], "/api/health");
