@@ -511,6 +511,9 @@ pub struct TestPlan {
     pub expect_route: Option<String>,
     pub expect_rule: Option<String>,
     pub expect_cache_ttl_ms: Option<u64>,
+    /// Response headers the answer must carry: lower-case name, exact value.
+    #[serde(default)]
+    pub expect_headers: Vec<(String, String)>,
     pub source: Source,
 }
 

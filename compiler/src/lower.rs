@@ -631,6 +631,12 @@ impl<'p> Lowering<'p> {
                 .cache_ttl
                 .as_ref()
                 .map(|t| t.value.as_millis() as u64),
+            expect_headers: test
+                .expect
+                .headers
+                .iter()
+                .map(|(n, v)| (n.value.clone(), v.value.clone()))
+                .collect(),
             source: self.source(test.name.span),
         }
     }

@@ -137,3 +137,27 @@ test "two answers 202" {
     assert_eq!(out.status.code(), Some(0), "{stdout}{}", text(&out.stderr));
     assert!(stdout.contains("2 passed, 0 failed"), "{stdout}");
 }
+
+#[test]
+fn an_expected_response_header_is_checked() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    copy_dir(&root().join("examples/global-api"), dir.path());
+    let tests = dir.path().join("tests.kdl");
+    let mut text_of_tests = std::fs::read_to_string(&tests).expect("tests.kdl");
+    text_of_tests.push_str(
+        "test \"health says it is JSON\" {\n    request \"GET\" \"/api/health\" country=\"DE\"\n    expect status=200 {\n        header \"content-type\" \"text/plain\"\n        header \"x-content-type-options\" \"nosniff\"\n    }\n}\n",
+    );
+    std::fs::write(&tests, text_of_tests).expect("write tests.kdl");
+    let policy = dir.path().display().to_string();
+    let out = edgepack(&["test", &policy, "--region", "eu-west"], &root());
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(
+        stdout.contains("expected header content-type: text/plain, got application/json"),
+        "{stdout}"
+    );
+    assert!(
+        !stdout.contains("expected header x-content-type-options"),
+        "the header the policy sets passes: {stdout}"
+    );
+}

@@ -216,6 +216,24 @@ pub async fn run(node: &Arc<Node>, plan: &RegionPlan, test: &TestPlan) -> Golden
         .handle(http_request, SocketAddr::new(request.peer, 40000), false)
         .await;
     result.status = response.status().as_u16();
+    for (name, expected) in &test.expect_headers {
+        let values: Vec<&str> = response
+            .headers()
+            .get_all(name.as_str())
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect();
+        if !values.contains(&expected.as_str()) {
+            result.failures.push(format!(
+                "expected header {name}: {expected}, got {}",
+                if values.is_empty() {
+                    "none".to_string()
+                } else {
+                    values.join(", ")
+                }
+            ));
+        }
+    }
     let Some(decision) = response.extensions().get::<Decision>().cloned() else {
         result.failures.push(format!(
             "the node answered {} without deciding",

@@ -2095,27 +2095,10 @@ fn decode_test_request(cx: &mut Ctx, file: FileId, node: &KdlNode) -> Option<Tes
     for child in r.children() {
         match child.name().value() {
             "header" => {
-                let mut c = NodeReader::new(cx, file, child);
-                let name = c
-                    .req_arg(
-                        cx,
-                        0,
-                        "a header name",
-                        "header \"authorization\" \"Bearer …\"",
-                    )
-                    .and_then(|v| cx.string(v, "\"authorization\""));
-                let value = c
-                    .req_arg(
-                        cx,
-                        1,
-                        "a header value",
-                        "header \"authorization\" \"Bearer …\"",
-                    )
-                    .and_then(|v| cx.header_value(v));
-                c.no_children(cx);
-                c.finish(cx);
-                if let (Some(n), Some(v)) = (name, value) {
-                    headers.push((n.map(|n| n.to_ascii_lowercase()), v));
+                if let Some(header) =
+                    decode_test_header(cx, file, child, "header \"authorization\" \"Bearer …\"")
+                {
+                    headers.push(header);
                 }
             }
             "body" => {
@@ -2139,6 +2122,25 @@ fn decode_test_request(cx: &mut Ctx, file: FileId, node: &KdlNode) -> Option<Tes
     })
 }
 
+/// A test's `header "name" "value"`: the name in lower case.
+fn decode_test_header(
+    cx: &mut Ctx,
+    file: FileId,
+    child: &KdlNode,
+    example: &str,
+) -> Option<(Spanned<String>, Spanned<String>)> {
+    let mut c = NodeReader::new(cx, file, child);
+    let name = c
+        .req_arg(cx, 0, "a header name", example)
+        .and_then(|v| cx.string(v, "\"authorization\""));
+    let value = c
+        .req_arg(cx, 1, "a header value", example)
+        .and_then(|v| cx.header_value(v));
+    c.no_children(cx);
+    c.finish(cx);
+    Some((name?.map(|n| n.to_ascii_lowercase()), value?))
+}
+
 fn decode_expect(cx: &mut Ctx, file: FileId, node: &KdlNode) -> Expect {
     let mut r = NodeReader::new(cx, file, node);
     let status = r
@@ -2151,24 +2153,37 @@ fn decode_expect(cx: &mut Ctx, file: FileId, node: &KdlNode) -> Expect {
     let cache_ttl = r
         .prop("cache-ttl")
         .and_then(|v| cx.duration(v, "cache-ttl=\"5m\""));
+    let mut headers = Vec::new();
+    for child in r.children() {
+        match child.name().value() {
+            "header" => {
+                let example = "header \"location\" \"https://www.example.com/\"";
+                if let Some(header) = decode_test_header(cx, file, child, example) {
+                    headers.push(header);
+                }
+            }
+            _ => unknown_child(cx, file, child, "an expectation", &["header"]),
+        }
+    }
     let expect = Expect {
         status,
         route,
         rule,
         cache_ttl,
+        headers,
         span: Some(r.span),
     };
     if expect.status.is_none()
         && expect.route.is_none()
         && expect.rule.is_none()
         && expect.cache_ttl.is_none()
+        && !r.has_children_block()
         && !["status", "route", "rule", "cache-ttl"]
             .iter()
             .any(|p| node.entry(*p).is_some())
     {
         cx.diags.push(diag::test_expects_nothing(r.name_span));
     }
-    r.no_children(cx);
     r.finish(cx);
     expect
 }

@@ -662,7 +662,7 @@ pub fn function_component(span: Span, path: &str, problem: ComponentProblem) -> 
 pub fn test_expects_nothing(span: Span) -> Diagnostic {
     Diagnostic::error("edgepack::test::empty", "test expects nothing")
         .label(span, "no expectation")
-        .help("add `expect status=…` (and optionally `route=`, `rule=`, `cache-ttl=`)")
+        .help("add `expect status=…` (and optionally `route=`, `rule=`, `cache-ttl=`, `header` children)")
 }
 
 pub fn import_unreadable(span: Span, path: &str, error: &str) -> Diagnostic {

@@ -775,6 +775,8 @@ pub struct Expect {
     /// A WAF rule that must fire.
     pub rule: Option<Name>,
     pub cache_ttl: Option<Spanned<Duration>>,
+    /// Response headers the answer must carry, name (lower case) and value.
+    pub headers: Vec<(Spanned<String>, Spanned<String>)>,
     pub span: Option<Span>,
 }
 
