@@ -568,7 +568,7 @@ fn route() -> impl Strategy<Value = String> {
         any::<bool>(),
         proptest::sample::subsequence(vec!["GET", "POST", "PUT"], 0..3),
         proptest::sample::subsequence(vec!["example.com", "*.example.com"], 0..2),
-        0u8..7,
+        0u8..8,
         proptest::option::of(proptest::sample::select(vec!["off", "log", "block"])),
         any::<bool>(),
         any::<bool>(),
@@ -631,8 +631,9 @@ fn route() -> impl Strategy<Value = String> {
                     3 => "ratelimit \"rl\"; proxy \"app\"",
                     _ => "",
                 });
-                // Redirects: the request's query kept (after `?`, or after `&` and before
-                // the fragment when the target has both), or dropped.
+                // Redirects: the request's query kept (after `?`; after `&` and before the
+                // fragment when the target has both; right after a target ending in `&`),
+                // or dropped.
                 match action {
                     4 => body.push_str(&format!(
                         "redirect \"https://new.example/{capture}\" status=301"
@@ -642,6 +643,9 @@ fn route() -> impl Strategy<Value = String> {
                     )),
                     6 => body.push_str(&format!(
                         "redirect \"https://new.example/{capture}\" query=\"drop\""
+                    )),
+                    7 => body.push_str(&format!(
+                        "redirect \"https://new.example/{capture}?from=old&\""
                     )),
                     _ => {}
                 }

@@ -156,9 +156,10 @@ pub enum TemplatePart {
     /// The request segments from this index on, joined with `/` (the pattern's `*`).
     Rest(u32),
     /// The request's query as received, after `join` (`?`, or `&` when the target has a
-    /// query of its own); nothing when the request has none.
+    /// query of its own; none when the target ends with either); nothing when the request
+    /// has none.
     Query {
-        join: char,
+        join: Option<char>,
     },
 }
 

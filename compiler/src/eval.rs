@@ -661,7 +661,9 @@ fn location(template: &[TemplatePart], segments: &[Vec<u8>], query: &[u8]) -> Op
             }
             TemplatePart::Query { join } => {
                 if !query.is_empty() {
-                    out.push(*join as u8);
+                    if let Some(join) = join {
+                        out.push(*join as u8);
+                    }
                     for &b in query {
                         if keep_in_query(b) {
                             out.push(b);

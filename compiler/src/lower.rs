@@ -756,7 +756,13 @@ fn redirect_template(target: &str, segments: &[Segment], keep_query: bool) -> Ve
         return template(target, segments);
     }
     let (before, fragment) = target.split_at(target.find('#').unwrap_or(target.len()));
-    let join = if before.contains('?') { '&' } else { '?' };
+    let join = if before.ends_with(['?', '&']) {
+        None
+    } else if before.contains('?') {
+        Some('&')
+    } else {
+        Some('?')
+    };
     let mut parts = template(before, segments);
     parts.push(TemplatePart::Query { join });
     parts.extend(template(fragment, segments));

@@ -682,9 +682,12 @@ impl Util {
             a.load_abs(layout.request + req::QUERY + 4).set(seg_end);
             a.get(seg_end);
             a.if_();
+            a.load(part, 4);
+            a.if_();
             push_byte(&mut a, out, limit, |a| {
                 a.load(part, 4);
             });
+            a.end();
             a.c(layout.request).load_abs(layout.request + req::QUERY);
             a.i().i32_add();
             a.tee(src).get(seg_end);

@@ -253,7 +253,9 @@ impl Tables {
                             }
                             TemplatePart::Segment(i) => words.extend([1, *i, 0]),
                             TemplatePart::Rest(i) => words.extend([2, *i, 0]),
-                            TemplatePart::Query { join } => words.extend([3, u32::from(*join), 0]),
+                            TemplatePart::Query { join } => {
+                                words.extend([3, join.map_or(0, u32::from), 0])
+                            }
                         }
                     }
                     r[(R_TEMPLATE / 4) as usize] = data.words(&words);
