@@ -226,11 +226,7 @@ pub async fn run(node: &Arc<Node>, plan: &RegionPlan, test: &TestPlan) -> Golden
         if !values.contains(&expected.as_str()) {
             result.failures.push(format!(
                 "expected header {name}: {expected}, got {}",
-                if values.is_empty() {
-                    "none".to_string()
-                } else {
-                    values.join(", ")
-                }
+                listed(&values)
             ));
         }
     }
@@ -267,11 +263,7 @@ pub async fn run(node: &Arc<Node>, plan: &RegionPlan, test: &TestPlan) -> Golden
         if !fired.contains(&expected.as_str()) {
             result.failures.push(format!(
                 "expected WAF rule {expected} to fire, fired: {}",
-                if fired.is_empty() {
-                    "none".to_string()
-                } else {
-                    fired.join(", ")
-                }
+                listed(&fired)
             ));
         }
     }
@@ -294,6 +286,15 @@ pub async fn run(node: &Arc<Node>, plan: &RegionPlan, test: &TestPlan) -> Golden
     }
     result.decision = Some(decision);
     result
+}
+
+/// What came, for a failure message: the values joined, or `none`.
+fn listed(values: &[&str]) -> String {
+    if values.is_empty() {
+        "none".to_string()
+    } else {
+        values.join(", ")
+    }
 }
 
 fn millis(ms: u64) -> String {

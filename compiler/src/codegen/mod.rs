@@ -660,13 +660,9 @@ impl Util {
         a.if_();
         {
             // Literal: copy (ptr, len) if it fits.
-            a.get(out).load(part, 8);
-            a.i().i32_add();
-            a.get(limit);
-            a.i().i32_gt_u();
-            a.if_();
-            a.ret_c(u32::MAX);
-            a.end();
+            ensure_room(&mut a, out, limit, |a| {
+                a.load(part, 8);
+            });
             a.get(out).load(part, 4).load(part, 8);
             a.i().memory_copy(0, 0);
             a.get(out).load(part, 8);
@@ -756,14 +752,25 @@ const KEEP_IN_SEGMENT: u8 = 1;
 /// In the redirect `keep` table: the byte stays as it is in a carried-over query.
 const KEEP_IN_QUERY: u8 = 2;
 
-/// Stores the byte `value` pushes at `out` and advances it; returns `u32::MAX` from the
-/// function when `out` has reached `limit`.
-fn push_byte(a: &mut Asm, out: u32, limit: u32, value: impl FnOnce(&mut Asm)) {
-    a.get(out).get(limit);
-    a.i().i32_ge_u();
+/// Returns `u32::MAX` from the function unless the bytes `len` pushes fit between `out`
+/// and `limit`.
+fn ensure_room(a: &mut Asm, out: u32, limit: u32, len: impl FnOnce(&mut Asm)) {
+    a.get(out);
+    len(a);
+    a.i().i32_add();
+    a.get(limit);
+    a.i().i32_gt_u();
     a.if_();
     a.ret_c(u32::MAX);
     a.end();
+}
+
+/// Stores the byte `value` pushes at `out` and advances it; returns `u32::MAX` from the
+/// function when `out` has reached `limit`.
+fn push_byte(a: &mut Asm, out: u32, limit: u32, value: impl FnOnce(&mut Asm)) {
+    ensure_room(a, out, limit, |a| {
+        a.c(1);
+    });
     a.get(out);
     value(a);
     a.i().i32_store8(mem(0, 0));
@@ -787,13 +794,9 @@ fn percent_encode(a: &mut Asm, t: &CommonTables, mask: u8, locals: [u32; 5]) {
         a.get(b);
     });
     a.else_();
-    a.get(out).c(3);
-    a.i().i32_add();
-    a.get(limit);
-    a.i().i32_gt_u();
-    a.if_();
-    a.ret_c(u32::MAX);
-    a.end();
+    ensure_room(a, out, limit, |a| {
+        a.c(3);
+    });
     a.get(out).c(b'%' as u32);
     a.i().i32_store8(mem(0, 0));
     a.get(out).get(b).c(4);
@@ -1146,6 +1149,7 @@ fn decide_body(
     a.end();
     // Matching ors into the answer's argument the methods of routes whose path and host
     // match but whose methods do not take this one: with none that does, 405 and those.
+    // Only final answers read the argument, and each writes its own.
     let refused = d + dec::ANSWER_ARG;
     a.store_abs(refused, |a| {
         a.c(0);
@@ -1182,9 +1186,6 @@ fn decide_body(
         },
     );
     a.end();
-    a.store_abs(refused, |a| {
-        a.c(0);
-    });
     a.store_abs(d + dec::ROUTE, |a| {
         a.get(route);
     });
