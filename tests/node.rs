@@ -528,6 +528,37 @@ fn cors_preflight_and_actual_requests() {
             .header("access-control-expose-headers")
             .is_some_and(|h| h.contains("x-request-id"))
     );
+    // A cached answer is the browser's as much as the first one.
+    let hit = get(&url, &[DE, app]);
+    assert_eq!(hit.header("x-cache"), Some("HIT"));
+    assert_eq!(
+        hit.header("access-control-allow-origin"),
+        Some("https://app.example.com"),
+        "a cache hit carries the CORS headers"
+    );
+    assert_eq!(hit.header("access-control-allow-credentials"), Some("true"));
+    // Without an `Origin` the answer has no CORS headers, but says it depends on one.
+    let plain = get(&url, &[DE]);
+    assert_eq!(plain.header("x-cache"), Some("HIT"));
+    assert_eq!(plain.header("access-control-allow-origin"), None);
+    assert!(
+        plain.headers.get_all("vary").iter().any(|v| v == "origin"),
+        "{:?}",
+        plain.headers
+    );
+    // An error the route's effects give reaches the page too: without a token, 401.
+    let anonymous = get(&edge.url("/api/auth/me"), &[DE, app]);
+    assert_eq!(anonymous.status, 401);
+    assert_eq!(
+        anonymous.header("access-control-allow-origin"),
+        Some("https://app.example.com"),
+        "a 401 on a CORS route is readable by the page"
+    );
+    assert_eq!(
+        anonymous.header("www-authenticate"),
+        Some("Bearer realm=\"users\""),
+        "no error code when no token was sent (RFC 6750 3.1)"
+    );
 
     let stranger = send(
         "OPTIONS",

@@ -222,10 +222,17 @@ impl<'p> Evaluator<'p> {
             }
         }
 
-        // JWT, rate limits, cache, header edits, residency, CORS, then the action.
+        // CORS (so every answer the effects give carries its headers), JWT, rate limits,
+        // cache, header edits, residency, then the action.
         let mut effects = Vec::new();
+        if let Some(cors_id) = route.cors
+            && req.header(b"origin").is_some()
+            && self.origin_allowed(&plan.cors[cors_id as usize], req)
+        {
+            effects.push(Effect::Cors(cors_id));
+        }
         if let Some(jwt) = route.auth {
-            if req.flags & flag::HAS_BEARER == 0 {
+            if req.flags & flag::HAS_BEARER == 0 && effects.is_empty() {
                 return finish(decision, Answer::Unauthorized { jwt, status: 401 }, trace);
             }
             effects.push(Effect::VerifyJwt(jwt));
@@ -256,12 +263,6 @@ impl<'p> Evaluator<'p> {
             && plan.residency.iter().any(|r| r.zone == data_zone)
         {
             effects.push(Effect::Residency(data_zone));
-        }
-        if let Some(cors_id) = route.cors
-            && req.header(b"origin").is_some()
-            && self.origin_allowed(&plan.cors[cors_id as usize], req)
-        {
-            effects.push(Effect::Cors(cors_id));
         }
         match &route.action {
             ActionPlan::Proxy { origin } => effects.push(Effect::Proxy(*origin)),

@@ -161,3 +161,48 @@ fn an_expected_response_header_is_checked() {
         "the header the policy sets passes: {stdout}"
     );
 }
+
+#[test]
+fn a_preflight_names_the_method_a_cors_policy_allows_by_the_route() {
+    // `cors` without `methods` allows the route's methods: the preflight must name the one
+    // asked for, or a browser sends nothing but GET, HEAD and POST.
+    let dir = tempfile::tempdir().expect("temp dir");
+    std::fs::write(
+        dir.path().join("edgepack.kdl"),
+        r#"edgepack 1
+region "one" zone="GLOBAL"
+origin "api" { zone "GLOBAL" url="http://api.internal" }
+cors "web" { origins "https://app.example.com"; }
+route "/items/*" {
+    methods "PUT" "DELETE"
+    cors "web"
+    proxy "api"
+}
+test "a PUT from the app may go" {
+    request "OPTIONS" "/items/1" {
+        header "origin" "https://app.example.com"
+        header "access-control-request-method" "PUT"
+    }
+    expect status=204 {
+        header "access-control-allow-origin" "https://app.example.com"
+        header "access-control-allow-methods" "PUT"
+        header "vary" "origin"
+    }
+}
+test "another site may not" {
+    request "OPTIONS" "/items/1" {
+        header "origin" "https://elsewhere.example"
+        header "access-control-request-method" "PUT"
+    }
+    expect status=403 {
+        header "vary" "origin"
+    }
+}
+"#,
+    )
+    .expect("write");
+    let out = edgepack(&["test", &dir.path().display().to_string()], &root());
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}{}", text(&out.stderr));
+    assert!(stdout.contains("2 passed, 0 failed"), "{stdout}");
+}

@@ -273,7 +273,7 @@ impl Exchange<'_> {
         // Taken out while the effects run (they borrow the exchange), then put back.
         let outcome = std::mem::replace(&mut self.decision.outcome, Outcome::Effects(Vec::new()));
         let response = match &outcome {
-            Outcome::Final(answer) => self.answer(answer),
+            Outcome::Final(answer) => self.answer(parts, answer),
             Outcome::Effects(effects) => self.carry_out(parts, body, effects).await,
         };
         self.decision.outcome = outcome;
@@ -351,7 +351,7 @@ impl Exchange<'_> {
     }
 
     /// A final answer: the policy decided without anything for the node to carry out.
-    fn answer(&mut self, answer: &Answer) -> Response<Body> {
+    fn answer(&mut self, parts: &http::request::Parts, answer: &Answer) -> Response<Body> {
         let status = StatusCode::from_u16(answer.status()).unwrap_or(StatusCode::FORBIDDEN);
         match answer {
             Answer::Respond { response, .. } => {
@@ -404,24 +404,14 @@ impl Exchange<'_> {
                 )
             }
             Answer::Unauthorized { jwt, .. } => {
-                self.record.action = "unauthorized";
-                let realm = self
-                    .active
-                    .jwt
-                    .get(*jwt as usize)
-                    .map_or("edge", |j| j.name());
-                let mut response = self.error(status, "a valid bearer token is required");
-                if let Ok(value) = HeaderValue::from_str(&format!("Bearer realm=\"{realm}\"")) {
-                    response
-                        .headers_mut()
-                        .insert(header::WWW_AUTHENTICATE, value);
-                }
-                response
+                let realm = self.active.jwt.get(*jwt as usize).map(|j| j.name());
+                let realm = realm.unwrap_or("edge").to_string();
+                self.unauthorized(&realm, None)
             }
             Answer::Preflight { cors, .. } => {
                 self.record.action = "preflight";
                 match (status, self.active.plan.cors.get(*cors as usize)) {
-                    (StatusCode::NO_CONTENT, Some(policy)) => self.preflight(policy),
+                    (StatusCode::NO_CONTENT, Some(policy)) => self.preflight(parts, policy),
                     _ => self.error(StatusCode::FORBIDDEN, "this CORS request is not allowed"),
                 }
             }
@@ -546,10 +536,11 @@ impl Exchange<'_> {
                 let (scheme, token) = v.trim().split_once(' ')?;
                 scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
             });
-        let result = match token {
-            Some(token) => verifier.verify(token),
-            None => Err(TokenError::Missing),
+        let Some(token) = token else {
+            let realm = verifier.name().to_string();
+            return Err(self.unauthorized(&realm, None));
         };
+        let result = verifier.verify(token);
         let labels = JwtLabels {
             jwt: verifier.name().to_string(),
             result: if result.is_ok() { "valid" } else { "invalid" },
@@ -561,21 +552,29 @@ impl Exchange<'_> {
                 Ok(())
             }
             Err(error) => {
-                self.record.action = "unauthorized";
                 let realm = verifier.name().to_string();
-                let mut response =
-                    self.error(StatusCode::UNAUTHORIZED, "a valid bearer token is required");
-                let challenge = format!(
-                    "Bearer realm=\"{realm}\", error=\"invalid_token\", error_description=\"{error}\""
-                );
-                if let Ok(value) = HeaderValue::from_str(&challenge) {
-                    response
-                        .headers_mut()
-                        .insert(header::WWW_AUTHENTICATE, value);
-                }
-                Err(response)
+                Err(self.unauthorized(&realm, Some(&error)))
             }
         }
+    }
+
+    /// 401 with a `WWW-Authenticate` challenge; RFC 6750 names an error only when a token
+    /// was sent.
+    fn unauthorized(&mut self, realm: &str, error: Option<&TokenError>) -> Response<Body> {
+        self.record.action = "unauthorized";
+        let mut response = self.error(StatusCode::UNAUTHORIZED, "a valid bearer token is required");
+        let challenge = match error {
+            None => format!("Bearer realm=\"{realm}\""),
+            Some(error) => format!(
+                "Bearer realm=\"{realm}\", error=\"invalid_token\", error_description=\"{error}\""
+            ),
+        };
+        if let Ok(value) = HeaderValue::from_str(&challenge) {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, value);
+        }
+        response
     }
 
     fn rate_limit(&mut self, parts: &http::request::Parts, id: u32) -> Result<(), Response<Body>> {
@@ -1130,16 +1129,25 @@ impl Exchange<'_> {
         response
     }
 
-    fn preflight(&self, policy: &CorsPlan) -> Response<Body> {
+    fn preflight(&self, parts: &http::request::Parts, policy: &CorsPlan) -> Response<Body> {
         let mut response = Response::new(empty());
         *response.status_mut() = StatusCode::NO_CONTENT;
         let headers = response.headers_mut();
         self.allow_origin(policy, headers);
         let join = |items: &[String]| items.join(", ");
-        if !policy.methods.is_empty()
-            && let Ok(v) = HeaderValue::from_str(&join(&policy.methods))
-        {
-            headers.insert(header::ACCESS_CONTROL_ALLOW_METHODS, v);
+        if !policy.methods.is_empty() {
+            if let Ok(v) = HeaderValue::from_str(&join(&policy.methods)) {
+                headers.insert(header::ACCESS_CONTROL_ALLOW_METHODS, v);
+            }
+        } else if let Some(requested) = parts.headers.get(header::ACCESS_CONTROL_REQUEST_METHOD) {
+            // The policy allows the route's methods, and the module has checked that the
+            // requested one is among them: name it, or the browser refuses all but GET,
+            // HEAD and POST.
+            headers.insert(header::ACCESS_CONTROL_ALLOW_METHODS, requested.clone());
+            headers.append(
+                header::VARY,
+                HeaderValue::from_static("access-control-request-method"),
+            );
         }
         if !policy.allow_headers.is_empty()
             && let Ok(v) = HeaderValue::from_str(&join(&policy.allow_headers))
@@ -1153,10 +1161,10 @@ impl Exchange<'_> {
         response
     }
 
-    /// `Access-Control-Allow-Origin` (and credentials, and `Vary: Origin`) for an allowed
-    /// request origin.
+    /// `Access-Control-Allow-Origin` (and credentials) for an allowed request origin;
+    /// `finish` adds `Vary: Origin`.
     fn allow_origin(&self, policy: &CorsPlan, headers: &mut HeaderMap) {
-        let wildcard = policy.origins.iter().any(|o| o == "*") && !policy.credentials;
+        let wildcard = allows_any_origin(policy);
         let origin = if wildcard {
             Some(HeaderValue::from_static("*"))
         } else {
@@ -1164,9 +1172,6 @@ impl Exchange<'_> {
         };
         if let Some(origin) = origin {
             headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
-        }
-        if !wildcard {
-            headers.append(header::VARY, HeaderValue::from_static("origin"));
         }
         if policy.credentials {
             headers.insert(
@@ -1207,6 +1212,20 @@ impl Exchange<'_> {
                 headers.insert(header::ACCESS_CONTROL_EXPOSE_HEADERS, v);
             }
             *response.headers_mut() = headers;
+        }
+        if let Some(policy) = self
+            .decision
+            .route
+            .and_then(|route| active.plan.routes.get(route as usize))
+            .and_then(|route| route.cors)
+            .and_then(|id| active.plan.cors.get(id as usize))
+            && !allows_any_origin(policy)
+        {
+            // Every answer of the route depends on `Origin`, also one without CORS headers:
+            // a cache (the browser's too) must not give it to a request from another origin.
+            response
+                .headers_mut()
+                .append(header::VARY, HeaderValue::from_static("origin"));
         }
         if let Some(set) = self.decision.edits
             && let Some(edits) = active.plan.edit_sets.get(set as usize)
@@ -1297,6 +1316,11 @@ impl Exchange<'_> {
 /// Where the request target names a host (HTTP/1.1 absolute form, HTTP/2 `:authority`)
 /// and one `Host` header names another, the target's is the host (RFC 9112 3.2.2, RFC 9113
 /// 8.3.1): `Host` is set to it, so the policy, the cache and the origin all see the same.
+/// Whether a CORS policy answers every origin with `*` (the same answer whatever `Origin`).
+fn allows_any_origin(policy: &CorsPlan) -> bool {
+    policy.origins.iter().any(|o| o == "*") && !policy.credentials
+}
+
 fn host_from_target<B>(request: &mut Request<B>) {
     let Some(authority) = request.uri().authority() else {
         return;

@@ -38,8 +38,6 @@ pub struct JwtVerifier {
 /// Why a token was refused (sent to the client in `WWW-Authenticate`, so kept vague).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TokenError {
-    #[error("no bearer token")]
-    Missing,
     #[error("the token is malformed")]
     Malformed,
     #[error("the token's algorithm is not accepted")]

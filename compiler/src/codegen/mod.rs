@@ -1322,13 +1322,32 @@ fn decide_body(
         a.inc(n, 1);
     };
     a.set_c(n, 0);
-    // JWT
+    // CORS first: every answer the route's effects give (a cache hit, a 401, a 429)
+    // carries the CORS headers, or a browser hides it from the page.
+    if !plan.cors.is_empty() {
+        a.load(rec, routes::R_CORS).tee(x);
+        a.c(abi::NONE);
+        a.i().i32_ne();
+        a.if_();
+        a.get(x);
+        a.i().call(util.origin_allowed);
+        a.if_();
+        push(&mut a, effect::CORS, &|a| {
+            a.get(x);
+        });
+        a.end();
+        a.end();
+    }
+    // JWT: a request without a bearer token is answered here, unless an effect (CORS)
+    // must shape that answer; the node's verification then refuses the missing token.
     a.load(rec, routes::R_AUTH).tee(x);
     a.c(abi::NONE);
     a.i().i32_ne();
     a.if_();
     a.get(flags).c(flag::HAS_BEARER);
     a.i().i32_and().i32_eqz();
+    a.get(n);
+    a.i().i32_eqz().i32_and();
     a.if_();
     final_answer(
         &mut a,
@@ -1407,21 +1426,6 @@ fn decide_body(
         push(&mut a, effect::RESIDENCY, &|a| {
             a.get(zone);
         });
-        a.end();
-    }
-    // CORS on the actual request
-    if !plan.cors.is_empty() {
-        a.load(rec, routes::R_CORS).tee(x);
-        a.c(abi::NONE);
-        a.i().i32_ne();
-        a.if_();
-        a.get(x);
-        a.i().call(util.origin_allowed);
-        a.if_();
-        push(&mut a, effect::CORS, &|a| {
-            a.get(x);
-        });
-        a.end();
         a.end();
     }
     // The action.
