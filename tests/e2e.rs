@@ -254,7 +254,8 @@ pub struct Seen {
 /// An HTTPS origin server on loopback (HTTP/1.1 and HTTP/2) that records what reaches it.
 ///
 /// Its answers depend on the path: `…/private…` is `Cache-Control: private`, `…/cookie…`
-/// sets a cookie, `…/by-language…` varies on `Accept-Language`, `…/slow…` takes 500 ms; every answer carries `server: origin` and the
+/// sets a cookie, `…/by-language…` varies on `Accept-Language`, `…/slow…` takes 500 ms,
+/// `…/tagged…` has the entity tag [`TAG`] and answers `304` to `If-None-Match` with it; every answer carries `server: origin` and the
 /// number of requests served so far in `x-origin-count` and the JSON body.
 pub struct Origin {
     pub addr: SocketAddr,
@@ -339,6 +340,9 @@ impl Drop for Origin {
     }
 }
 
+/// The entity tag of the origin's `…/tagged…` answers.
+pub const TAG: &str = "\"v1\"";
+
 async fn origin_answer(
     request: http::Request<hyper::body::Incoming>,
     recorded: Arc<Mutex<Vec<Seen>>>,
@@ -350,6 +354,10 @@ async fn origin_answer(
         .map(|p| p.to_string())
         .unwrap_or_default();
     let n = count.fetch_add(1, Ordering::SeqCst) + 1;
+    let tag_matches = request
+        .headers()
+        .get("if-none-match")
+        .is_some_and(|v| v == TAG);
     recorded.lock().expect("origin log").push(Seen {
         method: request.method().to_string(),
         target: target.clone(),
@@ -373,6 +381,15 @@ async fn origin_answer(
     }
     if target.contains("/by-language") {
         response = response.header("vary", "Accept-Language");
+    }
+    if target.contains("/tagged") {
+        response = response.header("etag", TAG);
+        if tag_matches {
+            return Ok(response
+                .status(304)
+                .body(Full::new(Bytes::new()))
+                .expect("a response"));
+        }
     }
     Ok(response
         .body(Full::new(Bytes::from(body)))

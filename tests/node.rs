@@ -395,6 +395,42 @@ fn responses_are_cached_by_key_and_expire() {
         assert_eq!(edge.origin.count(path), 2, "{path}");
     }
 
+    // A browser revalidating: on a miss the origin is asked without the validator (its 304
+    // would leave nothing to store), the full answer stored, and the client told 304.
+    let tagged = edge.url("/api/data/tagged");
+    let revalidate = [DE, ("if-none-match", e2e::TAG)];
+    let miss = get(&tagged, &revalidate);
+    assert_eq!((miss.status, miss.header("x-cache")), (304, Some("MISS")));
+    assert_eq!(miss.header("etag"), Some(e2e::TAG));
+    assert!(miss.body.is_empty());
+    let asked = edge
+        .origin
+        .last("/api/data/tagged")
+        .expect("reached the origin");
+    assert!(!asked.headers.contains_key("if-none-match"));
+    let hit = get(&tagged, &[DE]);
+    assert_eq!((hit.status, hit.header("x-cache")), (200, Some("HIT")));
+    assert!(hit.body.contains("\"origin\":\"ok\""), "{}", hit.body);
+    let not_modified = get(&tagged, &revalidate);
+    assert_eq!(
+        (not_modified.status, not_modified.header("x-cache")),
+        (304, Some("HIT"))
+    );
+    let other = get(&tagged, &[DE, ("if-none-match", "\"v0\"")]);
+    assert_eq!(
+        (other.status, other.body.as_str()),
+        (200, hit.body.as_str())
+    );
+    // A HEAD is answered from the stored GET.
+    let head = send("HEAD", &tagged, &[DE], "");
+    assert_eq!((head.status, head.header("x-cache")), (200, Some("HIT")));
+    assert_eq!(
+        head.header("content-length"),
+        Some(hit.body.len().to_string().as_str())
+    );
+    assert!(head.body.is_empty());
+    assert_eq!(edge.origin.count("/api/data/tagged"), 1);
+
     // ttl 1s, stale-while-revalidate 1s: stale, refreshed in the background, then fresh.
     std::thread::sleep(Duration::from_millis(1200));
     let stale = get(&url, &[DE]);

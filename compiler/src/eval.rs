@@ -244,9 +244,12 @@ impl<'p> Evaluator<'p> {
             route.action,
             ActionPlan::Proxy { .. } | ActionPlan::Function { .. }
         );
+        // Only GET and HEAD are answered from the cache: other methods change things.
+        let readable = req.method == method::GET || req.method == method::HEAD;
         if let Some(cache) = &route.cache
             && cache.ttl_ms > 0
             && forwards
+            && readable
         {
             let credentialed = req.flags & (flag::HAS_AUTHORIZATION | flag::HAS_COOKIE) != 0;
             if credentialed && !cache.cache_credentialed {

@@ -258,3 +258,49 @@ fn explain_shows_the_decision_the_route_and_the_rules_that_fired() {
     assert_eq!(report["decision"]["outcome"]["final"]["status"], 200);
     assert_eq!(report["agrees_with_reference"], true);
 }
+
+#[test]
+fn only_get_and_head_are_answered_from_the_cache() {
+    // A route that caches and takes any method: a POST changes things, so it must reach the
+    // origin every time, never a stored answer.
+    let dir = tempfile::tempdir().expect("temp dir");
+    std::fs::write(
+        dir.path().join("edgepack.kdl"),
+        r#"edgepack 1
+region "one" zone="GLOBAL"
+origin "api" { zone "GLOBAL" url="http://api.internal" }
+route "/items/*" {
+    cache ttl="1m"
+    proxy "api"
+}
+"#,
+    )
+    .expect("write");
+    let policy = dir.path().display().to_string();
+    let explain = |request: &str| {
+        let out = edgepack(
+            &["explain", &policy, "--region", "one", "--request", request],
+            &root(),
+        );
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+        text(&out.stdout)
+    };
+    for request in ["GET /items/1", "HEAD /items/1"] {
+        let human = explain(request);
+        assert!(
+            human.starts_with("region one decides: cache → proxy to api"),
+            "{human}"
+        );
+    }
+    for request in ["POST /items/1", "PUT /items/1", "DELETE /items/1"] {
+        let human = explain(request);
+        assert!(
+            human.starts_with("region one decides: proxy to api"),
+            "{request}: {human}"
+        );
+        assert!(
+            human.contains("agrees with the reference evaluator"),
+            "{human}"
+        );
+    }
+}

@@ -1,8 +1,9 @@
 //! The response cache for `Cache` effects: in memory, bounded in bytes (moka), with each
 //! entry's TTL and stale-while-revalidate window from the policy.
 //!
-//! The key is method, host, path and query, the values of the route's `vary` headers and its
-//! extra key parts; the node builds it, the policy says what goes in. Responses with
+//! The key is host, path and query (GET and HEAD share it; no other method is cached), the
+//! values of the route's `vary` headers and its extra key parts; the node builds it, the
+//! policy says what goes in. Conditional requests matching a stored response get `304`. Responses with
 //! `Set-Cookie`, `Cache-Control: private` or `no-store`, `Vary: *`, or a status that is not
 //! cacheable by default are not stored.
 
@@ -198,6 +199,53 @@ pub fn storable(
     })
 }
 
+/// Whether a conditional GET or HEAD may be answered `304 Not Modified` from a stored
+/// response (RFC 9110 13.2.2): `If-None-Match` by weak comparison with the stored `ETag`
+/// (`*` matches any), else `If-Modified-Since` against the stored `Last-Modified`.
+pub fn not_modified(request: &HeaderMap, stored: &HeaderMap) -> bool {
+    let weak = |tag: &[u8]| -> Vec<u8> { tag.strip_prefix(b"W/").unwrap_or(tag).to_vec() };
+    if request.contains_key(header::IF_NONE_MATCH) {
+        let Some(etag) = stored
+            .get(header::ETAG)
+            .map(|v| weak(v.as_bytes().trim_ascii()))
+        else {
+            return request
+                .get_all(header::IF_NONE_MATCH)
+                .iter()
+                .any(|v| v.as_bytes().trim_ascii() == b"*");
+        };
+        return request.get_all(header::IF_NONE_MATCH).iter().any(|value| {
+            value.as_bytes().split(|b| *b == b',').any(|tag| {
+                let tag = tag.trim_ascii();
+                tag == b"*" || weak(tag) == etag
+            })
+        });
+    }
+    let date = |map: &HeaderMap, name| {
+        map.get(name)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| httpdate::parse_http_date(v).ok())
+    };
+    match (
+        date(request, header::IF_MODIFIED_SINCE),
+        date(stored, header::LAST_MODIFIED),
+    ) {
+        (Some(since), Some(modified)) => modified <= since,
+        _ => false,
+    }
+}
+
+/// The stored headers a `304` carries (RFC 9110 15.4.5), and `Last-Modified`.
+pub const NOT_MODIFIED_HEADERS: [header::HeaderName; 7] = [
+    header::CACHE_CONTROL,
+    header::CONTENT_LOCATION,
+    header::DATE,
+    header::ETAG,
+    header::EXPIRES,
+    header::LAST_MODIFIED,
+    header::VARY,
+];
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -327,6 +375,56 @@ mod tests {
             &headers,
             false,
             &["accept-encoding".into()]
+        ));
+    }
+
+    #[test]
+    fn conditional_requests_match_the_stored_validators() {
+        let stored = |pairs: &[(&'static str, &'static str)]| {
+            let mut map = HeaderMap::new();
+            for (name, value) in pairs {
+                map.append(*name, HeaderValue::from_static(value));
+            }
+            map
+        };
+        let tagged = stored(&[
+            ("etag", "W/\"v1\""),
+            ("last-modified", "Mon, 07 Dec 2026 10:00:00 GMT"),
+        ]);
+        let ask = |name: &'static str, value: &'static str| stored(&[(name, value)]);
+        assert!(
+            not_modified(&ask("if-none-match", "\"v1\""), &tagged),
+            "weak comparison"
+        );
+        assert!(not_modified(
+            &ask("if-none-match", "\"v0\", W/\"v1\""),
+            &tagged
+        ));
+        assert!(not_modified(&ask("if-none-match", "*"), &tagged));
+        assert!(!not_modified(&ask("if-none-match", "\"v2\""), &tagged));
+        // If-None-Match wins: a date that would match does not count beside it.
+        let both = stored(&[
+            ("if-none-match", "\"v2\""),
+            ("if-modified-since", "Tue, 08 Dec 2026 10:00:00 GMT"),
+        ]);
+        assert!(!not_modified(&both, &tagged));
+        assert!(not_modified(
+            &ask("if-modified-since", "Mon, 07 Dec 2026 10:00:00 GMT"),
+            &tagged
+        ));
+        assert!(!not_modified(
+            &ask("if-modified-since", "Mon, 07 Dec 2026 09:59:59 GMT"),
+            &tagged
+        ));
+        assert!(!not_modified(
+            &ask("if-modified-since", "yesterday"),
+            &tagged
+        ));
+        let bare = stored(&[("content-type", "text/plain")]);
+        assert!(!not_modified(&ask("if-none-match", "\"v1\""), &bare));
+        assert!(!not_modified(
+            &ask("if-modified-since", "Mon, 07 Dec 2026 10:00:00 GMT"),
+            &bare
         ));
     }
 }

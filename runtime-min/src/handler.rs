@@ -19,7 +19,7 @@ use edgepack_bundles::plan::{ActionPlan, CorsPlan, HeaderEdit, OriginPlan};
 use edgepack_bundles::request::RequestParts;
 use hmac::{Hmac, Mac};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Request, Response, StatusCode};
+use http::{Method, Request, Response, StatusCode};
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use http_body_util::{BodyExt, Full, Limited};
 use serde_json::json;
@@ -444,24 +444,36 @@ impl Exchange<'_> {
                     let Some(key) = self.cache_key(parts, route) else {
                         continue;
                     };
+                    let head = parts.method == Method::HEAD;
+                    if !head {
+                        // What the origin sends is stored for every client: a full answer,
+                        // which this client's validators are then checked against.
+                        outgoing.remove(header::IF_NONE_MATCH);
+                        outgoing.remove(header::IF_MODIFIED_SINCE);
+                    }
                     match self.node.cache.lookup(&key) {
                         Lookup::Fresh(entry) => {
                             self.count_cache("hit");
                             self.record.action = "cache";
-                            return self.cached(&entry, "HIT");
+                            return self.cached(parts, &entry, "HIT");
                         }
                         Lookup::Stale { entry, refresh } => {
                             self.count_cache("stale");
                             self.record.action = "cache";
-                            if refresh {
+                            if refresh && head {
+                                // A HEAD's answer has no body to store: the next GET refreshes.
+                                self.node.cache.refresh_failed(&key);
+                            } else if refresh {
                                 self.refresh_later(parts, &body, &outgoing, effects, key, route);
                             }
-                            return self.cached(&entry, "STALE");
+                            return self.cached(parts, &entry, "STALE");
                         }
                         Lookup::Miss => {
                             self.count_cache("miss");
-                            cache_key = Some(key);
-                            cache_route = Some(route);
+                            if !head {
+                                cache_key = Some(key);
+                                cache_route = Some(route);
+                            }
                         }
                     }
                 }
@@ -479,13 +491,13 @@ impl Exchange<'_> {
                         Err(response) => return response,
                     };
                     let store = cache_key.zip(cache_route);
-                    return self.proxy(request, origin, store).await;
+                    return self.proxy(parts, request, origin, store).await;
                 }
                 Effect::Function(function) => {
                     self.record.action = "function";
                     let request = self.function_request(parts, body, outgoing);
                     let store = cache_key.zip(cache_route);
-                    return self.function(request, function, store).await;
+                    return self.function(parts, request, function, store).await;
                 }
                 Effect::Respond(response) => {
                     self.record.action = "respond";
@@ -645,8 +657,13 @@ impl Exchange<'_> {
             .map(|h| h.as_bytes())
             .or_else(|| parts.uri.authority().map(|a| a.as_str().as_bytes()))
             .unwrap_or_default();
+        // GET and HEAD share an entry (a HEAD is answered from a stored GET); other methods
+        // are never answered from the cache, whatever an older module asks.
+        if parts.method != Method::GET && parts.method != Method::HEAD {
+            return None;
+        }
         let mut key = Vec::with_capacity(128);
-        key.extend_from_slice(parts.method.as_str().as_bytes());
+        key.extend_from_slice(b"GET");
         key.push(0);
         key.extend(view_host.iter().map(u8::to_ascii_lowercase));
         key.push(0);
@@ -680,10 +697,22 @@ impl Exchange<'_> {
         self.node.metrics.count_cache(result);
     }
 
-    fn cached(&self, entry: &Entry, state: &'static str) -> Response<Body> {
-        let mut response = Response::new(full(entry.body.clone()));
-        *response.status_mut() = entry.status;
-        *response.headers_mut() = entry.headers.clone();
+    /// A stored response, or `304 Not Modified` when the request's validators match it.
+    fn cached(
+        &self,
+        parts: &http::request::Parts,
+        entry: &Entry,
+        state: &'static str,
+    ) -> Response<Body> {
+        let mut response = if let Some(response) = not_modified(parts, entry.status, &entry.headers)
+        {
+            response
+        } else {
+            let mut response = Response::new(full(entry.body.clone()));
+            *response.status_mut() = entry.status;
+            *response.headers_mut() = entry.headers.clone();
+            response
+        };
         response
             .headers_mut()
             .insert(header::AGE, HeaderValue::from(entry.age()));
@@ -769,6 +798,7 @@ impl Exchange<'_> {
 
     async fn proxy(
         &mut self,
+        parts: &http::request::Parts,
         request: Request<Full<Bytes>>,
         origin: u32,
         store: Option<(Vec<u8>, u32)>,
@@ -801,7 +831,7 @@ impl Exchange<'_> {
             Some((key, route)) => {
                 let incoming = incoming.map_err(BoxError::from).boxed();
                 match store_response(self.node, &self.active, &head, incoming, key, route).await {
-                    Ok((body, _)) => body,
+                    Ok((body, stored)) => return self.stored_miss(parts, head, body, stored),
                     Err(error) => {
                         self.record.error = Some(format!("origin {}: {error}", plan.name));
                         return self
@@ -856,6 +886,7 @@ impl Exchange<'_> {
     /// touch no other request.
     async fn function(
         &mut self,
+        parts: &http::request::Parts,
         request: Request<Full<Bytes>>,
         id: u32,
         store: Option<(Vec<u8>, u32)>,
@@ -899,7 +930,7 @@ impl Exchange<'_> {
         let body = match store {
             Some((key, route)) => {
                 match store_response(self.node, &self.active, &head, body, key, route).await {
-                    Ok((body, _)) => body,
+                    Ok((body, stored)) => return self.stored_miss(parts, head, body, stored),
                     Err(error) => return self.function_broke_off(function, started, &error),
                 }
             }
@@ -979,6 +1010,21 @@ impl Exchange<'_> {
     }
 
     /// A response fetched because the cache had none carries `x-cache: MISS`.
+    /// A response fetched on a cache miss: `304 Not Modified` when it was stored and the
+    /// request's validators match it (the origin was asked without them).
+    fn stored_miss(
+        &self,
+        parts: &http::request::Parts,
+        head: http::response::Parts,
+        body: Body,
+        stored: bool,
+    ) -> Response<Body> {
+        match not_modified(parts, head.status, &head.headers).filter(|_| stored) {
+            Some(response) => self.marked_miss(response),
+            None => self.marked_miss(Response::from_parts(head, body)),
+        }
+    }
+
     fn marked_miss(&self, mut response: Response<Body>) -> Response<Body> {
         if self.record.cache.is_some() {
             response
@@ -1523,6 +1569,27 @@ async fn store_response(
         }
         Buffered::TooLarge(body) => Ok((body, false)),
     }
+}
+
+/// `304 Not Modified` with the stored response's validators and caching headers, when
+/// the request's validators match a stored `200`.
+fn not_modified(
+    parts: &http::request::Parts,
+    status: StatusCode,
+    stored: &HeaderMap,
+) -> Option<Response<Body>> {
+    if status != StatusCode::OK || !cache::not_modified(&parts.headers, stored) {
+        return None;
+    }
+    let mut response = Response::new(empty());
+    *response.status_mut() = StatusCode::NOT_MODIFIED;
+    let headers = response.headers_mut();
+    for name in cache::NOT_MODIFIED_HEADERS {
+        for value in stored.get_all(&name) {
+            headers.append(name.clone(), value.clone());
+        }
+    }
+    Some(response)
 }
 
 /// `ps1-` and the first 16 bytes of HMAC-SHA256(key, value), hex.

@@ -497,6 +497,16 @@ pub fn claim_without_auth(span: Span, what: &str, claim: &str) -> Diagnostic {
     .help("add `auth jwt=\"…\"` to the route, or key on the client IP or a header instead")
 }
 
+/// `cache` on a route whose answers are never stored: `why` says which.
+pub fn cache_ineffective(span: Span, why: &str, help: &str) -> Diagnostic {
+    Diagnostic::warning(
+        "edgepack::cache::ineffective",
+        format!("this route caches nothing: {why}"),
+    )
+    .label(span, "never used")
+    .help(help.to_string())
+}
+
 pub fn cors_credentials_wildcard(span: Span) -> Diagnostic {
     Diagnostic::error(
         "edgepack::cors::credentials-wildcard",

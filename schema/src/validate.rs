@@ -377,6 +377,28 @@ impl<'p> Validator<'p, '_> {
             }
         }
         if let Some(cache) = &route.cache {
+            let forwards = matches!(
+                route.action.value,
+                Action::Proxy { .. } | Action::Function { .. }
+            );
+            let reads = route.methods.is_empty()
+                || route
+                    .methods
+                    .iter()
+                    .any(|m| m.value == "GET" || m.value == "HEAD");
+            if !forwards {
+                self.diags.push(diag::cache_ineffective(
+                    cache.span,
+                    "it answers at the edge, and only answers from an origin or a function are stored",
+                    "remove `cache`; a fixed answer costs nothing to give again",
+                ));
+            } else if !reads {
+                self.diags.push(diag::cache_ineffective(
+                    cache.span,
+                    "only GET and HEAD requests are answered from the cache, and it takes neither",
+                    "remove `cache`, or add `GET` to the route's `methods`",
+                ));
+            }
             for part in &cache.key {
                 if let KeyPart::Claim(claim) = &part.value
                     && route.auth.is_none()

@@ -16,7 +16,7 @@ mod funcs;
 mod routes;
 mod waf;
 
-use edgepack_bundles::abi::{self, answer, dec, effect, flag, req};
+use edgepack_bundles::abi::{self, answer, dec, effect, flag, method, req};
 
 use crate::plan::*;
 use asm::{Asm, Data, I32, I64, mem};
@@ -1382,11 +1382,15 @@ fn decide_body(
     a.i().br(0);
     a.end().end();
     a.end();
-    // Cache (forwarding routes only)
+    // Cache (forwarding routes only, GET and HEAD only: other methods change things)
     a.load(rec, routes::R_ACTION).set(kind);
     a.load(rec, routes::R_CACHE).tee(x);
     a.i().i32_const(0).i32_ne();
     a.get(kind).c(routes::ACTION_FUNCTION);
+    a.i().i32_le_u().i32_and();
+    a.get(method).c(method::GET);
+    a.i().i32_sub();
+    a.c(method::HEAD - method::GET);
     a.i().i32_le_u().i32_and();
     a.if_();
     a.get(x).c(routes::CACHE_BYPASS_CREDENTIALED);
