@@ -1312,6 +1312,12 @@ fn edgepack_dev_serves_and_swaps_in_every_save() {
     assert_eq!(saved.body, r#"{"status":"saved"}"#);
     assert_eq!(saved.header("x-edge-bundle"), Some("2"));
 
+    // Files the policy does not read (a log, notes) come and go without a rebuild.
+    std::fs::write(policy.join("dev.log"), "a line\n").expect("write a log");
+    std::fs::write(policy.join("notes.txt"), "to do\n").expect("write notes");
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(get(&url, &[DE]).header("x-edge-bundle"), Some("2"));
+
     // A save with an error keeps the last good build serving.
     let text = std::fs::read_to_string(&entry).expect("read");
     std::fs::write(&entry, format!("{text}\nrout \"/typo\" {{}}\n")).expect("save");

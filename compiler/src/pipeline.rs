@@ -117,6 +117,29 @@ pub fn compile(plan: RegionPlan) -> Result<CompiledRegion, CompileError> {
     })
 }
 
+/// Every file on this machine the checked policy was built from: its `.kdl` sources and
+/// the files they name (JWT keys, functions, the geo database).
+pub fn input_files<'a>(
+    checked: &'a Checked,
+    policy: &'a Policy,
+) -> impl Iterator<Item = &'a Path> + 'a {
+    let sources = checked.sources.files().map(|(_, f)| f.path.as_path());
+    let keys = policy
+        .jwts
+        .iter()
+        .flat_map(|jwt| jwt.keys.iter().map(|k| k.path.value.absolute.as_path()));
+    let functions = policy
+        .functions
+        .iter()
+        .map(|f| f.source.value.absolute.as_path());
+    let database = policy
+        .geo
+        .as_ref()
+        .and_then(|g| g.database.as_ref())
+        .map(|db| db.path.value.absolute.as_path());
+    sources.chain(keys).chain(functions).chain(database)
+}
+
 /// sha256 of everything the policy is made of: every source file and every file it names
 /// (keys, functions, databases), by path inside the policy directory.
 pub fn sources_digest(checked: &Checked, policy: &Policy) -> String {

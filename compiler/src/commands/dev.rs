@@ -1,6 +1,7 @@
 //! `edgepack dev`: build a policy with a development key, serve it on a local
 //! edgepack-node, and rebuild and swap it in on every save.
 
+use std::collections::HashSet;
 use std::fmt::Write as _;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -87,6 +88,8 @@ pub fn run(args: &DevArgs, style: HumanStyle) -> Output {
         key,
         version: 0,
         style,
+        inputs: HashSet::new(),
+        failure: None,
     };
     let Some(region) = builder.build() else {
         out.fail(Exit::PolicyErrors);
@@ -152,14 +155,39 @@ struct Builder {
     key: ed25519_dalek::SigningKey,
     version: u64,
     style: HumanStyle,
+    /// The files the last good build read (canonical paths).
+    inputs: HashSet<PathBuf>,
+    /// What the last build printed when it failed.
+    failure: Option<String>,
 }
 
 impl Builder {
-    /// Builds the next version; prints diagnostics and returns `None` on errors.
+    /// Whether a change to `paths` may change the build: a policy file, or a file the last
+    /// build read. Other files in the directory (logs, a node's state, editor backups) do
+    /// not rebuild. After a failed build, any change does: the fix may be a file not read
+    /// yet, such as a missing key.
+    fn affected_by(&self, paths: &[PathBuf]) -> bool {
+        self.failure.is_some()
+            || paths.iter().any(|path| {
+                path.extension().is_some_and(|e| e == "kdl")
+                    || self.inputs.contains(&canonical(path))
+            })
+    }
+
+    /// Builds the next version; prints diagnostics and returns `None` on errors (the same
+    /// failure is printed once, however often it is rebuilt).
     fn build(&mut self) -> Option<String> {
         let started = Instant::now();
         let mut out = Output::new();
         let built = self.try_build(&mut out);
+        if built.is_none() {
+            if self.failure.as_ref() != Some(&out.stderr) {
+                let _ = std::io::stderr().write_all(out.stderr.as_bytes());
+            }
+            self.failure = Some(out.stderr);
+            return None;
+        }
+        self.failure = None;
         let _ = std::io::stderr().write_all(out.stderr.as_bytes());
         let region = built?;
         eprintln!(
@@ -192,6 +220,9 @@ impl Builder {
             }
             None => return None,
         };
+        self.inputs = pipeline::input_files(&checked, &policy)
+            .map(canonical)
+            .collect();
         let digest = pipeline::sources_digest(&checked, &policy);
         let release = Release {
             version: self.version + 1,
@@ -229,16 +260,30 @@ fn policy_dir(policy: &Path) -> PathBuf {
     }
 }
 
-/// Rebuilds on every change under `dir`, on a thread of its own; saves that come in a
-/// burst (editors write several files, or write twice) give one build.
+/// A path as the filesystem names it, for comparing paths written differently; a removed
+/// file is named by its directory's canonical path.
+fn canonical(path: &Path) -> PathBuf {
+    path.canonicalize().unwrap_or_else(|_| {
+        match (
+            path.parent().and_then(|p| p.canonicalize().ok()),
+            path.file_name(),
+        ) {
+            (Some(parent), Some(name)) => parent.join(name),
+            _ => path.to_path_buf(),
+        }
+    })
+}
+
+/// Rebuilds on changes under `dir` that can change the build, on a thread of its own;
+/// saves that come in a burst (editors write several files, or write twice) give one build.
 fn rebuild_on_save(dir: &Path, mut builder: Builder) -> Result<(), String> {
     use notify::Watcher;
-    let (sender, receiver) = mpsc::channel();
+    let (sender, receiver) = mpsc::channel::<Vec<PathBuf>>();
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
         if let Ok(event) = event
             && (event.kind.is_modify() || event.kind.is_create() || event.kind.is_remove())
         {
-            let _ = sender.send(());
+            let _ = sender.send(event.paths);
         }
     })
     .map_err(|e| format!("cannot watch {}: {e}", dir.display()))?;
@@ -249,10 +294,14 @@ fn rebuild_on_save(dir: &Path, mut builder: Builder) -> Result<(), String> {
         .name("edgepack-dev-watch".into())
         .spawn(move || {
             let _watcher = watcher;
-            while receiver.recv().is_ok() {
+            while let Ok(mut paths) = receiver.recv() {
                 // Let the burst settle.
-                while receiver.recv_timeout(Duration::from_millis(150)).is_ok() {}
-                builder.build();
+                while let Ok(more) = receiver.recv_timeout(Duration::from_millis(150)) {
+                    paths.extend(more);
+                }
+                if builder.affected_by(&paths) {
+                    builder.build();
+                }
             }
         })
         .map_err(|e| format!("cannot start the watcher: {e}"))?;
