@@ -1249,6 +1249,9 @@ fn check_jwt_keys(cx: &mut Ctx, algorithms: &[Spanned<JwtAlgorithm>], keys: &[Jw
     }
     let listed: Vec<&str> = algorithms.iter().map(|a| a.as_str()).collect();
     for key in keys {
+        if key.kind == KeyKind::Secret {
+            cx.diags.push(diag::jwt_secret_in_bundle(key.path.span));
+        }
         if !algorithms.iter().any(|a| a.key_kind() == key.kind) {
             cx.diags.push(diag::key_algorithm_mismatch(
                 key.path.span,

@@ -595,6 +595,15 @@ pub fn algorithm_confusion(span: Span, other: Span) -> Diagnostic {
     .help("mixing them allows key-confusion attacks (a public key used as an HMAC secret): use one kind per provider")
 }
 
+pub fn jwt_secret_in_bundle(span: Span) -> Diagnostic {
+    Diagnostic::warning(
+        "edgepack::jwt::secret-in-bundle",
+        "this shared secret ships in every bundle, where whoever can read a bundle can read it",
+    )
+    .label(span, "an HMAC secret")
+    .help("bundles are signed, not encrypted: a registry, a CI artifact or a node's disk holding one gives the secret away, and with it the power to mint tokens; prefer a public-key algorithm (ES256, EdDSA, RS256), whose bundle holds only the public key")
+}
+
 pub fn geo_no_source(span: Span) -> Diagnostic {
     Diagnostic::error(
         "edgepack::geo::no-source",
