@@ -651,17 +651,17 @@ impl Exchange<'_> {
             .get(route as usize)?
             .cache
             .as_ref()?;
+        // GET and HEAD share an entry (a HEAD is answered from a stored GET); other methods
+        // are never answered from the cache, whatever an older module asks.
+        if parts.method != Method::GET && parts.method != Method::HEAD {
+            return None;
+        }
         let view_host = parts
             .headers
             .get(header::HOST)
             .map(|h| h.as_bytes())
             .or_else(|| parts.uri.authority().map(|a| a.as_str().as_bytes()))
             .unwrap_or_default();
-        // GET and HEAD share an entry (a HEAD is answered from a stored GET); other methods
-        // are never answered from the cache, whatever an older module asks.
-        if parts.method != Method::GET && parts.method != Method::HEAD {
-            return None;
-        }
         let mut key = Vec::with_capacity(128);
         key.extend_from_slice(b"GET");
         key.push(0);
@@ -1009,7 +1009,6 @@ impl Exchange<'_> {
         self.marked_miss(response)
     }
 
-    /// A response fetched because the cache had none carries `x-cache: MISS`.
     /// A response fetched on a cache miss: `304 Not Modified` when it was stored and the
     /// request's validators match it (the origin was asked without them).
     fn stored_miss(
@@ -1025,6 +1024,7 @@ impl Exchange<'_> {
         }
     }
 
+    /// A response fetched because the cache had none carries `x-cache: MISS`.
     fn marked_miss(&self, mut response: Response<Body>) -> Response<Body> {
         if self.record.cache.is_some() {
             response
@@ -1359,14 +1359,14 @@ impl Exchange<'_> {
     }
 }
 
-/// Where the request target names a host (HTTP/1.1 absolute form, HTTP/2 `:authority`)
-/// and one `Host` header names another, the target's is the host (RFC 9112 3.2.2, RFC 9113
-/// 8.3.1): `Host` is set to it, so the policy, the cache and the origin all see the same.
 /// Whether a CORS policy answers every origin with `*` (the same answer whatever `Origin`).
 fn allows_any_origin(policy: &CorsPlan) -> bool {
     policy.origins.iter().any(|o| o == "*") && !policy.credentials
 }
 
+/// Where the request target names a host (HTTP/1.1 absolute form, HTTP/2 `:authority`)
+/// and one `Host` header names another, the target's is the host (RFC 9112 3.2.2, RFC 9113
+/// 8.3.1): `Host` is set to it, so the policy, the cache and the origin all see the same.
 fn host_from_target<B>(request: &mut Request<B>) {
     let Some(authority) = request.uri().authority() else {
         return;
