@@ -144,7 +144,8 @@ pub struct NodeArgs {
     #[arg(long, value_name = "BYTES", default_value_t = 8 << 20)]
     pub cache_max_entry: u64,
 
-    /// Most distinct keys each rate limit tracks (the least recently seen are forgotten).
+    /// Most distinct keys each rate limit tracks: every 10 s keys back to their full
+    /// allowance are dropped, and a limit still tracking more starts its counts over.
     #[arg(long, value_name = "COUNT", default_value_t = 100_000)]
     pub ratelimit_keys: usize,
 

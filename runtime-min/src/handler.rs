@@ -616,7 +616,7 @@ impl Exchange<'_> {
     /// A key part: `client-ip`, `header:NAME`, `cookie:NAME` or `claim:NAME`.
     fn key_part(&self, parts: &http::request::Parts, spec: &str) -> Option<String> {
         if spec == "client-ip" {
-            return Some(self.decision.client_ip.to_string());
+            return Some(client_key(self.decision.client_ip).to_string());
         }
         let (kind, name) = spec.split_once(':')?;
         match kind {
@@ -1359,6 +1359,21 @@ impl Exchange<'_> {
     }
 }
 
+/// The client as a `client-ip` rate limit counts it: an IPv4 address, or an IPv6 address's
+/// /64 network, since one host is given a whole /64 and could take a new address for every
+/// request.
+fn client_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(std::net::Ipv6Addr::from(
+                u128::from(v6) & !u128::from(u64::MAX),
+            )),
+        },
+        v4 => v4,
+    }
+}
+
 /// Whether a CORS policy answers every origin with `*` (the same answer whatever `Origin`).
 fn allows_any_origin(policy: &CorsPlan) -> bool {
     policy.origins.iter().any(|o| o == "*") && !policy.credentials
@@ -1758,6 +1773,16 @@ mod tests {
     /// The count the encoder reserves header records by is the number of headers the
     /// request gives, repeated names and an HTTP/2 authority standing in for `host`
     /// included: a smaller count would drop headers from what the policy sees.
+    #[test]
+    fn an_ipv6_client_counts_as_its_64() {
+        let key = |text: &str| client_key(text.parse().expect("an address")).to_string();
+        assert_eq!(key("2001:db8:1:2:aaaa::1"), "2001:db8:1:2::");
+        assert_eq!(key("2001:db8:1:2:bbbb::9"), "2001:db8:1:2::");
+        assert_eq!(key("2001:db8:1:3::1"), "2001:db8:1:3::");
+        assert_eq!(key("203.0.113.7"), "203.0.113.7");
+        assert_eq!(key("::ffff:203.0.113.7"), "203.0.113.7");
+    }
+
     #[test]
     fn the_header_count_is_what_for_each_header_gives() {
         let requests = [
