@@ -431,6 +431,16 @@ fn responses_are_cached_by_key_and_expire() {
     assert!(head.body.is_empty());
     assert_eq!(edge.origin.count("/api/data/tagged"), 1);
 
+    // An operator purges by path prefix on the admin address; other entries stay.
+    let purge = format!("{}/cache/purge?prefix=/api/data/tag", edge.node.admin);
+    assert_eq!(get(&purge, &[]).status, 405, "a GET purges nothing");
+    let purged = send("POST", &purge, &[], "");
+    assert_eq!(purged.status, 200, "{}", purged.body);
+    assert_eq!(purged.json()["purged"], 1, "{}", purged.body);
+    assert_eq!(get(&tagged, &[DE]).header("x-cache"), Some("MISS"));
+    assert_eq!(get(&url, &[DE]).header("x-cache"), Some("HIT"));
+    assert_eq!(edge.origin.count("/api/data/tagged"), 2);
+
     // ttl 1s, stale-while-revalidate 1s: stale, refreshed in the background, then fresh.
     std::thread::sleep(Duration::from_millis(1200));
     let stale = get(&url, &[DE]);

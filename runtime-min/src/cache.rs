@@ -3,7 +3,8 @@
 //!
 //! The key is host, path and query (GET and HEAD share it; no other method is cached), the
 //! values of the route's `vary` headers and its extra key parts; the node builds it, the
-//! policy says what goes in. Conditional requests matching a stored response get `304`. Responses with
+//! policy says what goes in. Conditional requests matching a stored response get `304`.
+//! The admin endpoint purges entries by host and path prefix. Responses with
 //! `Set-Cookie`, `Cache-Control: private` or `no-store`, `Vary: *`, or a status that is not
 //! cacheable by default are not stored.
 
@@ -59,6 +60,43 @@ impl Entry {
             .map(|(n, v)| n.as_str().len() + v.len() + 32)
             .sum();
         (self.body.len() + headers + 256).min(u32::MAX as usize) as u32
+    }
+}
+
+/// The start of a cache key: the host (lower case, as the request named it), NUL, the path
+/// and `?query`; the route's `vary` values and key parts follow, each after a NUL.
+pub fn key_head(host: &[u8], path: &str, query: Option<&str>) -> Vec<u8> {
+    let mut key = Vec::with_capacity(128);
+    key.extend(host.iter().map(u8::to_ascii_lowercase));
+    key.push(0);
+    key.extend_from_slice(path.as_bytes());
+    if let Some(query) = query {
+        key.push(b'?');
+        key.extend_from_slice(query.as_bytes());
+    }
+    key
+}
+
+/// Which entries a purge removes: those of `host` (any port; every host when `None`) whose
+/// path starts with `prefix`.
+pub struct Purge<'a> {
+    pub host: Option<&'a str>,
+    pub prefix: &'a str,
+}
+
+impl Purge<'_> {
+    fn matches(&self, key: &[u8]) -> bool {
+        let Some(split) = key.iter().position(|b| *b == 0) else {
+            return false;
+        };
+        let (host, target) = (&key[..split], &key[split + 1..]);
+        let host_matches = self.host.is_none_or(|wanted| {
+            let wanted = wanted.as_bytes();
+            host.len() >= wanted.len()
+                && host[..wanted.len()].eq_ignore_ascii_case(wanted)
+                && (host.len() == wanted.len() || host[wanted.len()] == b':')
+        });
+        host_matches && target.starts_with(self.prefix.as_bytes())
     }
 }
 
@@ -136,6 +174,20 @@ impl ResponseCache {
         if let Some(entry) = self.entries.get(key) {
             entry.refreshing.store(false, Ordering::Release);
         }
+    }
+
+    /// Removes the entries `purge` matches; returns how many.
+    pub fn purge(&self, purge: &Purge) -> u64 {
+        let keys: Vec<Arc<Vec<u8>>> = self
+            .entries
+            .iter()
+            .filter(|(key, _)| purge.matches(key))
+            .map(|(key, _)| key)
+            .collect();
+        for key in &keys {
+            self.entries.invalidate(key.as_slice());
+        }
+        keys.len() as u64
     }
 
     /// Entries stored now (approximate, for tests and metrics).
@@ -376,6 +428,45 @@ mod tests {
             false,
             &["accept-encoding".into()]
         ));
+    }
+
+    #[test]
+    fn a_purge_removes_the_entries_of_its_host_and_prefix() {
+        let cache = ResponseCache::new(1 << 20, 1 << 16);
+        let keys = [
+            key_head(b"www.example.com", "/blog/a", None),
+            key_head(b"WWW.example.com:8443", "/blog/b", Some("page=2")),
+            key_head(b"www.example.com", "/shop/c", None),
+            key_head(b"www.example.community", "/blog/d", None),
+            key_head(b"api.example.com", "/blog/e", None),
+        ];
+        let fill = || {
+            for key in &keys {
+                cache.store(key.clone(), entry("x", 60_000, 0));
+            }
+        };
+        fill();
+        let blog = Purge {
+            host: Some("www.example.com"),
+            prefix: "/blog/",
+        };
+        assert_eq!(
+            cache.purge(&blog),
+            2,
+            "any port, any query, not another host"
+        );
+        assert!(matches!(cache.lookup(&keys[0]), Lookup::Miss));
+        assert!(matches!(cache.lookup(&keys[1]), Lookup::Miss));
+        for kept in &keys[2..] {
+            assert!(matches!(cache.lookup(kept), Lookup::Fresh(_)));
+        }
+        fill();
+        let everything = Purge {
+            host: None,
+            prefix: "/",
+        };
+        assert_eq!(cache.purge(&everything), 5);
+        assert!(cache.is_empty());
     }
 
     #[test]

@@ -62,7 +62,7 @@ pub struct NodeArgs {
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
 
-    /// Where to serve `/metrics` and `/healthz` (keep it private).
+    /// Where to serve `/metrics`, `/healthz` and `POST /cache/purge` (keep it private).
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9090")]
     pub admin: SocketAddr,
 

@@ -662,16 +662,7 @@ impl Exchange<'_> {
             .map(|h| h.as_bytes())
             .or_else(|| parts.uri.authority().map(|a| a.as_str().as_bytes()))
             .unwrap_or_default();
-        let mut key = Vec::with_capacity(128);
-        key.extend_from_slice(b"GET");
-        key.push(0);
-        key.extend(view_host.iter().map(u8::to_ascii_lowercase));
-        key.push(0);
-        key.extend_from_slice(parts.uri.path().as_bytes());
-        if let Some(query) = parts.uri.query() {
-            key.push(b'?');
-            key.extend_from_slice(query.as_bytes());
-        }
+        let mut key = cache::key_head(view_host, parts.uri.path(), parts.uri.query());
         for name in &cache.vary {
             key.push(0);
             key.extend_from_slice(name.as_bytes());

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
-use http::{Request, Response, StatusCode, header};
+use http::{Method, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -20,6 +20,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, mpsc, watch};
 use tokio_rustls::TlsAcceptor;
 
+use crate::cache;
 use crate::config::NodeArgs;
 use crate::framing::Watched;
 use crate::handler::{Body, full};
@@ -507,7 +508,7 @@ async fn shutdown_signal() {
     }
 }
 
-/// `/metrics` and `/healthz`.
+/// `/metrics`, `/healthz` and `POST /cache/purge?host=H&prefix=P`.
 async fn serve_admin(listener: TcpListener, node: Arc<Node>) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
@@ -517,7 +518,7 @@ async fn serve_admin(listener: TcpListener, node: Arc<Node>) {
         tokio::spawn(async move {
             let service = service_fn(move |request: Request<Incoming>| {
                 let node = node.clone();
-                async move { Ok::<_, Infallible>(admin_response(&node, request.uri().path())) }
+                async move { Ok::<_, Infallible>(admin_response(&node, &request)) }
             });
             let _ = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
@@ -528,8 +529,35 @@ async fn serve_admin(listener: TcpListener, node: Arc<Node>) {
     }
 }
 
-fn admin_response(node: &Node, path: &str) -> Response<Body> {
-    let (status, content_type, body) = match path {
+fn admin_response<B>(node: &Node, request: &Request<B>) -> Response<Body> {
+    let (status, content_type, body) = match request.uri().path() {
+        "/cache/purge" if request.method() != Method::POST => (
+            StatusCode::METHOD_NOT_ALLOWED,
+            "text/plain",
+            "purge with POST, e.g. curl -X POST 'http://ADMIN/cache/purge?host=www.example.com&prefix=/blog/'\n"
+                .to_string(),
+        ),
+        "/cache/purge" => {
+            let query = request.uri().query().unwrap_or_default();
+            let (mut host, mut prefix) = (None, String::from("/"));
+            for (name, value) in form_urlencoded::parse(query.as_bytes()) {
+                match &*name {
+                    "host" => host = Some(value.into_owned()),
+                    "prefix" => prefix = value.into_owned(),
+                    _ => {}
+                }
+            }
+            let purged = node.cache.purge(&cache::Purge {
+                host: host.as_deref(),
+                prefix: &prefix,
+            });
+            tracing::info!(target: "edgepack::node", host = host.as_deref().unwrap_or("*"), prefix = %prefix, purged, "cache purged");
+            (
+                StatusCode::OK,
+                "application/json",
+                json!({ "purged": purged, "host": host, "prefix": prefix }).to_string(),
+            )
+        }
         "/metrics" => (
             StatusCode::OK,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
@@ -557,7 +585,7 @@ fn admin_response(node: &Node, path: &str) -> Response<Body> {
         _ => (
             StatusCode::NOT_FOUND,
             "text/plain",
-            "try /metrics or /healthz\n".to_string(),
+            "try /metrics, /healthz or POST /cache/purge\n".to_string(),
         ),
     };
     let mut response = Response::new(full(body));

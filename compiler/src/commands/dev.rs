@@ -39,7 +39,7 @@ pub struct DevArgs {
     #[arg(long, default_value = "127.0.0.1:8080")]
     pub listen: String,
 
-    /// Address of `/metrics` and `/healthz`.
+    /// Address of `/metrics`, `/healthz` and `POST /cache/purge`.
     #[arg(long, default_value = "127.0.0.1:9090")]
     pub admin: String,
 
