@@ -69,11 +69,14 @@ pub fn lower(policy: &Policy, sources: &Sources, region: &Region) -> RegionPlan 
     l.edit_sets.push(base);
 
     let waf = l.waf();
-    let routes: Vec<RoutePlan> = policy
-        .routes_in(region)
-        .into_iter()
+    let region_routes = policy.routes_in(region);
+    let routes: Vec<RoutePlan> = region_routes
+        .iter()
         .enumerate()
-        .map(|(index, route)| l.route(index as u32, route, region_zone, waf.as_ref()))
+        .map(|(index, route)| {
+            let methods = route.methods_taken(&region_routes);
+            l.route(index as u32, route, methods, region_zone, waf.as_ref())
+        })
         .collect();
 
     let residency = policy
@@ -407,6 +410,7 @@ impl<'p> Lowering<'p> {
         &mut self,
         id: u32,
         route: &p::Route,
+        mut methods: Vec<String>,
         region_zone: u32,
         waf: Option<&(WafPlan, Vec<String>)>,
     ) -> RoutePlan {
@@ -429,7 +433,6 @@ impl<'p> Lowering<'p> {
             })
             .collect();
         hosts.dedup();
-        let mut methods: Vec<String> = route.methods.iter().map(|m| m.value.clone()).collect();
         methods.sort_by_key(|m| edgepack_bundles::abi::method::code(m));
         methods.dedup();
         let (action, processing_zone) = match &route.action.value {

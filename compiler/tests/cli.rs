@@ -304,3 +304,50 @@ route "/items/*" {
         );
     }
 }
+
+#[test]
+fn a_get_route_takes_head_unless_a_route_of_its_rank_lists_head() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    std::fs::write(
+        dir.path().join("edgepack.kdl"),
+        r#"edgepack 1
+region "one" zone="GLOBAL"
+route "/page" {
+    methods "GET"
+    respond 200 body="page"
+}
+route "/probe" {
+    methods "GET"
+    respond 200 body="get"
+}
+route "/probe" {
+    methods "HEAD"
+    respond 204
+}
+"#,
+    )
+    .expect("write");
+    let policy = dir.path().display().to_string();
+    let explain = |request: &str| {
+        let out = edgepack(
+            &["explain", &policy, "--region", "one", "--request", request],
+            &root(),
+        );
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+        text(&out.stdout)
+    };
+    let head = explain("HEAD /page");
+    assert!(head.starts_with("region one decides: 200"), "{head}");
+    assert!(head.contains("route: GET,HEAD /page"), "{head}");
+    let post = explain("POST /page");
+    assert!(post.contains("405") && post.contains("GET, HEAD"), "{post}");
+    let probe = explain("HEAD /probe");
+    assert!(
+        probe.starts_with("region one decides: 204"),
+        "the route that lists HEAD takes it: {probe}"
+    );
+    assert!(
+        probe.contains("agrees with the reference evaluator"),
+        "{probe}"
+    );
+}

@@ -790,10 +790,11 @@ pub struct RouteIdentity {
 }
 
 impl Route {
-    pub fn identity(&self) -> RouteIdentity {
+    /// The pattern's shape: literals as written, parameters and the rest as their kind.
+    /// Routes of one shape rank equally on the path.
+    pub fn shape(&self) -> Vec<String> {
         use crate::pattern::Segment;
-        let shape = self
-            .pattern
+        self.pattern
             .segments
             .iter()
             .map(|s| match s {
@@ -801,7 +802,46 @@ impl Route {
                 Segment::Param(_) => ":".to_string(),
                 Segment::Rest => "*".to_string(),
             })
-            .collect();
+            .collect()
+    }
+
+    /// Whether this route and `other` can take a request for one host at equal rank.
+    pub fn hosts_overlap(&self, other: &Route) -> bool {
+        match (self.hosts.is_empty(), other.hosts.is_empty()) {
+            (true, true) => true,
+            (false, false) => self.hosts.iter().any(|x| {
+                other
+                    .hosts
+                    .iter()
+                    .any(|y| x.value.overlaps_at_equal_rank(&y.value))
+            }),
+            _ => false,
+        }
+    }
+
+    /// The methods the route takes (empty: every method): those it lists, and `HEAD` with
+    /// `GET`, as HTTP servers do (RFC 9110 9.3.2), unless a route of the same rank among
+    /// `routes` lists `HEAD` itself.
+    pub fn methods_taken(&self, routes: &[&Route]) -> Vec<String> {
+        let mut methods: Vec<String> = self.methods.iter().map(|m| m.value.clone()).collect();
+        let lists = |route: &Route, method: &str| route.methods.iter().any(|m| m.value == method);
+        if lists(self, "GET") && !lists(self, "HEAD") {
+            let shape = self.shape();
+            let head_elsewhere = routes.iter().any(|other| {
+                !std::ptr::eq(*other, self)
+                    && lists(other, "HEAD")
+                    && other.shape() == shape
+                    && self.hosts_overlap(other)
+            });
+            if !head_elsewhere {
+                methods.push("HEAD".to_string());
+            }
+        }
+        methods
+    }
+
+    pub fn identity(&self) -> RouteIdentity {
+        let shape = self.shape();
         let mut hosts: Vec<String> = self.hosts.iter().map(|h| h.describe()).collect();
         hosts.sort();
         hosts.dedup();

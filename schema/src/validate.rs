@@ -9,7 +9,7 @@ use std::collections::{HashMap, HashSet};
 
 use crate::diagnostic::Diagnostic;
 use crate::diagnostics as diag;
-use crate::pattern::{HostPattern, Segment};
+
 use crate::policy::*;
 use crate::source::Span;
 
@@ -482,17 +482,7 @@ impl<'p> Validator<'p, '_> {
         };
         let mut by_shape: HashMap<Vec<String>, Vec<&Route>> = HashMap::new();
         for route in routes {
-            let shape = route
-                .pattern
-                .segments
-                .iter()
-                .map(|s| match s {
-                    Segment::Literal(l) => format!("={l}"),
-                    Segment::Param(_) => ":".into(),
-                    Segment::Rest => "*".into(),
-                })
-                .collect();
-            by_shape.entry(shape).or_default().push(route);
+            by_shape.entry(route.shape()).or_default().push(route);
         }
         let mut groups: Vec<&Vec<&Route>> = by_shape.values().filter(|g| g.len() > 1).collect();
         groups.sort_by_key(|g| (g[0].span.file, g[0].span.start));
@@ -500,7 +490,7 @@ impl<'p> Validator<'p, '_> {
             for (i, a) in group.iter().enumerate() {
                 for b in &group[i + 1..] {
                     if (region.is_none() || is_regional(a) || is_regional(b))
-                        && hosts_overlap(&a.hosts, &b.hosts)
+                        && a.hosts_overlap(b)
                         && methods_overlap(a, b)
                     {
                         self.diags.push(diag::route_ambiguous(
@@ -586,19 +576,6 @@ impl<'p> Validator<'p, '_> {
         for function in &policy.functions {
             report(&self.used, "function", &function.name);
         }
-    }
-}
-
-fn hosts_overlap(
-    a: &[crate::source::Spanned<HostPattern>],
-    b: &[crate::source::Spanned<HostPattern>],
-) -> bool {
-    match (a.is_empty(), b.is_empty()) {
-        (true, true) => true,
-        (false, false) => a
-            .iter()
-            .any(|x| b.iter().any(|y| x.value.overlaps_at_equal_rank(&y.value))),
-        _ => false,
     }
 }
 
