@@ -481,9 +481,37 @@ fn jwt_routes_need_a_valid_token() {
     let claims = |exp: u64, aud: &str| json!({ "sub": "user-1", "iss": "https://auth.example.com", "aud": aud, "exp": exp });
     let bearer = |token: &str| format!("Bearer {token}");
     let valid = bearer(&e2e::token(&claims(e2e::now() + 600, "api")));
-    let reply = get(&url, &[DE, ("authorization", &valid)]);
+    let spoofed = r#"{"sub":"admin"}"#;
+    let reply = get(
+        &url,
+        &[
+            DE,
+            ("authorization", &valid),
+            ("edgepack-identity", spoofed),
+        ],
+    );
     assert_eq!(reply.status, 200, "{}", reply.body);
     assert_eq!(edge.origin.count("/api/auth/me"), 1);
+    // The origin gets the verified claims, never the client's header of that name.
+    let seen = edge
+        .origin
+        .last("/api/auth/me")
+        .expect("reached the origin");
+    let identities: Vec<_> = seen.headers.get_all("edgepack-identity").iter().collect();
+    assert_eq!(identities.len(), 1, "{identities:?}");
+    let identity: serde_json::Value =
+        serde_json::from_slice(identities[0].as_bytes()).expect("JSON claims");
+    assert_eq!(identity["sub"], "user-1");
+    // On a route without `auth` the client's header is removed all the same.
+    get(
+        &edge.url("/api/data/who"),
+        &[DE, ("edgepack-identity", spoofed)],
+    );
+    let seen = edge
+        .origin
+        .last("/api/data/who")
+        .expect("reached the origin");
+    assert!(!seen.headers.contains_key("edgepack-identity"));
 
     let expired = bearer(&e2e::token(&claims(e2e::now() - 3600, "api")));
     let refused = get(&url, &[DE, ("authorization", &expired)]);

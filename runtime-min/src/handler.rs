@@ -773,6 +773,7 @@ impl Exchange<'_> {
             headers.remove(name);
         }
         proxy::add_forwarded(&mut headers, self.peer, self.https, original_host.as_ref());
+        self.identify(&mut headers);
         headers.insert(X_REQUEST_ID, self.id.header_value());
         if let Some(authority) = uri.authority()
             && let Ok(host) = HeaderValue::from_str(authority.as_str())
@@ -835,6 +836,18 @@ impl Exchange<'_> {
         self.marked_miss(Response::from_parts(head, body))
     }
 
+    /// `edgepack-identity`: the verified token's claims as JSON, on routes with `auth`; a
+    /// client's own header of that name never reaches an origin or a function.
+    fn identify(&self, headers: &mut HeaderMap) {
+        headers.remove(IDENTITY_HEADER);
+        if let Some(claims) = &self.claims
+            && let Ok(json) = serde_json::to_vec(claims)
+            && let Ok(value) = HeaderValue::from_bytes(&json)
+        {
+            headers.insert(IDENTITY_HEADER, value);
+        }
+    }
+
     /// The request a function sees: the decision's header edits and residency transforms
     /// applied, hop-by-hop headers gone, the request id, and the verified token's claims
     /// as JSON in `edgepack-identity` (never the client's own header of that name).
@@ -850,13 +863,7 @@ impl Exchange<'_> {
         {
             headers.remove(name);
         }
-        headers.remove(IDENTITY_HEADER);
-        if let Some(claims) = &self.claims
-            && let Ok(json) = serde_json::to_vec(claims)
-            && let Ok(value) = HeaderValue::from_bytes(&json)
-        {
-            headers.insert(IDENTITY_HEADER, value);
-        }
+        self.identify(&mut headers);
         headers.insert(X_REQUEST_ID, self.id.header_value());
         if !headers.contains_key(header::HOST) {
             let host = parts.uri.authority().map_or("localhost", |a| a.as_str());
