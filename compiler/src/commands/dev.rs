@@ -134,7 +134,7 @@ pub fn run(args: &DevArgs, style: HumanStyle) -> Output {
         return out;
     }
     eprintln!(
-        "edgepack dev: serving on http://{} (metrics on http://{}/metrics); watching {}",
+        "edgepack dev: starting a node on http://{} (metrics on http://{}/metrics); watching {}",
         args.listen,
         args.admin,
         watched.display()
