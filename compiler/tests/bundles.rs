@@ -516,3 +516,39 @@ fn diff_shows_a_changed_redirect_and_where_requests_now_go() {
         "{report}"
     );
 }
+
+#[test]
+fn diff_groups_like_flips_so_a_small_change_is_not_hidden_by_a_large_one() {
+    // A tighter rate limit flips every request of the data routes; one more blocked
+    // country flips far fewer. The report must show both kinds, with how many of each.
+    let work = tempfile::tempdir().expect("temp dir");
+    let edited = work.path().join("edited");
+    copy_dir(&root().join("examples/global-api"), &edited);
+    let entry = edited.join("edgepack.kdl");
+    let source = std::fs::read_to_string(&entry).unwrap();
+    let source = source
+        .replace(
+            r#"ratelimit "per-ip" key="client-ip" limit=100 per="1m""#,
+            r#"ratelimit "per-ip" key="client-ip" limit=50 per="1m""#,
+        )
+        .replace(r#"block "KP" "IR""#, r#"block "KP" "IR" "CU""#);
+    std::fs::write(&entry, source).unwrap();
+    let edited = edited.display().to_string();
+    let out = edgepack(&["diff", "examples/global-api", &edited], &root());
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    let report = text(&out.stdout);
+    let region = report
+        .split("region eu-west:")
+        .nth(1)
+        .and_then(|r| r.split("\n\n").next())
+        .unwrap_or_else(|| panic!("{report}"));
+    assert!(region.contains("decided differently, in "), "{region}");
+    assert!(
+        region.contains("country=CU and ") && region.contains("now  451 geo blocked"),
+        "the new block is shown: {region}"
+    );
+    assert!(
+        region.contains("rate limit per-ip (50/1m by client-ip)"),
+        "and the tighter limit: {region}"
+    );
+}

@@ -89,6 +89,10 @@ pub struct Flip {
     pub request: String,
     pub old: String,
     pub new: String,
+    /// What differs, for grouping like flips in the human report: the steps only one side
+    /// takes (or, when the steps agree, the route, WAF rules or zone that differ).
+    #[serde(skip)]
+    kind: String,
 }
 
 #[derive(Debug, Serialize)]
@@ -738,8 +742,9 @@ fn flips(
         if before != after {
             found.push(Flip {
                 request: spec.to_string(),
-                old: before,
-                new: after,
+                kind: before.difference(&after),
+                old: before.to_string(),
+                new: after.to_string(),
             });
         }
     }
@@ -750,65 +755,132 @@ fn decide(
     instance: &mut PolicyInstance,
     request: &edgepack_bundles::request::Request,
     plan: &RegionPlan,
-) -> String {
+) -> Meaning {
     match instance.decide(request) {
-        Ok(decision) => meaning(&decision, plan),
-        Err(error) => format!("error: {error}"),
+        Ok(decision) => Meaning::of(&decision, plan),
+        Err(error) => Meaning {
+            steps: vec![format!("error: {error}")],
+            details: Vec::new(),
+            answered: true,
+        },
     }
 }
 
 /// A decision in the policy's words, so two builds whose ids differ compare by meaning:
 /// `200 respond (route GET /api/health)`, `proxy api → cache 5m (route /api/data/*)`.
 pub fn meaning(decision: &Decision, plan: &RegionPlan) -> String {
-    let route = decision
-        .route
-        .and_then(|id| plan.routes.get(id as usize))
-        .map(route_key);
-    let mut text = match &decision.outcome {
-        Outcome::Final(answer) => {
-            let kind = to_value(answer)
-                .get("answer")
-                .and_then(Value::as_str)
-                .unwrap_or("answer")
-                .replace('_', " ");
-            let mut text = format!("{} {kind}", answer.status());
-            match answer {
-                Answer::Redirect { location, .. } => {
-                    let _ = write!(text, " to {location}");
-                }
-                Answer::MethodNotAllowed { allow, .. } => {
-                    let allow: Vec<&str> = method::names(*allow).collect();
-                    let _ = write!(text, " (allow {})", allow.join(", "));
-                }
-                _ => {}
-            }
-            text
+    Meaning::of(decision, plan).to_string()
+}
+
+/// A decision's steps (its answer, or each effect in order), then its route, the WAF rules
+/// that fired and the data zone.
+#[derive(PartialEq)]
+struct Meaning {
+    steps: Vec<String>,
+    details: Vec<String>,
+    /// A final answer (one step), not effects.
+    answered: bool,
+}
+
+impl std::fmt::Display for Meaning {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.steps.join(" → "))?;
+        for detail in &self.details {
+            write!(f, " {detail}")?;
         }
-        Outcome::Effects(effects) => effects
-            .iter()
-            .map(|effect| effect_meaning(effect, decision, plan))
-            .collect::<Vec<_>>()
-            .join(" → "),
-    };
-    if let Some(route) = route {
-        let _ = write!(text, " (route {route})");
+        Ok(())
     }
-    if !decision.rules.is_empty() {
-        let names: Vec<&str> = decision
-            .rules
-            .iter()
-            .map(|id| {
-                plan.waf
-                    .iter()
-                    .flat_map(|w| &w.rules)
-                    .find(|r| r.id == *id)
-                    .map_or("?", |r| r.name.as_str())
-            })
-            .collect();
-        let _ = write!(text, " [WAF {}]", names.join(", "));
+}
+
+impl Meaning {
+    /// What only one side has: the steps, or when they agree, the details. Requests that
+    /// come to a new final answer (`451 geo blocked`) are alike whatever they came to before,
+    /// and so are requests that leave one.
+    fn difference(&self, new: &Meaning) -> String {
+        if self.steps != new.steps {
+            if new.answered {
+                return format!("⇒  {}", new.steps.join(" → "));
+            }
+            if self.answered {
+                return format!("{}  ⇒", self.steps.join(" → "));
+            }
+        }
+        let only = |a: &[String], b: &[String]| -> String {
+            let parts: Vec<&str> = a
+                .iter()
+                .filter(|x| !b.contains(x))
+                .map(String::as_str)
+                .collect();
+            if parts.is_empty() {
+                "nothing".to_string()
+            } else {
+                parts.join(" → ")
+            }
+        };
+        let (a, b) = if self.steps == new.steps {
+            (&self.details, &new.details)
+        } else {
+            (&self.steps, &new.steps)
+        };
+        format!("{}  ⇒  {}", only(a, b), only(b, a))
     }
-    let _ = write!(text, " zone {}", plan.zone_name(decision.data_zone));
-    text
+
+    fn of(decision: &Decision, plan: &RegionPlan) -> Meaning {
+        let route = decision
+            .route
+            .and_then(|id| plan.routes.get(id as usize))
+            .map(route_key);
+        let steps = match &decision.outcome {
+            Outcome::Final(answer) => {
+                let kind = to_value(answer)
+                    .get("answer")
+                    .and_then(Value::as_str)
+                    .unwrap_or("answer")
+                    .replace('_', " ");
+                let mut text = format!("{} {kind}", answer.status());
+                match answer {
+                    Answer::Redirect { location, .. } => {
+                        let _ = write!(text, " to {location}");
+                    }
+                    Answer::MethodNotAllowed { allow, .. } => {
+                        let allow: Vec<&str> = method::names(*allow).collect();
+                        let _ = write!(text, " (allow {})", allow.join(", "));
+                    }
+                    _ => {}
+                }
+                vec![text]
+            }
+            Outcome::Effects(effects) => effects
+                .iter()
+                .map(|effect| effect_meaning(effect, decision, plan))
+                .collect::<Vec<_>>(),
+        };
+        let mut details = Vec::new();
+        if let Some(route) = route {
+            details.push(format!("(route {route})"));
+        }
+        if !decision.rules.is_empty() {
+            let names: Vec<&str> = decision
+                .rules
+                .iter()
+                .map(|id| {
+                    plan.waf
+                        .iter()
+                        .flat_map(|w| &w.rules)
+                        .find(|r| r.id == *id)
+                        .map_or("?", |r| r.name.as_str())
+                })
+                .collect();
+            details.push(format!("[WAF {}]", names.join(", ")));
+        }
+        details.push(format!("zone {}", plan.zone_name(decision.data_zone)));
+        let answered = matches!(decision.outcome, Outcome::Final(_));
+        Meaning {
+            steps,
+            details,
+            answered,
+        }
+    }
 }
 
 fn effect_meaning(effect: &Effect, decision: &Decision, plan: &RegionPlan) -> String {
@@ -888,8 +960,9 @@ fn effect_meaning(effect: &Effect, decision: &Decision, plan: &RegionPlan) -> St
 // ---------------------------------------------------------------------------------------
 // The report.
 
-/// At most this many flipped requests per region in the human report (JSON lists all).
-const SHOWN_FLIPS: usize = 5;
+/// At most this many kinds of flip per region in the human report, each with an example
+/// request (JSON lists every request).
+const SHOWN_KINDS: usize = 6;
 
 fn human(reports: &[RegionReport]) -> String {
     let mut o = String::new();
@@ -930,22 +1003,42 @@ fn human(reports: &[RegionReport]) -> String {
                 let _ = writeln!(o, "      {detail}");
             }
         }
-        let _ = writeln!(
+        // Like flips together, the most common first, each with one request as its example:
+        // a change that flips many requests does not hide one that flips a few.
+        let mut kinds: BTreeMap<&str, Vec<&Flip>> = BTreeMap::new();
+        for flip in &report.flips {
+            kinds.entry(flip.kind.as_str()).or_default().push(flip);
+        }
+        let mut kinds: Vec<(&str, Vec<&Flip>)> = kinds.into_iter().collect();
+        kinds.sort_by_key(|(_, flips)| std::cmp::Reverse(flips.len()));
+        let _ = write!(
             o,
             "  {} of {} requests decided differently",
             report.flips.len(),
             report.requests_tried
         );
-        for flip in report.flips.iter().take(SHOWN_FLIPS) {
-            let _ = writeln!(o, "    {}", flip.request);
-            let _ = writeln!(o, "      was  {}", flip.old);
-            let _ = writeln!(o, "      now  {}", flip.new);
+        match kinds.len() {
+            0 => o.push('\n'),
+            1 => o.push_str(":\n"),
+            n => {
+                let _ = writeln!(o, ", in {n} ways:");
+            }
         }
-        if report.flips.len() > SHOWN_FLIPS {
+        for (_, flips) in kinds.iter().take(SHOWN_KINDS) {
+            let example = flips[0];
+            let _ = match flips.len() {
+                1 => writeln!(o, "    {}", example.request),
+                n => writeln!(o, "    {} and {} like it", example.request, n - 1),
+            };
+            let _ = writeln!(o, "      was  {}", example.old);
+            let _ = writeln!(o, "      now  {}", example.new);
+        }
+        if kinds.len() > SHOWN_KINDS {
+            let rest: usize = kinds[SHOWN_KINDS..].iter().map(|(_, f)| f.len()).sum();
             let _ = writeln!(
                 o,
-                "    … and {} more (`--format json` lists them all)",
-                report.flips.len() - SHOWN_FLIPS
+                "    … and {rest} more requests, flipped in {} other ways (`--format json` lists them all)",
+                kinds.len() - SHOWN_KINDS
             );
         }
         o.push('\n');
