@@ -255,7 +255,8 @@ pub struct Seen {
 ///
 /// Its answers depend on the path: `…/private…` is `Cache-Control: private`, `…/cookie…`
 /// sets a cookie, `…/by-language…` varies on `Accept-Language`, `…/slow…` takes 500 ms,
-/// `…/tagged…` has the entity tag [`TAG`] and answers `304` to `If-None-Match` with it; every answer carries `server: origin` and the
+/// `…/tagged…` has the entity tag [`TAG`] and answers `304` to `If-None-Match` with it,
+/// `…/ws…` with `Upgrade` becomes a WebSocket echoing what it gets; every answer carries `server: origin` and the
 /// number of requests served so far in `x-origin-count` and the JSON body.
 pub struct Origin {
     pub addr: SocketAddr,
@@ -297,7 +298,7 @@ impl Origin {
                         origin_answer(request, recorded.clone(), count.clone())
                     });
                     let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(stream), service)
+                        .serve_connection_with_upgrades(TokioIo::new(stream), service)
                         .await;
                 });
             }
@@ -344,7 +345,7 @@ impl Drop for Origin {
 pub const TAG: &str = "\"v1\"";
 
 async fn origin_answer(
-    request: http::Request<hyper::body::Incoming>,
+    mut request: http::Request<hyper::body::Incoming>,
     recorded: Arc<Mutex<Vec<Seen>>>,
     count: Arc<AtomicUsize>,
 ) -> Result<http::Response<Full<Bytes>>, std::convert::Infallible> {
@@ -364,6 +365,30 @@ async fn origin_answer(
         version: request.version(),
         headers: request.headers().clone(),
     });
+    if target.contains("/ws") && request.headers().contains_key("upgrade") {
+        // A WebSocket endpoint that echoes every byte it gets.
+        let upgrade = hyper::upgrade::on(&mut request);
+        tokio::spawn(async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let Ok(upgraded) = upgrade.await else {
+                return;
+            };
+            let mut io = TokioIo::new(upgraded);
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = io.read(&mut buf).await {
+                if n == 0 || io.write_all(&buf[..n]).await.is_err() {
+                    break;
+                }
+            }
+        });
+        return Ok(http::Response::builder()
+            .status(101)
+            .header("upgrade", "websocket")
+            .header("connection", "upgrade")
+            .header("sec-websocket-accept", "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=")
+            .body(Full::new(Bytes::new()))
+            .expect("a response"));
+    }
     let _ = request.into_body().collect().await;
     if target.contains("/slow") {
         tokio::time::sleep(Duration::from_millis(500)).await;

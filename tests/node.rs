@@ -1376,3 +1376,94 @@ fn edgepack_dev_serves_and_swaps_in_every_save() {
     };
     assert!(status.success(), "{status}");
 }
+
+/// Sends a WebSocket upgrade for `path` on a new connection; returns the connection and the
+/// response head.
+fn open_websocket(edge: &Edge, path: &str) -> (std::net::TcpStream, String) {
+    let address = edge.node.url.trim_start_matches("http://").to_string();
+    let mut stream = std::net::TcpStream::connect(&address).expect("connect to the node");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {address}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+    .expect("send the upgrade");
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        let n = stream.read(&mut byte).expect("read the head");
+        assert_eq!(n, 1, "closed after {:?}", String::from_utf8_lossy(&head));
+        head.push(byte[0]);
+    }
+    (stream, String::from_utf8_lossy(&head).to_lowercase())
+}
+
+#[test]
+fn websocket_upgrades_go_through_where_the_route_takes_them() {
+    let fixture = fixture();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let policy = dir.path().join("policy");
+    std::fs::create_dir_all(&policy).expect("mkdir");
+    std::fs::write(
+        policy.join("edgepack.kdl"),
+        r#"edgepack 1
+region "eu-west" zone="GLOBAL"
+origin "api" { zone "GLOBAL" url="https://api-eu.internal:8443"; }
+route "/chat/*" {
+    proxy "api" websocket=#true
+}
+route "/plain/*" {
+    proxy "api"
+}
+"#,
+    )
+    .expect("write the policy");
+    let built = e2e::build(
+        &policy,
+        &fixture.keys,
+        &dir.path().join("out"),
+        1,
+        &["eu-west"],
+    );
+    let edge = Edge::start("eu-west", &built["eu-west"], &["--idle-timeout", "1s"]);
+    let tunnels = || {
+        let metrics = get(&format!("{}/metrics", edge.node.admin), &[]).body;
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("edgepack_websocket_tunnels "))
+            .map(str::to_string)
+    };
+
+    let (mut chat, head) = open_websocket(&edge, "/chat/ws");
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    assert!(head.contains("upgrade: websocket"), "{head}");
+    assert!(head.contains("x-edge-region: eu-west"), "{head}");
+    for message in ["hello", "and again, both ways"] {
+        chat.write_all(message.as_bytes()).expect("send");
+        let mut echoed = vec![0u8; message.len()];
+        chat.read_exact(&mut echoed).expect("the origin's echo");
+        assert_eq!(echoed, message.as_bytes());
+    }
+    let seen = edge.origin.last("/chat/ws").expect("reached the origin");
+    assert_eq!(
+        seen.headers.get("upgrade").map(|v| v.as_bytes()),
+        Some(&b"websocket"[..])
+    );
+    assert_eq!(tunnels().as_deref(), Some("1"));
+    // Quiet for longer than the idle timeout, the tunnel is closed and counted out.
+    std::thread::sleep(Duration::from_millis(1500));
+    let mut rest = Vec::new();
+    assert_eq!(chat.read_to_end(&mut rest).expect("read to the close"), 0);
+    assert_eq!(tunnels().as_deref(), Some("0"));
+
+    // A route that does not take upgrades proxies the request as a plain one.
+    let (_plain, head) = open_websocket(&edge, "/plain/ws");
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    let seen = edge.origin.last("/plain/ws").expect("reached the origin");
+    assert!(!seen.headers.contains_key("upgrade"));
+
+    // Plain requests on the WebSocket route are proxied as ever.
+    assert_eq!(get(&edge.url("/chat/history"), &[]).status, 200);
+}

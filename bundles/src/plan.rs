@@ -131,6 +131,9 @@ pub enum HostPlan {
 pub enum ActionPlan {
     Proxy {
         origin: u32,
+        /// Whether WebSocket upgrades go through to the origin (absent: no).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        websocket: bool,
     },
     Respond {
         response: u32,

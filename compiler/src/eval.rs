@@ -268,7 +268,7 @@ impl<'p> Evaluator<'p> {
             effects.push(Effect::Residency(data_zone));
         }
         match &route.action {
-            ActionPlan::Proxy { origin } => effects.push(Effect::Proxy(*origin)),
+            ActionPlan::Proxy { origin, .. } => effects.push(Effect::Proxy(*origin)),
             ActionPlan::Function { function } => effects.push(Effect::Function(*function)),
             ActionPlan::Respond { response } => {
                 if effects.is_empty() {

@@ -436,10 +436,13 @@ impl<'p> Lowering<'p> {
         methods.sort_by_key(|m| edgepack_bundles::abi::method::code(m));
         methods.dedup();
         let (action, processing_zone) = match &route.action.value {
-            Action::Proxy { origin } => {
+            Action::Proxy { origin, websocket } => {
                 let id = self.origin(origin);
                 (
-                    ActionPlan::Proxy { origin: id },
+                    ActionPlan::Proxy {
+                        origin: id,
+                        websocket: *websocket,
+                    },
                     Some(self.origins[id as usize].zone),
                 )
             }

@@ -100,7 +100,7 @@ pub fn verify(plan: &RegionPlan) -> Result<(), Vec<String>> {
             format!("{name}: `*` is not last"),
         );
         match &route.action {
-            ActionPlan::Proxy { origin } => {
+            ActionPlan::Proxy { origin, .. } => {
                 let origin_zone = plan.origins.get(*origin as usize).map(|o| o.zone);
                 check(
                     origin_zone.is_some(),

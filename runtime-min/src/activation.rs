@@ -459,7 +459,7 @@ fn check_plan(plan: &RegionPlan) -> Result<(), String> {
         }
         use edgepack_bundles::plan::ActionPlan;
         let missing = match &route.action {
-            ActionPlan::Proxy { origin } => plan.origins.get(*origin as usize).is_none(),
+            ActionPlan::Proxy { origin, .. } => plan.origins.get(*origin as usize).is_none(),
             ActionPlan::Respond { response } => plan.responses.get(*response as usize).is_none(),
             ActionPlan::Function { function } => plan.functions.get(*function as usize).is_none(),
             ActionPlan::Redirect { .. } | ActionPlan::Block { .. } => false,

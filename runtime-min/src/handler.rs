@@ -22,6 +22,7 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use http_body_util::{BodyExt, Full, Limited};
+use hyper_util::rt::TokioIo;
 use serde_json::json;
 use sha2::Sha256;
 
@@ -158,6 +159,8 @@ struct Exchange<'a> {
     cors: Option<u32>,
     /// The request's `Origin` header (CORS answers echo it).
     request_origin: Option<HeaderValue>,
+    /// The client's side of a WebSocket upgrade the request asks for (HTTP/1.1 only).
+    upgrade: Option<hyper::upgrade::OnUpgrade>,
     /// The client as the policy saw it (the peer until the policy has decided).
     client: IpAddr,
     record: Record,
@@ -189,6 +192,7 @@ impl Node {
                 .insert(X_REQUEST_ID, id.header_value());
             return response;
         };
+        let upgrade = asks_for_websocket(&request).then(|| hyper::upgrade::on(&mut request));
         let mut exchange = Exchange {
             node: self,
             active,
@@ -200,6 +204,7 @@ impl Node {
             claims: None,
             cors: None,
             request_origin: request.headers().get(header::ORIGIN).cloned(),
+            upgrade,
             client: peer.ip(),
             record: Record::default(),
         };
@@ -486,10 +491,26 @@ impl Exchange<'_> {
                 Effect::Cors(id) => self.cors = Some(id),
                 Effect::Proxy(origin) => {
                     self.record.action = "proxy";
-                    let request = match self.outgoing(parts, body, outgoing, origin) {
+                    let websocket = self.decision.route.and_then(|r| self.route_action(r));
+                    let websocket = matches!(
+                        websocket,
+                        Some(ActionPlan::Proxy {
+                            websocket: true,
+                            ..
+                        })
+                    );
+                    let upgrade = if websocket { self.upgrade.take() } else { None };
+                    let client_upgrade = parts.headers.get(header::UPGRADE).cloned();
+                    let mut request = match self.outgoing(parts, body, outgoing, origin) {
                         Ok(request) => request,
                         Err(response) => return response,
                     };
+                    if let (Some(upgrade), Some(protocol)) = (upgrade, client_upgrade) {
+                        let headers = request.headers_mut();
+                        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+                        headers.insert(header::UPGRADE, protocol);
+                        return self.tunnel(request, origin, upgrade).await;
+                    }
                     let store = cache_key.zip(cache_route);
                     return self.proxy(parts, request, origin, store).await;
                 }
@@ -795,27 +816,17 @@ impl Exchange<'_> {
         origin: u32,
         store: Option<(Vec<u8>, u32)>,
     ) -> Response<Body> {
-        let Some(plan) = self.active.plan.origins.get(origin as usize) else {
+        let active = self.active.clone();
+        let Some(plan) = active.plan.origins.get(origin as usize) else {
             return self.error(StatusCode::INTERNAL_SERVER_ERROR, "unknown origin");
         };
         if self.node.settings.stand_in_origins {
             let name = plan.name.clone();
             return self.stand_in(&name);
         }
-        let (took, result) = fetch(self.node, self.active.generation, plan, request).await;
-        self.record.upstream_ms = Some(crate::logs::millis(took));
-        let response = match result {
+        let response = match self.forward(plan, request).await {
             Ok(response) => response,
-            Err(error) => {
-                self.record.error = Some(format!("origin {}: {error}", plan.name));
-                return match error {
-                    UpstreamError::Timeout => self.error(
-                        StatusCode::GATEWAY_TIMEOUT,
-                        "the origin did not answer in time",
-                    ),
-                    _ => self.error(StatusCode::BAD_GATEWAY, "the origin could not be reached"),
-                };
-            }
+            Err(answer) => return answer,
         };
         let (mut head, incoming) = response.into_parts();
         proxy::strip_hop_by_hop(&mut head.headers);
@@ -846,6 +857,80 @@ impl Exchange<'_> {
         {
             headers.insert(IDENTITY_HEADER, value);
         }
+    }
+
+    /// Sends `request` to the origin; a failure becomes the client's 502, or 504 when the
+    /// origin did not answer in time.
+    async fn forward(
+        &mut self,
+        plan: &OriginPlan,
+        request: Request<Full<Bytes>>,
+    ) -> Result<Response<hyper::body::Incoming>, Response<Body>> {
+        let (took, result) = fetch(self.node, self.active.generation, plan, request).await;
+        self.record.upstream_ms = Some(crate::logs::millis(took));
+        result.map_err(|error| {
+            self.record.error = Some(format!("origin {}: {error}", plan.name));
+            match error {
+                UpstreamError::Timeout => self.error(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "the origin did not answer in time",
+                ),
+                _ => self.error(StatusCode::BAD_GATEWAY, "the origin could not be reached"),
+            }
+        })
+    }
+
+    /// A WebSocket upgrade through to the origin: its `101` goes back to the client and the
+    /// two connections are joined until either closes or both sit idle for the node's idle
+    /// timeout. Any other answer from the origin goes back as it came.
+    async fn tunnel(
+        &mut self,
+        request: Request<Full<Bytes>>,
+        origin: u32,
+        client: hyper::upgrade::OnUpgrade,
+    ) -> Response<Body> {
+        let active = self.active.clone();
+        let Some(plan) = active.plan.origins.get(origin as usize) else {
+            return self.error(StatusCode::INTERNAL_SERVER_ERROR, "unknown origin");
+        };
+        let tunnels = self.node.metrics.websocket_tunnels.clone();
+        let open = TunnelGuard(tunnels.clone());
+        if tunnels.inc() >= self.node.settings.max_tunnels as i64 {
+            return self.error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "this node holds as many WebSocket connections as it takes; try again",
+            );
+        }
+        let mut response = match self.forward(plan, request).await {
+            Ok(response) => response,
+            Err(answer) => return answer,
+        };
+        if response.status() != StatusCode::SWITCHING_PROTOCOLS {
+            let (mut head, incoming) = response.into_parts();
+            proxy::strip_hop_by_hop(&mut head.headers);
+            return Response::from_parts(head, incoming.map_err(BoxError::from).boxed());
+        }
+        self.record.action = "websocket";
+        let upstream = hyper::upgrade::on(&mut response);
+        let protocol = response.headers().get(header::UPGRADE).cloned();
+        let (mut head, _) = response.into_parts();
+        proxy::strip_hop_by_hop(&mut head.headers);
+        head.headers
+            .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        if let Some(protocol) = protocol {
+            head.headers.insert(header::UPGRADE, protocol);
+        }
+        let idle = self.node.settings.tunnel_idle;
+        tokio::spawn(async move {
+            let _open = open;
+            // Both sides turn into plain connections once the 101 is on its way; a client
+            // gone before that ends the wait.
+            let joined = tokio::time::timeout(idle, async { tokio::join!(client, upstream) });
+            if let Ok((Ok(client), Ok(upstream))) = joined.await {
+                splice(TokioIo::new(client), TokioIo::new(upstream), idle).await;
+            }
+        });
+        Response::from_parts(head, empty())
     }
 
     /// The request a function sees: the decision's header edits and residency transforms
@@ -1369,6 +1454,72 @@ fn client_key(ip: IpAddr) -> IpAddr {
             )),
         },
         v4 => v4,
+    }
+}
+
+/// Whether a request asks to become a WebSocket (RFC 6455 4.1): HTTP/1.1, `Upgrade:
+/// websocket` and `Connection: upgrade`.
+fn asks_for_websocket<B>(request: &Request<B>) -> bool {
+    let has_token = |name: header::HeaderName, token: &str| {
+        request.headers().get_all(name).iter().any(|value| {
+            value
+                .as_bytes()
+                .split(|b| *b == b',')
+                .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
+        })
+    };
+    request.version() == http::Version::HTTP_11
+        && has_token(header::UPGRADE, "websocket")
+        && has_token(header::CONNECTION, "upgrade")
+}
+
+/// Counts a WebSocket tunnel as open (the `websocket_tunnels` gauge) while it lives.
+struct TunnelGuard(prometheus_client::metrics::gauge::Gauge);
+
+impl Drop for TunnelGuard {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+/// Copies bytes both ways until both sides have closed, or neither has sent anything for
+/// `idle`. A side that closes has its peer's writing half shut down, so a close travels.
+async fn splice<A, B>(a: A, b: B, idle: Duration)
+where
+    A: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    B: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (mut a_read, mut a_write) = tokio::io::split(a);
+    let (mut b_read, mut b_write) = tokio::io::split(b);
+    let (mut a_buf, mut b_buf) = (vec![0u8; 16 * 1024], vec![0u8; 16 * 1024]);
+    let (mut a_open, mut b_open) = (true, true);
+    while a_open || b_open {
+        tokio::select! {
+            read = a_read.read(&mut a_buf), if a_open => match read {
+                Ok(n) if n > 0 => {
+                    if b_write.write_all(&a_buf[..n]).await.is_err() {
+                        return;
+                    }
+                }
+                _ => {
+                    a_open = false;
+                    let _ = b_write.shutdown().await;
+                }
+            },
+            read = b_read.read(&mut b_buf), if b_open => match read {
+                Ok(n) if n > 0 => {
+                    if a_write.write_all(&b_buf[..n]).await.is_err() {
+                        return;
+                    }
+                }
+                _ => {
+                    b_open = false;
+                    let _ = a_write.shutdown().await;
+                }
+            },
+            () = tokio::time::sleep(idle) => return,
+        }
     }
 }
 

@@ -167,6 +167,7 @@ pub struct Metrics {
     pub activations: Family<ActivationLabels, Counter>,
     pub activation_seconds: Histogram,
     pub connections: Gauge,
+    pub websocket_tunnels: Gauge,
     pub state_write_errors: Counter,
     pub golden_requests: Counter,
     pub rollbacks: Family<RollbackLabels, Counter>,
@@ -213,6 +214,7 @@ impl Metrics {
             activations: Family::default(),
             activation_seconds: latency_histogram(),
             connections: Gauge::default(),
+            websocket_tunnels: Gauge::default(),
             state_write_errors: Counter::default(),
             golden_requests: Counter::default(),
             rollbacks: Family::default(),
@@ -299,6 +301,11 @@ impl Metrics {
             "open_connections",
             "Client connections open",
             m.connections.clone(),
+        );
+        registry.register(
+            "websocket_tunnels",
+            "WebSocket connections joined to an origin now",
+            m.websocket_tunnels.clone(),
         );
         registry.register(
             "state_write_errors",

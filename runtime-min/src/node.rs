@@ -39,6 +39,10 @@ pub struct Settings {
     /// Send a bundle's `test` blocks through it before it may serve, and refuse it if one
     /// fails (always on for `edgepack-node`; `edgepack test` runs and reports them itself).
     pub golden_requests: bool,
+    /// A WebSocket tunnel with no bytes moving either way for this long is closed.
+    pub tunnel_idle: Duration,
+    /// WebSocket tunnels open at once; an upgrade beyond them is answered 503.
+    pub max_tunnels: usize,
 }
 
 /// Activations in this process, numbered across nodes: a worker thread keeps one policy
@@ -216,6 +220,8 @@ impl Node {
                 stand_in_origins: false,
                 expose_decisions: false,
                 golden_requests: true,
+                tunnel_idle: args.idle_timeout,
+                max_tunnels: args.max_connections,
             },
             replayed: std::sync::OnceLock::new(),
             skip_decide: AtomicBool::new(false),

@@ -378,7 +378,8 @@ async fn serve(
                 None => {
                     let (io, flags) = Watched::new(stream, max_head);
                     let service = request_service(node.clone(), peer, false, flags.clone());
-                    let connection = builder.serve_connection(TokioIo::new(io), service);
+                    let connection =
+                        builder.serve_connection_with_upgrades(TokioIo::new(io), service);
                     drive(connection, &flags, closing, idle_timeout).await;
                 }
                 Some(acceptor) => {
@@ -386,7 +387,8 @@ async fn serve(
                         Ok(Ok(tls_stream)) => {
                             let (io, flags) = Watched::new(tls_stream, max_head);
                             let service = request_service(node.clone(), peer, true, flags.clone());
-                            let connection = builder.serve_connection(TokioIo::new(io), service);
+                            let connection =
+                                builder.serve_connection_with_upgrades(TokioIo::new(io), service);
                             drive(connection, &flags, closing, idle_timeout).await;
                         }
                         Ok(Err(error)) => {
@@ -448,7 +450,7 @@ trait GracefulConnection {
     fn close_gracefully(self: std::pin::Pin<&mut Self>);
 }
 
-impl<I, S, E> GracefulConnection for auto::Connection<'_, I, S, E>
+impl<I, S, E> GracefulConnection for auto::UpgradeableConnection<'_, I, S, E>
 where
     S: hyper::service::HttpService<Incoming>,
     S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,

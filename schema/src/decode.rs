@@ -1720,8 +1720,15 @@ fn decode_action(
             let origin = r
                 .req_arg(cx, 0, "an origin name", "proxy \"api\"")
                 .and_then(|v| cx.string(v, "proxy \"api\""));
+            let websocket = match r.prop("websocket") {
+                Some(v) => cx.boolean(v, "proxy \"api\" websocket=#true")?.value,
+                None => false,
+            };
             r.no_children(cx);
-            Action::Proxy { origin: origin? }
+            Action::Proxy {
+                origin: origin?,
+                websocket,
+            }
         }
         "function" => {
             let name = r

@@ -667,6 +667,8 @@ pub struct RouteWaf {
 pub enum Action {
     Proxy {
         origin: Name,
+        /// Whether WebSocket upgrades go through to the origin.
+        websocket: bool,
     },
     Respond {
         status: Spanned<u16>,
@@ -959,7 +961,7 @@ impl Policy {
     /// Origins a route can reach: the one it proxies to, or those its function may call.
     pub fn origins_reached<'a>(&'a self, route: &'a Route) -> Vec<&'a Name> {
         match &route.action.value {
-            Action::Proxy { origin } => vec![origin],
+            Action::Proxy { origin, .. } => vec![origin],
             Action::Function { name } => self
                 .function(name)
                 .map(|f| f.origins.iter().collect())

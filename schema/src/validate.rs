@@ -315,7 +315,7 @@ impl<'p> Validator<'p, '_> {
     fn route_refs(&mut self, route: &'p Route, region: Option<&'p Region>) {
         let policy = self.policy;
         match &route.action.value {
-            Action::Proxy { origin } => {
+            Action::Proxy { origin, .. } => {
                 self.origin_ref(origin);
             }
             Action::Function { name } => {

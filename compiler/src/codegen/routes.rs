@@ -236,7 +236,7 @@ impl Tables {
         for route in &plan.routes {
             let mut r = [0u32; 16];
             let (kind, arg) = match &route.action {
-                ActionPlan::Proxy { origin } => (ACTION_PROXY, *origin),
+                ActionPlan::Proxy { origin, .. } => (ACTION_PROXY, *origin),
                 ActionPlan::Function { function } => (ACTION_FUNCTION, *function),
                 ActionPlan::Respond { response } => {
                     r[(R_STATUS / 4) as usize] =

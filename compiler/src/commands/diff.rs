@@ -500,8 +500,9 @@ fn route_key(route: &RoutePlan) -> String {
 /// A route's action in names: what a reader of the policy would compare.
 fn action_meaning(plan: &RegionPlan, route: &RoutePlan) -> Value {
     match &route.action {
-        ActionPlan::Proxy { origin } => json!({
+        ActionPlan::Proxy { origin, websocket } => json!({
             "proxy": plan.origins.get(*origin as usize).map_or("?", |o| o.name.as_str()),
+            "websocket": websocket,
         }),
         ActionPlan::Respond { response } => json!({
             "respond": plan.responses.get(*response as usize).map(without_position),

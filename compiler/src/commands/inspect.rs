@@ -52,10 +52,13 @@ struct Item {
 /// bundle's plan is only as consistent as whoever built it).
 pub fn describe_action(plan: &RegionPlan, route: &RoutePlan) -> String {
     match &route.action {
-        ActionPlan::Proxy { origin } => match plan.origins.get(*origin as usize) {
-            Some(o) => format!("proxy {} ({})", o.name, o.url),
-            None => "proxy ?".to_string(),
-        },
+        ActionPlan::Proxy { origin, websocket } => {
+            let upgrades = if *websocket { ", WebSocket" } else { "" };
+            match plan.origins.get(*origin as usize) {
+                Some(o) => format!("proxy {} ({}{upgrades})", o.name, o.url),
+                None => "proxy ?".to_string(),
+            }
+        }
         ActionPlan::Respond { response } => match plan.responses.get(*response as usize) {
             Some(r) => format!("respond {}", r.status),
             None => "respond ?".to_string(),
