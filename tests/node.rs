@@ -1412,6 +1412,7 @@ fn websocket_upgrades_go_through_where_the_route_takes_them() {
 region "eu-west" zone="GLOBAL"
 origin "api" { zone "GLOBAL" url="https://api-eu.internal:8443"; }
 route "/chat/*" {
+    cache ttl="1m"
     proxy "api" websocket=#true
 }
 route "/plain/*" {
@@ -1436,6 +1437,12 @@ route "/plain/*" {
             .map(str::to_string)
     };
 
+    // A plain GET of the same path is stored; the upgrade must still reach the origin.
+    let stored = get(&edge.url("/chat/ws"), &[]);
+    assert_eq!(
+        (stored.status, stored.header("x-cache")),
+        (200, Some("MISS"))
+    );
     let (mut chat, head) = open_websocket(&edge, "/chat/ws");
     assert!(head.starts_with("http/1.1 101"), "{head}");
     assert!(head.contains("upgrade: websocket"), "{head}");

@@ -433,6 +433,17 @@ impl Exchange<'_> {
         let mut outgoing = parts.headers.clone();
         let mut cache_key: Option<Vec<u8>> = None;
         let mut cache_route: Option<u32> = None;
+        // A WebSocket upgrade the route takes goes to the origin, never to the cache; where
+        // origins are stood in for (`edgepack test`, golden requests) it is a plain request.
+        let tunnel = self.upgrade.is_some()
+            && !self.node.settings.stand_in_origins
+            && matches!(
+                self.decision.route.and_then(|r| self.route_action(r)),
+                Some(ActionPlan::Proxy {
+                    websocket: true,
+                    ..
+                })
+            );
         for effect in effects {
             match *effect {
                 Effect::VerifyJwt(id) => {
@@ -446,7 +457,7 @@ impl Exchange<'_> {
                     }
                 }
                 Effect::Cache(route) => {
-                    let Some(key) = self.cache_key(parts, route) else {
+                    let Some(key) = self.cache_key(parts, route).filter(|_| !tunnel) else {
                         continue;
                     };
                     let head = parts.method == Method::HEAD;
@@ -491,15 +502,7 @@ impl Exchange<'_> {
                 Effect::Cors(id) => self.cors = Some(id),
                 Effect::Proxy(origin) => {
                     self.record.action = "proxy";
-                    let websocket = self.decision.route.and_then(|r| self.route_action(r));
-                    let websocket = matches!(
-                        websocket,
-                        Some(ActionPlan::Proxy {
-                            websocket: true,
-                            ..
-                        })
-                    );
-                    let upgrade = if websocket { self.upgrade.take() } else { None };
+                    let upgrade = if tunnel { self.upgrade.take() } else { None };
                     let client_upgrade = parts.headers.get(header::UPGRADE).cloned();
                     let mut request = match self.outgoing(parts, body, outgoing, origin) {
                         Ok(request) => request,
