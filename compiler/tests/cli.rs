@@ -351,3 +351,58 @@ route "/probe" {
         "{probe}"
     );
 }
+
+#[test]
+fn explain_and_inspect_say_where_websocket_upgrades_go_through() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    std::fs::write(
+        dir.path().join("edgepack.kdl"),
+        r#"edgepack 1
+region "one" zone="GLOBAL"
+origin "chat" { zone "GLOBAL" url="http://chat.internal"; }
+route "/live/*" { proxy "chat" websocket=#true; }
+route "/history/*" { proxy "chat"; }
+"#,
+    )
+    .expect("write");
+    let policy = dir.path().display().to_string();
+    let explain = |request: &str| {
+        let out = edgepack(
+            &["explain", &policy, "--region", "one", "--request", request],
+            &root(),
+        );
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+        text(&out.stdout)
+    };
+    let live = explain("GET /live/room");
+    assert!(
+        live.starts_with("region one decides: proxy to chat (WebSocket upgrades go through)"),
+        "{live}"
+    );
+    let history = explain("GET /history/room");
+    assert!(
+        history.starts_with("region one decides: proxy to chat\n"),
+        "{history}"
+    );
+
+    let out_dir = dir.path().join("dist").display().to_string();
+    let built = edgepack(
+        &[
+            "build",
+            &policy,
+            "--key",
+            "examples/dev.key",
+            "--out",
+            &out_dir,
+        ],
+        &root(),
+    );
+    assert_eq!(built.status.code(), Some(0), "{}", text(&built.stderr));
+    let bundle = format!("{out_dir}/one.edgepack");
+    let inspected = text(&edgepack(&["inspect", &bundle], &root()).stdout);
+    assert!(
+        inspected.contains("proxy chat (http://chat.internal, WebSocket)"),
+        "{inspected}"
+    );
+    assert_eq!(inspected.matches("WebSocket").count(), 1, "{inspected}");
+}

@@ -14,7 +14,7 @@ use serde::Serialize;
 
 use crate::eval::{self, Evaluator};
 use crate::pipeline;
-use crate::plan::RegionPlan;
+use crate::plan::{ActionPlan, RegionPlan};
 use crate::report::HumanStyle;
 use crate::requests::RequestSpec;
 use crate::{Exit, Output};
@@ -347,7 +347,26 @@ fn describe_outcome(plan: &RegionPlan, decision: &Decision) -> String {
                         EditHeaders(_) => "edit headers".to_string(),
                         Residency(z) => format!("residency transforms ({})", plan.zone_name(*z)),
                         Cors(c) => format!("CORS ({})", plan.cors[*c as usize].name),
-                        Proxy(o) => format!("proxy to {}", plan.origins[*o as usize].name),
+                        Proxy(o) => {
+                            let websocket = decision
+                                .route
+                                .and_then(|r| plan.routes.get(r as usize))
+                                .is_some_and(|r| {
+                                    matches!(
+                                        r.action,
+                                        ActionPlan::Proxy {
+                                            websocket: true,
+                                            ..
+                                        }
+                                    )
+                                });
+                            let upgrades = if websocket {
+                                " (WebSocket upgrades go through)"
+                            } else {
+                                ""
+                            };
+                            format!("proxy to {}{upgrades}", plan.origins[*o as usize].name)
+                        }
                         Function(f) => format!("run function {}", plan.functions[*f as usize].name),
                         Respond(r) => format!("respond {}", plan.responses[*r as usize].status),
                         Redirect(_) => {
