@@ -259,6 +259,16 @@ fn explain_shows_the_decision_the_route_and_the_rules_that_fired() {
     assert_eq!(report["agrees_with_reference"], true);
 }
 
+/// What region `one` of `policy` decides about `request`, as `explain` prints it.
+fn explain_in_region_one(policy: &str, request: &str) -> String {
+    let out = edgepack(
+        &["explain", policy, "--region", "one", "--request", request],
+        &root(),
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    text(&out.stdout)
+}
+
 #[test]
 fn only_get_and_head_are_answered_from_the_cache() {
     // A route that caches and takes any method: a POST changes things, so it must reach the
@@ -277,14 +287,7 @@ route "/items/*" {
     )
     .expect("write");
     let policy = dir.path().display().to_string();
-    let explain = |request: &str| {
-        let out = edgepack(
-            &["explain", &policy, "--region", "one", "--request", request],
-            &root(),
-        );
-        assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
-        text(&out.stdout)
-    };
+    let explain = |request: &str| explain_in_region_one(&policy, request);
     for request in ["GET /items/1", "HEAD /items/1"] {
         let human = explain(request);
         assert!(
@@ -328,14 +331,7 @@ route "/probe" {
     )
     .expect("write");
     let policy = dir.path().display().to_string();
-    let explain = |request: &str| {
-        let out = edgepack(
-            &["explain", &policy, "--region", "one", "--request", request],
-            &root(),
-        );
-        assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
-        text(&out.stdout)
-    };
+    let explain = |request: &str| explain_in_region_one(&policy, request);
     let head = explain("HEAD /page");
     assert!(head.starts_with("region one decides: 200"), "{head}");
     assert!(head.contains("route: GET,HEAD /page"), "{head}");
@@ -366,14 +362,7 @@ route "/history/*" { proxy "chat"; }
     )
     .expect("write");
     let policy = dir.path().display().to_string();
-    let explain = |request: &str| {
-        let out = edgepack(
-            &["explain", &policy, "--region", "one", "--request", request],
-            &root(),
-        );
-        assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
-        text(&out.stdout)
-    };
+    let explain = |request: &str| explain_in_region_one(&policy, request);
     let live = explain("GET /live/room");
     assert!(
         live.starts_with("region one decides: proxy to chat (WebSocket upgrades go through)"),

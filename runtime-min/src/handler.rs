@@ -719,15 +719,12 @@ impl Exchange<'_> {
         entry: &Entry,
         state: &'static str,
     ) -> Response<Body> {
-        let mut response = if let Some(response) = not_modified(parts, entry.status, &entry.headers)
-        {
-            response
-        } else {
+        let mut response = not_modified(parts, entry.status, &entry.headers).unwrap_or_else(|| {
             let mut response = Response::new(full(entry.body.clone()));
             *response.status_mut() = entry.status;
             *response.headers_mut() = entry.headers.clone();
             response
-        };
+        });
         response
             .headers_mut()
             .insert(header::AGE, HeaderValue::from(entry.age()));

@@ -520,6 +520,15 @@ fn action_meaning(plan: &RegionPlan, route: &RoutePlan) -> Value {
     }
 }
 
+/// A WAF rule's name by its plan id (`?` for an id the plan does not define).
+fn rule_name(plan: &RegionPlan, id: u32) -> &str {
+    plan.waf
+        .iter()
+        .flat_map(|w| &w.rules)
+        .find(|r| r.id == id)
+        .map_or("?", |r| r.name.as_str())
+}
+
 fn routes(plan: &RegionPlan) -> Keyed {
     let jwt_names: Vec<String> = plan.jwts.iter().map(|j| j.name.clone()).collect();
     let limit_names: Vec<String> = plan.ratelimits.iter().map(|l| l.name.clone()).collect();
@@ -530,13 +539,7 @@ fn routes(plan: &RegionPlan) -> Keyed {
             .waf
             .rules
             .iter()
-            .map(|id| {
-                plan.waf
-                    .iter()
-                    .flat_map(|w| &w.rules)
-                    .find(|r| r.id == *id)
-                    .map_or("?", |r| r.name.as_str())
-            })
+            .map(|id| rule_name(plan, *id))
             .collect();
         waf_rules.sort_unstable();
         let meaning = json!({
@@ -864,13 +867,7 @@ impl Meaning {
             let names: Vec<&str> = decision
                 .rules
                 .iter()
-                .map(|id| {
-                    plan.waf
-                        .iter()
-                        .flat_map(|w| &w.rules)
-                        .find(|r| r.id == *id)
-                        .map_or("?", |r| r.name.as_str())
-                })
+                .map(|id| rule_name(plan, *id))
                 .collect();
             details.push(format!("[WAF {}]", names.join(", ")));
         }
