@@ -559,6 +559,82 @@ fn jwt_routes_need_a_valid_token() {
     );
 }
 
+/// A JWT provider whose HS secret the nodes hold: the node verifies with the secret it was
+/// given, and refuses a bundle that names a secret it lacks, serving on.
+#[test]
+fn jwt_secrets_held_by_the_node_verify_tokens() {
+    let fixture = fixture();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let policy = |secret: &str| {
+        format!(
+            r##"edgepack 1
+region "eu-west" zone="GLOBAL"
+jwt "partners" {{
+    algorithms "HS256"
+    secret "{secret}"
+    issuer "https://partners.example.com"
+}}
+route "/api/health" {{
+    respond 200 json=#"{{"ok":true}}"#
+}}
+route "/partners/*" {{
+    auth jwt="partners"
+    respond 200 json=#"{{"partner":true}}"#
+}}
+"##
+        )
+    };
+    let build = |name: &str, secret: &str, version: u64| {
+        let dir = dir.path().join(name);
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        std::fs::write(dir.join("edgepack.kdl"), policy(secret)).expect("write the policy");
+        e2e::build(&dir, &fixture.keys, &dir.join("out"), version, &["eu-west"])
+            .remove("eu-west")
+            .expect("the region's bundle")
+    };
+    let v1 = build("v1", "partner-hmac", 1);
+    let secret = b"0123456789abcdef0123456789abcdef-partners";
+    let secret_file = dir.path().join("partner-hmac");
+    std::fs::write(&secret_file, [&secret[..], b"\n"].concat()).expect("write the secret");
+    let flag = format!("partner-hmac={}", secret_file.display());
+    let edge = Edge::start("eu-west", &v1, &["--jwt-secret", &flag]);
+
+    let token = |key: &[u8]| {
+        let claims = json!({ "sub": "acme", "iss": "https://partners.example.com", "exp": e2e::now() + 600 });
+        let token = jsonwebtoken::encode(
+            &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+            &claims,
+            &jsonwebtoken::EncodingKey::from_secret(key),
+        )
+        .expect("an HS256 token");
+        format!("Bearer {token}")
+    };
+    let url = edge.url("/partners/orders");
+    let signed = get(&url, &[("authorization", &token(secret))]);
+    assert_eq!(signed.status, 200, "{}", signed.body);
+    assert_eq!(signed.body, r#"{"partner":true}"#);
+    let forged = get(
+        &url,
+        &[(
+            "authorization",
+            &token(b"another-secret-of-at-least-32-bytes"),
+        )],
+    );
+    assert_eq!(forged.status, 401);
+    assert_eq!(get(&url, &[]).status, 401);
+
+    // The next bundle names a secret this node was not given: refused, version 1 serves on.
+    offer_refused(&edge, &build("v2", "partner-hmac-next", 2), "keys", 1);
+    assert!(
+        edge.node
+            .log()
+            .contains("no secret `partner-hmac-next` (give it with --jwt-secret"),
+        "{}",
+        edge.node.log()
+    );
+    assert_eq!(get(&url, &[("authorization", &token(secret))]).status, 200);
+}
+
 #[test]
 fn cors_preflight_and_actual_requests() {
     let edge = Edge::start("eu-west", example("eu-west"), &[]);

@@ -423,6 +423,10 @@ pub struct JwtPlan {
     pub algorithms: Vec<String>,
     /// Bundle paths of the key files (`keys/…`).
     pub keys: Vec<String>,
+    /// Names of HS shared secrets the node holds (`--jwt-secret NAME=FILE`): the bundle
+    /// carries only the names.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secrets: Vec<String>,
     pub issuer: Option<String>,
     pub audience: Vec<String>,
     pub leeway_ms: u64,
@@ -594,9 +598,14 @@ impl fmt::Display for RegionPlan {
             )?;
         }
         for jwt in &self.jwts {
+            let secrets = if jwt.secrets.is_empty() {
+                String::new()
+            } else {
+                format!(" node-secrets=[{}]", jwt.secrets.join(" "))
+            };
             writeln!(
                 f,
-                "jwt #{} {} algorithms=[{}] keys=[{}] issuer={} audience=[{}] leeway={}ms require=[{}] @{}",
+                "jwt #{} {} algorithms=[{}] keys=[{}]{secrets} issuer={} audience=[{}] leeway={}ms require=[{}] @{}",
                 jwt.id,
                 jwt.name,
                 jwt.algorithms.join(" "),

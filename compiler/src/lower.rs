@@ -282,6 +282,7 @@ impl<'p> Lowering<'p> {
                 .iter()
                 .map(|k| bundle_path("keys", &k.path.value.relative))
                 .collect(),
+            secrets: jwt.secrets.iter().map(|s| s.value.clone()).collect(),
             issuer: jwt.issuer.as_ref().map(|i| i.value.clone()),
             audience: jwt.audience.iter().map(|a| a.value.clone()).collect(),
             leeway_ms: jwt.leeway.value.as_millis() as u64,

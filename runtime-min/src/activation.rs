@@ -17,7 +17,7 @@ use http::HeaderName;
 
 use crate::functions::{Function, FunctionEngine, FunctionHost, PrepareError};
 use crate::host::{HostError, PolicyEngine, PolicyModule, Tier};
-use crate::jwt::JwtVerifier;
+use crate::jwt::{JwtVerifier, NodeSecrets};
 use crate::ratelimit::{Limiter, RateLimits};
 use crate::state::Mark;
 
@@ -253,6 +253,8 @@ pub struct Loader {
     pub modules: Arc<ModuleCache>,
     /// Runs the bundles' edge functions.
     pub functions: Arc<FunctionHost>,
+    /// The HS secrets JWT providers name, which bundles never carry.
+    pub jwt_secrets: NodeSecrets,
 }
 
 /// The last few compiled modules, by the sha256 of their Wasm, at the best tier built.
@@ -305,7 +307,14 @@ impl Loader {
             limits,
             modules: Arc::default(),
             functions: Arc::default(),
+            jwt_secrets: NodeSecrets::default(),
         }
+    }
+
+    /// The shared secrets this node holds for JWT providers.
+    pub fn with_jwt_secrets(mut self, secrets: NodeSecrets) -> Loader {
+        self.jwt_secrets = secrets;
+        self
     }
 
     /// The node's limits for edge functions, and where compiled ones are kept.
@@ -394,7 +403,7 @@ impl Loader {
         let jwt = plan
             .jwts
             .iter()
-            .map(|j| JwtVerifier::new(j, &opened.files))
+            .map(|j| JwtVerifier::new(j, &opened.files, &self.jwt_secrets))
             .collect::<Result<Vec<_>, _>>()
             .map_err(Refusal::Keys)?;
         let route_names = plan

@@ -103,6 +103,13 @@ pub struct NodeArgs {
     #[arg(long, value_name = "FILE")]
     pub pseudonymize_key_file: Option<PathBuf>,
 
+    /// An HS shared secret a policy's JWT provider names (`secret "NAME"`): `NAME=FILE`, the
+    /// file holding the secret's bytes (a trailing newline is not part of it; at least 32
+    /// bytes). Repeatable. Also read from EDGEPACK_JWT_SECRET_<NAME> (upper case, `-` as `_`).
+    /// Read when a bundle is activated; a bundle naming a secret the node lacks is refused.
+    #[arg(long, value_name = "NAME=FILE", value_parser = parse_jwt_secret)]
+    pub jwt_secret: Vec<(String, PathBuf)>,
+
     /// Largest request body accepted (larger: 413).
     #[arg(long, value_name = "BYTES", default_value_t = 10 << 20)]
     pub max_body: u64,
@@ -226,6 +233,16 @@ fn parse_resolve(text: &str) -> Result<(String, u16, SocketAddr), String> {
         return Err("the host before `:PORT=` is empty".into());
     }
     Ok((host.to_string(), port, addr))
+}
+
+fn parse_jwt_secret(text: &str) -> Result<(String, PathBuf), String> {
+    let (name, file) = text
+        .split_once('=')
+        .ok_or("expected NAME=FILE, e.g. partner-hmac=/etc/edgepack/partner-hmac")?;
+    if name.is_empty() || file.is_empty() {
+        return Err("expected NAME=FILE, e.g. partner-hmac=/etc/edgepack/partner-hmac".into());
+    }
+    Ok((name.to_string(), PathBuf::from(file)))
 }
 
 /// `250ms`, `10s`, `5m`, `1h`.

@@ -6,6 +6,7 @@
 //! `aud` are checked with the policy's leeway (at most five minutes).
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 
 use edgepack_bundles::plan::JwtPlan;
 use jsonwebtoken::jwk::{Jwk, JwkSet};
@@ -54,12 +55,87 @@ pub enum TokenError {
     MissingClaim(String),
 }
 
+/// The fewest bytes a shared secret may have (RFC 7518 3.2: at least the hash's size).
+const MIN_SECRET_BYTES: usize = 32;
+
+/// The HS shared secrets this node holds, by the names policies give them (`secret "NAME"`):
+/// `--jwt-secret NAME=FILE`, else the environment variable `EDGEPACK_JWT_SECRET_<NAME>` (upper
+/// case, `-` as `_`). Read each time a bundle is activated, so a replaced file counts from
+/// the next bundle on.
+#[derive(Clone, Debug, Default)]
+pub struct NodeSecrets {
+    files: BTreeMap<String, PathBuf>,
+    /// Where a secret is missing, verify without it instead of refusing the bundle: for
+    /// `edgepack test`, which runs a policy's tests without the nodes' secrets.
+    missing_ok: bool,
+}
+
+impl NodeSecrets {
+    pub fn new(files: impl IntoIterator<Item = (String, PathBuf)>) -> NodeSecrets {
+        NodeSecrets {
+            files: files.into_iter().collect(),
+            missing_ok: false,
+        }
+    }
+
+    /// These secrets, with the ones missing left out rather than refusing a bundle.
+    pub fn missing_ok(mut self) -> NodeSecrets {
+        self.missing_ok = true;
+        self
+    }
+
+    /// The environment variable a secret may be given in.
+    pub fn env_name(name: &str) -> String {
+        let suffix: String = name
+            .chars()
+            .map(|c| match c {
+                '-' => '_',
+                c => c.to_ascii_uppercase(),
+            })
+            .collect();
+        format!("EDGEPACK_JWT_SECRET_{suffix}")
+    }
+
+    /// The secret's bytes (a file's trailing newline left out); `None` when the node lacks it
+    /// and may.
+    fn read(&self, name: &str) -> Result<Option<Vec<u8>>, String> {
+        let env = NodeSecrets::env_name(name);
+        let mut bytes = match self.files.get(name) {
+            Some(path) => std::fs::read(path)
+                .map_err(|e| format!("--jwt-secret {name}={}: {e}", path.display()))?,
+            None => match std::env::var_os(&env) {
+                Some(value) => value.into_encoded_bytes(),
+                None if self.missing_ok => return Ok(None),
+                None => {
+                    return Err(format!(
+                        "this node has no secret `{name}` (give it with --jwt-secret {name}=FILE or in {env})"
+                    ));
+                }
+            },
+        };
+        while bytes.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
+            bytes.pop();
+        }
+        if bytes.len() < MIN_SECRET_BYTES {
+            return Err(format!(
+                "the secret `{name}` has {} bytes; an HS secret needs at least {MIN_SECRET_BYTES}",
+                bytes.len()
+            ));
+        }
+        Ok(Some(bytes))
+    }
+}
+
 /// The verified claims of a token.
 pub type Claims = BTreeMap<String, Value>;
 
 impl JwtVerifier {
-    /// Builds the verifier from the plan and the bundle's files.
-    pub fn new(plan: &JwtPlan, files: &BTreeMap<String, Vec<u8>>) -> Result<JwtVerifier, String> {
+    /// Builds the verifier from the plan, the bundle's files and the node's secrets.
+    pub fn new(
+        plan: &JwtPlan,
+        files: &BTreeMap<String, Vec<u8>>,
+        secrets: &NodeSecrets,
+    ) -> Result<JwtVerifier, String> {
         let algorithms = plan
             .algorithms
             .iter()
@@ -78,7 +154,21 @@ impl JwtVerifier {
                     .map_err(|e| format!("jwt {}: key {path}: {e}", plan.name))?,
             );
         }
-        if keys.is_empty() {
+        for name in &plan.secrets {
+            if let Some(secret) = secrets
+                .read(name)
+                .map_err(|e| format!("jwt {}: {e}", plan.name))?
+            {
+                keys.push(Key {
+                    kid: None,
+                    family: AlgorithmFamily::Hmac,
+                    key: DecodingKey::from_secret(&secret),
+                });
+            }
+        }
+        // A provider left without keys by secrets allowed to be missing refuses every token.
+        let left_without_secrets = secrets.missing_ok && !plan.secrets.is_empty();
+        if keys.is_empty() && !left_without_secrets {
             return Err(format!("jwt {}: no usable key", plan.name));
         }
         Ok(JwtVerifier {
@@ -204,4 +294,61 @@ fn parse_keys(bytes: &[u8], algorithms: &[Algorithm]) -> Result<Vec<Key>, String
         }
     }
     Err("not a public key any listed algorithm can use".to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan(secrets: &[&str]) -> JwtPlan {
+        JwtPlan {
+            id: 0,
+            name: "partners".into(),
+            algorithms: vec!["HS256".into()],
+            keys: Vec::new(),
+            secrets: secrets.iter().map(|s| s.to_string()).collect(),
+            issuer: None,
+            audience: Vec::new(),
+            leeway_ms: 0,
+            require: Vec::new(),
+            source: edgepack_bundles::plan::Source {
+                file: "edgepack.kdl".into(),
+                line: 1,
+                column: 1,
+            },
+        }
+    }
+
+    #[test]
+    fn node_secrets_are_named_for_flags_and_the_environment() {
+        assert_eq!(
+            NodeSecrets::env_name("partner-hmac_2"),
+            "EDGEPACK_JWT_SECRET_PARTNER_HMAC_2"
+        );
+    }
+
+    #[test]
+    fn a_short_or_missing_node_secret_refuses_the_provider() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let short = dir.path().join("short");
+        std::fs::write(&short, "too short\n").expect("write");
+        let secrets = NodeSecrets::new([("short".to_string(), short)]);
+        let files = BTreeMap::new();
+        let error = JwtVerifier::new(&plan(&["short"]), &files, &secrets)
+            .err()
+            .expect("refused");
+        assert!(error.contains("has 9 bytes"), "{error}");
+        let error = JwtVerifier::new(&plan(&["edgepack-test-absent"]), &files, &secrets)
+            .err()
+            .expect("refused");
+        assert!(
+            error.contains("EDGEPACK_JWT_SECRET_EDGEPACK_TEST_ABSENT"),
+            "{error}"
+        );
+        // Where missing secrets are allowed, the provider refuses every token instead.
+        let lenient = secrets.missing_ok();
+        let verifier = JwtVerifier::new(&plan(&["edgepack-test-absent"]), &files, &lenient)
+            .expect("a verifier without keys");
+        assert_eq!(verifier.verify("a.b.c"), Err(TokenError::Malformed));
+    }
 }

@@ -1130,6 +1130,7 @@ fn decode_jwt(cx: &mut Ctx, file: FileId, node: &KdlNode) -> Option<JwtProvider>
     const KNOWN: &[&str] = &[
         "algorithms",
         "key",
+        "secret",
         "issuer",
         "audience",
         "leeway",
@@ -1139,6 +1140,7 @@ fn decode_jwt(cx: &mut Ctx, file: FileId, node: &KdlNode) -> Option<JwtProvider>
     let name = name_arg(cx, &mut r, "a provider name", EXAMPLE);
     let mut algorithms = Vec::new();
     let mut keys = Vec::new();
+    let mut secrets = Vec::new();
     let mut issuer = None;
     let mut audience = Vec::new();
     let mut leeway = Spanned::new(DEFAULT_LEEWAY, r.name_span);
@@ -1149,7 +1151,8 @@ fn decode_jwt(cx: &mut Ctx, file: FileId, node: &KdlNode) -> Option<JwtProvider>
     for child in r.children() {
         let name = child.name().value();
         let span = span_of(file, child.name().span());
-        if KNOWN.contains(&name) && name != "key" && !once.first(cx, name, span, "`jwt`") {
+        let repeatable = name == "key" || name == "secret";
+        if KNOWN.contains(&name) && !repeatable && !once.first(cx, name, span, "`jwt`") {
             continue;
         }
         match name {
@@ -1179,6 +1182,24 @@ fn decode_jwt(cx: &mut Ctx, file: FileId, node: &KdlNode) -> Option<JwtProvider>
                             cx.diags
                                 .push(diag::key_invalid(path.span, &path.written, &reason))
                         }
+                    }
+                }
+            }
+            "secret" => {
+                if let Some(secret) = single_arg(
+                    cx,
+                    file,
+                    child,
+                    "the name of a node secret",
+                    "secret \"partner-hmac\"",
+                )
+                .and_then(|v| cx.string(v, "\"partner-hmac\""))
+                {
+                    if crate::keys::valid_secret_name(&secret.value) {
+                        secrets.push(secret);
+                    } else {
+                        cx.diags
+                            .push(diag::jwt_secret_name(secret.span, &secret.value));
                     }
                 }
             }
@@ -1214,20 +1235,21 @@ fn decode_jwt(cx: &mut Ctx, file: FileId, node: &KdlNode) -> Option<JwtProvider>
             "algorithms \"RS256\" (list them explicitly: a token's own `alg` is never trusted)",
         ));
     }
-    if !children_named(&r, "key") {
+    if !children_named(&r, "key") && !children_named(&r, "secret") {
         cx.diags.push(diag::missing_child(
             r.name_span,
             "jwt",
             "key",
-            "key \"keys/auth.pem\"",
+            "key \"keys/auth.pem\" (or `secret \"NAME\"`, an HS shared secret the nodes hold)",
         ));
     }
-    check_jwt_keys(cx, &algorithms, &keys);
+    check_jwt_keys(cx, &algorithms, &keys, &secrets);
     r.finish(cx);
     Some(JwtProvider {
         name: name?,
         algorithms,
         keys,
+        secrets,
         issuer,
         audience,
         leeway,
@@ -1236,8 +1258,14 @@ fn decode_jwt(cx: &mut Ctx, file: FileId, node: &KdlNode) -> Option<JwtProvider>
     })
 }
 
-/// Refuses secret/public algorithm mixes and keys no listed algorithm can use.
-fn check_jwt_keys(cx: &mut Ctx, algorithms: &[Spanned<JwtAlgorithm>], keys: &[JwtKey]) {
+/// Refuses secret/public algorithm mixes and keys or node secrets no listed algorithm can
+/// use.
+fn check_jwt_keys(
+    cx: &mut Ctx,
+    algorithms: &[Spanned<JwtAlgorithm>],
+    keys: &[JwtKey],
+    secrets: &[Spanned<String>],
+) {
     let secret = algorithms.iter().find(|a| a.key_kind() == KeyKind::Secret);
     let public = algorithms.iter().find(|a| a.key_kind() != KeyKind::Secret);
     if let (Some(secret), Some(public)) = (secret, public) {
@@ -1257,6 +1285,15 @@ fn check_jwt_keys(cx: &mut Ctx, algorithms: &[Spanned<JwtAlgorithm>], keys: &[Jw
                 key.path.span,
                 &key.path.written,
                 key.kind.describe(),
+                &listed.join(", "),
+            ));
+        }
+    }
+    if !algorithms.iter().any(|a| a.key_kind() == KeyKind::Secret) {
+        for secret in secrets {
+            cx.diags.push(diag::jwt_secret_without_hs(
+                secret.span,
+                &secret.value,
                 &listed.join(", "),
             ));
         }

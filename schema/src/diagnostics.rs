@@ -601,7 +601,25 @@ pub fn jwt_secret_in_bundle(span: Span) -> Diagnostic {
         "this shared secret ships in every bundle, where whoever can read a bundle can read it",
     )
     .label(span, "an HMAC secret")
-    .help("bundles are signed, not encrypted: a registry, a CI artifact or a node's disk holding one gives the secret away, and with it the power to mint tokens; prefer a public-key algorithm (ES256, EdDSA, RS256), whose bundle holds only the public key")
+    .help("bundles are signed, not encrypted: a registry, a CI artifact or a node's disk holding one gives the secret away, and with it the power to mint tokens; keep it on the nodes instead (`secret \"NAME\"`, given to edgepack-node with --jwt-secret NAME=FILE), or use a public-key algorithm (ES256, EdDSA, RS256), whose bundle holds only the public key")
+}
+
+pub fn jwt_secret_name(span: Span, name: &str) -> Diagnostic {
+    Diagnostic::error(
+        "edgepack::jwt::secret-name",
+        format!("`{name}` cannot name a node secret"),
+    )
+    .label(span, "this name")
+    .help("use 1 to 64 letters, digits, `-` and `_`, starting with a letter or digit: nodes are given it as --jwt-secret NAME=FILE or in EDGEPACK_JWT_SECRET_NAME")
+}
+
+pub fn jwt_secret_without_hs(span: Span, name: &str, algorithms: &str) -> Diagnostic {
+    Diagnostic::error(
+        "edgepack::key::algorithm-mismatch",
+        format!("`{name}` is a shared secret, which none of the listed algorithms ({algorithms}) verifies"),
+    )
+    .label(span, "this secret")
+    .help("a node secret verifies HS256, HS384 or HS512 tokens: list the one the token issuer signs with")
 }
 
 pub fn geo_no_source(span: Span) -> Diagnostic {

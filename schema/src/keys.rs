@@ -17,6 +17,17 @@ const OID_P256: &[u8] = &[0x06, 0x08, 0x2A, 0x86, 0x48, 0xCE, 0x3D, 0x03, 0x01, 
 const OID_P384: &[u8] = &[0x06, 0x05, 0x2B, 0x81, 0x04, 0x00, 0x22];
 const OID_ED25519: &[u8] = &[0x06, 0x03, 0x2B, 0x65, 0x70];
 
+/// Whether `name` can name a node secret: it becomes a node flag's `NAME=FILE` and an
+/// environment variable's suffix, so 1 to 64 ASCII letters, digits, `-` and `_`, starting
+/// with a letter or digit.
+pub fn valid_secret_name(name: &str) -> bool {
+    name.len() <= 64
+        && name.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+}
+
 /// Which kind of key `contents` holds, or why it is not a usable public key.
 pub fn classify(contents: &[u8]) -> Result<KeyKind, String> {
     let text = std::str::from_utf8(contents).map_err(|_| "the file is not text".to_string())?;

@@ -558,6 +558,8 @@ pub struct JwtProvider {
     pub name: Name,
     pub algorithms: Vec<Spanned<JwtAlgorithm>>,
     pub keys: Vec<JwtKey>,
+    /// Names of shared secrets the nodes hold (`secret "NAME"`), never in the bundle.
+    pub secrets: Vec<Spanned<String>>,
     pub issuer: Option<Spanned<String>>,
     pub audience: Vec<Spanned<String>>,
     pub leeway: Spanned<Duration>,

@@ -50,6 +50,11 @@ pub struct DevArgs {
     /// PEM file of CA certificates trusted for `https` origins.
     #[arg(long, value_name = "FILE")]
     pub origin_ca: Option<PathBuf>,
+
+    /// An HS shared secret a JWT provider names (`secret "NAME"`), as edgepack-node takes it
+    /// (repeatable; or EDGEPACK_JWT_SECRET_<NAME>).
+    #[arg(long, value_name = "NAME=FILE")]
+    pub jwt_secret: Vec<String>,
 }
 
 pub fn run(args: &DevArgs, style: HumanStyle) -> Output {
@@ -115,6 +120,9 @@ pub fn run(args: &DevArgs, style: HumanStyle) -> Output {
     ];
     for resolve in &args.resolve {
         node_args.extend(["--resolve".to_string(), resolve.clone()]);
+    }
+    for secret in &args.jwt_secret {
+        node_args.extend(["--jwt-secret".to_string(), secret.clone()]);
     }
     if let Some(ca) = &args.origin_ca {
         node_args.extend(["--origin-ca".to_string(), ca.display().to_string()]);
