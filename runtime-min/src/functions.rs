@@ -480,23 +480,27 @@ impl FunctionEngine {
         let (req, out) = prepared.map_err(|e| RunError::Failed(format!("{e:#}")))?;
         let pre = function.pre.clone();
         let ended_badly = cut_off.clone();
+        let deadline = started + limit;
         let task = tokio::spawn(async move {
             store.set_epoch_deadline(1);
-            let instantiating = Instant::now();
-            let proxy = pre.instantiate_async(&mut store).await?;
-            meters
-                .instantiate
-                .observe(instantiating.elapsed().as_secs_f64());
-            store.data_mut().live = Some(Live::new(meters.live));
-            let handled = proxy
-                .wasi_http_incoming_handler()
-                .call_handle(&mut store, req, out)
-                .await;
-            if handled.is_err() {
+            let store = &mut store;
+            let outcome = within(deadline, async {
+                let instantiating = Instant::now();
+                let proxy = pre.instantiate_async(&mut *store).await?;
+                meters
+                    .instantiate
+                    .observe(instantiating.elapsed().as_secs_f64());
+                store.data_mut().live = Some(Live::new(meters.live));
+                proxy
+                    .wasi_http_incoming_handler()
+                    .call_handle(&mut *store, req, out)
+                    .await
+            })
+            .await;
+            if !matches!(outcome, Some(Ok(()))) {
                 ended_badly.store(true, Ordering::Release);
             }
-            drop(store);
-            handled
+            outcome
         });
         let abort = task.abort_handle();
         let failure = |error: wasmtime::Error| -> RunError {
@@ -513,44 +517,55 @@ impl FunctionEngine {
                 RunError::Trap(format!("{error:#}"))
             }
         };
-        match tokio::time::timeout(limit, receiver).await {
-            Ok(Ok(Ok(response))) => {
-                // The instance lives on while it writes the body, bounded by the same
-                // time limit from the start. Most have finished by now: their body is
-                // complete and nothing is left to bound.
-                if !task.is_finished() {
-                    let deadline = tokio::time::Instant::from_std(started + limit);
-                    let stopped = cut_off.clone();
-                    tokio::spawn(async move {
-                        if tokio::time::timeout_at(deadline, task).await.is_err() {
-                            stopped.store(true, Ordering::Release);
-                            abort.abort();
-                        }
-                    });
-                }
-                Ok(response.map(|body| FunctionBody {
-                    body: Mutex::new(body),
-                    cut_off,
-                }))
-            }
-            Ok(Ok(Err(code))) => {
+        // The instance's task keeps to the time limit itself (it also bounds the rest of the
+        // body the instance writes after answering), so waiting here needs no timer.
+        match receiver.await {
+            Ok(Ok(response)) => Ok(response.map(|body| FunctionBody {
+                body: Mutex::new(body),
+                cut_off,
+            })),
+            Ok(Err(code)) => {
                 abort.abort();
                 Err(RunError::Failed(format!("{code:?}")))
             }
             // The instance ended without answering: its result says why.
-            Ok(Err(_)) => match task.await {
-                Ok(Ok(())) => Err(RunError::Failed(
+            Err(_) => match task.await {
+                Ok(Some(Ok(()))) => Err(RunError::Failed(
                     "the handler returned without a response".into(),
                 )),
-                Ok(Err(error)) => Err(failure(error)),
+                Ok(Some(Err(error))) => Err(failure(error)),
+                Ok(None) => Err(RunError::Timeout(limit)),
                 Err(join) => Err(RunError::Trap(join.to_string())),
             },
-            Err(_) => {
-                abort.abort();
-                Err(RunError::Timeout(limit))
-            }
         }
     }
+}
+
+/// Runs `work` until `deadline`: `None` when the deadline came first (or had come before
+/// it started).
+///
+/// The timer is armed only once `work` waits for something. Most instances answer within
+/// their first poll, and a timer per request costs more than its own upkeep: tokio's time
+/// driver wakes the worker's event loop (a write to its eventfd) for each timer inserted
+/// before its next wake-up. A running instance needs no timer: the epoch callback stops it
+/// at the same limit.
+async fn within<F: Future>(deadline: Instant, work: F) -> Option<F::Output> {
+    if Instant::now() >= deadline {
+        return None;
+    }
+    let mut work = std::pin::pin!(work);
+    let mut timer: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = None;
+    std::future::poll_fn(|cx| {
+        if let std::task::Poll::Ready(output) = work.as_mut().poll(cx) {
+            return std::task::Poll::Ready(Some(output));
+        }
+        timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline.into())))
+            .as_mut()
+            .poll(cx)
+            .map(|()| None)
+    })
+    .await
 }
 
 /// A function's response body, as the node sends it.
