@@ -395,3 +395,60 @@ route "/history/*" { proxy "chat"; }
     );
     assert_eq!(inspected.matches("WebSocket").count(), 1, "{inspected}");
 }
+
+#[test]
+fn inspect_lists_the_secrets_nodes_must_hold() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    std::fs::write(
+        dir.path().join("edgepack.kdl"),
+        r#"edgepack 1
+region "one" zone="GLOBAL"
+jwt "partners" {
+    algorithms "HS256"
+    secret "partner-hmac"
+    secret "partner-hmac-next"
+}
+route "/partners/*" {
+    auth jwt="partners"
+    respond 200 json="{}"
+}
+"#,
+    )
+    .expect("write");
+    let policy = dir.path().display().to_string();
+    let out_dir = dir.path().join("dist").display().to_string();
+    let built = edgepack(
+        &[
+            "build",
+            &policy,
+            "--key",
+            "examples/dev.key",
+            "--out",
+            &out_dir,
+        ],
+        &root(),
+    );
+    assert_eq!(built.status.code(), Some(0), "{}", text(&built.stderr));
+    let bundle = format!("{out_dir}/one.edgepack");
+    let inspected = text(&edgepack(&["inspect", &bundle], &root()).stdout);
+    assert!(inspected.contains("node secrets"), "{inspected}");
+    for name in ["partner-hmac ", "partner-hmac-next "] {
+        assert!(
+            inspected
+                .lines()
+                .any(|l| l.trim_start().starts_with(name) && l.contains("jwt partners")),
+            "{name}: {inspected}"
+        );
+    }
+    let json: serde_json::Value = serde_json::from_slice(
+        &edgepack(&["inspect", "--format", "json", &bundle], &root()).stdout,
+    )
+    .expect("JSON");
+    let names: Vec<&str> = json["node_secrets"]
+        .as_array()
+        .expect("a list")
+        .iter()
+        .filter_map(|s| s["name"].as_str())
+        .collect();
+    assert_eq!(names, ["partner-hmac", "partner-hmac-next"]);
+}

@@ -13,7 +13,7 @@ use serde::Serialize;
 use crate::plan::{ActionPlan, LeftOutRulePlan, RegionPlan, RoutePlan, SegmentPlan, TemplatePart};
 use crate::{Exit, Output};
 
-/// Show a bundle's manifest, files, signers, routes and WAF rules.
+/// Show a bundle's manifest, files, signers, routes, WAF rules and the secrets nodes must hold.
 ///
 /// The bundle's integrity (layout, hashes, archive) is checked; who signed it is shown but
 /// not judged: use `edgepack verify --trust` for that.
@@ -38,6 +38,16 @@ struct Report<'a> {
     waf_rules: Vec<Item>,
     /// Rules of imported rule sets left out of the module, with the reason.
     waf_rules_left_out: Vec<&'a LeftOutRulePlan>,
+    /// Secrets every node serving the bundle must hold (`--jwt-secret NAME=FILE`).
+    node_secrets: Vec<NodeSecret>,
+}
+
+#[derive(Serialize)]
+struct NodeSecret {
+    name: String,
+    /// What uses it: `jwt NAME`.
+    used_by: String,
+    source: String,
 }
 
 #[derive(Serialize)]
@@ -147,6 +157,17 @@ pub fn run(args: &InspectArgs) -> Output {
             source: r.source.to_string(),
         })
         .collect();
+    let node_secrets: Vec<NodeSecret> = plan
+        .iter()
+        .flat_map(|plan| &plan.jwts)
+        .flat_map(|jwt| {
+            jwt.secrets.iter().map(|name| NodeSecret {
+                name: name.clone(),
+                used_by: format!("jwt {}", jwt.name),
+                source: jwt.source.to_string(),
+            })
+        })
+        .collect();
     let m = &opened.manifest;
     match args.format {
         Format::Json => {
@@ -162,6 +183,7 @@ pub fn run(args: &InspectArgs) -> Output {
                     .iter()
                     .flat_map(|p| p.waf.iter().flat_map(|w| &w.left_out))
                     .collect(),
+                node_secrets,
             };
             out.stdout = serde_json::to_string_pretty(&report).unwrap_or_default();
             out.stdout.push('\n');
@@ -209,6 +231,19 @@ pub fn run(args: &InspectArgs) -> Output {
                     "  #{:<3} {:<36} {:<40} {}",
                     r.id, r.name, r.detail, r.source
                 );
+            }
+            if !node_secrets.is_empty() {
+                let _ = writeln!(
+                    o,
+                    "\nnode secrets (every node serving this bundle needs them: --jwt-secret NAME=FILE):"
+                );
+                for secret in &node_secrets {
+                    let _ = writeln!(
+                        o,
+                        "  {:<41} {:<40} {}",
+                        secret.name, secret.used_by, secret.source
+                    );
+                }
             }
             if let Some(waf) = plan.as_ref().and_then(|p| p.waf.as_ref()) {
                 let _ = writeln!(o, "\nWAF rules (threshold {}):", waf.threshold);
