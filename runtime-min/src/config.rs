@@ -104,7 +104,7 @@ pub struct NodeArgs {
     pub pseudonymize_key_file: Option<PathBuf>,
 
     /// An HS shared secret a policy's JWT provider names (`secret "NAME"`): `NAME=FILE`, the
-    /// file holding the secret's bytes (a trailing newline is not part of it; at least 32
+    /// file holding the secret's bytes (a trailing newline is not part of it; 32 to 4096
     /// bytes). Repeatable. Also read from EDGEPACK_JWT_SECRET_<NAME> (upper case, `-` as `_`).
     /// Read when a bundle is activated; a bundle naming a secret the node lacks is refused.
     #[arg(long, value_name = "NAME=FILE", value_parser = parse_jwt_secret)]

@@ -58,6 +58,20 @@ pub enum TokenError {
 /// The fewest bytes a shared secret may have (RFC 7518 3.2: at least the hash's size).
 const MIN_SECRET_BYTES: usize = 32;
 
+/// The most bytes a shared secret may have: HMAC keys are tens of bytes; a file far larger
+/// is the wrong one, and is not read whole.
+const MAX_SECRET_BYTES: usize = 4096;
+
+/// Reads at most one byte more than a secret may have.
+fn read_secret_file(path: &std::path::Path) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)?
+        .take(MAX_SECRET_BYTES as u64 + 2)
+        .read_to_end(&mut bytes)?;
+    Ok(bytes)
+}
+
 /// The HS shared secrets this node holds, by the names policies give them (`secret "NAME"`):
 /// `--jwt-secret NAME=FILE`, else the environment variable `EDGEPACK_JWT_SECRET_<NAME>` (upper
 /// case, `-` as `_`). Read each time a bundle is activated, so a replaced file counts from
@@ -101,7 +115,7 @@ impl NodeSecrets {
     fn read(&self, name: &str) -> Result<Option<Vec<u8>>, String> {
         let env = NodeSecrets::env_name(name);
         let mut bytes = match self.files.get(name) {
-            Some(path) => std::fs::read(path)
+            Some(path) => read_secret_file(path)
                 .map_err(|e| format!("--jwt-secret {name}={}: {e}", path.display()))?,
             None => match std::env::var_os(&env) {
                 Some(value) => value.into_encoded_bytes(),
@@ -115,6 +129,11 @@ impl NodeSecrets {
         };
         while bytes.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
             bytes.pop();
+        }
+        if bytes.len() > MAX_SECRET_BYTES {
+            return Err(format!(
+                "the secret `{name}` has more than {MAX_SECRET_BYTES} bytes: is it the right file?"
+            ));
         }
         if bytes.len() < MIN_SECRET_BYTES {
             return Err(format!(
@@ -338,6 +357,16 @@ mod tests {
             .err()
             .expect("refused");
         assert!(error.contains("has 9 bytes"), "{error}");
+        let huge = dir.path().join("huge");
+        std::fs::write(&huge, vec![b'x'; 1 << 20]).expect("write");
+        let error = JwtVerifier::new(
+            &plan(&["huge"]),
+            &files,
+            &NodeSecrets::new([("huge".to_string(), huge)]),
+        )
+        .err()
+        .expect("refused");
+        assert!(error.contains("more than 4096 bytes"), "{error}");
         let error = JwtVerifier::new(&plan(&["edgepack-test-absent"]), &files, &secrets)
             .err()
             .expect("refused");
