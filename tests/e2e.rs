@@ -389,7 +389,14 @@ async fn origin_answer(
             .body(Full::new(Bytes::new()))
             .expect("a response"));
     }
+    let method = request.method().clone();
     let _ = request.into_body().collect().await;
+    if target.contains("/refuse-writes") && method != http::Method::GET {
+        return Ok(http::Response::builder()
+            .status(409)
+            .body(Full::new(Bytes::from_static(b"{\"error\":\"conflict\"}")))
+            .expect("a response"));
+    }
     if target.contains("/slow") {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }

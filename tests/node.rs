@@ -464,6 +464,47 @@ fn responses_are_cached_by_key_and_expire() {
     assert_eq!(edge.origin.count("/api/data/catalog"), 4);
 }
 
+/// A successful write to a URL (here a `PUT` through the example's write route) removes
+/// what the cache stored for it, every variant; a refused write leaves it (RFC 9111 4.4).
+#[test]
+fn a_successful_write_invalidates_the_cached_target() {
+    let edge = Edge::start("eu-west", example("eu-west"), &[]);
+    let url = edge.url("/api/data/items/7");
+    let gzip = [DE, ("accept-encoding", "gzip")];
+    for headers in [&[DE][..], &gzip] {
+        assert_eq!(get(&url, headers).header("x-cache"), Some("MISS"));
+        assert_eq!(get(&url, headers).header("x-cache"), Some("HIT"));
+    }
+    let other = edge.url("/api/data/items/8");
+    get(&other, &[DE]);
+
+    assert_eq!(send("PUT", &url, &[DE], r#"{"name":"new"}"#).status, 200);
+    for headers in [&[DE][..], &gzip] {
+        let after = get(&url, headers);
+        assert_eq!(after.header("x-cache"), Some("MISS"), "{headers:?}");
+    }
+    assert_eq!(
+        edge.origin
+            .seen()
+            .iter()
+            .filter(|s| s.target == "/api/data/items/7" && s.method == "GET")
+            .count(),
+        4,
+        "both variants fetched again after the write"
+    );
+    assert_eq!(
+        get(&other, &[DE]).header("x-cache"),
+        Some("HIT"),
+        "another target keeps its entry"
+    );
+
+    // The origin refuses this write: what was stored still stands.
+    let refused = edge.url("/api/data/refuse-writes");
+    get(&refused, &[DE]);
+    assert_eq!(send("DELETE", &refused, &[DE], "").status, 409);
+    assert_eq!(get(&refused, &[DE]).header("x-cache"), Some("HIT"));
+}
+
 #[test]
 fn jwt_routes_need_a_valid_token() {
     let edge = Edge::start("eu-west", example("eu-west"), &[]);

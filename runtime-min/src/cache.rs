@@ -4,17 +4,21 @@
 //! The key is host, path and query (GET and HEAD share it; no other method is cached), the
 //! values of the route's `vary` headers and its extra key parts; the node builds it, the
 //! policy says what goes in. Conditional requests matching a stored response get `304`.
-//! The admin endpoint purges entries by host and path prefix. Responses with
+//! A successful unsafe request (a `POST`, `PUT`, `DELETE`, …) removes the entries of its
+//! target, every variant (RFC 9111 4.4). The admin endpoint purges entries by host and path
+//! prefix. Responses with
 //! `Set-Cookie`, `Cache-Control: private` or `no-store`, `Vary: *`, or a status that is not
 //! cacheable by default are not stored.
 
-use std::sync::Arc;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{HeaderMap, StatusCode, header};
 use moka::Expiry;
+use moka::notification::RemovalCause;
 use moka::sync::Cache;
 
 /// A stored response.
@@ -77,6 +81,27 @@ pub fn key_head(host: &[u8], path: &str, query: Option<&str>) -> Vec<u8> {
     key
 }
 
+/// The length of a key's head (host, path and query), before the parts it varies on.
+fn head_len(key: &[u8]) -> usize {
+    let Some(host_end) = key.iter().position(|b| *b == 0) else {
+        return key.len();
+    };
+    key[host_end + 1..]
+        .iter()
+        .position(|b| *b == 0)
+        .map_or(key.len(), |at| host_end + 1 + at)
+}
+
+/// The keys of stored responses that vary (on request headers or key parts), by their
+/// head: what a write to the target removes along with the head itself.
+type Variants = Arc<Mutex<HashMap<Vec<u8>, Vec<Vec<u8>>>>>;
+
+fn lock(variants: &Variants) -> std::sync::MutexGuard<'_, HashMap<Vec<u8>, Vec<Vec<u8>>>> {
+    variants
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// Which entries a purge removes: those of `host` (any port; every host when `None`) whose
 /// path starts with `prefix`.
 pub struct Purge<'a> {
@@ -128,17 +153,35 @@ impl Expiry<Vec<u8>, Arc<Entry>> for EntryExpiry {
 /// The node's response cache.
 pub struct ResponseCache {
     entries: Cache<Vec<u8>, Arc<Entry>>,
+    /// Kept as entries come and go (an entry's removal takes its key out).
+    variants: Variants,
     max_entry: u64,
 }
 
 impl ResponseCache {
     pub fn new(max_bytes: u64, max_entry: u64) -> ResponseCache {
+        let variants = Variants::default();
+        let removed_from = variants.clone();
         ResponseCache {
             entries: Cache::builder()
                 .max_capacity(max_bytes)
                 .weigher(|_key: &Vec<u8>, entry: &Arc<Entry>| entry.weight())
                 .expire_after(EntryExpiry)
+                .eviction_listener(move |key: Arc<Vec<u8>>, _, cause| {
+                    let head = head_len(&key);
+                    if cause == RemovalCause::Replaced || head == key.len() {
+                        return;
+                    }
+                    let mut variants = lock(&removed_from);
+                    if let Some(keys) = variants.get_mut(&key[..head]) {
+                        keys.retain(|k| **k != **key);
+                        if keys.is_empty() {
+                            variants.remove(&key[..head]);
+                        }
+                    }
+                })
                 .build(),
+            variants,
             max_entry,
         }
     }
@@ -164,8 +207,27 @@ impl ResponseCache {
     }
 
     pub fn store(&self, key: Vec<u8>, entry: Entry) {
-        if entry.body.len() as u64 <= self.max_entry {
-            self.entries.insert(key, Arc::new(entry));
+        if entry.body.len() as u64 > self.max_entry {
+            return;
+        }
+        let head = head_len(&key);
+        if head < key.len() {
+            let mut variants = lock(&self.variants);
+            let keys = variants.entry(key[..head].to_vec()).or_default();
+            if !keys.contains(&key) {
+                keys.push(key.clone());
+            }
+        }
+        self.entries.insert(key, Arc::new(entry));
+    }
+
+    /// Removes every stored response of a target (`head`, from [`key_head`]), whatever it
+    /// varies on: after an unsafe request to it succeeded, what is stored may be out of date.
+    pub fn invalidate_target(&self, head: &[u8]) {
+        self.entries.invalidate(head);
+        let varying = lock(&self.variants).remove(head);
+        for key in varying.into_iter().flatten() {
+            self.entries.invalidate(&key);
         }
     }
 
@@ -467,6 +529,42 @@ mod tests {
         };
         assert_eq!(cache.purge(&everything), 5);
         assert!(cache.is_empty());
+    }
+
+    #[test]
+    fn a_write_removes_every_variant_of_its_target_and_nothing_else() {
+        let cache = ResponseCache::new(1 << 20, 1 << 16);
+        let head = key_head(b"api.example.com", "/items/1", None);
+        let variant = |encoding: &str| {
+            let mut key = head.clone();
+            key.extend_from_slice(format!("\0accept-encoding={encoding},").as_bytes());
+            key
+        };
+        let (gzip, plain) = (variant("gzip"), variant(""));
+        let other = key_head(b"api.example.com", "/items/1", Some("v=2"));
+        let longer = key_head(b"api.example.com", "/items/10", None);
+        for key in [&head, &gzip, &plain, &other, &longer] {
+            cache.store(key.clone(), entry("x", 60_000, 0));
+        }
+        cache.invalidate_target(&head);
+        for gone in [&head, &gzip, &plain] {
+            assert!(matches!(cache.lookup(gone), Lookup::Miss));
+        }
+        for kept in [&other, &longer] {
+            assert!(matches!(cache.lookup(kept), Lookup::Fresh(_)));
+        }
+        // Stored again, a variant is found by the next write too.
+        cache.store(gzip.clone(), entry("y", 60_000, 0));
+        cache.invalidate_target(&head);
+        assert!(matches!(cache.lookup(&gzip), Lookup::Miss));
+        // Entries that leave the cache leave the index of variants.
+        cache.store(gzip.clone(), entry("z", 60_000, 0));
+        cache.purge(&Purge {
+            host: None,
+            prefix: "/",
+        });
+        cache.entries.run_pending_tasks();
+        assert!(lock(&cache.variants).is_empty());
     }
 
     #[test]

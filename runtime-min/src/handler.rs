@@ -680,13 +680,7 @@ impl Exchange<'_> {
         if parts.method != Method::GET && parts.method != Method::HEAD {
             return None;
         }
-        let view_host = parts
-            .headers
-            .get(header::HOST)
-            .map(|h| h.as_bytes())
-            .or_else(|| parts.uri.authority().map(|a| a.as_str().as_bytes()))
-            .unwrap_or_default();
-        let mut key = cache::key_head(view_host, parts.uri.path(), parts.uri.query());
+        let mut key = target_head(parts);
         for name in &cache.vary {
             key.push(0);
             key.extend_from_slice(name.as_bytes());
@@ -828,6 +822,7 @@ impl Exchange<'_> {
             Ok(response) => response,
             Err(answer) => return answer,
         };
+        self.invalidate_if_written(parts, response.status());
         let (mut head, incoming) = response.into_parts();
         proxy::strip_hop_by_hop(&mut head.headers);
         let body = match store {
@@ -845,6 +840,15 @@ impl Exchange<'_> {
             None => incoming.map_err(BoxError::from).boxed(),
         };
         self.marked_miss(Response::from_parts(head, body))
+    }
+
+    /// After an origin or a function answered a request that writes (a `POST`, `PUT`,
+    /// `DELETE`, …) with success or a redirect, the cache drops what it stored for the
+    /// request's target, every variant; an error answer changed nothing.
+    fn invalidate_if_written(&self, parts: &http::request::Parts, status: StatusCode) {
+        if writes(&parts.method) && (status.is_success() || status.is_redirection()) {
+            self.node.cache.invalidate_target(&target_head(parts));
+        }
     }
 
     /// `edgepack-identity`: the verified token's claims as JSON, on routes with `auth`; a
@@ -1008,6 +1012,7 @@ impl Exchange<'_> {
                 };
             }
         };
+        self.invalidate_if_written(parts, response.status());
         let (mut head, body) = response.into_parts();
         proxy::strip_hop_by_hop(&mut head.headers);
         let body = match store {
@@ -1527,6 +1532,26 @@ where
             () = tokio::time::sleep(idle) => return,
         }
     }
+}
+
+/// The start of the cache keys of a request's target: its host, path and query.
+fn target_head(parts: &http::request::Parts) -> Vec<u8> {
+    let host = parts
+        .headers
+        .get(header::HOST)
+        .map(|h| h.as_bytes())
+        .or_else(|| parts.uri.authority().map(|a| a.as_str().as_bytes()))
+        .unwrap_or_default();
+    cache::key_head(host, parts.uri.path(), parts.uri.query())
+}
+
+/// Whether a request may change what its target holds, so that a success makes what the
+/// cache stored for the target out of date (RFC 9111 4.4: methods other than the safe ones).
+fn writes(method: &Method) -> bool {
+    !matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE
+    )
 }
 
 /// Whether a CORS policy answers every origin with `*` (the same answer whatever `Origin`).
