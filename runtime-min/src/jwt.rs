@@ -121,8 +121,16 @@ impl NodeSecrets {
                 Some(value) => value.into_encoded_bytes(),
                 None if self.missing_ok => return Ok(None),
                 None => {
+                    // A name given in another spelling is the likely mistake: say which the
+                    // node has.
+                    let given = if self.files.is_empty() {
+                        String::new()
+                    } else {
+                        let names: Vec<&str> = self.files.keys().map(String::as_str).collect();
+                        format!("; it was given {}", names.join(", "))
+                    };
                     return Err(format!(
-                        "this node has no secret `{name}` (give it with --jwt-secret {name}=FILE or in {env})"
+                        "this node has no secret `{name}` (give it with --jwt-secret {name}=FILE or in {env}){given}"
                     ));
                 }
             },
@@ -374,6 +382,7 @@ mod tests {
             error.contains("EDGEPACK_JWT_SECRET_EDGEPACK_TEST_ABSENT"),
             "{error}"
         );
+        assert!(error.ends_with("; it was given short"), "{error}");
         // Where missing secrets are allowed, the provider refuses every token instead.
         let lenient = secrets.missing_ok();
         let verifier = JwtVerifier::new(&plan(&["edgepack-test-absent"]), &files, &lenient)
