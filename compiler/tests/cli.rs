@@ -294,12 +294,19 @@ route "/items/*" {
             human.starts_with("region one decides: cache → proxy to api"),
             "{human}"
         );
+        assert!(!human.contains("removes what is cached"), "{human}");
     }
     for request in ["POST /items/1", "PUT /items/1", "DELETE /items/1"] {
         let human = explain(request);
         assert!(
             human.starts_with("region one decides: proxy to api"),
             "{request}: {human}"
+        );
+        assert!(
+            human.contains(
+                "cache: a success or redirect from the origin removes what is cached for this URL"
+            ),
+            "a write says what it does to the cache: {human}"
         );
         assert!(
             human.contains("agrees with the reference evaluator"),

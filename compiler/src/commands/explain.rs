@@ -95,6 +95,25 @@ struct JsonConsidered {
 }
 
 /// Builds the request the arguments describe, for this plan.
+/// Who answers a request after which the node drops the cached answers of its URL, when
+/// they answer with success: a method that writes, sent to an origin or a function, in a
+/// region that caches.
+fn invalidates_cache(method: &str, decision: &Decision, plan: &RegionPlan) -> Option<&'static str> {
+    use edgepack_bundles::abi::Effect;
+    let writes = !matches!(method, "GET" | "HEAD" | "OPTIONS" | "TRACE");
+    if !writes || !plan.routes.iter().any(|r| r.cache.is_some()) {
+        return None;
+    }
+    let Outcome::Effects(effects) = &decision.outcome else {
+        return None;
+    };
+    effects.iter().find_map(|effect| match effect {
+        Effect::Proxy(_) => Some("origin"),
+        Effect::Function(_) => Some("function"),
+        _ => None,
+    })
+}
+
 pub fn request_from(args: &ExplainArgs, plan: &RegionPlan) -> Result<Request, String> {
     let (method, target) = args.request.split_once(' ').ok_or_else(|| {
         format!(
@@ -240,6 +259,12 @@ pub fn run(args: &ExplainArgs, style: HumanStyle) -> Output {
             if let Some(route) = decision.route {
                 let r = route_item(route);
                 let _ = writeln!(o, "route: {} ({})", r.name, r.source);
+            }
+            if let Some(answerer) = invalidates_cache(&request.method, &decision, plan) {
+                let _ = writeln!(
+                    o,
+                    "cache: a success or redirect from the {answerer} removes what is cached for this URL, every variant"
+                );
             }
             let _ = writeln!(
                 o,
