@@ -93,10 +93,13 @@ fn head_len(key: &[u8]) -> usize {
 }
 
 /// The keys of stored responses that vary (on request headers or key parts), by their
-/// head: what a write to the target removes along with the head itself.
-type Variants = Arc<Mutex<HashMap<Vec<u8>, Vec<Vec<u8>>>>>;
+/// head: what a write to the target removes along with the head itself. Each key is kept
+/// with the address of the entry stored under it, so that the removal of an entry the key
+/// held before (an expiry noticed late) does not take out the key of a newer one.
+type VariantIndex = HashMap<Vec<u8>, Vec<(Vec<u8>, usize)>>;
+type Variants = Arc<Mutex<VariantIndex>>;
 
-fn lock(variants: &Variants) -> std::sync::MutexGuard<'_, HashMap<Vec<u8>, Vec<Vec<u8>>>> {
+fn lock(variants: &Variants) -> std::sync::MutexGuard<'_, VariantIndex> {
     variants
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -167,14 +170,15 @@ impl ResponseCache {
                 .max_capacity(max_bytes)
                 .weigher(|_key: &Vec<u8>, entry: &Arc<Entry>| entry.weight())
                 .expire_after(EntryExpiry)
-                .eviction_listener(move |key: Arc<Vec<u8>>, _, cause| {
+                .eviction_listener(move |key: Arc<Vec<u8>>, entry: Arc<Entry>, cause| {
                     let head = head_len(&key);
                     if cause == RemovalCause::Replaced || head == key.len() {
                         return;
                     }
+                    let removed = Arc::as_ptr(&entry) as usize;
                     let mut variants = lock(&removed_from);
                     if let Some(keys) = variants.get_mut(&key[..head]) {
-                        keys.retain(|k| **k != **key);
+                        keys.retain(|(k, stored)| !(**k == **key && *stored == removed));
                         if keys.is_empty() {
                             variants.remove(&key[..head]);
                         }
@@ -210,15 +214,18 @@ impl ResponseCache {
         if entry.body.len() as u64 > self.max_entry {
             return;
         }
+        let entry = Arc::new(entry);
         let head = head_len(&key);
         if head < key.len() {
+            let stored = Arc::as_ptr(&entry) as usize;
             let mut variants = lock(&self.variants);
             let keys = variants.entry(key[..head].to_vec()).or_default();
-            if !keys.contains(&key) {
-                keys.push(key.clone());
+            match keys.iter_mut().find(|(k, _)| *k == key) {
+                Some(known) => known.1 = stored,
+                None => keys.push((key.clone(), stored)),
             }
         }
-        self.entries.insert(key, Arc::new(entry));
+        self.entries.insert(key, entry);
     }
 
     /// Removes every stored response of a target (`head`, from [`key_head`]), whatever it
@@ -226,7 +233,7 @@ impl ResponseCache {
     pub fn invalidate_target(&self, head: &[u8]) {
         self.entries.invalidate(head);
         let varying = lock(&self.variants).remove(head);
-        for key in varying.into_iter().flatten() {
+        for (key, _) in varying.into_iter().flatten() {
             self.entries.invalidate(&key);
         }
     }
@@ -565,6 +572,21 @@ mod tests {
         });
         cache.entries.run_pending_tasks();
         assert!(lock(&cache.variants).is_empty());
+    }
+
+    #[test]
+    fn a_variant_stored_again_after_it_expired_is_removed_by_the_next_write() {
+        let cache = ResponseCache::new(1 << 20, 1 << 16);
+        let head = key_head(b"api.example.com", "/items/1", None);
+        let mut key = head.clone();
+        key.extend_from_slice(b"\0accept-encoding=gzip,");
+        cache.store(key.clone(), entry("old", 1, 0));
+        std::thread::sleep(Duration::from_millis(20));
+        cache.store(key.clone(), entry("new", 60_000, 0));
+        cache.entries.run_pending_tasks();
+        assert!(matches!(cache.lookup(&key), Lookup::Fresh(_)));
+        cache.invalidate_target(&head);
+        assert!(matches!(cache.lookup(&key), Lookup::Miss));
     }
 
     #[test]
