@@ -62,7 +62,8 @@ const MIN_SECRET_BYTES: usize = 32;
 /// is the wrong one, and is not read whole.
 const MAX_SECRET_BYTES: usize = 4096;
 
-/// Reads at most one byte more than a secret may have.
+/// Reads at most two bytes more than a secret may have: room for a trailing CRLF, and
+/// enough to tell a larger file.
 fn read_secret_file(path: &std::path::Path) -> std::io::Result<Vec<u8>> {
     use std::io::Read;
     let mut bytes = Vec::new();
@@ -387,6 +388,12 @@ mod tests {
         let lenient = secrets.missing_ok();
         let verifier = JwtVerifier::new(&plan(&["edgepack-test-absent"]), &files, &lenient)
             .expect("a verifier without keys");
-        assert_eq!(verifier.verify("a.b.c"), Err(TokenError::Malformed));
+        let token = jsonwebtoken::encode(
+            &jsonwebtoken::Header::new(Algorithm::HS256),
+            &serde_json::json!({ "sub": "acme", "exp": 4_000_000_000u64 }),
+            &jsonwebtoken::EncodingKey::from_secret(b"any secret at all, of 32 bytes or more"),
+        )
+        .expect("an HS256 token");
+        assert_eq!(verifier.verify(&token), Err(TokenError::Signature));
     }
 }
