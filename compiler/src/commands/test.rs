@@ -244,7 +244,8 @@ fn in_process_node(
     // The tests are what this command runs and reports; activation need not run them too.
     node.settings.golden_requests = false;
     // A token signed with a secret the nodes hold is verified where EDGEPACK_JWT_SECRET_<NAME>
-    // gives it; without it such tokens are refused, as a node without the key would.
+    // gives it; without it such tokens are refused here (a node lacking the secret refuses
+    // the bundle instead).
     node.allow_missing_jwt_secrets();
     if !node.start() {
         return Err("the bundle was not activated".into());
