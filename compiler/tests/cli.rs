@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{copy_dir, edgepack, root, text};
+use common::{build_in, copy_dir, edgepack, policy_dir, root, text};
 
 /// A copy of the main example with three mistakes appended, in a temporary directory.
 fn broken_example() -> tempfile::TempDir {
@@ -121,12 +121,9 @@ fn unreadable_paths_and_bad_usage_exit_two() {
 
 #[test]
 fn warnings_pass_unless_denied() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    std::fs::write(
-        dir.path().join("edgepack.kdl"),
+    let dir = policy_dir(
         "edgepack 1\norigin \"spare\" { zone \"GLOBAL\" url=\"https://x.internal\" }\nroute \"/\" { respond 200 }\n",
-    )
-    .expect("write");
+    );
     let out = edgepack(&["check", "."], dir.path());
     assert_eq!(out.status.code(), Some(0));
     assert!(text(&out.stderr).contains("0 errors, 1 warning"));
@@ -273,9 +270,7 @@ fn explain_in_region_one(policy: &str, request: &str) -> String {
 fn only_get_and_head_are_answered_from_the_cache() {
     // A route that caches and takes any method: a POST changes things, so it must reach the
     // origin every time, never a stored answer.
-    let dir = tempfile::tempdir().expect("temp dir");
-    std::fs::write(
-        dir.path().join("edgepack.kdl"),
+    let dir = policy_dir(
         r#"edgepack 1
 region "one" zone="GLOBAL"
 origin "api" { zone "GLOBAL" url="http://api.internal" }
@@ -284,8 +279,7 @@ route "/items/*" {
     proxy "api"
 }
 "#,
-    )
-    .expect("write");
+    );
     let policy = dir.path().display().to_string();
     let explain = |request: &str| explain_in_region_one(&policy, request);
     for request in ["GET /items/1", "HEAD /items/1"] {
@@ -317,9 +311,7 @@ route "/items/*" {
 
 #[test]
 fn a_get_route_takes_head_unless_a_route_of_its_rank_lists_head() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    std::fs::write(
-        dir.path().join("edgepack.kdl"),
+    let dir = policy_dir(
         r#"edgepack 1
 region "one" zone="GLOBAL"
 route "/page" {
@@ -335,8 +327,7 @@ route "/probe" {
     respond 204
 }
 "#,
-    )
-    .expect("write");
+    );
     let policy = dir.path().display().to_string();
     let explain = |request: &str| explain_in_region_one(&policy, request);
     let head = explain("HEAD /page");
@@ -357,17 +348,14 @@ route "/probe" {
 
 #[test]
 fn explain_and_inspect_say_where_websocket_upgrades_go_through() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    std::fs::write(
-        dir.path().join("edgepack.kdl"),
+    let dir = policy_dir(
         r#"edgepack 1
 region "one" zone="GLOBAL"
 origin "chat" { zone "GLOBAL" url="http://chat.internal"; }
 route "/live/*" { proxy "chat" websocket=#true; }
 route "/history/*" { proxy "chat"; }
 "#,
-    )
-    .expect("write");
+    );
     let policy = dir.path().display().to_string();
     let explain = |request: &str| explain_in_region_one(&policy, request);
     let live = explain("GET /live/room");
@@ -381,20 +369,7 @@ route "/history/*" { proxy "chat"; }
         "{history}"
     );
 
-    let out_dir = dir.path().join("dist").display().to_string();
-    let built = edgepack(
-        &[
-            "build",
-            &policy,
-            "--key",
-            "examples/dev.key",
-            "--out",
-            &out_dir,
-        ],
-        &root(),
-    );
-    assert_eq!(built.status.code(), Some(0), "{}", text(&built.stderr));
-    let bundle = format!("{out_dir}/one.edgepack");
+    let bundle = build_in(dir.path(), "one");
     let inspected = text(&edgepack(&["inspect", &bundle], &root()).stdout);
     assert!(
         inspected.contains("proxy chat (http://chat.internal, WebSocket)"),
@@ -405,9 +380,7 @@ route "/history/*" { proxy "chat"; }
 
 #[test]
 fn inspect_lists_the_secrets_nodes_must_hold() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    std::fs::write(
-        dir.path().join("edgepack.kdl"),
+    let dir = policy_dir(
         r#"edgepack 1
 region "one" zone="GLOBAL"
 jwt "partners" {
@@ -420,23 +393,8 @@ route "/partners/*" {
     respond 200 json="{}"
 }
 "#,
-    )
-    .expect("write");
-    let policy = dir.path().display().to_string();
-    let out_dir = dir.path().join("dist").display().to_string();
-    let built = edgepack(
-        &[
-            "build",
-            &policy,
-            "--key",
-            "examples/dev.key",
-            "--out",
-            &out_dir,
-        ],
-        &root(),
     );
-    assert_eq!(built.status.code(), Some(0), "{}", text(&built.stderr));
-    let bundle = format!("{out_dir}/one.edgepack");
+    let bundle = build_in(dir.path(), "one");
     let inspected = text(&edgepack(&["inspect", &bundle], &root()).stdout);
     assert!(inspected.contains("node secrets"), "{inspected}");
     for name in ["partner-hmac ", "partner-hmac-next "] {

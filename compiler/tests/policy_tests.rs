@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{copy_dir, edgepack, root, text};
+use common::{copy_dir, edgepack, policy_dir, root, text};
 
 #[test]
 fn the_example_passes_its_tests_and_names_what_they_miss() {
@@ -96,12 +96,7 @@ fn a_failing_test_prints_the_decision_and_exits_one() {
 
 #[test]
 fn a_policy_with_errors_is_not_tested() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    std::fs::write(
-        dir.path().join("edgepack.kdl"),
-        "edgepack 1\nrout \"/x\" {}\n",
-    )
-    .expect("write");
+    let dir = policy_dir("edgepack 1\nrout \"/x\" {}\n");
     let out = edgepack(&["test", &dir.path().display().to_string()], &root());
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out.stderr).contains("rout"), "{}", text(&out.stderr));
@@ -112,9 +107,7 @@ fn a_policy_with_errors_is_not_tested() {
 fn each_region_is_tested_with_its_own_bundle() {
     // The same request, two regions, two answers: a region that replaces a route must be
     // tested with its own module, not the one tested before it.
-    let dir = tempfile::tempdir().expect("temp dir");
-    std::fs::write(
-        dir.path().join("edgepack.kdl"),
+    let dir = policy_dir(
         r#"edgepack 1
 region "one" zone="GLOBAL"
 region "two" zone="GLOBAL" {
@@ -130,8 +123,7 @@ test "two answers 202" {
     expect status=202
 }
 "#,
-    )
-    .expect("write");
+    );
     let out = edgepack(&["test", &dir.path().display().to_string()], &root());
     let stdout = text(&out.stdout);
     assert_eq!(out.status.code(), Some(0), "{stdout}{}", text(&out.stderr));
@@ -166,9 +158,7 @@ fn an_expected_response_header_is_checked() {
 fn a_preflight_names_the_method_a_cors_policy_allows_by_the_route() {
     // `cors` without `methods` allows the route's methods: the preflight must name the one
     // asked for, or a browser sends nothing but GET, HEAD and POST.
-    let dir = tempfile::tempdir().expect("temp dir");
-    std::fs::write(
-        dir.path().join("edgepack.kdl"),
+    let dir = policy_dir(
         r#"edgepack 1
 region "one" zone="GLOBAL"
 origin "api" { zone "GLOBAL" url="http://api.internal" }
@@ -199,8 +189,7 @@ test "another site may not" {
     }
 }
 "#,
-    )
-    .expect("write");
+    );
     let out = edgepack(&["test", &dir.path().display().to_string()], &root());
     let stdout = text(&out.stdout);
     assert_eq!(out.status.code(), Some(0), "{stdout}{}", text(&out.stderr));

@@ -43,3 +43,29 @@ pub fn copy_dir(from: &Path, to: &Path) {
         }
     }
 }
+
+/// A temporary policy directory whose `edgepack.kdl` is `policy`.
+pub fn policy_dir(policy: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("temp dir");
+    std::fs::write(dir.path().join("edgepack.kdl"), policy).expect("write the policy");
+    dir
+}
+
+/// Builds the policy in `dir` with the example's development key into `dir/dist`; the path
+/// of region `region`'s bundle.
+pub fn build_in(dir: &Path, region: &str) -> String {
+    let out_dir = dir.join("dist").display().to_string();
+    let built = edgepack(
+        &[
+            "build",
+            &dir.display().to_string(),
+            "--key",
+            "examples/dev.key",
+            "--out",
+            &out_dir,
+        ],
+        &root(),
+    );
+    assert_eq!(built.status.code(), Some(0), "{}", text(&built.stderr));
+    format!("{out_dir}/{region}.edgepack")
+}
