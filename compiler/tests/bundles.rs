@@ -4,7 +4,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use common::{copy_dir, edgepack, edgepack_with, root, text};
+use common::{copy_dir, edgepack, edgepack_with, edited_example, replaced, root, text};
 use edgepack_bundles::bundle;
 
 const EPOCH: &str = "1700000000";
@@ -180,11 +180,9 @@ fn a_policy_with_errors_writes_nothing() {
     let work = tempfile::tempdir().expect("temp dir");
     let (key, _) = keygen(work.path(), "ci");
     let policy = work.path().join("policy");
-    copy_dir(&root().join("examples/global-api"), &policy);
-    let entry = policy.join("edgepack.kdl");
-    let mut source = std::fs::read_to_string(&entry).unwrap();
-    source.push_str("route \"/x/*\" { proxy \"no-such-origin\" }\n");
-    std::fs::write(&entry, source).unwrap();
+    edited_example(&policy, |source| {
+        source + "route \"/x/*\" { proxy \"no-such-origin\" }\n"
+    });
     let out_dir = work.path().join("out");
     let out = build(&policy, &key, &out_dir, &[]);
     assert_eq!(out.status.code(), Some(1));
@@ -194,8 +192,14 @@ fn a_policy_with_errors_writes_nothing() {
         text(&out.stderr)
     );
     assert!(!out_dir.exists(), "nothing is written");
-    // A bad key is a usage error, and also writes nothing.
-    let out = build(&root().join("examples/global-api"), &entry, &out_dir, &[]);
+    // A bad key (here a policy file) is a usage error, and also writes nothing.
+    let not_a_key = policy.join("edgepack.kdl");
+    let out = build(
+        &root().join("examples/global-api"),
+        &not_a_key,
+        &out_dir,
+        &[],
+    );
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out.stderr).contains("key"), "{}", text(&out.stderr));
     assert!(!out_dir.exists());
@@ -340,11 +344,9 @@ fn diff_names_a_changed_ttl_and_the_requests_it_flips() {
     let work = tempfile::tempdir().expect("temp dir");
     let (key, _) = keygen(work.path(), "ci");
     let edited = work.path().join("edited");
-    copy_dir(&root().join("examples/global-api"), &edited);
-    let entry = edited.join("edgepack.kdl");
-    let source = std::fs::read_to_string(&entry).unwrap();
-    assert!(source.contains("ttl=\"5m\""));
-    std::fs::write(&entry, source.replace("ttl=\"5m\"", "ttl=\"10m\"")).unwrap();
+    edited_example(&edited, |source| {
+        replaced(&source, "ttl=\"5m\"", "ttl=\"10m\"")
+    });
     let (old_dir, new_dir) = (work.path().join("old"), work.path().join("new"));
     let region = ["--region", "eu-west"];
     assert_eq!(
@@ -449,11 +451,9 @@ fn inspect_shows_manifest_routes_rules_and_signers() {
 fn diff_refuses_inputs_it_cannot_compare() {
     let work = tempfile::tempdir().expect("temp dir");
     let broken = work.path().join("broken");
-    copy_dir(&root().join("examples/global-api"), &broken);
-    let entry = broken.join("edgepack.kdl");
-    let mut source = std::fs::read_to_string(&entry).unwrap();
-    source.push_str("route \"/x/*\" { proxy \"no-such-origin\" }\n");
-    std::fs::write(&entry, source).unwrap();
+    edited_example(&broken, |source| {
+        source + "route \"/x/*\" { proxy \"no-such-origin\" }\n"
+    });
     let out = edgepack(
         &["diff", "examples/global-api", &broken.display().to_string()],
         &root(),
@@ -483,16 +483,10 @@ fn diff_refuses_inputs_it_cannot_compare() {
 fn diff_shows_a_changed_redirect_and_where_requests_now_go() {
     let work = tempfile::tempdir().expect("temp dir");
     let edited = work.path().join("edited");
-    copy_dir(&root().join("examples/global-api"), &edited);
-    let entry = edited.join("edgepack.kdl");
-    let source = std::fs::read_to_string(&entry).unwrap();
     let redirect = r#"redirect "https://docs.example.com/{*}" status=301"#;
-    assert!(source.contains(redirect));
-    std::fs::write(
-        &entry,
-        source.replace(redirect, &format!("{redirect} query=\"drop\"")),
-    )
-    .unwrap();
+    edited_example(&edited, |source| {
+        replaced(&source, redirect, &format!("{redirect} query=\"drop\""))
+    });
     let out = edgepack(
         &[
             "diff",
@@ -523,16 +517,14 @@ fn diff_groups_like_flips_so_a_small_change_is_not_hidden_by_a_large_one() {
     // country flips far fewer. The report must show both kinds, with how many of each.
     let work = tempfile::tempdir().expect("temp dir");
     let edited = work.path().join("edited");
-    copy_dir(&root().join("examples/global-api"), &edited);
-    let entry = edited.join("edgepack.kdl");
-    let source = std::fs::read_to_string(&entry).unwrap();
-    let source = source
-        .replace(
+    edited_example(&edited, |source| {
+        let source = replaced(
+            &source,
             r#"ratelimit "per-ip" key="client-ip" limit=100 per="1m""#,
             r#"ratelimit "per-ip" key="client-ip" limit=50 per="1m""#,
-        )
-        .replace(r#"block "KP" "IR""#, r#"block "KP" "IR" "CU""#);
-    std::fs::write(&entry, source).unwrap();
+        );
+        replaced(&source, r#"block "KP" "IR""#, r#"block "KP" "IR" "CU""#)
+    });
     let edited = edited.display().to_string();
     let out = edgepack(&["diff", "examples/global-api", &edited], &root());
     assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));

@@ -2,16 +2,15 @@
 
 mod common;
 
-use common::{build_in, copy_dir, edgepack, policy_dir, root, text};
+use common::{build_in, copy_dir, edgepack, edited_example, policy_dir, root, text};
 
 /// A copy of the main example with three mistakes appended, in a temporary directory.
 fn broken_example() -> tempfile::TempDir {
     let dir = tempfile::tempdir().expect("temp dir");
-    copy_dir(&root().join("examples/global-api"), dir.path());
-    let entry = dir.path().join("edgepack.kdl");
-    let mut text = std::fs::read_to_string(&entry).expect("entry");
-    text.push_str("rout \"/typo/*\" { respond 200 }\nzone \"TEST\" { countries \"ZZ\" }\nroute \"/api/xx/*\" { proxy \"no-such-origin\" }\n");
-    std::fs::write(&entry, text).expect("write entry");
+    edited_example(dir.path(), |source| {
+        source
+            + "rout \"/typo/*\" { respond 200 }\nzone \"TEST\" { countries \"ZZ\" }\nroute \"/api/xx/*\" { proxy \"no-such-origin\" }\n"
+    });
     dir
 }
 

@@ -69,3 +69,17 @@ pub fn build_in(dir: &Path, region: &str) -> String {
     assert_eq!(built.status.code(), Some(0), "{}", text(&built.stderr));
     format!("{out_dir}/{region}.edgepack")
 }
+
+/// A copy of the main example in `to`, its `edgepack.kdl` changed by `edit`.
+pub fn edited_example(to: &Path, edit: impl FnOnce(String) -> String) {
+    copy_dir(&root().join("examples/global-api"), to);
+    let entry = to.join("edgepack.kdl");
+    let source = std::fs::read_to_string(&entry).expect("the example's edgepack.kdl");
+    std::fs::write(&entry, edit(source)).expect("write the edited example");
+}
+
+/// `text` with `from` replaced by `to`, which it must contain.
+pub fn replaced(text: &str, from: &str, to: &str) -> String {
+    assert!(text.contains(from), "the example has no {from:?}");
+    text.replace(from, to)
+}
