@@ -145,12 +145,23 @@ pub fn repack(
     key: &Keys,
     edit: impl FnOnce(&mut edgepack_bundles::bundle::Manifest),
 ) -> Vec<u8> {
+    repack_with(bundle_bytes, key, |manifest, _| edit(manifest))
+}
+
+/// The bundle packed again after `edit` changed its manifest and files (the manifest's
+/// list of files follows them), signed by `key`: a bundle a faulty build could ship.
+pub fn repack_with(
+    bundle_bytes: &[u8],
+    key: &Keys,
+    edit: impl FnOnce(&mut edgepack_bundles::bundle::Manifest, &mut BTreeMap<String, Vec<u8>>),
+) -> Vec<u8> {
     let (opened, _) =
         bundle::open_unverified(bundle_bytes, &OpenLimits::default()).expect("a valid bundle");
     let secret = std::fs::read_to_string(&key.secret).expect("read the secret key");
     let secret = keys::parse_secret_key(&secret).expect("a secret key");
     let mut manifest = opened.manifest;
-    edit(&mut manifest);
+    let mut files = opened.files;
+    edit(&mut manifest, &mut files);
     let input = PackInput {
         region: &manifest.region,
         zone: &manifest.zone,
@@ -160,7 +171,7 @@ pub fn repack(
         compiler: &manifest.compiler,
         sources_sha256: &manifest.sources_sha256,
     };
-    bundle::pack(&input, &opened.files, &secret).expect("pack")
+    bundle::pack(&input, &files, &secret).expect("pack")
 }
 
 /// Puts a bundle in place the way a deploy does: written beside, then renamed over.

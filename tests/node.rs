@@ -907,6 +907,21 @@ fn bad_bundles_are_refused_while_the_good_one_keeps_serving() {
         manifest.expires = Some(e2e::now() - 60);
     });
     offer_refused(&edge, &expired, "expiry", 2);
+    // Signed, but its plan names an origin at an address no request can be sent to.
+    let unusable_origin = e2e::repack_with(good, &fixture.keys, |manifest, files| {
+        manifest.version = 8;
+        let plan = files.get_mut("plan.json").expect("a plan");
+        let mut json: serde_json::Value = serde_json::from_slice(plan).expect("plan JSON");
+        json["origins"][0]["host"] = "api eu.internal".into();
+        *plan = serde_json::to_vec(&json).expect("plan JSON");
+    });
+    offer_refused(&edge, &unusable_origin, "plan", 2);
+    assert!(
+        edge.node
+            .log()
+            .contains("has an address the node cannot use"),
+        "the refusal says why"
+    );
 
     let metrics = edge.node.metrics();
     let refused: f64 = metrics
@@ -914,7 +929,7 @@ fn bad_bundles_are_refused_while_the_good_one_keeps_serving() {
         .filter(|l| l.starts_with(r#"edgepack_activations_total{result="refused""#))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum();
-    assert!(refused >= 5.0, "refusals are counted:\n{metrics}");
+    assert!(refused >= 6.0, "refusals are counted:\n{metrics}");
     assert!(
         metrics.contains(r#"edgepack_bundle_version 2"#),
         "{metrics}"

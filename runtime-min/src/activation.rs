@@ -18,6 +18,7 @@ use http::HeaderName;
 use crate::functions::{Function, FunctionEngine, FunctionHost, PrepareError};
 use crate::host::{HostError, PolicyEngine, PolicyModule, Tier};
 use crate::jwt::{JwtVerifier, NodeSecrets};
+use crate::proxy::OriginTarget;
 use crate::ratelimit::{Limiter, RateLimits};
 use crate::state::Mark;
 
@@ -47,6 +48,8 @@ pub struct Active {
     pub limiters: Vec<Arc<Limiter>>,
     /// Each route's name for logs and metrics: methods and pattern.
     pub route_names: Vec<String>,
+    /// Where each origin's requests go, by the plan's origin id.
+    pub origin_targets: Vec<OriginTarget>,
     /// The header the policy reads the country from, stripped when the decision says so.
     pub country_header: Option<HeaderName>,
     pub activated_at: Instant,
@@ -120,6 +123,7 @@ impl Active {
             function_engine: self.function_engine.clone(),
             limiters,
             route_names: self.route_names.clone(),
+            origin_targets: self.origin_targets.clone(),
             country_header: self.country_header.clone(),
             activated_at: Instant::now(),
             watch: ErrorWatch::default(),
@@ -417,6 +421,18 @@ impl Loader {
                 }
             })
             .collect();
+        let origin_targets = plan
+            .origins
+            .iter()
+            .map(|origin| {
+                OriginTarget::new(origin).map_err(|e| {
+                    Refusal::Plan(format!(
+                        "origin {} has an address the node cannot use: {e}",
+                        origin.name
+                    ))
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         let country_header = plan
             .geo
             .as_ref()
@@ -447,6 +463,7 @@ impl Loader {
             function_engine,
             limiters,
             route_names,
+            origin_targets,
             country_header,
             activated_at: Instant::now(),
             watch: ErrorWatch::default(),

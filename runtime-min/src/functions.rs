@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use edgepack_bundles::bundle::{self, FileEntry};
 use edgepack_bundles::plan::{FunctionPlan, OriginPlan, RegionPlan};
-use http::{HeaderValue, Request, Response, Uri, header};
+use http::{Request, Response, Uri, header};
 use http_body_util::{BodyExt, Full, Limited};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
@@ -31,7 +31,7 @@ use wasmtime_wasi_http::{
     WasiHttpView,
 };
 
-use crate::proxy::{self, Origins, UpstreamError};
+use crate::proxy::{self, OriginTarget, Origins, UpstreamError};
 
 /// Compiled components kept in memory, so a bundle whose functions did not change
 /// activates without compiling or reading the disk.
@@ -828,14 +828,13 @@ impl WasiHttpHooks for Outbound {
                 .await
                 .map_err(|_| HttpError::HttpRequestBodySize(None))?
                 .to_bytes();
-            parts.uri = proxy::origin_uri(&origin, parts.uri.path_and_query())
+            let target =
+                OriginTarget::new(&origin).map_err(|_| HttpError::HttpRequestUriInvalid)?;
+            parts.uri = target
+                .uri(parts.uri.path_and_query())
                 .map_err(|_| HttpError::HttpRequestUriInvalid)?;
             proxy::strip_hop_by_hop(&mut parts.headers);
-            if let Some(authority) = parts.uri.authority()
-                && let Ok(host) = HeaderValue::from_str(authority.as_str())
-            {
-                parts.headers.insert(header::HOST, host);
-            }
+            parts.headers.insert(header::HOST, target.host().clone());
             parts.headers.remove(header::CONTENT_LENGTH);
             let timeout = Duration::from_millis(origin.response_timeout_ms.max(1));
             let response = origins

@@ -762,10 +762,10 @@ impl Exchange<'_> {
         mut headers: HeaderMap,
         origin: u32,
     ) -> Result<Request<Full<Bytes>>, Response<Body>> {
-        let Some(plan) = self.active.plan.origins.get(origin as usize) else {
+        let Some(target) = self.active.origin_targets.get(origin as usize) else {
             return Err(self.error(StatusCode::INTERNAL_SERVER_ERROR, "unknown origin"));
         };
-        let uri = match proxy::origin_uri(plan, parts.uri.path_and_query()) {
+        let uri = match target.uri(parts.uri.path_and_query()) {
             Ok(uri) => uri,
             Err(_) => {
                 return Err(self.error(
@@ -790,11 +790,7 @@ impl Exchange<'_> {
         proxy::add_forwarded(&mut headers, self.peer, self.https, original_host.as_ref());
         self.identify(&mut headers);
         headers.insert(X_REQUEST_ID, self.id.header_value());
-        if let Some(authority) = uri.authority()
-            && let Ok(host) = HeaderValue::from_str(authority.as_str())
-        {
-            headers.insert(header::HOST, host);
-        }
+        headers.insert(header::HOST, target.host().clone());
         headers.remove(header::CONTENT_LENGTH);
         let mut request = Request::new(Full::new(body));
         *request.method_mut() = parts.method.clone();

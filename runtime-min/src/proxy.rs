@@ -337,44 +337,67 @@ fn error_chain(error: &dyn std::error::Error) -> String {
     text
 }
 
-/// The URI of a request to `origin`: its path prefix, then the request's path and query
-/// (`/` when it has none).
-pub fn origin_uri(
-    origin: &OriginPlan,
-    path_and_query: Option<&PathAndQuery>,
-) -> Result<Uri, http::Error> {
-    let default_port = if origin.tls { 443 } else { 80 };
-    let authority = match (origin.port == default_port, origin.host.contains(':')) {
-        (true, false) => Authority::try_from(origin.host.as_str())?,
-        (true, true) => Authority::try_from(format!("[{}]", origin.host))?,
-        (false, false) => Authority::try_from(format!("{}:{}", origin.host, origin.port))?,
-        (false, true) => Authority::try_from(format!("[{}]:{}", origin.host, origin.port))?,
-    };
-    let prefix = origin.path_prefix.trim_end_matches('/');
-    let resolved = path_and_query.and_then(|target| {
-        resolve_dot_segments(target.path()).map(|path| match target.query() {
-            Some(query) => format!("{path}?{query}"),
-            None => path,
+/// Where requests to one origin go, worked out once when a bundle is activated: the scheme,
+/// the authority (which the `Host` header of each request repeats) and the path prefix.
+#[derive(Clone, Debug)]
+pub struct OriginTarget {
+    scheme: Scheme,
+    authority: Authority,
+    host: HeaderValue,
+    prefix: String,
+}
+
+impl OriginTarget {
+    pub fn new(origin: &OriginPlan) -> Result<OriginTarget, http::Error> {
+        let default_port = if origin.tls { 443 } else { 80 };
+        let authority = match (origin.port == default_port, origin.host.contains(':')) {
+            (true, false) => Authority::try_from(origin.host.as_str())?,
+            (true, true) => Authority::try_from(format!("[{}]", origin.host))?,
+            (false, false) => Authority::try_from(format!("{}:{}", origin.host, origin.port))?,
+            (false, true) => Authority::try_from(format!("[{}]:{}", origin.host, origin.port))?,
+        };
+        Ok(OriginTarget {
+            scheme: if origin.tls {
+                Scheme::HTTPS
+            } else {
+                Scheme::HTTP
+            },
+            host: HeaderValue::from_str(authority.as_str())?,
+            authority,
+            prefix: origin.path_prefix.trim_end_matches('/').to_string(),
         })
-    });
-    let path_and_query = match (resolved, path_and_query) {
-        (Some(resolved), _) => PathAndQuery::try_from(format!("{prefix}{resolved}"))?,
-        // The request's own, already checked: shared, not parsed again.
-        (None, Some(path_and_query)) if prefix.is_empty() => path_and_query.clone(),
-        (None, path_and_query) => PathAndQuery::try_from(format!(
-            "{prefix}{}",
-            path_and_query.map_or("/", PathAndQuery::as_str)
-        ))?,
-    };
-    let mut parts = http::uri::Parts::default();
-    parts.scheme = Some(if origin.tls {
-        Scheme::HTTPS
-    } else {
-        Scheme::HTTP
-    });
-    parts.authority = Some(authority);
-    parts.path_and_query = Some(path_and_query);
-    Ok(Uri::from_parts(parts)?)
+    }
+
+    /// The URI of a request to the origin: its path prefix, then the request's path and
+    /// query (`/` when it has none).
+    pub fn uri(&self, path_and_query: Option<&PathAndQuery>) -> Result<Uri, http::Error> {
+        let prefix = &self.prefix;
+        let resolved = path_and_query.and_then(|target| {
+            resolve_dot_segments(target.path()).map(|path| match target.query() {
+                Some(query) => format!("{path}?{query}"),
+                None => path,
+            })
+        });
+        let path_and_query = match (resolved, path_and_query) {
+            (Some(resolved), _) => PathAndQuery::try_from(format!("{prefix}{resolved}"))?,
+            // The request's own, already checked: shared, not parsed again.
+            (None, Some(path_and_query)) if prefix.is_empty() => path_and_query.clone(),
+            (None, path_and_query) => PathAndQuery::try_from(format!(
+                "{prefix}{}",
+                path_and_query.map_or("/", PathAndQuery::as_str)
+            ))?,
+        };
+        let mut parts = http::uri::Parts::default();
+        parts.scheme = Some(self.scheme.clone());
+        parts.authority = Some(self.authority.clone());
+        parts.path_and_query = Some(path_and_query);
+        Ok(Uri::from_parts(parts)?)
+    }
+
+    /// The `Host` header of requests to the origin.
+    pub fn host(&self) -> &HeaderValue {
+        &self.host
+    }
 }
 
 /// A path with dot segments (`.` and `..`, percent-encoded or not) as the policy resolved it
@@ -517,6 +540,9 @@ mod tests {
     #[test]
     fn origin_uris_keep_prefix_path_and_query() {
         let target = |text: &'static str| Some(PathAndQuery::from_static(text));
+        let origin_uri = |origin: &OriginPlan, path_and_query: Option<&PathAndQuery>| {
+            OriginTarget::new(origin).unwrap().uri(path_and_query)
+        };
         let uri = origin_uri(
             &origin("api.internal", 8443, true, "/v2/"),
             target("/api/x?a=1").as_ref(),
@@ -529,6 +555,16 @@ mod tests {
         assert_eq!(uri.to_string(), "https://api.internal/v2/");
         let uri = origin_uri(&origin("::1", 9000, false, ""), target("/a?b").as_ref()).unwrap();
         assert_eq!(uri.to_string(), "http://[::1]:9000/a?b");
+        let host = |origin: &OriginPlan| OriginTarget::new(origin).unwrap().host().clone();
+        assert_eq!(host(&origin("::1", 9000, false, "")), "[::1]:9000");
+        assert_eq!(
+            host(&origin("api.internal", 8443, true, "")),
+            "api.internal:8443"
+        );
+        assert_eq!(
+            host(&origin("api.internal", 443, true, "/v2")),
+            "api.internal"
+        );
         let uri = origin_uri(&origin("::1", 80, false, ""), target("/").as_ref()).unwrap();
         assert_eq!(uri.to_string(), "http://[::1]/");
         // Dot segments are resolved as the policy resolved them: never out of the prefix.
@@ -588,6 +624,24 @@ mod tests {
             let resolved = resolve_dot_segments(path).expect("has dot segments");
             assert_eq!(segments(&resolved), segments(path), "{path} → {resolved}");
         }
+    }
+
+    #[test]
+    fn each_hop_by_hop_header_goes_when_it_is_the_only_one() {
+        for name in HOP_BY_HOP.iter().chain([&header::UPGRADE]) {
+            let mut headers = HeaderMap::new();
+            headers.insert("accept", HeaderValue::from_static("*/*"));
+            headers.insert(name.clone(), HeaderValue::from_static("x"));
+            strip_hop_by_hop(&mut headers);
+            assert_eq!(headers.len(), 1, "{name} stayed");
+            assert_eq!(headers["accept"], "*/*");
+        }
+        let mut untouched = HeaderMap::new();
+        untouched.insert("accept", HeaderValue::from_static("*/*"));
+        untouched.insert("x-keep", HeaderValue::from_static("1"));
+        let before = untouched.clone();
+        strip_hop_by_hop(&mut untouched);
+        assert_eq!(untouched, before);
     }
 
     #[test]
