@@ -13,7 +13,7 @@ use arc_swap::ArcSwap;
 use ed25519_dalek::VerifyingKey;
 use edgepack_bundles::bundle::{self, Manifest, OpenError, OpenLimits};
 use edgepack_bundles::plan::RegionPlan;
-use http::HeaderName;
+use http::{HeaderName, HeaderValue};
 
 use crate::functions::{Function, FunctionEngine, FunctionHost, PrepareError};
 use crate::host::{HostError, PolicyEngine, PolicyModule, Tier};
@@ -50,6 +50,9 @@ pub struct Active {
     pub route_names: Vec<String>,
     /// Where each origin's requests go, by the plan's origin id.
     pub origin_targets: Vec<OriginTarget>,
+    /// `x-edge-region` and `x-edge-bundle`, the same on every response of the bundle.
+    pub region_header: HeaderValue,
+    pub bundle_header: HeaderValue,
     /// The header the policy reads the country from, stripped when the decision says so.
     pub country_header: Option<HeaderName>,
     pub activated_at: Instant,
@@ -124,6 +127,8 @@ impl Active {
             limiters,
             route_names: self.route_names.clone(),
             origin_targets: self.origin_targets.clone(),
+            region_header: self.region_header.clone(),
+            bundle_header: self.bundle_header.clone(),
             country_header: self.country_header.clone(),
             activated_at: Instant::now(),
             watch: ErrorWatch::default(),
@@ -448,6 +453,9 @@ impl Loader {
             )
         };
         let limiters = ratelimits.for_plan(&plan.ratelimits);
+        let region_header = HeaderValue::from_str(&manifest.region)
+            .unwrap_or_else(|_| HeaderValue::from_static("-"));
+        let bundle_header = HeaderValue::from(manifest.version);
         Ok(Active {
             generation,
             manifest,
@@ -464,6 +472,8 @@ impl Loader {
             limiters,
             route_names,
             origin_targets,
+            region_header,
+            bundle_header,
             country_header,
             activated_at: Instant::now(),
             watch: ErrorWatch::default(),

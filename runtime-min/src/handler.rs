@@ -1369,8 +1369,8 @@ impl Exchange<'_> {
             apply_edits(response.headers_mut(), &edits.response);
         }
         let headers = response.headers_mut();
-        headers.insert(X_EDGE_REGION, header_value(&active.manifest.region));
-        headers.insert(X_EDGE_BUNDLE, HeaderValue::from(active.manifest.version));
+        headers.insert(X_EDGE_REGION, active.region_header.clone());
+        headers.insert(X_EDGE_BUNDLE, active.bundle_header.clone());
         headers.insert(X_REQUEST_ID, self.id.header_value());
         if self.node.settings.expose_decisions {
             response.extensions_mut().insert(self.decision.clone());
