@@ -1087,6 +1087,22 @@ fn ambiguous_framing_oversized_requests_and_slow_clients_are_refused() {
     );
     assert!(smuggled.starts_with("HTTP/1.1 400"), "{smuggled}");
     assert_eq!(edge.origin.count("/"), 0);
+    // A coding besides chunked would reach the WAF and the origin still applied (hyper
+    // only removes the chunking): a gzip-compressed attack is refused, not passed on.
+    let compressed = raw(
+        &edge,
+        b"POST /api/data/x HTTP/1.1\r\nHost: a\r\ncf-ipcountry: DE\r\nTransfer-Encoding: gzip, chunked\r\nConnection: close\r\n\r\n5\r\nx=1\r\n\r\n0\r\n\r\n",
+    );
+    assert!(
+        compressed.starts_with("HTTP/1.1 501") && compressed.contains("transfer coding"),
+        "{compressed}"
+    );
+    assert_eq!(edge.origin.count("/"), 0);
+    let chunked = raw(
+        &edge,
+        b"POST /api/health HTTP/1.1\r\nHost: a\r\ncf-ipcountry: DE\r\nTransfer-Encoding: Chunked\r\nConnection: close\r\n\r\n3\r\nx=1\r\n0\r\n\r\n",
+    );
+    assert!(chunked.starts_with("HTTP/1.1 200"), "{chunked}");
 
     // The host the policy routes on is the host the origin is told of: a request that
     // names none, two, or one that is not a host is refused.

@@ -309,6 +309,13 @@ impl Exchange<'_> {
                 "Content-Length and Transfer-Encoding together are refused",
             ));
         }
+        if other_transfer_coding(&parts.headers) {
+            self.record.action = "refused";
+            return Err(self.error(
+                StatusCode::NOT_IMPLEMENTED,
+                "a transfer coding other than chunked is not supported",
+            ));
+        }
         let declared = parts
             .headers
             .get(header::CONTENT_LENGTH)
@@ -1580,6 +1587,19 @@ fn host_from_target<B>(request: &mut Request<B>) {
 /// Why a request's host cannot be trusted, if it cannot: the policy routes on one host and
 /// the origin is told of one, so there must be exactly one. HTTP/1.1 requires one valid
 /// `Host` (RFC 9112 3.2).
+/// Whether the request's `Transfer-Encoding` names a coding besides `chunked` (RFC 9112
+/// 6.1: a server answers one it does not implement with 501). hyper undoes only the
+/// chunking, so the policy, a function and the origin would read a body still in the other
+/// coding: a compressed attack the WAF never sees.
+fn other_transfer_coding(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::TRANSFER_ENCODING)
+        .iter()
+        .flat_map(|value| value.as_bytes().split(|&b| b == b','))
+        .map(<[u8]>::trim_ascii)
+        .any(|coding| !coding.is_empty() && !coding.eq_ignore_ascii_case(b"chunked"))
+}
+
 fn host_problem(parts: &http::request::Parts) -> Option<&'static str> {
     let mut hosts = parts.headers.get_all(header::HOST).iter();
     let host = hosts.next();
