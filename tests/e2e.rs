@@ -408,6 +408,13 @@ async fn origin_answer(
             .body(Full::new(Bytes::from_static(b"{\"error\":\"conflict\"}")))
             .expect("a response"));
     }
+    if target.contains("/gzip-transfer-coding") {
+        // hyper adds the final `chunked`: the body goes out as `gzip, chunked`.
+        return Ok(http::Response::builder()
+            .header("transfer-encoding", "gzip")
+            .body(Full::new(Bytes::from_static(b"\x1f\x8b compressed")))
+            .expect("a response"));
+    }
     if target.contains("/slow") {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }

@@ -198,6 +198,13 @@ fn proxied_requests_carry_forwarding_and_edge_headers() {
         let last = seen.last().expect("the origin saw it");
         assert_eq!(last.target, forwarded, "{sent}");
     }
+
+    // An answer in a coding the node would strip the only word of (`gzip, chunked`) is not
+    // passed on as if it were plain.
+    let coded = get(&edge.url("/api/data/gzip-transfer-coding"), &[DE]);
+    assert_eq!(coded.status, 502, "{}", coded.body);
+    assert!(coded.body.contains("transfer coding"), "{}", coded.body);
+    assert_eq!(edge.origin.count("/api/data/gzip-transfer-coding"), 1);
 }
 
 #[test]

@@ -825,6 +825,16 @@ impl Exchange<'_> {
             Ok(response) => response,
             Err(answer) => return answer,
         };
+        if other_transfer_coding(response.headers()) {
+            self.record.error = Some(format!(
+                "origin {}: a transfer coding other than chunked",
+                plan.name
+            ));
+            return self.error(
+                StatusCode::BAD_GATEWAY,
+                "the origin answered in a transfer coding the node does not implement",
+            );
+        }
         self.invalidate_if_written(parts, response.status());
         let (mut head, incoming) = response.into_parts();
         proxy::strip_hop_by_hop(&mut head.headers);
@@ -1587,10 +1597,11 @@ fn host_from_target<B>(request: &mut Request<B>) {
 /// Why a request's host cannot be trusted, if it cannot: the policy routes on one host and
 /// the origin is told of one, so there must be exactly one. HTTP/1.1 requires one valid
 /// `Host` (RFC 9112 3.2).
-/// Whether the request's `Transfer-Encoding` names a coding besides `chunked` (RFC 9112
-/// 6.1: a server answers one it does not implement with 501). hyper undoes only the
-/// chunking, so the policy, a function and the origin would read a body still in the other
-/// coding: a compressed attack the WAF never sees.
+/// Whether a message's `Transfer-Encoding` names a coding besides `chunked`. hyper undoes
+/// only the chunking: a request's body would reach the policy, a function and the origin
+/// still in the other coding (a compressed attack the WAF never sees), so the node answers
+/// 501 (RFC 9112 6.1); an origin's answer would reach the client with nothing saying how
+/// it is coded, so the node answers 502 (as nginx does).
 fn other_transfer_coding(headers: &HeaderMap) -> bool {
     headers
         .get_all(header::TRANSFER_ENCODING)
