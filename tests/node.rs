@@ -199,8 +199,8 @@ fn proxied_requests_carry_forwarding_and_edge_headers() {
         assert_eq!(last.target, forwarded, "{sent}");
     }
 
-    // An answer in a coding the node would strip the only word of (`gzip, chunked`) is not
-    // passed on as if it were plain.
+    // An origin's answer in a coding besides chunked (`gzip, chunked`: hyper removes only
+    // the chunking) is not passed on as if it were plain.
     let coded = get(&edge.url("/api/data/gzip-transfer-coding"), &[DE]);
     assert_eq!(coded.status, 502, "{}", coded.body);
     assert!(coded.body.contains("transfer coding"), "{}", coded.body);

@@ -1594,9 +1594,6 @@ fn host_from_target<B>(request: &mut Request<B>) {
     }
 }
 
-/// Why a request's host cannot be trusted, if it cannot: the policy routes on one host and
-/// the origin is told of one, so there must be exactly one. HTTP/1.1 requires one valid
-/// `Host` (RFC 9112 3.2).
 /// Whether a message's `Transfer-Encoding` names a coding besides `chunked`. hyper undoes
 /// only the chunking: a request's body would reach the policy, a function and the origin
 /// still in the other coding (a compressed attack the WAF never sees), so the node answers
@@ -1611,6 +1608,9 @@ fn other_transfer_coding(headers: &HeaderMap) -> bool {
         .any(|coding| !coding.is_empty() && !coding.eq_ignore_ascii_case(b"chunked"))
 }
 
+/// Why a request's host cannot be trusted, if it cannot: the policy routes on one host and
+/// the origin is told of one, so there must be exactly one. HTTP/1.1 requires one valid
+/// `Host` (RFC 9112 3.2).
 fn host_problem(parts: &http::request::Parts) -> Option<&'static str> {
     let mut hosts = parts.headers.get_all(header::HOST).iter();
     let host = hosts.next();
