@@ -305,9 +305,20 @@ impl Origin {
                     let Ok(stream) = acceptor.accept(stream).await else {
                         return;
                     };
-                    let service = hyper::service::service_fn(move |request| {
-                        origin_answer(request, recorded.clone(), count.clone())
-                    });
+                    let service = hyper::service::service_fn(
+                        move |request: http::Request<hyper::body::Incoming>| {
+                            let stalls = request.uri().path().contains("/stall-body");
+                            let answer = origin_answer(request, recorded.clone(), count.clone());
+                            async move {
+                                let response = answer.await?;
+                                Ok::<_, std::convert::Infallible>(if stalls {
+                                    response.map(|_| StalledBody::first(b"{\"partial\":").boxed())
+                                } else {
+                                    response.map(BodyExt::boxed)
+                                })
+                            }
+                        },
+                    );
                     let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                         .serve_connection_with_upgrades(TokioIo::new(stream), service)
                         .await;
@@ -354,6 +365,35 @@ impl Drop for Origin {
 
 /// The entity tag of the origin's `…/tagged…` answers.
 pub const TAG: &str = "\"v1\"";
+
+/// A body that sends its first bytes and then nothing more: an origin stalled mid-answer.
+struct StalledBody {
+    first: Option<Bytes>,
+}
+
+impl StalledBody {
+    fn first(bytes: &'static [u8]) -> StalledBody {
+        StalledBody {
+            first: Some(Bytes::from_static(bytes)),
+        }
+    }
+}
+
+impl hyper::body::Body for StalledBody {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
+        match self.first.take() {
+            Some(bytes) => std::task::Poll::Ready(Some(Ok(hyper::body::Frame::data(bytes)))),
+            // Never woken: the rest never comes.
+            None => std::task::Poll::Pending,
+        }
+    }
+}
 
 async fn origin_answer(
     mut request: http::Request<hyper::body::Incoming>,

@@ -1072,6 +1072,63 @@ fn raw(edge: &Edge, bytes: &[u8]) -> String {
     String::from_utf8_lossy(&answer).into_owned()
 }
 
+/// An origin that sends the start of an answer and then nothing is cut off once its
+/// response timeout passes with no bytes: the client's connection is not held for ever, and
+/// the client can tell the answer broke off (no last chunk).
+#[test]
+fn an_origin_that_stalls_mid_answer_is_cut_off_at_its_response_timeout() {
+    let fixture = fixture();
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(
+        dir.path().join("edgepack.kdl"),
+        r##"edgepack 1
+region "eu-west" zone="GLOBAL"
+origin "api" response-timeout="1s" {
+    zone "GLOBAL" url="https://api-eu.internal:8443"
+}
+route "/api/health" {
+    respond 200 json=#"{"status":"healthy"}"#
+}
+route "/api/data/*" {
+    proxy "api"
+}
+"##,
+    )
+    .expect("write the policy");
+    let bundle = e2e::build(
+        dir.path(),
+        &fixture.keys,
+        &dir.path().join("out"),
+        1,
+        &["eu-west"],
+    )
+    .remove("eu-west")
+    .expect("the region's bundle");
+    let edge = Edge::start("eu-west", &bundle, &[]);
+    let started = Instant::now();
+    let reply = raw(
+        &edge,
+        b"GET /api/data/stall-body HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+    );
+    let took = started.elapsed();
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    assert!(
+        reply.contains(r#"{"partial":"#),
+        "the first bytes came: {reply}"
+    );
+    assert!(
+        !reply.ends_with("0\r\n\r\n"),
+        "not ended as complete: {reply:?}"
+    );
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(5),
+        "cut off after about 1 s, not held: {took:?}"
+    );
+    // The node serves on.
+    let health = get(&edge.url("/api/health"), &[DE]);
+    assert_eq!(health.status, 200);
+}
+
 #[test]
 fn ambiguous_framing_oversized_requests_and_slow_clients_are_refused() {
     let edge = Edge::start(

@@ -838,9 +838,13 @@ impl Exchange<'_> {
         self.invalidate_if_written(parts, response.status());
         let (mut head, incoming) = response.into_parts();
         proxy::strip_hop_by_hop(&mut head.headers);
+        let incoming = proxy::StallGuard::new(
+            incoming,
+            Duration::from_millis(plan.response_timeout_ms.max(1)),
+        )
+        .boxed();
         let body = match store {
             Some((key, route)) => {
-                let incoming = incoming.map_err(BoxError::from).boxed();
                 match store_response(self.node, &self.active, &head, incoming, key, route).await {
                     Ok((body, stored)) => return self.stored_miss(parts, head, body, stored),
                     Err(error) => {
@@ -850,7 +854,7 @@ impl Exchange<'_> {
                     }
                 }
             }
-            None => incoming.map_err(BoxError::from).boxed(),
+            None => incoming,
         };
         self.marked_miss(Response::from_parts(head, body))
     }

@@ -31,6 +31,8 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 
+use crate::handler::BoxError;
+
 /// Connect timeout for an origin the active plan does not name.
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -509,6 +511,72 @@ pub fn add_forwarded(
     );
     if let Some(host) = original_host {
         headers.insert(X_FORWARDED_HOST, host.clone());
+    }
+}
+
+/// An origin's response body that ends in an error once no bytes have come for `limit`
+/// (the origin's response timeout, which bounds the wait for its head too, as nginx's
+/// `proxy_read_timeout` bounds each read): an origin that stalls halfway through a body
+/// does not hold the client's connection and the node's task for ever. A timer is armed only
+/// while the body waits.
+pub struct StallGuard<B> {
+    body: B,
+    limit: Duration,
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+/// The error a stalled origin body ends in.
+#[derive(Debug, thiserror::Error)]
+#[error("the origin sent nothing for {0:?}")]
+pub struct Stalled(pub Duration);
+
+impl<B> StallGuard<B> {
+    pub fn new(body: B, limit: Duration) -> StallGuard<B> {
+        StallGuard {
+            body,
+            limit,
+            timer: None,
+        }
+    }
+}
+
+impl<B> http_body::Body for StallGuard<B>
+where
+    B: http_body::Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        match Pin::new(&mut this.body).poll_frame(cx) {
+            Poll::Ready(frame) => {
+                this.timer = None;
+                Poll::Ready(frame.map(|result| result.map_err(Into::into)))
+            }
+            Poll::Pending => {
+                let limit = this.limit;
+                let timer = this
+                    .timer
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+                match timer.as_mut().poll(cx) {
+                    Poll::Ready(()) => Poll::Ready(Some(Err(Stalled(limit).into()))),
+                    Poll::Pending => Poll::Pending,
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
     }
 }
 
